@@ -1,0 +1,52 @@
+"""FedAvg: the example-weighted average of local models.
+
+McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data": w_{t+1} = sum_k (n_k / n) w^k_{t+1}. Results are folded in as
+they arrive into one float64 running sum, so memory is O(model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bastion.algorithms.base import Strategy, cast_like
+from bastion.tensors import Weights
+
+
+class FedAvg(Strategy):
+    """Example-weighted federated averaging."""
+
+    name = "fedavg"
+
+    def __init__(self) -> None:
+        self._global: Weights = {}
+        self._sum: dict[str, np.ndarray] = {}
+        self._total_weight = 0.0
+        self._count = 0
+
+    def begin_round(self, global_weights: Weights, round_number: int) -> None:
+        self._global = global_weights
+        self._sum = {n: np.zeros(a.shape, dtype=np.float64) for n, a in global_weights.items()}
+        self._total_weight = 0.0
+        self._count = 0
+
+    def accumulate(self, collaborator: str, update: Weights, weight: float) -> None:
+        if not weight > 0:
+            raise ValueError(f"weight of {collaborator!r} must be positive, got {weight}")
+        for name, total in self._sum.items():
+            total += weight * update[name].astype(np.float64, copy=False)
+        self._total_weight += weight
+        self._count += 1
+
+    @property
+    def accepted(self) -> int:
+        return self._count
+
+    def average(self) -> dict[str, np.ndarray]:
+        """The float64 weighted average; subclasses (FedAvgM, FedOpt) start from it."""
+        if self._count == 0:
+            raise RuntimeError("finalize() called before any result was accumulated")
+        return {name: total / self._total_weight for name, total in self._sum.items()}
+
+    def finalize(self) -> Weights:
+        return cast_like(self.average(), self._global)

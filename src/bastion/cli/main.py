@@ -1,0 +1,86 @@
+"""The ``bastion`` command: one sub-command group per module in this package.
+
+This module only wires groups together and turns ``BastionError`` into one red
+line and exit code 2; there is no logic here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from bastion.cli.console import console, err_console
+from bastion.errors import BastionError
+
+app = typer.Typer(
+    name="bastion",
+    help="Secure federated learning: workspaces, PKI, plans, aggregator, collaborators, enclaves.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _register() -> None:
+    """Attach every command group; imported lazily so ``--help`` stays fast."""
+    from importlib import import_module
+
+    for module_name, group in _GROUPS:
+        try:
+            module = import_module(f"bastion.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bastion.cli.{module_name}":
+                continue
+            raise
+        if group is None:
+            module.register(app)
+        else:
+            app.add_typer(module.app, name=group)
+
+
+#: (module under bastion.cli, group name or None for top-level commands)
+_GROUPS: list[tuple[str, str | None]] = [
+    ("workspace", "workspace"),
+    ("pki", "pki"),
+    ("plan", "plan"),
+    ("aggregator", "aggregator"),
+    ("collaborator", "collaborator"),
+    ("simulate", None),
+    ("status", None),
+    ("tee", "tee"),
+]
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Rich log lines on stderr; metrics never go here (they go to the metrics log)."""
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose or os.environ.get("BASTION_DEBUG") else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Entry point of the ``bastion`` console script."""
+    _register()
+    try:
+        app()
+    except BastionError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+__all__ = ["app", "configure_logging", "console", "main"]
