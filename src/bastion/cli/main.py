@@ -6,13 +6,11 @@ line and exit code 2; there is no logic here.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
 import typer
 
-from bastion.cli.console import console, err_console
+from bastion.cli.console import configure_logging, console, err_console
 from bastion.errors import BastionError
 
 app = typer.Typer(
@@ -53,21 +51,6 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("status", None),
     ("tee", "tee"),
 ]
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Rich log lines on stderr; metrics never go here (they go to the metrics log)."""
-    from rich.logging import RichHandler
-
-    level = logging.DEBUG if verbose or os.environ.get("BASTION_DEBUG") else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    logging.getLogger("grpc").setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -1,0 +1,92 @@
+"""Running the aggregator of a workspace: plan → strategy → checkpoints → gRPC server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from bastion.aggregator.checkpoint import CheckpointStore
+from bastion.aggregator.core import Aggregator
+from bastion.algorithms.registry import create_strategy
+from bastion.errors import PKIError
+from bastion.metrics.log import METRICS_FILE, MetricsLog
+from bastion.pki import Role, tls_files_for
+from bastion.plan import Plan, load_plan
+from bastion.transport.identity import (
+    INSECURE_WARNING,
+    certificate_identity,
+    insecure_identity,
+    server_credentials,
+)
+from bastion.transport.server import start_server
+
+log = logging.getLogger("bastion.aggregator")
+
+DONE_GRACE_SECONDS = 15.0
+
+
+def build_aggregator(plan: Plan, workspace: Path) -> Aggregator:
+    strategy = create_strategy(plan.aggregation.strategy, plan.aggregation.args)
+    store = CheckpointStore(workspace / plan.output.checkpoints, plan.canonical_hash())
+    metrics = MetricsLog(workspace / plan.output.logs / METRICS_FILE)
+    return Aggregator(plan, strategy, store, metrics)
+
+
+def run_aggregator(
+    workspace: Path,
+    host: str | None = None,
+    port: int | None = None,
+    insecure: bool = False,
+    port_file: Path | None = None,
+) -> Aggregator:
+    """Serve the federation until every round is done; returns the finished aggregator."""
+    workspace = Path(workspace)
+    plan = load_plan(workspace)
+    host = host or plan.network.host
+    port = plan.network.port if port is None else port
+    if insecure:
+        log.warning(INSECURE_WARNING)
+        credentials, identify = None, insecure_identity
+    else:
+        tls = tls_files_for(workspace / plan.network.pki_dir, plan.network.aggregator_name)
+        identity = tls.check()
+        if identity.role is not Role.AGGREGATOR:
+            raise PKIError(f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate")
+        credentials, identify = server_credentials(*tls.read()), certificate_identity
+    aggregator = build_aggregator(plan, workspace)
+    chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
+    server = start_server(aggregator, plan.canonical_hash(), host, port, credentials, identify, chunk_bytes)
+    log.info("aggregator for plan %r listening on %s:%d (%s)", plan.name, host, server.port,
+             "INSECURE plain text" if insecure else "mutual TLS")
+    if port_file is not None:
+        tmp = Path(port_file).with_suffix(".tmp")
+        tmp.write_text(str(server.port))
+        tmp.replace(port_file)
+
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        log.warning("signal %d: stopping the aggregator (state is checkpointed every round)", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        while not stop.is_set() and not aggregator.finished.wait(0.5):
+            aggregator.check_timeout()
+        if aggregator.finished.is_set():
+            _tell_everyone_done(aggregator, server.servicer.told_done)
+    finally:
+        server.stop(grace=1.0)
+    return aggregator
+
+
+def _tell_everyone_done(aggregator: Aggregator, told_done: set[str]) -> None:
+    """Keep serving briefly so polling collaborators hear "done" instead of a dead socket."""
+    deadline = time.monotonic() + DONE_GRACE_SECONDS
+    roster = set(aggregator.plan.collaborator_names())
+    while time.monotonic() < deadline and not roster <= told_done:
+        time.sleep(0.1)

@@ -1,0 +1,28 @@
+"""``bastion aggregator``: run the federation's server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.console import configure_logging
+from bastion.cli.options import InsecureOption, VerboseOption, WorkspaceOption
+
+app = typer.Typer(help="Run the aggregator.", no_args_is_help=True)
+
+
+@app.command("start")
+def start(
+    workspace: Path = WorkspaceOption,
+    host: str | None = typer.Option(None, help="Listen address (default: plan network.host)."),
+    port: int | None = typer.Option(None, help="Listen port (default: plan network.port; 0 picks one)."),
+    port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
+    insecure: bool = InsecureOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Serve the plan's rounds over mutual TLS; resumes from the last checkpoint if there is one."""
+    configure_logging(verbose)
+    from bastion.aggregator.service import run_aggregator
+
+    run_aggregator(workspace, host=host, port=port, insecure=insecure, port_file=port_file)

@@ -1,0 +1,29 @@
+"""``bastion collaborator``: run a data site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.console import configure_logging
+from bastion.cli.options import InsecureOption, VerboseOption, WorkspaceOption
+
+app = typer.Typer(help="Run a collaborator (a data site).", no_args_is_help=True)
+
+
+@app.command("start")
+def start(
+    name: str = typer.Argument(..., help="This site's name: on the plan's roster and its certificate's CN."),
+    workspace: Path = WorkspaceOption,
+    aggregator: str | None = typer.Option(
+        None, help="Aggregator address HOST:PORT (default: plan network.host:port)."
+    ),
+    insecure: bool = InsecureOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Join the federation and run assigned tasks until it finishes (exit 0)."""
+    configure_logging(verbose)
+    from bastion.collaborator.service import run_collaborator
+
+    run_collaborator(workspace, name, aggregator=aggregator, insecure=insecure)

@@ -1,0 +1,103 @@
+"""``bastion simulate``: the whole federation on this machine, one OS process per role."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bastion.cli.console import console
+from bastion.cli.options import InsecureOption, WorkspaceOption
+from bastion.errors import BastionError
+from bastion.metrics.log import METRICS_FILE, read_metrics, round_summaries
+from bastion.metrics.plot import metric_series, plot_metric
+from bastion.sim.processes import LocalFederation
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
+
+
+def simulate(
+    workspace: Path = WorkspaceOption,
+    plot: Path | None = typer.Option(None, help="Write a PNG of the global metric per round here."),
+    require_improvement: bool = typer.Option(
+        False, help="Exit 1 unless the final global metric beats the initial model's."
+    ),
+    timeout: float = typer.Option(1800.0, help="Give up (and stop every process) after this many seconds."),
+    insecure: bool = InsecureOption,
+) -> None:
+    """Run the aggregator and every collaborator of the plan as separate processes on 127.0.0.1.
+
+    Each process is the real `bastion aggregator start` / `bastion collaborator start`; logs go
+    to the workspace's logs/ folder. Issue certificates and run `bastion plan initialize` first.
+    """
+    with LocalFederation(workspace, insecure=insecure) as federation:
+        plan = federation.plan
+        task, metric = plan.best_task(), plan.best_model.metric
+        port = federation.start_aggregator()
+        for name in federation.collaborators or []:
+            federation.start_collaborator(name)
+        console.print(
+            f"federation [bold]{plan.name}[/]: aggregator on 127.0.0.1:{port}, "
+            f"{len(federation.collaborator_processes)} collaborators, {plan.rounds} rounds "
+            f"({'INSECURE' if insecure else 'mutual TLS'}); logs in {federation.logs}"
+        )
+        metrics_path = federation.logs / METRICS_FILE
+        shown = 0
+        deadline = time.monotonic() + timeout
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=console, transient=True) as progress:
+            bar = progress.add_task("rounds", total=plan.rounds + 1)
+            while True:
+                summaries = round_summaries(read_metrics(metrics_path))
+                for summary in summaries[shown:]:
+                    progress.console.print(_describe(summary, task, metric))
+                shown = len(summaries)
+                progress.update(bar, completed=min(shown, plan.rounds + 1))
+                failed = federation.failed()
+                if failed:
+                    raise BastionError(
+                        f"{', '.join(failed)} exited with an error; see {federation.logs}/<role>.log"
+                    )
+                if not federation.running():
+                    break
+                if time.monotonic() > deadline:
+                    raise BastionError(f"the federation did not finish within {timeout:.0f}s")
+                time.sleep(0.25)
+        codes = federation.wait(timeout=60)
+    if any(codes.values()):
+        raise BastionError(f"exit codes {codes}; see {federation.logs}")
+    records = read_metrics(metrics_path)
+    if task is None:
+        console.print("[green]federation finished[/] (no global validation task to report)")
+        return
+    series = metric_series(records, task, metric)
+    if plot is not None and series:
+        plot_metric(series, plot, f"{plan.name}: {task} {metric}", metric)
+        console.print(f"plot written to {plot}")
+    if len(series) >= 2:
+        first, last = series[0][1], series[-1][1]
+        console.print(
+            f"[bold green]federation finished[/]: {metric} {first:.4f} (initial) → {last:.4f} "
+            f"(after round {series[-1][0]})"
+        )
+        better = last > first if plan.best_model.mode == "max" else last < first
+        if require_improvement and not better:
+            console.print(f"[bold red]{metric} did not improve[/]")
+            raise typer.Exit(1)
+
+
+def _describe(summary: dict, task: str | None, metric: str) -> str:
+    tasks = summary.get("tasks", {})
+    parts = []
+    for name, values in tasks.items():
+        shown = " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "examples")
+        parts.append(f"{name}: {shown}")
+    label = "final" if summary.get("final_evaluation") else f"round {summary['round']}"
+    rejected = summary.get("rejected") or {}
+    extra = f" [yellow]rejected: {', '.join(rejected)}[/]" if rejected else ""
+    return f"[bold]{label}[/] ({summary.get('seconds', 0):.1f}s) " + "; ".join(parts) + extra

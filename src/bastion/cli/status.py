@@ -1,0 +1,58 @@
+"""``bastion status``: where a workspace's federation stands, read from its files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from bastion.aggregator.checkpoint import CheckpointStore
+from bastion.cli.console import console
+from bastion.cli.options import WorkspaceOption
+from bastion.metrics.log import METRICS_FILE, read_metrics, round_summaries
+from bastion.plan import load_plan
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+
+
+def status(workspace: Path = WorkspaceOption) -> None:
+    """Round, collaborators seen, best model and the last round's metrics."""
+    plan = load_plan(workspace)
+    store = CheckpointStore(Path(workspace) / plan.output.checkpoints, plan.canonical_hash())
+    summary = store.read_summary()
+    if summary is None:
+        initialized = (store.directory / "initial.safetensors").exists()
+        hint = "start the aggregator" if initialized else "run `bastion plan initialize`"
+        console.print(f"plan [bold]{plan.name}[/]: not started yet; {hint}")
+        return
+    state = "finished" if summary["finished"] else f"round {summary['current_round']} of {summary['rounds']}"
+    console.print(
+        f"plan [bold]{plan.name}[/]: {state}; {summary['round_completed']} rounds complete "
+        f"(updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['updated']))})"
+    )
+    best = summary.get("best") or {}
+    if best.get("value") is not None:
+        console.print(f"best model: round {best['round']}, {best['metric']} = {best['value']:.4f}")
+    seen = Table("collaborator", "on roster", "last seen", "assigned now")
+    seen_at = summary.get("collaborators_seen", {})
+    for name in plan.collaborator_names():
+        when = seen_at.get(name)
+        seen.add_row(
+            name,
+            "yes",
+            time.strftime("%H:%M:%S", time.localtime(when)) if when else "never",
+            "yes" if name in summary.get("assigned", []) else "",
+        )
+    console.print(seen)
+    rounds = round_summaries(read_metrics(Path(workspace) / plan.output.logs / METRICS_FILE))
+    if rounds:
+        last = rounds[-1]
+        table = Table("task", "metric", "value", title=f"round {last['round']} metrics")
+        for task, values in last.get("tasks", {}).items():
+            for key, value in values.items():
+                table.add_row(task, key, f"{value:.4f}" if key != "examples" else f"{int(value)}")
+        console.print(table)

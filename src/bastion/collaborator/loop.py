@@ -1,0 +1,153 @@
+"""The collaborator loop: ask for tasks, pull the model, run tasks, push results.
+
+A collaborator only dials out. While the aggregator is unreachable it retries with
+capped exponential backoff and jitter; it exits when the aggregator says the
+federation is done, or gives up after ``timeouts.reconnect_give_up_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bastion.aggregator.core import Assignment
+from bastion.data.types import DataShard
+from bastion.errors import BastionError
+from bastion.plan import TaskSpec
+from bastion.runners.base import TaskResult, TaskRunner
+from bastion.tensors import Weights
+
+log = logging.getLogger("bastion.collaborator")
+
+
+class AggregatorClient(Protocol):
+    """What the loop needs from a transport (gRPC or in-process)."""
+
+    def get_tasks(self) -> Assignment: ...
+
+    def get_model(self, round_number: int) -> Weights: ...
+
+    def send_result(
+        self,
+        round_number: int,
+        task: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> tuple[bool, str]: ...
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class GaveUp(BastionError):
+    """The aggregator stayed unreachable for longer than the plan allows."""
+
+
+class Collaborator:
+    """Runs the tasks the aggregator assigns, on this site's data, until the federation ends."""
+
+    def __init__(
+        self,
+        name: str,
+        client: AggregatorClient,
+        runner: TaskRunner,
+        data: DataShard,
+        retryable: tuple[type[Exception], ...],
+        give_up_seconds: float = 600.0,
+        sleep: Callable[[float], None] = time.sleep,
+        on_task: Callable[[int, str, TaskResult], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._runner = runner
+        self._data = data
+        self._retryable = retryable
+        self._give_up = give_up_seconds
+        self._sleep = sleep
+        self._on_task = on_task
+        self.rounds_run = 0
+
+    def run(self) -> None:
+        """Loop until the aggregator says the federation is done."""
+        backoff = Backoff()
+        last_contact = time.monotonic()
+        while True:
+            try:
+                assignment = self._client.get_tasks()
+                if assignment.action == "done":
+                    log.info("%s: federation finished after %d rounds here", self.name, self.rounds_run)
+                    return
+                if assignment.action == "wait":
+                    backoff.reset()
+                    last_contact = time.monotonic()
+                    self._sleep(assignment.retry_after)
+                    continue
+                self._run_round(assignment)
+                backoff.reset()
+                last_contact = time.monotonic()
+            except self._retryable as exc:
+                waited = time.monotonic() - last_contact
+                if waited > self._give_up:
+                    raise GaveUp(
+                        f"{self.name}: aggregator unreachable for {waited:.0f}s "
+                        f"(limit timeouts.reconnect_give_up_seconds={self._give_up:.0f}): {exc}"
+                    ) from None
+                delay = backoff.next_delay()
+                log.info("%s: %s; retrying in %.1fs", self.name, exc, delay)
+                self._sleep(delay)
+
+    def _run_round(self, assignment: Assignment) -> None:
+        round_number = assignment.round
+        global_weights = self._client.get_model(round_number)
+        self._runner.set_weights(global_weights)
+        holds_global = True
+        log.info(
+            "%s: round %d: %s", self.name, round_number, ", ".join(t.name for t in assignment.tasks)
+        )
+        for task in assignment.tasks:
+            if task.kind == "validate" and task.model == "global" and not holds_global:
+                self._runner.set_weights(global_weights)
+                holds_global = True
+            result, weights = self._run_task(task)
+            if task.kind == "train":
+                holds_global = False
+            accepted, reason = self._client.send_result(
+                round_number, task.name, result.example_count, result.metrics, weights
+            )
+            if not accepted:
+                log.warning("%s: aggregator rejected %s: %s", self.name, task.name, reason)
+                break
+            if self._on_task:
+                self._on_task(round_number, task.name, result)
+        self.rounds_run += 1
+
+    def _run_task(self, task: TaskSpec) -> tuple[TaskResult, Weights | None]:
+        started = time.monotonic()
+        if task.kind == "train":
+            result = self._runner.train(self._data, **task.args)
+            weights: Weights | None = self._runner.get_weights()
+        else:
+            result = self._runner.validate(self._data, **task.args)
+            weights = None
+        shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        log.info("%s: %s done in %.1fs: %s", self.name, task.name, time.monotonic() - started, shown)
+        return result, weights

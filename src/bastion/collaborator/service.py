@@ -1,0 +1,64 @@
+"""Running one collaborator of a workspace: plan → data shard → runner → loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bastion.collaborator.loop import Collaborator
+from bastion.errors import PKIError, PlanError
+from bastion.pki import Role, tls_files_for
+from bastion.plan import load_plan
+from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
+from bastion.transport.identity import INSECURE_WARNING
+from bastion.workspace.tasks import build_runner, load_shard
+
+log = logging.getLogger("bastion.collaborator")
+
+
+def run_collaborator(
+    workspace: Path,
+    name: str,
+    aggregator: str | None = None,
+    insecure: bool = False,
+) -> Collaborator:
+    """Join the federation as ``name`` and work until the aggregator says it is done."""
+    workspace = Path(workspace)
+    plan = load_plan(workspace)
+    if name not in plan.collaborator_names():
+        raise PlanError(f"{name!r} is not on the plan's roster: {', '.join(plan.collaborator_names())}")
+    target = aggregator or f"{plan.network.host}:{plan.network.port}"
+    if insecure:
+        log.warning(INSECURE_WARNING)
+        tls = None
+    else:
+        files = tls_files_for(workspace / plan.network.pki_dir, name)
+        identity = files.check()
+        if identity.role is not Role.COLLABORATOR or identity.name != name:
+            raise PKIError(f"{files.cert} belongs to {identity}, not to collaborator {name!r}")
+        tls = files.read()
+    shard = load_shard(plan, name, workspace)
+    runner = build_runner(plan, workspace)
+    log.info("%s: %d training and %d validation examples; aggregator %s",
+             name, shard.train_count, shard.valid_count, target)
+    client = GrpcAggregatorClient(
+        target,
+        plan.canonical_hash(),
+        chunk_bytes=int(plan.network.chunk_mib * 1024 * 1024),
+        max_model_bytes=int(plan.network.max_update_mib * 1024 * 1024),
+        tls=tls,
+        insecure_name=name if insecure else None,
+    )
+    collaborator = Collaborator(
+        name,
+        client,
+        runner,
+        shard,
+        retryable=(AggregatorUnavailable,),
+        give_up_seconds=plan.timeouts.reconnect_give_up_seconds,
+    )
+    try:
+        collaborator.run()
+    finally:
+        client.close()
+    return collaborator

@@ -1,0 +1,282 @@
+"""``plan.yaml``: what to train, how, and with whom.
+
+The plan is parsed into strict pydantic models: an unknown key, a wrong type or a
+value out of range is reported as one line naming the key path and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bastion.errors import PlanError
+
+PLAN_FILE = "plan.yaml"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollaboratorEntry(_Strict):
+    """One data site on the roster; ``name`` must equal the CN of its certificate."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    shard: int | None = Field(default=None, ge=0, description="data shard index; default: roster position")
+
+
+class TaskSpec(_Strict):
+    """A unit of work a collaborator runs each round."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["train", "validate"]
+    model: Literal["global", "local"] = Field(
+        default="global",
+        description="validate: evaluate the round's global model or the locally trained one",
+    )
+    args: dict[str, Any] = Field(default_factory=dict)
+    metrics_aggregation: Literal["weighted_mean", "mean", "min", "max"] = "weighted_mean"
+
+    @model_validator(mode="after")
+    def _train_uses_global(self) -> TaskSpec:
+        if self.kind == "train" and self.model != "global":
+            raise ValueError("a train task always starts from the global model; remove 'model'")
+        return self
+
+
+class RunnerSpec(_Strict):
+    """Builds the collaborator's ``TaskRunner``: ``module:function`` in the workspace."""
+
+    path: str = Field(min_length=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class PartitionSpec(_Strict):
+    method: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = Field(default=0.5, gt=0)
+    shards_per_collaborator: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    """Where each collaborator's local data comes from."""
+
+    loader: str = Field(min_length=1, description="registered name (digits, mnist) or module:function")
+    args: dict[str, Any] = Field(default_factory=dict)
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+
+
+class NetworkSpec(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    pki_dir: str = "pki"
+    aggregator_name: str = Field(default="aggregator", pattern=NAME_PATTERN)
+    chunk_mib: float = Field(default=4.0, gt=0, le=64)
+    max_update_mib: float = Field(default=4096.0, gt=0)
+
+
+class AggregationSpec(_Strict):
+    strategy: str = "fedavg"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ParticipationSpec(_Strict):
+    """Per-round client sampling (fraction C of the roster, seeded for reproducibility)."""
+
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    min_collaborators: int = Field(default=1, ge=1)
+    seed: int = 0
+
+
+class TimeoutSpec(_Strict):
+    round_seconds: float = Field(default=900.0, gt=0)
+    min_results: int = Field(default=1, ge=1, description="train results needed to close a round")
+    poll_seconds: float = Field(default=0.5, gt=0)
+    reconnect_give_up_seconds: float = Field(default=600.0, gt=0)
+
+
+class BestModelSpec(_Strict):
+    task: str | None = Field(default=None, description="validate task; default: first global one")
+    metric: str = "accuracy"
+    mode: Literal["max", "min"] = "max"
+
+
+class OutputSpec(_Strict):
+    checkpoints: str = "save"
+    logs: str = "logs"
+
+
+class Plan(_Strict):
+    """The whole federation plan."""
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    rounds: int = Field(ge=1, le=100_000)
+    collaborators: list[CollaboratorEntry] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    task_runner: RunnerSpec
+    data: DataSpec
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
+    participation: ParticipationSpec = Field(default_factory=ParticipationSpec)
+    timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
+    best_model: BestModelSpec = Field(default_factory=BestModelSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("collaborators", mode="before")
+    @classmethod
+    def _names_as_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        names = [c.name for c in self.collaborators]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"collaborator names must be unique; repeated: {duplicates}")
+        if self.network.aggregator_name in names:
+            raise ValueError(
+                f"network.aggregator_name {self.network.aggregator_name!r} is also a collaborator"
+            )
+        task_names = [t.name for t in self.tasks]
+        if len(set(task_names)) != len(task_names):
+            raise ValueError(f"task names must be unique; got {task_names}")
+        if not any(t.kind == "train" for t in self.tasks):
+            raise ValueError("tasks: at least one task must have kind 'train'")
+        if self.participation.min_collaborators > len(names):
+            raise ValueError(
+                f"participation.min_collaborators ({self.participation.min_collaborators}) "
+                f"exceeds the roster size ({len(names)})"
+            )
+        if self.timeouts.min_results > len(names):
+            raise ValueError(
+                f"timeouts.min_results ({self.timeouts.min_results}) exceeds the roster size ({len(names)})"
+            )
+        task = self.best_model.task
+        if task is not None and not any(t.name == task and t.kind == "validate" for t in self.tasks):
+            raise ValueError(f"best_model.task {task!r} is not a validate task of this plan")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+
+    def collaborator_names(self) -> list[str]:
+        return [c.name for c in self.collaborators]
+
+    def shard_of(self, name: str) -> int:
+        for position, entry in enumerate(self.collaborators):
+            if entry.name == name:
+                return entry.shard if entry.shard is not None else position
+        raise PlanError(f"{name!r} is not on the plan's roster: {self.collaborator_names()}")
+
+    def shard_count(self) -> int:
+        return max(self.shard_of(n) for n in self.collaborator_names()) + 1
+
+    def best_task(self) -> str | None:
+        if self.best_model.task:
+            return self.best_model.task
+        for task in self.tasks:
+            if task.kind == "validate" and task.model == "global":
+                return task.name
+        return None
+
+    def canonical_hash(self) -> str:
+        """SHA-256 of the plan's canonical JSON: equal for plans that mean the same."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_plan(path: Path | str) -> Plan:
+    """Read and validate a plan file, or raise ``PlanError`` with one clear line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLAN_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(
+            f"{path}: no plan here; create a workspace with `bastion workspace create DIR "
+            "--template NAME` or pass --workspace"
+        ) from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{path}: not a UTF-8 text file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PlanError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise PlanError(f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}")
+    return parse_plan(raw, source=str(path))
+
+
+def parse_plan(raw: dict[str, Any], source: str = PLAN_FILE) -> Plan:
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as exc:
+        raise PlanError(f"{source}: {describe_validation_error(exc, raw)}") from None
+
+
+def describe_validation_error(exc: ValidationError, raw: Any) -> str:
+    """One line for the first error: the dotted key path, what is wrong, and the fix."""
+    error = exc.errors()[0]
+    path = _dotted(error["loc"], raw)
+    kind = error["type"]
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key '{path}'{hint}{extra}"
+    if kind == "missing":
+        return f"missing required key '{path}'{extra}"
+    message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    if path:
+        return f"key '{path}': {message} (got {error.get('input')!r}){extra}"
+    return f"{message}{extra}"
+
+
+def _dotted(loc: tuple[Any, ...], raw: Any) -> str:
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                entry = node[item]
+                if isinstance(entry, dict) and "name" in entry:
+                    label = f"[{entry['name']}]"
+                node = entry
+            parts.append(label)
+        else:
+            if not re.match(r"^[A-Za-z_][\w-]*$", str(item)):
+                continue  # pydantic's internal tags such as 'function-after[...]'
+            parts.append(f".{item}" if parts else str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Plan
+    for item in loc:
+        if isinstance(item, int) or model is None:
+            continue
+        field = model.model_fields.get(item) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return sorted(model.model_fields) if model is not None else []

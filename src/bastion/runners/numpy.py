@@ -1,0 +1,46 @@
+"""The NumPy adapter: for models written directly in NumPy.
+
+The user's model implements four methods (``get_weights``, ``set_weights``, ``fit``,
+``evaluate``); this adapter turns them into a ``TaskRunner``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from bastion.data.types import DataShard
+from bastion.runners.base import TaskResult
+from bastion.tensors import Weights
+
+
+class NumpyModel(Protocol):
+    def get_weights(self) -> Weights: ...
+
+    def set_weights(self, weights: Weights) -> None: ...
+
+    def fit(self, x: np.ndarray, y: np.ndarray, **args: Any) -> dict[str, float]: ...
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, **args: Any) -> dict[str, float]: ...
+
+
+class NumpyRunner:
+    """A ``TaskRunner`` over a ``NumpyModel``; weights are copied at the boundary."""
+
+    def __init__(self, model: NumpyModel) -> None:
+        self.model = model
+
+    def get_weights(self) -> Weights:
+        return {name: np.array(value, copy=True) for name, value in self.model.get_weights().items()}
+
+    def set_weights(self, weights: Weights) -> None:
+        self.model.set_weights({name: np.array(value, copy=True) for name, value in weights.items()})
+
+    def train(self, data: DataShard, **args: Any) -> TaskResult:
+        metrics = self.model.fit(data.x_train, data.y_train, **args)
+        return TaskResult(data.train_count, {k: float(v) for k, v in metrics.items()})
+
+    def validate(self, data: DataShard, **args: Any) -> TaskResult:
+        metrics = self.model.evaluate(data.x_valid, data.y_valid, **args)
+        return TaskResult(data.valid_count, {k: float(v) for k, v in metrics.items()})

@@ -1,0 +1,118 @@
+"""The collaborator's side of the gRPC transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+
+from bastion.aggregator.core import Assignment
+from bastion.errors import BastionError
+from bastion.plan import TaskSpec
+from bastion.tensors import Weights, iter_frames
+from bastion.transport import bastion_pb2 as pb
+from bastion.transport import bastion_pb2_grpc as pb_grpc
+from bastion.transport.frames import assemble, to_chunk
+from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
+from bastion.transport.server import channel_options
+
+_ACTIONS = {pb.TasksReply.RUN: "run", pb.TasksReply.WAIT: "wait", pb.TasksReply.DONE: "done"}
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class AggregatorUnavailable(BastionError):
+    """The aggregator cannot be reached right now; the collaborator retries with backoff."""
+
+
+class AggregatorRefused(BastionError):
+    """The aggregator refused this collaborator (identity, plan, or assignment)."""
+
+
+class GrpcAggregatorClient:
+    """Talks to the aggregator at ``target`` over mutual TLS (or plain text if insecure)."""
+
+    def __init__(
+        self,
+        target: str,
+        plan_hash: str,
+        chunk_bytes: int,
+        max_model_bytes: int,
+        tls: tuple[bytes, bytes, bytes] | None,
+        insecure_name: str | None = None,
+        timeout_seconds: float = 600.0,
+    ) -> None:
+        options = channel_options(chunk_bytes)
+        if tls is not None:
+            self._channel = grpc.secure_channel(target, channel_credentials(*tls), options=options)
+            self._metadata: tuple[tuple[str, str], ...] = ()
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+            self._metadata = ((INSECURE_NAME_HEADER, insecure_name or ""),)
+        self._stub = pb_grpc.FederationStub(self._channel)
+        self._target = target
+        self._plan_hash = plan_hash
+        self._chunk_bytes = chunk_bytes
+        self._max_model_bytes = max_model_bytes
+        self._timeout = timeout_seconds
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _translate(self, exc: grpc.RpcError, what: str) -> BastionError:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in _RETRYABLE:
+            return AggregatorUnavailable(f"aggregator at {self._target} unreachable ({what}): {details}")
+        return AggregatorRefused(f"aggregator refused {what}: {details} [{code.name if code else '?'}]")
+
+    def get_tasks(self) -> Assignment:
+        try:
+            reply = self._stub.GetTasks(
+                pb.TasksRequest(plan_hash=self._plan_hash), metadata=self._metadata, timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "the task request") from None
+        tasks = tuple(
+            TaskSpec(name=t.name, kind=t.kind, model=t.model, args=json.loads(t.args_json or "{}"))
+            for t in reply.tasks
+        )
+        return Assignment(
+            _ACTIONS.get(reply.action, "wait"),  # type: ignore[arg-type]
+            reply.round,
+            tasks,
+            reply.retry_after_seconds or 0.5,
+            reply.total_rounds,
+        )
+
+    def get_model(self, round_number: int) -> Weights:
+        try:
+            stream = self._stub.GetModel(
+                pb.ModelRequest(round=round_number), metadata=self._metadata, timeout=self._timeout
+            )
+            return assemble(stream, self._max_model_bytes)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"the model of round {round_number}") from None
+
+    def send_result(
+        self,
+        round_number: int,
+        task: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> tuple[bool, str]:
+        def messages() -> Iterator[pb.ResultChunk]:
+            header = pb.ResultHeader(
+                round=round_number, task=task, example_count=example_count, metrics=metrics
+            )
+            yield pb.ResultChunk(header=header)
+            if weights:
+                for frame in iter_frames(weights, self._chunk_bytes):
+                    yield pb.ResultChunk(tensor=to_chunk(frame))
+
+        try:
+            ack = self._stub.SendResult(messages(), metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"the {task!r} result of round {round_number}") from None
+        return ack.accepted, ack.reason

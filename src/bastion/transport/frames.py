@@ -1,0 +1,31 @@
+"""Conversion between ``bastion.tensors.Frame`` and the protocol's ``TensorChunk``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from bastion.tensors import Frame, FrameAssembler, Weights
+from bastion.transport import bastion_pb2 as pb
+
+
+def to_chunk(frame: Frame) -> pb.TensorChunk:
+    return pb.TensorChunk(
+        name=frame.name, dtype=frame.dtype, shape=frame.shape, offset=frame.offset, data=frame.data
+    )
+
+
+def from_chunk(chunk: pb.TensorChunk) -> Frame:
+    return Frame(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.offset, chunk.data)
+
+
+def assemble(chunks: Iterable[pb.TensorChunk], max_total_bytes: int) -> Weights:
+    """Rebuild weights from an untrusted stream of chunks (sizes checked before allocation)."""
+    assembler = FrameAssembler(max_total_bytes)
+    for chunk in chunks:
+        assembler.add(from_chunk(chunk))
+    return assembler.result()
+
+
+def chunks_of(frames: Iterable[Frame]) -> Iterator[pb.TensorChunk]:
+    for frame in frames:
+        yield to_chunk(frame)

@@ -1,0 +1,58 @@
+"""Who is calling: the verified client certificate names the collaborator.
+
+gRPC has already verified the chain to the federation's CA during the TLS handshake;
+here we read the peer certificate it hands us and require the collaborator role. The
+request body never names the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from bastion.errors import PKIError
+from bastion.pki import Role, identity_of
+from bastion.pki.pem import parse_certificate
+
+log = logging.getLogger("bastion.transport")
+
+Identify = Callable[[grpc.ServicerContext], str]
+
+INSECURE_NAME_HEADER = "x-bastion-collaborator"
+
+
+def certificate_identity(context: grpc.ServicerContext) -> str:
+    """The collaborator name in the caller's verified TLS certificate."""
+    auth = context.auth_context()
+    pem = auth.get("x509_pem_cert")
+    if not pem:
+        raise PKIError("the peer presented no client certificate")
+    identity = identity_of(parse_certificate(pem[0], source="peer certificate"))
+    if identity.role is not Role.COLLABORATOR:
+        raise PKIError(f"peer certificate belongs to {identity}; only collaborators may call the aggregator")
+    return identity.name
+
+
+def insecure_identity(context: grpc.ServicerContext) -> str:
+    """``--insecure`` only: the caller names itself in a header. Anyone can lie here."""
+    for key, value in context.invocation_metadata():
+        if key == INSECURE_NAME_HEADER:
+            return str(value)
+    raise PKIError(f"insecure mode: the request has no {INSECURE_NAME_HEADER} header")
+
+
+def server_credentials(ca: bytes, cert: bytes, key: bytes) -> grpc.ServerCredentials:
+    """Mutual TLS: the server demands and verifies a client certificate from our CA."""
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(ca: bytes, cert: bytes, key: bytes) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+INSECURE_WARNING = (
+    "INSECURE MODE: plain-text gRPC without TLS. Updates, models and identities travel "
+    "unprotected and any peer can claim any name. Never use this outside a throwaway test."
+)

@@ -1,0 +1,171 @@
+"""The aggregator's gRPC server: mutual TLS, identity from the client certificate.
+
+The servicer is a thin edge over ``bastion.aggregator.core.Aggregator``: it names
+the caller from its verified certificate (never from the request), checks the plan
+hash, streams the model out in chunks and assembles results with size limits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from bastion.aggregator.core import Aggregator, NotAssigned, UnknownCollaborator
+from bastion.errors import BastionError, ProtocolError
+from bastion.transport import bastion_pb2 as pb
+from bastion.transport import bastion_pb2_grpc as pb_grpc
+from bastion.transport.frames import assemble, to_chunk
+from bastion.transport.identity import Identify
+
+log = logging.getLogger("bastion.transport")
+
+_ACTIONS = {"run": pb.TasksReply.RUN, "wait": pb.TasksReply.WAIT, "done": pb.TasksReply.DONE}
+
+
+def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
+    """Message limits sized to one chunk plus framing, never gRPC's 4 MiB default."""
+    limit = chunk_bytes + 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(self, aggregator: Aggregator, plan_hash: str, identify: Identify) -> None:
+        self._aggregator = aggregator
+        self._plan_hash = plan_hash
+        self._identify = identify
+        self.told_done: set[str] = set()
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        try:
+            return self._identify(context)
+        except BastionError as exc:
+            log.warning("refused a peer: %s", exc)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # unreachable: abort raises
+
+    def GetTasks(self, request: pb.TasksRequest, context: grpc.ServicerContext) -> pb.TasksReply:
+        name = self._caller(context)
+        if request.plan_hash != self._plan_hash:
+            log.warning("refused %s: its plan differs from the aggregator's", name)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"plan mismatch: the aggregator runs plan {self._plan_hash[:12]}…, "
+                f"{name} has {request.plan_hash[:12] or 'none'}…; use the federation's plan.yaml",
+            )
+        try:
+            assignment = self._aggregator.get_tasks(name)
+        except UnknownCollaborator as exc:
+            log.warning("refused %s: %s", name, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        if assignment.action == "done":
+            self.told_done.add(name)
+        return pb.TasksReply(
+            action=_ACTIONS[assignment.action],
+            round=assignment.round,
+            tasks=[
+                pb.Task(name=t.name, kind=t.kind, model=t.model, args_json=json.dumps(t.args))
+                for t in assignment.tasks
+            ],
+            retry_after_seconds=assignment.retry_after,
+            total_rounds=assignment.total_rounds,
+        )
+
+    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> Iterator[pb.TensorChunk]:
+        name = self._caller(context)
+        try:
+            frames = self._aggregator.model_frames(name, request.round)
+        except (UnknownCollaborator, NotAssigned) as exc:
+            log.warning("refused model download by %s: %s", name, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        for frame in frames:
+            yield to_chunk(frame)
+
+    def SendResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.ResultAck:
+        name = self._caller(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a result must start with its header")
+        header = first.header
+        try:
+            task = self._aggregator.check_result_allowed(name, header.round, header.task)
+        except (UnknownCollaborator, NotAssigned) as exc:
+            log.warning("refused a result from %s: %s", name, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        weights = None
+        try:
+            chunks = (_tensor_part(message) for message in request_iterator)
+            received = assemble(chunks, self._aggregator.max_update_bytes)
+            if task.kind == "train" or received:
+                weights = received
+        except ProtocolError as exc:
+            accepted, reason = self._aggregator.reject_result(name, header.round, header.task, str(exc))
+            return pb.ResultAck(accepted=accepted, reason=reason)
+        try:
+            accepted, reason = self._aggregator.submit_result(
+                name, header.round, header.task, int(header.example_count), dict(header.metrics), weights
+            )
+        except NotAssigned as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return pb.ResultAck(accepted=accepted, reason=reason)
+
+
+def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:
+    if message.WhichOneof("part") != "tensor":
+        raise ProtocolError("a result carries exactly one header, first")
+    return message.tensor
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    servicer: FederationServicer
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.server.stop(grace).wait()
+
+
+def start_server(
+    aggregator: Aggregator,
+    plan_hash: str,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+    identify: Identify,
+    chunk_bytes: int,
+    max_workers: int = 32,
+    on_start: Callable[[int], None] | None = None,
+) -> RunningServer:
+    """Bind and start the server; ``credentials=None`` means plain text (``--insecure``)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bastion-rpc"),
+        options=channel_options(chunk_bytes),
+    )
+    servicer = FederationServicer(aggregator, plan_hash, identify)
+    pb_grpc.add_FederationServicer_to_server(servicer, server)
+    address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        bound = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:
+        raise BastionError(f"cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise BastionError(f"cannot listen on {address}: address in use or not available")
+    server.start()
+    if on_start:
+        on_start(bound)
+    return RunningServer(server, bound, servicer)

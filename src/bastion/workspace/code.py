@@ -1,0 +1,52 @@
+"""Importing the model owner's task code from a workspace (``module:function`` paths)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import PlanError
+
+
+def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
+    """Resolve ``module:attribute``, looking in ``workspace`` first; ``key`` names the plan key."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise PlanError(f"key '{key}': {spec!r} is not of the form module:function (e.g. task:build_runner)")
+    workspace = Path(workspace).resolve()
+    _forget_foreign_module(module_name, workspace)
+    sys.path.insert(0, str(workspace))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise PlanError(
+                f"key '{key}': no module {module_name!r} in workspace {workspace} or installed packages"
+            ) from None
+        raise PlanError(f"key '{key}': importing {module_name!r} failed: {exc}") from None
+    except Exception as exc:
+        raise PlanError(f"key '{key}': importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(workspace))
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise PlanError(f"key '{key}': module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise PlanError(f"key '{key}': {spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _forget_foreign_module(module_name: str, workspace: Path) -> None:
+    """Drop a same-named module imported from another workspace earlier in this process."""
+    top = module_name.split(".")[0]
+    module = sys.modules.get(top)
+    origin = getattr(module, "__file__", None) if module else None
+    if origin and not Path(origin).resolve().is_relative_to(workspace):
+        local = workspace / f"{top}.py"
+        if local.exists() or (workspace / top / "__init__.py").exists():
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
