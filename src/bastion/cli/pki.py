@@ -186,16 +186,18 @@ def list_command(pki_dir: PkiDir = DEFAULT_PKI_DIR) -> None:
         return
     table = Table(
         title=f"Certificates issued by {pki_dir / 'ca.crt'}",
-        caption=f"full fingerprints: {pki_dir / 'issued.json'}",
+        caption=f"full serials and fingerprints: {pki_dir / 'issued.json'}",
     )
-    for column in ("name", "role", "serial", "valid until", "status", "SHA-256"):
+    for column in ("name", "role"):
+        table.add_column(column, no_wrap=True)
+    for column in ("serial", "valid until", "status", "SHA-256"):
         table.add_column(column, overflow="fold")
     now = datetime.now(timezone.utc)
     for entry in entries:
         table.add_row(
             Text(entry.name),
             entry.role.value,
-            entry.serial_hex,
+            entry.serial_hex[:16] + "…",
             format_time(entry.not_after),
             _status(entry, now),
             Text(entry.fingerprint[:23] + "…"),

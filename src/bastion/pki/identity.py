@@ -132,7 +132,7 @@ def identity_of(cert: CertificateLike) -> Identity:
         ) from None
     if usages != role.extended_key_usages:
         other = role_for_usages(usages)
-        allows = f"those of a {other.value}" if other else "a set no Bastion role has"
+        allows = f"that of the {other.value} role" if other else "a set no Bastion role has"
         raise PKIError(
             f"{label} says role '{role.value}' in its OU but its extended key usage is "
             f"{allows}; it was not issued by Bastion, refuse it"

@@ -93,11 +93,15 @@ def _check_name_free(pki_dir: Path, name: str, role: Role) -> None:
             )
 
 
+def _check_days(days: int) -> None:
+    if days < 1:
+        raise PKIError(f"validity must be at least 1 day, got {days}")
+
+
 def _validity(
     ca: CertificateAuthority, days: int, not_before: datetime | None
 ) -> tuple[datetime, datetime]:
-    if days < 1:
-        raise PKIError(f"validity must be at least 1 day, got {days}")
+    _check_days(days)
     now = datetime.now(timezone.utc)
     if not_before is None:
         start, end = now - CLOCK_SKEW, now + timedelta(days=days)
@@ -220,6 +224,14 @@ def issue(
     """Request and sign in one step, for when the CA and the key holder are one machine."""
     role = Role.parse(role)
     validate_name(name)
+    _check_days(days)
     load_ca(pki_dir)  # fail before a key is generated if there is no usable CA
     csr_path = create_request(pki_dir, name, role, hosts)
-    return sign_request(pki_dir, csr_path, role, days=days, not_before=not_before)
+    try:
+        return sign_request(pki_dir, csr_path, role, days=days, not_before=not_before)
+    except BaseException:
+        # Leave nothing half-made, so the same command can simply be run again.
+        layout = PkiLayout.of(pki_dir)
+        layout.key(name).unlink(missing_ok=True)
+        csr_path.unlink(missing_ok=True)
+        raise
