@@ -54,10 +54,11 @@ def dirichlet(
         )
     rng = np.random.default_rng(seed)
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    class_sizes = np.array([len(members) for members in by_class])
     concentration = np.full(num_parts, float(alpha))
     for _ in range(DIRICHLET_MAX_ATTEMPTS):
         # counts[c, j]: how many examples of class c part j gets.
-        counts = np.stack([_split_counts(len(m), rng.dirichlet(concentration)) for m in by_class])
+        counts = _split_counts(class_sizes, rng.dirichlet(concentration, size=len(by_class)))
         if int(counts.sum(axis=0).min()) >= min_size:
             starts = np.cumsum(counts, axis=1) - counts
             return [_gather(by_class, starts[:, j], counts[:, j]) for j in range(num_parts)]
@@ -95,10 +96,11 @@ def label_shards(
     return [np.sort(np.concatenate([shards[s] for s in hand])) for hand in dealt]
 
 
-def _split_counts(count: int, proportions: np.ndarray) -> np.ndarray:
-    """Split ``count`` examples into parts of about ``proportions[i] * count`` each."""
-    cuts = (np.cumsum(proportions)[:-1] * count).astype(np.int64)
-    return np.diff(cuts, prepend=0, append=count)
+def _split_counts(class_sizes: np.ndarray, proportions: np.ndarray) -> np.ndarray:
+    """Split each class ``c`` into parts of about ``proportions[c, j] * class_sizes[c]``."""
+    totals = class_sizes[:, None]
+    cuts = (np.cumsum(proportions, axis=1)[:, :-1] * totals).astype(np.int64)
+    return np.diff(cuts, axis=1, prepend=0, append=totals)
 
 
 def _gather(by_class: list[np.ndarray], starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -36,16 +36,21 @@ def make_shard(
         raise PartitionError(f"collaborator index must be an integer, got {index!r}")
     if not 0 <= index < count:
         raise PartitionError(f"collaborator index {index} is outside 0..{count - 1}")
-    if method == "iid":
-        train_parts = partition.iid(len(dataset.y_train), count, seed)
-    elif method == "dirichlet":
-        train_parts = partition.dirichlet(dataset.y_train, count, alpha, seed, min_size=min_size)
-    elif method == "shards":
-        train_parts = partition.label_shards(dataset.y_train, count, shards_per_part, seed)
-    else:
+    if method not in METHODS:
         raise PartitionError(
             f"unknown partition method '{method}': use one of {', '.join(METHODS)}"
         )
+    if len(dataset.y_test) < count:
+        raise PartitionError(
+            f"the test split of '{dataset.name}' has {len(dataset.y_test)} examples, fewer than "
+            f"the {count} collaborators: each needs at least one validation example"
+        )
+    try:
+        train_parts = _partition_train(
+            dataset, count, method, seed, alpha, shards_per_part, min_size
+        )
+    except PartitionError as exc:
+        raise PartitionError(f"partitioning the train split of '{dataset.name}': {exc}") from exc
     valid_part = partition.iid(len(dataset.y_test), count, seed)[index]
     train_part = train_parts[index]
     return DataShard(
@@ -55,6 +60,22 @@ def make_shard(
         y_valid=_take(dataset.y_test, valid_part),
         num_classes=dataset.num_classes,
     )
+
+
+def _partition_train(
+    dataset: Dataset,
+    count: int,
+    method: str,
+    seed: int,
+    alpha: float,
+    shards_per_part: int,
+    min_size: int,
+) -> list[np.ndarray]:
+    if method == "dirichlet":
+        return partition.dirichlet(dataset.y_train, count, alpha, seed, min_size=min_size)
+    if method == "shards":
+        return partition.label_shards(dataset.y_train, count, shards_per_part, seed)
+    return partition.iid(len(dataset.y_train), count, seed)
 
 
 def _take(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
