@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -60,6 +61,11 @@ RoleOption = Annotated[
 ]
 
 
+def _p(path: Path) -> str:
+    """A path as rich markup text, so brackets in it print as themselves."""
+    return escape(str(path))
+
+
 def _print_fingerprint(label: str, fingerprint: str) -> None:
     """On one line and verbatim: rich would otherwise turn ``:AB:`` into an emoji."""
     console.print(Text(label + fingerprint), soft_wrap=True)
@@ -76,7 +82,9 @@ def _status(entry: IssuedCert, now: datetime) -> str:
 def _print_issued(entry: IssuedCert) -> None:
     cert = load_certificate(entry.path)
     hosts = ", ".join(subject_alternative_names(cert)) or "none"
-    console.print(f"[green]issued[/] {entry.path} to [bold]{entry.name}[/] as {entry.role.value}")
+    console.print(
+        f"[green]issued[/] {_p(entry.path)} to [bold]{entry.name}[/] as {entry.role.value}"
+    )
     console.print(f"  serial      {entry.serial_hex}")
     console.print(f"  valid until {format_time(entry.not_after)}")
     console.print(f"  hosts       {hosts}")
@@ -99,7 +107,7 @@ def init(
 ) -> None:
     """Create the federation's CA: ca.key (keep it secret, mode 0600) and ca.crt (share it)."""
     path = init_ca(pki_dir, common_name=common_name, days=days, force=force)
-    console.print(f"[green]created CA[/] {path} (key {path.with_suffix('.key')})")
+    console.print(f"[green]created CA[/] {_p(path)} (key {_p(path.with_suffix('.key'))})")
     _print_fingerprint("  SHA-256 ", certificate_fingerprint(load_certificate(path)))
     console.print("Give ca.crt to every member; ca.key never leaves this machine.")
 
@@ -121,11 +129,11 @@ def request(
     The operator checks it before signing, so a swapped request is caught.
     """
     csr_path = create_request(pki_dir, name, role, host or (), force=force)
-    console.print(f"[green]wrote[/] {csr_path} and its key {csr_path.with_suffix('.key')}")
+    console.print(f"[green]wrote[/] {_p(csr_path)} and its key {_p(csr_path.with_suffix('.key'))}")
     _print_fingerprint("  request SHA-256 ", csr_fingerprint(csr_path))
     console.print(
         f"Send {csr_path.name} to the CA operator and confirm this fingerprint with them "
-        f"out of band; put the {name}.crt and ca.crt you get back into {pki_dir}."
+        f"out of band; put the {name}.crt and ca.crt you get back into {_p(pki_dir)}."
     )
 
 
@@ -153,7 +161,7 @@ def sign(
     The role given here is the one granted; a request asking for another is refused.
     """
     request_csr = load_csr(csr)
-    console.print(f"request {csr}")
+    console.print(f"request {_p(csr)}")
     _print_fingerprint("  SHA-256 ", csr_fingerprint(request_csr))
     entry = sign_request(pki_dir, csr, role, days=days, expected_fingerprint=expect_fingerprint)
     _print_issued(entry)
@@ -174,7 +182,7 @@ def issue_command(
     so that private keys never travel.
     """
     _print_issued(issue(pki_dir, name, role, host or (), days=days))
-    console.print(f"Key: {pki_dir / (name + '.key')} (copy it only over a secure channel).")
+    console.print(f"Key: {_p(pki_dir / (name + '.key'))} (copy it only over a secure channel).")
 
 
 @app.command("list")
@@ -182,11 +190,11 @@ def list_command(pki_dir: PkiDir = DEFAULT_PKI_DIR) -> None:
     """Show every certificate the CA issued, with its validity and fingerprint."""
     entries = list_issued(pki_dir)
     if not entries:
-        console.print(f"No certificates issued yet from {pki_dir}.")
+        console.print(f"No certificates issued yet from {_p(pki_dir)}.")
         return
     table = Table(
-        title=f"Certificates issued by {pki_dir / 'ca.crt'}",
-        caption=f"full serials and fingerprints: {pki_dir / 'issued.json'}",
+        title=f"Certificates issued by {_p(pki_dir / 'ca.crt')}",
+        caption=f"full serials and fingerprints: {_p(pki_dir / 'issued.json')}",
     )
     for column in ("name", "role"):
         table.add_column(column, no_wrap=True)
