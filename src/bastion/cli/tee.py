@@ -1,0 +1,197 @@
+"""``bastion tee``: enclave signing keys, SIGSTRUCT inspection, Gramine manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bastion.cli.console import console
+from bastion.errors import BastionError
+from bastion.tee.gramine import (
+    DEFAULT_SECRETS_DIR,
+    MANIFEST_NAME,
+    ManifestOptions,
+    Role,
+    build_steps,
+    render_manifest,
+    render_manifest_template,
+    run_build_steps,
+    run_command,
+    select_workspace_files,
+)
+from bastion.tee.signing_key import generate_enclave_key, mrsigner_of, write_enclave_json
+from bastion.tee.sigstruct import Sigstruct, read_sigstruct
+
+app = typer.Typer(
+    help="SGX enclaves: signing keys, SIGSTRUCT inspection, Gramine manifests.",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the PEM key.")] = Path(
+        "enclave-key.pem"
+    ),
+    info: Annotated[
+        Path | None,
+        typer.Option(help="Where to write enclave.json (default: next to the key)."),
+    ] = None,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(help="Encrypt the key with the passphrase in this environment variable."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing key (changes MRSIGNER).")
+    ] = False,
+) -> None:
+    """Create an RSA-3072 (e=3) enclave signing key and print its MRSIGNER."""
+    passphrase = _passphrase(passphrase_env)
+    key = generate_enclave_key(out, passphrase=passphrase, overwrite=force)
+    info_path = info or out.parent / "enclave.json"
+    write_enclave_json(info_path, key_path=out, public_key=key.public_key())
+    console.print(f"wrote {out} (mode 0600) and {info_path}", highlight=False)
+    console.print(f"MRSIGNER {mrsigner_of(key.public_key()).hex()}", highlight=False)
+
+
+@app.command()
+def inspect(
+    sigfile: Annotated[Path, typer.Argument(help="The .sig file written by gramine-sgx-sign.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Check the RSA signature and Q1/Q2 (fails on a bad one).")
+    ] = True,
+) -> None:
+    """Show an enclave's identity: MRENCLAVE, MRSIGNER, ISV product id and SVN, attributes."""
+    sig = read_sigstruct(sigfile)
+    if verify:
+        sig.verify_signature()
+    data = sig.to_dict()
+    data["signature_verified"] = verify
+    if as_json:
+        console.out(json.dumps(data, indent=2), highlight=False)
+        return
+    console.print(_sigstruct_table(sig, sigfile, verified=verify))
+
+
+@app.command()
+def manifest(
+    workspace: Annotated[Path, typer.Argument(help="The workspace the enclave runs.")],
+    role: Annotated[str, typer.Option(help="aggregator or collaborator.")] = "collaborator",
+    name: Annotated[
+        str | None, typer.Option(help="The collaborator's name (its certificate's CN).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write into.")] = Path(
+        "enclave"
+    ),
+    explicit: Annotated[
+        bool,
+        typer.Option(help=f"Write {MANIFEST_NAME}.manifest with Gramine's paths filled in."),
+    ] = False,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(help="An argument after `python -m bastion` (repeat; default by role)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Debug enclave (the host can read it).")] = False,
+    enclave_size: Annotated[str, typer.Option(help="Power of two, e.g. 8G.")] = "8G",
+    max_threads: Annotated[int, typer.Option(help="Enclave thread slots.")] = 64,
+    isv_prod_id: Annotated[int, typer.Option(help="ISV product id (0..65535).")] = 0,
+    isv_svn: Annotated[int, typer.Option(help="ISV security version (0..65535).")] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data directory (allowed, unprotected)."),
+    ] = None,
+    secrets: Annotated[
+        Path,
+        typer.Option(help="Host directory with the sealed PKI files (seen as <workspace>/pki)."),
+    ] = DEFAULT_SECRETS_DIR,
+    key: Annotated[Path, typer.Option(help="Signing key named in the printed build steps.")] = Path(
+        "enclave-key.pem"
+    ),
+) -> None:
+    """Write the Gramine manifest template for a role and print the build steps."""
+    roles: dict[str, Role] = {"aggregator": "aggregator", "collaborator": "collaborator"}
+    if role not in roles:
+        raise BastionError(f"--role must be aggregator or collaborator, got {role!r}")
+    options = ManifestOptions(
+        workspace=workspace,
+        role=roles[role],
+        name=name,
+        args=tuple(arg) if arg else None,
+        debug=debug,
+        enclave_size=enclave_size,
+        max_threads=max_threads,
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+        data_dir=data,
+        secrets_dir=secrets,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if explicit:
+        target = out / f"{MANIFEST_NAME}.manifest"
+        target.write_text(render_manifest(options), encoding="utf-8")
+    else:
+        target = out / f"{MANIFEST_NAME}.manifest.template"
+        target.write_text(render_manifest_template(options), encoding="utf-8")
+    console.print(f"wrote {target}", highlight=False)
+    left_out = select_workspace_files(workspace).excluded
+    for path, reason in left_out:
+        console.print(f"  left out {path} ({reason})", highlight=False)
+    steps = build_steps(out, key=key.resolve())
+    if explicit:
+        steps = steps[1:]
+    console.print(f"build (in {out}):", highlight=False)
+    for step in [*steps, run_command()]:
+        console.print(f"  {step.shell()}    # {step.purpose}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sign(
+    directory: Annotated[Path, typer.Argument(help="Where `bastion tee manifest` wrote.")],
+    key: Annotated[Path, typer.Option(help="The enclave signing key.")] = Path("enclave-key.pem"),
+) -> None:
+    """Run gramine-manifest and gramine-sgx-sign (needs Gramine), then show the identity."""
+    template = directory / f"{MANIFEST_NAME}.manifest.template"
+    if not template.is_file():
+        raise BastionError(f"{template} not found: run `bastion tee manifest` first")
+    if not key.is_file():
+        raise BastionError(f"signing key {key} not found: run `bastion tee keygen` first")
+    run_build_steps(build_steps(directory, key=key.resolve()), directory)
+    sigfile = directory / f"{MANIFEST_NAME}.sig"
+    sig = read_sigstruct(sigfile)
+    sig.verify_signature()
+    console.print(_sigstruct_table(sig, sigfile, verified=True))
+
+
+def _sigstruct_table(sig: Sigstruct, source: Path, *, verified: bool) -> Table:
+    table = Table(title=f"SIGSTRUCT {source}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("MRENCLAVE", sig.mrenclave.hex())
+    table.add_row("MRSIGNER", sig.mrsigner.hex())
+    table.add_row("ISV product id", str(sig.isv_prod_id))
+    table.add_row("ISV SVN", str(sig.isv_svn))
+    debug = "[bold red]yes (the host can read this enclave)[/]" if sig.debug else "no"
+    table.add_row("debug", debug)
+    names = ", ".join(sig.attributes.flag_names()) or "none"
+    table.add_row("attributes", f"{sig.attributes.flags:#x} ({names})")
+    table.add_row("xfrm", f"{sig.attributes.xfrm:#x}")
+    table.add_row("miscselect", f"{sig.misc_select:#x}")
+    table.add_row("date", sig.date.isoformat() if sig.date else "unreadable")
+    table.add_row("vendor", "Intel" if sig.vendor else "0 (not Intel)")
+    table.add_row("signature", "valid" if verified else "not checked")
+    return table
+
+
+def _passphrase(variable: str | None) -> bytes | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise BastionError(f"environment variable {variable} is unset or empty: set it first")
+    return value.encode("utf-8")
