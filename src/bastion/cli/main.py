@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 
 from bastion.cli.console import configure_logging, console, err_console
 from bastion.errors import BastionError
@@ -59,7 +60,8 @@ def main() -> None:
     try:
         app()
     except BastionError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Plain text, never markup: messages hold paths and fingerprints with ':' and '['.
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -50,13 +50,13 @@ class LocalFederation:
         log_file = (self.logs / log_name).open("ab")
         return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=self.workspace)
 
-    def start_aggregator(self, timeout: float = 60.0) -> int:
-        """Start the aggregator on an ephemeral port; return the port once it listens."""
+    def start_aggregator(self, timeout: float = 60.0, port: int = 0) -> int:
+        """Start the aggregator (on an ephemeral port by default); return the port once it listens."""
         port_file = self.logs / PORT_FILE
         port_file.unlink(missing_ok=True)
         self.aggregator_process = self._spawn(
             "aggregator.log",
-            self._command("aggregator", "start", "--port", "0", "--port-file", str(port_file)),
+            self._command("aggregator", "start", "--port", str(port), "--port-file", str(port_file)),
         )
         deadline = time.monotonic() + timeout
         while not port_file.exists():

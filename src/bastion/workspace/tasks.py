@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bastion.data import load_dataset, make_shard
+from bastion.data import check_dataset, load_dataset, make_shard
 from bastion.data.types import DataShard
 from bastion.errors import PlanError
 from bastion.plan import Plan
@@ -31,7 +31,7 @@ def load_shard(plan: Plan, collaborator: str, workspace: Path) -> DataShard:
     """This collaborator's part of the plan's dataset."""
     loader = plan.data.loader
     if ":" in loader:
-        dataset = import_callable(loader, workspace, "data.loader")(**plan.data.args)
+        dataset = check_dataset(import_callable(loader, workspace, "data.loader")(**plan.data.args), loader)
     else:
         dataset = load_dataset(loader, **plan.data.args)
     partition = plan.data.partition

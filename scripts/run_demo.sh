@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The real multi-process flow on one machine: CA, identities, plan, aggregator and
+# three collaborators as separate processes over mutual TLS on 127.0.0.1, MNIST.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bastion="$repo/.venv/bin/bastion"
+# Parsed MNIST is cached inside the repository (ignored by git), not in the home directory.
+export BASTION_CACHE_DIR="${BASTION_CACHE_DIR:-$repo/.cache}"
+workspace="$(mktemp -d -t bastion-demo-XXXXXX)/mnist"
+
+"$bastion" workspace create "$workspace" --template torch_cnn_mnist --collaborators 3 --rounds 3
+cd "$workspace"
+"$bastion" pki init > /dev/null
+"$bastion" pki issue aggregator --role aggregator --host 127.0.0.1 > /dev/null
+for site in site-1 site-2 site-3; do
+    "$bastion" pki issue "$site" --role collaborator > /dev/null
+done
+"$bastion" pki list
+"$bastion" plan initialize
+"$bastion" simulate --plot logs/accuracy.png --require-improvement
+echo "workspace: $workspace  (metrics: logs/metrics.jsonl, plot: logs/accuracy.png)"

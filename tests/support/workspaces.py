@@ -1,0 +1,58 @@
+"""Building real workspaces (templates, PKI, initial model) for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bastion.pki import Role, init_ca, issue
+from bastion.workspace.initialize import initialize_plan
+from bastion.workspace.templates import create_workspace
+
+
+def deep_update(target: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+def edit_plan(workspace: Path, changes: dict[str, Any]) -> None:
+    path = workspace / "plan.yaml"
+    plan = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump(deep_update(plan, changes), sort_keys=False))
+
+
+def issue_identities(workspace: Path, collaborators: list[str], aggregator: str = "aggregator") -> Path:
+    pki = workspace / "pki"
+    init_ca(pki)
+    issue(pki, aggregator, Role.AGGREGATOR, hosts=["127.0.0.1", "localhost"])
+    for name in collaborators:
+        issue(pki, name, Role.COLLABORATOR)
+    return pki
+
+
+def make_workspace(
+    root: Path,
+    template: str = "numpy_logreg_digits",
+    collaborators: int = 3,
+    rounds: int = 2,
+    plan_changes: dict[str, Any] | None = None,
+    task_code: str | None = None,
+    initialize: bool = True,
+) -> Path:
+    """A ready-to-run workspace: template, optional plan edits and task code, PKI, initial model."""
+    workspace = create_workspace(root / "ws", template, collaborators=collaborators, rounds=rounds)
+    if task_code is not None:
+        (workspace / "task.py").write_text(task_code)
+    if plan_changes:
+        edit_plan(workspace, plan_changes)
+    names = [f"site-{i}" for i in range(1, collaborators + 1)]
+    issue_identities(workspace, names)
+    if initialize:
+        initialize_plan(workspace)
+    return workspace
