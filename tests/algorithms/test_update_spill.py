@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import stat
 import tracemalloc
@@ -67,6 +68,29 @@ def test_rows_are_read_back_through_memmap(tmp_path):
     assert spill.count == 2
     spill.close()
     assert not (tmp_path / "round.bin").exists()
+
+
+def test_a_full_disk_leaves_only_whole_rows(tmp_path, monkeypatch):
+    model = {"a": np.zeros(4), "b": np.zeros(4)}
+    spill = SpillFile(tmp_path / "round.bin", row_layout(model), np.dtype(np.float64))
+    spill.append({"a": np.ones(4), "b": np.ones(4)})
+    real_write = spill._write_all
+    calls = []
+
+    def write_then_fail(data):
+        calls.append(len(data))
+        if len(calls) == 2:  # the first tensor reached the disk, the second did not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(data)
+
+    monkeypatch.setattr(spill, "_write_all", write_then_fail)
+    with pytest.raises(AggregationError, match="No space left.*aggregation.args.spill_dir"):
+        spill.append({"a": np.full(4, 2.0), "b": np.full(4, 2.0)})
+    assert spill.count == 1 and (tmp_path / "round.bin").stat().st_size == 8 * 8
+    monkeypatch.setattr(spill, "_write_all", real_write)
+    spill.append({"a": np.full(4, 3.0), "b": np.full(4, 3.0)})
+    assert spill.rows()[:, 0].tolist() == [1.0, 3.0]
+    spill.close()
 
 
 def test_spill_dtype_follows_the_model():

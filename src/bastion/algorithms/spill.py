@@ -8,12 +8,14 @@ block of columns at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bastion.algorithms.errors import AggregationError
 from bastion.errors import UpdateRejected
 
 #: Elements converted and written per ``write`` call, so appending needs O(chunk) extra memory.
@@ -63,7 +65,8 @@ class SpillFile:
         self.dtype = np.dtype(dtype)
         self.columns = layout[-1].stop if layout else 0
         self.count = 0
-        self._handle = open(self.path, "xb")  # noqa: SIM115 - kept open across appends
+        # Unbuffered, so a failed write can be undone by truncating to the last whole row.
+        self._handle = open(self.path, "xb", buffering=0)  # noqa: SIM115 - open across appends
 
     def append(self, update: Mapping[str, np.ndarray]) -> None:
         """Write ``update`` as the next row; its tensors must match the layout's shapes."""
@@ -75,17 +78,27 @@ class SpillFile:
                 raise UpdateRejected(
                     f"tensor {slot.name!r} has shape {shape}, expected {slot.shape}"
                 )
-        for slot in self.layout:
-            flat = np.asarray(update[slot.name]).reshape(-1)
-            for begin in range(0, flat.size, _WRITE_CHUNK):
-                piece = np.ascontiguousarray(flat[begin : begin + _WRITE_CHUNK], dtype=self.dtype)
-                self._handle.write(piece.data)
-        self._handle.flush()
+        try:
+            for slot in self.layout:
+                flat = np.asarray(update[slot.name]).reshape(-1)
+                for begin in range(0, flat.size, _WRITE_CHUNK):
+                    chunk = flat[begin : begin + _WRITE_CHUNK]
+                    self._write_all(np.ascontiguousarray(chunk, dtype=self.dtype).data.cast("B"))
+        except OSError as exc:
+            os.ftruncate(self._handle.fileno(), self.count * self.columns * self.dtype.itemsize)
+            self._handle.seek(0, os.SEEK_END)
+            raise AggregationError(
+                f"cannot spill an update to {self.path} ({exc.strerror}); free disk space "
+                "there or point aggregation.args.spill_dir at a larger disk"
+            ) from None
         self.count += 1
+
+    def _write_all(self, data: memoryview) -> None:
+        while data:
+            data = data[self._handle.write(data) :]
 
     def rows(self) -> np.ndarray:
         """All rows written so far, shape (count, columns), mapped from disk read-only."""
-        self._handle.flush()
         if self.count * self.columns == 0:
             return np.zeros((self.count, self.columns), dtype=self.dtype)
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.count, self.columns))
