@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bastion.tee.attestation import der
@@ -106,7 +107,7 @@ def verify_chain(
 def sgx_pck_info(certificate: x509.Certificate) -> PckInfo:
     """Read FMSPC, PCE-ID, CPUSVN, PCESVN and the 16 TCB component SVNs from a PCK certificate."""
     try:
-        extension = certificate.extensions.get_extension_for_oid(SGX_EXTENSION_OID)
+        extension = _extensions(certificate).get_extension_for_oid(SGX_EXTENSION_OID)
     except x509.ExtensionNotFound as exc:
         raise CertificateChainError(
             f"{_name(certificate)!r} has no SGX extension: not an Intel PCK certificate",
@@ -127,6 +128,21 @@ def sgx_pck_info(certificate: x509.Certificate) -> PckInfo:
         pce_svn=der.decode_integer(_expect(tcb, _PCE_SVN, der.TAG_INTEGER)),
         tcb_components=components,
     )
+
+
+def public_key_of(certificate: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
+    """The certificate's key, which SGX requires to be ECDSA P-256."""
+    try:
+        key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateChainError(
+            f"the {what} key in {_name(certificate)!r} is malformed"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise CertificateChainError(
+            f"the {what} key in {_name(certificate)!r} is not an ECDSA P-256 key"
+        )
+    return key
 
 
 def common_name(certificate: x509.Certificate) -> str:
@@ -192,13 +208,22 @@ def _check_validity(certificate: x509.Certificate, now: dt.datetime, what: str) 
 
 def _check_is_ca(certificate: x509.Certificate, what: str) -> None:
     try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        constraints = _extensions(certificate).get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is None or not constraints.ca:
         raise CertificateChainError(
             f"in the {what}, {_name(certificate)!r} signs other certificates but is not a CA"
         )
+
+
+def _extensions(certificate: x509.Certificate) -> x509.Extensions:
+    try:
+        return certificate.extensions
+    except ValueError as exc:
+        raise CertificateChainError(
+            f"{_name(certificate)!r} has malformed extensions: {exc}", reason="certificate_format"
+        ) from exc
 
 
 def _name(certificate: x509.Certificate) -> str:

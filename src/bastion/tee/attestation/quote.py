@@ -268,10 +268,12 @@ def parse_quote(data: bytes) -> Quote:
     report_body = ReportBody.unpack(reader.take(REPORT_BODY_SIZE, "ISV enclave report body"))
     signature_data_len = reader.u32("signature data length")
     if signature_data_len != reader.remaining:
+        truncated = signature_data_len > reader.remaining
         raise QuoteFormatError(
-            f"quote declares {signature_data_len} bytes of signature data at offset "
-            f"{SIGNED_SIZE + 4}, but {reader.remaining} bytes follow",
-            reason="quote_truncated" if signature_data_len > reader.remaining else "quote_format",
+            f"quote {'truncated' if truncated else 'malformed'}: it declares "
+            f"{signature_data_len} bytes of signature data at offset {SIGNED_SIZE + 4}, but "
+            f"{reader.remaining} bytes follow",
+            reason="quote_truncated" if truncated else "quote_format",
         )
     signature = reader.take(SIGNATURE_SIZE, "ISV enclave report signature")
     attestation_public_key = reader.take(PUBLIC_KEY_SIZE, "attestation public key")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from bastion.tee.attestation.collateral import Collateral
 from bastion.tee.attestation.errors import (
@@ -23,7 +22,13 @@ from bastion.tee.attestation.errors import (
     QeIdentityMismatch,
     TcbStatusRejected,
 )
-from bastion.tee.attestation.pck import TCB_COMPONENT_COUNT, PckInfo, common_name, verify_chain
+from bastion.tee.attestation.pck import (
+    TCB_COMPONENT_COUNT,
+    PckInfo,
+    common_name,
+    public_key_of,
+    verify_chain,
+)
 from bastion.tee.attestation.quote import ReportBody
 from bastion.tee.attestation.signatures import verify_raw
 
@@ -79,12 +84,8 @@ def evaluate_collateral(
 def _check_crl(
     crl: x509.CertificateRevocationList, issuer: x509.Certificate, now: dt.datetime, what: str
 ) -> None:
-    key = issuer.public_key()
-    if (
-        crl.issuer != issuer.subject
-        or not isinstance(key, ec.EllipticCurvePublicKey)
-        or not crl.is_signature_valid(key)
-    ):
+    key = public_key_of(issuer, f"{what} issuer")
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(key):
         raise CollateralError(f"the {what} is not signed by {common_name(issuer)!r}")
     next_update = crl.next_update_utc
     if next_update is None or not crl.last_update_utc <= now <= next_update:
@@ -92,7 +93,11 @@ def _check_crl(
 
 
 def _not_revoked(certificate: x509.Certificate, crl: x509.CertificateRevocationList) -> None:
-    if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
+    try:
+        entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+    except ValueError as exc:
+        raise CollateralError(f"a CRL entry is malformed: {exc}") from exc
+    if entry is not None:
         raise CertificateChainError(
             f"{common_name(certificate)!r} (serial {certificate.serial_number:x}) is revoked",
             reason="certificate_revoked",
@@ -115,10 +120,7 @@ def _signed_body(
         signature = bytes.fromhex(signature_hex)
     except ValueError as exc:
         raise CollateralError(f"the {key} signature is not hex") from exc
-    public_key = signer.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not verify_raw(
-        public_key, signature, raw
-    ):
+    if not verify_raw(public_key_of(signer, f"{key} signing"), signature, raw):
         raise CollateralError(f"the {key} signature does not verify with {common_name(signer)!r}")
     for field in ("issueDate", "nextUpdate"):
         if not isinstance(value.get(field), str):
@@ -136,7 +138,7 @@ def _split_signed_json(body: bytes, key: str) -> tuple[bytes, dict[str, Any], st
     try:
         text = body.decode("utf-8")
         members = _top_level_members(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CollateralError(f"the {key} collateral is not a JSON object: {exc}") from exc
     if key not in members or "signature" not in members:
         raise CollateralError(f"the collateral lacks '{key}' or 'signature'")

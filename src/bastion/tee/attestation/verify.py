@@ -40,6 +40,7 @@ from bastion.tee.attestation.errors import (
 from bastion.tee.attestation.pck import (
     common_name,
     pck_chain_from_quote,
+    public_key_of,
     sgx_pck_info,
     verify_chain,
 )
@@ -205,11 +206,7 @@ def _verify_pck_chain(
 
 
 def _verify_qe_report(quote: Quote, pck_leaf: x509.Certificate) -> None:
-    pck_key = pck_leaf.public_key()
-    if not isinstance(pck_key, ec.EllipticCurvePublicKey) or not isinstance(
-        pck_key.curve, ec.SECP256R1
-    ):
-        raise CertificateChainError("the PCK certificate's key is not an ECDSA P-256 key")
+    pck_key = public_key_of(pck_leaf, "PCK certificate")
     if not verify_raw(pck_key, quote.qe_report_signature, quote.qe_report_bytes):
         raise QeReportSignatureInvalid(
             "the quoting enclave's report is not signed by the PCK certificate's key: the "

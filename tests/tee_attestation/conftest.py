@@ -1,0 +1,388 @@
+"""A test SGX PKI built here with `cryptography`, and DCAP v3 quotes packed here with `struct`.
+
+Nothing in this file uses bastion's quote packer or simulated hierarchy: the layout is written
+out again from Intel's documented structures, so parser and tests cannot share a mistake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from bastion.tee.attestation import Collateral
+
+HEADER_FORMAT = "<HHIHH16s20s"  # sgx_quote_header_t
+BODY_FORMAT = "<16sI12s16sQQ32s32s32s32s64sHHH42s16s64s"  # sgx_report_body_t
+INTEL_VENDOR = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+INTEL_QE_SIGNER = bytes.fromhex("8c4f5775d796503e96137f77c68a829a0056ac8ded70140b081b094490c57bff")
+MRENCLAVE = bytes.fromhex("aa" * 32)
+MRSIGNER = bytes.fromhex("bb" * 32)
+FMSPC = bytes.fromhex("00906ed50000")
+TCB_COMPONENTS = (20, 20, 2, 4, 1, 128, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+PCE_SVN = 13
+QE_AUTH = bytes(range(32))
+SGX_OID = "1.2.840.113741.1.13.1"
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def raw_point(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )[1:]
+
+
+def pack_body(
+    *,
+    mr_enclave: bytes = MRENCLAVE,
+    mr_signer: bytes = MRSIGNER,
+    isv_prod_id: int = 7,
+    isv_svn: int = 3,
+    report_data: bytes = bytes(64),
+    flags: int = 0x5,
+    misc_select: int = 0,
+) -> bytes:
+    return struct.pack(
+        BODY_FORMAT,
+        bytes(range(16)),  # cpu_svn
+        misc_select,
+        b"",  # reserved1
+        b"",  # isv_ext_prod_id
+        flags,
+        0x7,  # xfrm
+        mr_enclave,
+        b"",  # reserved2
+        mr_signer,
+        b"",  # reserved3
+        b"",  # config_id
+        isv_prod_id,
+        isv_svn,
+        0,  # config_svn
+        b"",  # reserved4
+        b"",  # isv_family_id
+        report_data,
+    )
+
+
+# --- a tiny DER encoder, for the PCK certificate's SGX extension -----------------------------
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
+
+
+def der_oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out.extend(reversed(chunk))
+    return _der(0x06, bytes(out))
+
+
+def der_int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def der_seq(*items: bytes) -> bytes:
+    return _der(0x30, b"".join(items))
+
+
+def der_octets(value: bytes) -> bytes:
+    return _der(0x04, value)
+
+
+def sgx_extension(fmspc: bytes, components: tuple[int, ...], pce_svn: int) -> bytes:
+    tcb = [
+        der_seq(der_oid(f"{SGX_OID}.2.{i + 1}"), der_int(svn)) for i, svn in enumerate(components)
+    ]
+    tcb.append(der_seq(der_oid(f"{SGX_OID}.2.17"), der_int(pce_svn)))
+    tcb.append(der_seq(der_oid(f"{SGX_OID}.2.18"), der_octets(bytes(components))))
+    return der_seq(
+        der_seq(der_oid(f"{SGX_OID}.1"), der_octets(bytes(16))),
+        der_seq(der_oid(f"{SGX_OID}.2"), der_seq(*tcb)),
+        der_seq(der_oid(f"{SGX_OID}.3"), der_octets(b"\x00\x00")),
+        der_seq(der_oid(f"{SGX_OID}.4"), der_octets(fmspc)),
+        der_seq(der_oid(f"{SGX_OID}.5"), _der(0x0A, b"\x00")),
+    )
+
+
+# --- certificates ------------------------------------------------------------------------------
+
+
+def name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Corporation"),
+        ]
+    )
+
+
+def issue(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    not_before: dt.datetime = NOW - dt.timedelta(days=1),
+    not_after: dt.datetime = NOW + dt.timedelta(days=30),
+    extension: bytes | None = None,
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name(subject))
+        .issuer_name(name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if extension is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_OID), extension), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def pem(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@dataclass
+class SgxTestPki:
+    """Root -> PCK Processor CA -> PCK certificate, a QE attestation key, a TCB signer.
+
+    Layout constants and packers hang off the instance so that tests need not import this
+    file (pytest's importlib mode cannot).
+    """
+
+    HEADER_FORMAT = HEADER_FORMAT
+    BODY_FORMAT = BODY_FORMAT
+    MRENCLAVE = MRENCLAVE
+    MRSIGNER = MRSIGNER
+    INTEL_VENDOR = INTEL_VENDOR
+    INTEL_QE_SIGNER = INTEL_QE_SIGNER
+    FMSPC = FMSPC
+    TCB_COMPONENTS = TCB_COMPONENTS
+    PCE_SVN = PCE_SVN
+    QE_AUTH = QE_AUTH
+    pack_body = staticmethod(pack_body)
+    issue = staticmethod(issue)
+    pem = staticmethod(pem)
+    new_key = staticmethod(new_key)
+    raw_point = staticmethod(raw_point)
+    raw_signature = staticmethod(raw_signature)
+    sgx_extension = staticmethod(sgx_extension)
+
+    root_key: ec.EllipticCurvePrivateKey = field(default_factory=new_key)
+    ca_key: ec.EllipticCurvePrivateKey = field(default_factory=new_key)
+    pck_key: ec.EllipticCurvePrivateKey = field(default_factory=new_key)
+    attestation_key: ec.EllipticCurvePrivateKey = field(default_factory=new_key)
+    tcb_key: ec.EllipticCurvePrivateKey = field(default_factory=new_key)
+    now: dt.datetime = NOW
+
+    def __post_init__(self) -> None:
+        self.root = issue(
+            "Test SGX Root CA", self.root_key, "Test SGX Root CA", self.root_key, ca=True
+        )
+        self.ca = issue(
+            "Test SGX PCK Processor CA", self.ca_key, "Test SGX Root CA", self.root_key, ca=True
+        )
+        self.pck = issue(
+            "Test SGX PCK Certificate",
+            self.pck_key,
+            "Test SGX PCK Processor CA",
+            self.ca_key,
+            ca=False,
+            extension=sgx_extension(FMSPC, TCB_COMPONENTS, PCE_SVN),
+        )
+        self.tcb_signer = issue(
+            "Test SGX TCB Signing", self.tcb_key, "Test SGX Root CA", self.root_key, ca=False
+        )
+
+    def quote(
+        self,
+        *,
+        body: bytes | None = None,
+        version: int = 3,
+        vendor: bytes = INTEL_VENDOR,
+        attestation_key: ec.EllipticCurvePrivateKey | None = None,
+        signing_key: ec.EllipticCurvePrivateKey | None = None,
+        qe_signing_key: ec.EllipticCurvePrivateKey | None = None,
+        qe_report_data: bytes | None = None,
+        qe_signer: bytes = INTEL_QE_SIGNER,
+        qe_isv_svn: int = 8,
+        chain: bytes | None = None,
+        cert_type: int = 5,
+        **body_fields: Any,
+    ) -> bytes:
+        """A DCAP v3 quote, packed field by field; each knob breaks one link on purpose."""
+        header = struct.pack(HEADER_FORMAT, version, 2, 0, 8, 13, vendor, bytes(20))
+        report = body if body is not None else pack_body(**body_fields)
+        att_key = attestation_key or self.attestation_key
+        att_public = raw_point(att_key)
+        binding = hashlib.sha256(att_public + QE_AUTH).digest() + bytes(32)
+        qe_report = pack_body(
+            mr_enclave=bytes(32),
+            mr_signer=qe_signer,
+            isv_prod_id=1,
+            isv_svn=qe_isv_svn,
+            report_data=qe_report_data if qe_report_data is not None else binding,
+            flags=0x15,
+        )
+        certification = chain if chain is not None else pem(self.pck, self.ca, self.root) + b"\0"
+        signature_data = (
+            raw_signature(signing_key or att_key, header + report)
+            + att_public
+            + qe_report
+            + raw_signature(qe_signing_key or self.pck_key, qe_report)
+            + struct.pack("<H", len(QE_AUTH))
+            + QE_AUTH
+            + struct.pack("<HI", cert_type, len(certification))
+            + certification
+        )
+        return header + report + struct.pack("<I", len(signature_data)) + signature_data
+
+    # --- collateral -------------------------------------------------------------------------
+
+    def signed_json(
+        self, key: str, value: dict[str, Any], *, signer: ec.EllipticCurvePrivateKey | None = None
+    ) -> bytes:
+        raw = json.dumps(value, separators=(",", ":"))
+        signature = raw_signature(signer or self.tcb_key, raw.encode()).hex()
+        return f'{{"{key}":{raw},"signature":"{signature}"}}'.encode()
+
+    def tcb_info(
+        self, levels: list[tuple[tuple[int, ...], int, str]], **overrides: Any
+    ) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "id": "SGX",
+            "version": 3,
+            "issueDate": (self.now - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "nextUpdate": (self.now + dt.timedelta(days=29)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "fmspc": FMSPC.hex().upper(),
+            "pceId": "0000",
+            "tcbType": 0,
+            "tcbEvaluationDataNumber": 17,
+            "tcbLevels": [
+                {
+                    "tcb": {
+                        "sgxtcbcomponents": [{"svn": svn} for svn in components],
+                        "pcesvn": pce_svn,
+                    },
+                    "tcbDate": "2024-03-13T00:00:00Z",
+                    "tcbStatus": status,
+                    "advisoryIDs": [] if status == "UpToDate" else ["INTEL-SA-00000"],
+                }
+                for components, pce_svn, status in levels
+            ],
+        }
+        value.update(overrides)
+        return value
+
+    def qe_identity(self, **overrides: Any) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "id": "QE",
+            "version": 2,
+            "issueDate": (self.now - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "nextUpdate": (self.now + dt.timedelta(days=29)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "tcbEvaluationDataNumber": 17,
+            "miscselect": "00000000",
+            "miscselectMask": "FFFFFFFF",
+            "attributes": "11000000000000000000000000000000",
+            "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+            "mrsigner": INTEL_QE_SIGNER.hex().upper(),
+            "isvprodid": 1,
+            "tcbLevels": [
+                {"tcb": {"isvsvn": 8}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"},
+                {"tcb": {"isvsvn": 6}, "tcbDate": "2021-11-10T00:00:00Z", "tcbStatus": "OutOfDate"},
+            ],
+        }
+        value.update(overrides)
+        return value
+
+    def collateral(
+        self,
+        *,
+        levels: tuple[tuple[tuple[int, ...], int, str], ...] = (
+            (TCB_COMPONENTS, PCE_SVN, "UpToDate"),
+        ),
+        tcb: dict[str, Any] | None = None,
+        qe: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> Collateral:
+        """Intel-format collateral for this PKI's platform; `changes` replace whole fields."""
+        values: dict[str, Any] = {
+            "tcb_info": self.signed_json("tcbInfo", tcb or self.tcb_info(list(levels))),
+            "tcb_info_issuer_chain": (self.tcb_signer, self.root),
+            "qe_identity": self.signed_json("enclaveIdentity", qe or self.qe_identity()),
+            "qe_identity_issuer_chain": (self.tcb_signer, self.root),
+            "pck_crl": self.crl(self.ca, self.ca_key),
+            "root_ca_crl": self.crl(self.root, self.root_key),
+        }
+        values.update(changes)
+        return Collateral(**values)
+
+    def crl(
+        self,
+        issuer: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        revoked: tuple[x509.Certificate, ...] = (),
+        *,
+        next_update: dt.datetime | None = None,
+    ) -> x509.CertificateRevocationList:
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.subject)
+            .last_update(self.now - dt.timedelta(hours=1))
+            .next_update(next_update or self.now + dt.timedelta(days=7))
+        )
+        for certificate in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(certificate.serial_number)
+                .revocation_date(self.now - dt.timedelta(hours=2))
+                .build()
+            )
+        return builder.sign(key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki() -> SgxTestPki:
+    return SgxTestPki()
+
+
+@pytest.fixture(scope="session")
+def other_pki() -> SgxTestPki:
+    """A second, unrelated PKI: its root is not the one the verifier pins."""
+    return SgxTestPki()
