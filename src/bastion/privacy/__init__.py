@@ -1,1 +1,1 @@
-"""privacy."""
+"""Privacy mechanisms: secure aggregation (``secagg``) and differential privacy (``dp``)."""
