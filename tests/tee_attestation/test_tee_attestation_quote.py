@@ -16,6 +16,11 @@ from bastion.tee.attestation import (
 )
 
 
+def test_documented_structure_sizes(pki) -> None:
+    assert struct.calcsize(pki.HEADER_FORMAT) == 48  # sgx_quote_header_t
+    assert struct.calcsize(pki.BODY_FORMAT) == 384  # sgx_report_body_t
+
+
 def test_parses_every_field_of_an_independently_packed_quote(pki) -> None:
     report_data = hashlib.sha256(b"tls key and nonce").digest() + bytes(32)
     raw = pki.quote(isv_prod_id=0x1234, isv_svn=0x0BCD, report_data=report_data, flags=0x7)

@@ -66,7 +66,6 @@ _REPORT_BODY = struct.Struct("<16sI12s16sQQ32s32s32s32s64sHHH42s16s64s")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _CERT_HEADER = struct.Struct("<HI")
-assert _HEADER.size == HEADER_SIZE and _REPORT_BODY.size == REPORT_BODY_SIZE
 
 
 @dataclass(frozen=True)
