@@ -80,6 +80,9 @@ class NetworkSpec(_Strict):
     aggregator_name: str = Field(default="aggregator", pattern=NAME_PATTERN)
     chunk_mib: float = Field(default=4.0, gt=0, le=64)
     max_update_mib: float = Field(default=4096.0, gt=0)
+    max_concurrent_uploads: int = Field(
+        default=2, ge=1, description="updates assembled at once; bounds aggregator memory"
+    )
 
 
 class AggregationSpec(_Strict):

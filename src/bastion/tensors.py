@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load as _st_load
-from safetensors.numpy import save as _st_save
+from safetensors import safe_open
 
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
 
@@ -102,8 +101,22 @@ def validate_update(expected: Iterable[TensorSpec], update: Mapping[str, np.ndar
             raise UpdateRejected(
                 f"tensor {spec.name!r} has shape {tuple(array.shape)}, expected {spec.shape}"
             )
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind == "f" and not all_finite(array):
             raise UpdateRejected(f"tensor {spec.name!r} contains NaN or infinite values")
+
+
+BLOCK_ELEMENTS = 1 << 20
+
+
+def blocks(array: np.ndarray, size: int = BLOCK_ELEMENTS) -> Iterator[slice]:
+    """Slices of a flat view, so whole-model passes need only a block of temporary memory."""
+    for start in range(0, array.size, size):
+        yield slice(start, min(start + size, array.size))
+
+
+def all_finite(array: np.ndarray) -> bool:
+    flat = array.reshape(-1)
+    return all(bool(np.isfinite(flat[part]).all()) for part in blocks(flat))
 
 
 # --------------------------------------------------------------------------- framing
@@ -150,21 +163,24 @@ class FrameAssembler:
         self._max_tensors = max_tensors
         self._total = 0
         self._weights: Weights = {}
-        self._current: tuple[str, np.dtype, tuple[int, ...], bytearray, int] | None = None
+        self._current: tuple[str, np.dtype, tuple[int, ...], np.ndarray, int] | None = None
+        self._filled = 0
 
     def add(self, frame: Frame) -> None:
         if self._current is None or frame.name != self._current[0]:
             self._start(frame)
         assert self._current is not None
         name, _dtype, _shape, buffer, expected = self._current
-        if frame.offset != len(buffer):
+        if frame.offset != self._filled:
             raise ProtocolError(
-                f"tensor {name!r}: chunk at offset {frame.offset}, expected {len(buffer)}"
+                f"tensor {name!r}: chunk at offset {frame.offset}, expected {self._filled}"
             )
-        if len(buffer) + len(frame.data) > expected:
+        end = self._filled + len(frame.data)
+        if end > expected:
             raise ProtocolError(f"tensor {name!r}: more bytes than its shape holds")
-        buffer += frame.data
-        if len(buffer) == expected:
+        buffer[self._filled : end] = np.frombuffer(frame.data, dtype=np.uint8)
+        self._filled = end
+        if end == expected:
             self._finish()
 
     def _start(self, frame: Frame) -> None:
@@ -188,14 +204,16 @@ class FrameAssembler:
                 f"(tensor {frame.name!r} would bring it to {self._total + expected})"
             )
         self._total += expected
-        self._current = (frame.name, dtype, tuple(frame.shape), bytearray(), expected)
+        # Allocated once at its final size (only after the limit check above).
+        self._current = (frame.name, dtype, tuple(frame.shape), np.empty(expected, np.uint8), expected)
+        self._filled = 0
         if expected == 0:
             self._finish()
 
     def _finish(self) -> None:
         assert self._current is not None
         name, dtype, shape, buffer, _ = self._current
-        array = np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape)
+        array = buffer.view(dtype).reshape(shape)  # shares the buffer: no copy
         self._weights[name] = array.astype(dtype.newbyteorder("="), copy=False)
         self._current = None
 
@@ -223,40 +241,87 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
+_SAFETENSORS_DTYPES = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "bool": "BOOL",
+}
+
+
 def save_checkpoint(
     path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Atomically write ``weights`` as a safetensors file; metadata values are strings."""
-    arrays = {name: np.ascontiguousarray(array) for name, array in weights.items()}
-    meta = {"bastion.order": json.dumps(list(arrays)), **dict(metadata or {})}
-    atomic_write_bytes(Path(path), _st_save(arrays, metadata=meta))
+    """Atomically write ``weights`` as a safetensors file; metadata values are strings.
+
+    The file is streamed tensor by tensor (8-byte header length, JSON header, raw
+    little-endian buffers), so saving a model never builds a second copy of it in memory.
+    """
+    meta = {"bastion.order": json.dumps(list(weights)), **dict(metadata or {})}
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
+    for name, array in weights.items():
+        dtype = dtype_name(array.dtype)
+        size = int(array.size) * WIRE_DTYPES[dtype].itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": [int(d) for d in array.shape],
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(struct.pack("<Q", len(encoded)))
+            handle.write(encoded)
+            for name, array in weights.items():
+                wire = WIRE_DTYPES[dtype_name(array.dtype)]
+                contiguous = np.ascontiguousarray(array, dtype=wire).reshape(-1)
+                handle.write(contiguous.view(np.uint8).data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
 
 
 def load_checkpoint(path: Path) -> tuple[Weights, dict[str, str]]:
-    """Read a safetensors checkpoint, keeping the tensor order it was saved with."""
+    """Read a safetensors checkpoint tensor by tensor, keeping the order it was saved with."""
     path = Path(path)
+    if not path.exists():
+        raise BastionError(f"checkpoint {path} does not exist")
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BastionError(f"checkpoint {path} does not exist") from None
-    try:
-        arrays = _st_load(data)
-        metadata = _read_safetensors_metadata(data)
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types
         raise BastionError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
     order = [n for n in json.loads(metadata.pop("bastion.order", "[]")) if n in arrays]
     names = order + [n for n in arrays if n not in order]
     return {n: arrays[n] for n in names}, metadata
-
-
-def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
-    (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + header_len])
-    return dict(header.get("__metadata__") or {})

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,7 +67,6 @@ class RoundProgress:
     started: float
     results: dict[str, list[TaskRecord]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
-    frames: list[Frame] | None = None
 
 
 class Aggregator:
@@ -150,14 +149,16 @@ class Aggregator:
                 total_rounds=self.plan.rounds,
             )
 
-    def model_frames(self, collaborator: str, round_number: int) -> list[Frame]:
-        """The global model for ``round_number`` as wire frames, if the caller was assigned it."""
+    def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]:
+        """The global model for ``round_number`` as wire frames, if the caller was assigned it.
+
+        Frames are cut lazily from the model of this instant (finalize replaces the dict,
+        never mutates it), so serving N collaborators holds no extra copy of the model.
+        """
         self._check_roster(collaborator)
         with self._lock:
-            progress = self._require_assigned(collaborator, round_number)
-            if progress.frames is None:
-                progress.frames = list(iter_frames(self.model, self._chunk_bytes))
-            return progress.frames
+            self._require_assigned(collaborator, round_number)
+            return iter_frames(self.model, self._chunk_bytes)
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
         """Refuse a result before its tensors are read if the caller may not send it."""
@@ -332,7 +333,12 @@ class Aggregator:
         if not progress.final_evaluation:
             accepted = self.strategy.accepted
             if accepted >= self.plan.timeouts.min_results:
-                self.model = self.strategy.finalize()
+                try:
+                    self.model = self.strategy.finalize()
+                except BastionError as exc:
+                    # e.g. Krum with fewer results than its f requires: keep the model, go on.
+                    log.error("round %d: aggregation failed, the global model is unchanged: %s", number, exc)
+                    progress.rejected["aggregation"] = str(exc)
             else:
                 log.warning(
                     "round %d: %d accepted training results, %d required; the global model is unchanged",
@@ -408,6 +414,7 @@ class Aggregator:
 
     def _finish(self) -> None:
         self._round = None
+        self.strategy.close()
         self.state.finished = True
         self._write_summary()
         if not self.finished.is_set():

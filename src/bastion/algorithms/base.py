@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bastion.tensors import Weights
+from bastion.tensors import Weights, blocks
 
 
 class Strategy(ABC):
@@ -52,7 +52,7 @@ class Strategy(ABC):
         if state:
             raise ValueError(f"strategy {self.name!r} keeps no state but got {sorted(state)[:3]}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook; most strategies hold nothing
         """Release disk spill files or other resources."""
 
 
@@ -65,6 +65,14 @@ def cast_like(values: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) 
             value = np.rint(value)
         out[name] = value.astype(reference.dtype, copy=False)
     return out
+
+
+def add_scaled(total: np.ndarray, value: np.ndarray, weight: float) -> None:
+    """``total += weight * value`` in float64, block by block: no model-sized temporaries."""
+    flat_total = total.reshape(-1)
+    flat_value = value.reshape(-1)
+    for part in blocks(flat_total):
+        flat_total[part] += weight * flat_value[part].astype(np.float64)
 
 
 StrategyConfig = dict[str, Any]

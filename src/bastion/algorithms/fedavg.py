@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bastion.algorithms.base import Strategy, cast_like
+from bastion.algorithms.base import Strategy, add_scaled, cast_like
 from bastion.tensors import Weights
 
 
@@ -23,18 +23,22 @@ class FedAvg(Strategy):
         self._sum: dict[str, np.ndarray] = {}
         self._total_weight = 0.0
         self._count = 0
+        self._averaged = False
 
     def begin_round(self, global_weights: Weights, round_number: int) -> None:
         self._global = global_weights
         self._sum = {n: np.zeros(a.shape, dtype=np.float64) for n, a in global_weights.items()}
         self._total_weight = 0.0
         self._count = 0
+        self._averaged = False
 
     def accumulate(self, collaborator: str, update: Weights, weight: float) -> None:
+        if self._averaged:
+            raise RuntimeError("accumulate() after finalize(); call begin_round() first")
         if not weight > 0:
             raise ValueError(f"weight of {collaborator!r} must be positive, got {weight}")
         for name, total in self._sum.items():
-            total += weight * update[name].astype(np.float64, copy=False)
+            add_scaled(total, update[name], weight)
         self._total_weight += weight
         self._count += 1
 
@@ -46,7 +50,11 @@ class FedAvg(Strategy):
         """The float64 weighted average; subclasses (FedAvgM, FedOpt) start from it."""
         if self._count == 0:
             raise RuntimeError("finalize() called before any result was accumulated")
-        return {name: total / self._total_weight for name, total in self._sum.items()}
+        if not self._averaged:  # divide in place: no second model-sized float64 buffer
+            for total in self._sum.values():
+                total /= self._total_weight
+            self._averaged = True
+        return self._sum
 
     def finalize(self) -> Weights:
         return cast_like(self.average(), self._global)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(self, aggregator: Aggregator, plan_hash: str, identify: Identify) -> None:
         self._aggregator = aggregator
+        # Uploads beyond this wait in gRPC flow control, so memory is O(model), not O(clients).
+        self._uploads = threading.BoundedSemaphore(aggregator.plan.network.max_concurrent_uploads)
         self._plan_hash = plan_hash
         self._identify = identify
         self.told_done: set[str] = set()
@@ -102,21 +105,23 @@ class FederationServicer(pb_grpc.FederationServicer):
         except (UnknownCollaborator, NotAssigned) as exc:
             log.warning("refused a result from %s: %s", name, exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        weights = None
-        try:
-            chunks = (_tensor_part(message) for message in request_iterator)
-            received = assemble(chunks, self._aggregator.max_update_bytes)
-            if task.kind == "train" or received:
-                weights = received
-        except ProtocolError as exc:
-            accepted, reason = self._aggregator.reject_result(name, header.round, header.task, str(exc))
-            return pb.ResultAck(accepted=accepted, reason=reason)
-        try:
-            accepted, reason = self._aggregator.submit_result(
-                name, header.round, header.task, int(header.example_count), dict(header.metrics), weights
-            )
-        except NotAssigned as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        with self._uploads:
+            weights = None
+            try:
+                chunks = (_tensor_part(message) for message in request_iterator)
+                received = assemble(chunks, self._aggregator.max_update_bytes)
+                if task.kind == "train" or received:
+                    weights = received
+            except ProtocolError as exc:
+                accepted, reason = self._aggregator.reject_result(name, header.round, header.task, str(exc))
+                return pb.ResultAck(accepted=accepted, reason=reason)
+            try:
+                accepted, reason = self._aggregator.submit_result(
+                    name, header.round, header.task, int(header.example_count), dict(header.metrics), weights
+                )
+            except NotAssigned as exc:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            del weights, received
         return pb.ResultAck(accepted=accepted, reason=reason)
 
 
