@@ -24,7 +24,7 @@ from typer.testing import CliRunner, Result
 from bastion.cli.console import console
 from bastion.cli.tee import app
 from bastion.errors import BastionError
-from bastion.tee.gramine import GramineNotInstalled
+from bastion.tee.gramine_build import GramineNotInstalled
 from bastion.tee.signing_key import EnclaveKeyError
 from bastion.tee.sigstruct import SigstructError
 

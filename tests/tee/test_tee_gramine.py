@@ -13,18 +13,20 @@ import pytest
 
 import bastion
 from bastion.tee.gramine import (
-    GramineInstall,
-    GramineNotInstalled,
     ManifestError,
     ManifestOptions,
-    PythonRuntime,
-    build_steps,
-    missing_tools,
     render_manifest,
     render_manifest_template,
-    run_build_steps,
-    select_workspace_files,
 )
+from bastion.tee.gramine_build import (
+    GramineBuildError,
+    GramineNotInstalled,
+    build_steps,
+    missing_tools,
+    run_build_steps,
+)
+from bastion.tee.runtime import GramineInstall, PythonRuntime
+from bastion.tee.workspace_files import select_workspace_files
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
 
@@ -283,7 +285,7 @@ def test_missing_workspace_is_refused(tmp_path: Path, runtime: PythonRuntime) ->
 
 
 def test_build_steps_are_the_gramine_command_lines(tmp_path: Path) -> None:
-    steps = build_steps(tmp_path, key=Path("/keys/enclave-key.pem"))
+    steps = build_steps(key=Path("/keys/enclave-key.pem"))
     assert [step.shell() for step in steps] == [
         "gramine-manifest bastion.manifest.template bastion.manifest",
         "gramine-sgx-sign --manifest bastion.manifest --output bastion.manifest.sgx "
@@ -295,7 +297,7 @@ def test_building_without_gramine_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    steps = build_steps(tmp_path, key=tmp_path / "k.pem")
+    steps = build_steps(key=tmp_path / "k.pem")
     assert missing_tools(steps) == ["gramine-manifest", "gramine-sgx-sign"]
     with pytest.raises(GramineNotInstalled, match="gramine-manifest, gramine-sgx-sign not found"):
         run_build_steps(steps, tmp_path)
@@ -315,8 +317,8 @@ def test_a_failing_build_step_reports_its_output(
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin:/bin")
     (tmp_path / "bastion.manifest.template").write_text("x = 1\n")
-    with pytest.raises(ManifestError, match="exit code 3 .*cannot open /dev/sgx_enclave"):
-        run_build_steps(build_steps(tmp_path, key=tmp_path / "k.pem"), tmp_path)
+    with pytest.raises(GramineBuildError, match="exit code 3 .*cannot open /dev/sgx_enclave"):
+        run_build_steps(build_steps(key=tmp_path / "k.pem"), tmp_path)
     assert (tmp_path / "bastion.manifest").read_text() == "x = 1\n"
 
 
@@ -335,7 +337,7 @@ def test_real_gramine_signs_the_manifest(
     key = generate_enclave_key(tmp_path / "enclave-key.pem")
     template = render_manifest_template(options(workspace, runtime, isv_prod_id=5, isv_svn=2))
     (out / "bastion.manifest.template").write_text(template)
-    run_build_steps(build_steps(out, key=tmp_path / "enclave-key.pem"), out)
+    run_build_steps(build_steps(key=tmp_path / "enclave-key.pem"), out)
     sig = read_sigstruct(out / "bastion.sig")
     sig.verify_signature()
     assert sig.mrsigner == mrsigner_of(key.public_key())

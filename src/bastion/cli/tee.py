@@ -8,22 +8,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bastion.cli.console import console
 from bastion.errors import BastionError
 from bastion.tee.gramine import (
     DEFAULT_SECRETS_DIR,
-    MANIFEST_NAME,
     ManifestOptions,
     Role,
-    build_steps,
     render_manifest,
     render_manifest_template,
-    run_build_steps,
-    run_command,
-    select_workspace_files,
+    workspace_selection,
 )
+from bastion.tee.gramine_build import MANIFEST_NAME, build_steps, run_build_steps, run_command
+from bastion.tee.runtime import GramineInstall
 from bastion.tee.signing_key import generate_enclave_key, mrsigner_of, write_enclave_json
 from bastion.tee.sigstruct import Sigstruct, read_sigstruct
 
@@ -55,8 +54,8 @@ def keygen(
     key = generate_enclave_key(out, passphrase=passphrase, overwrite=force)
     info_path = info or out.parent / "enclave.json"
     write_enclave_json(info_path, key_path=out, public_key=key.public_key())
-    console.print(f"wrote {out} (mode 0600) and {info_path}", highlight=False)
-    console.print(f"MRSIGNER {mrsigner_of(key.public_key()).hex()}", highlight=False)
+    _say(f"wrote {out} (mode 0600) and {info_path}")
+    _say(f"MRSIGNER {mrsigner_of(key.public_key()).hex()}")
 
 
 @app.command()
@@ -138,16 +137,18 @@ def manifest(
     else:
         target = out / f"{MANIFEST_NAME}.manifest.template"
         target.write_text(render_manifest_template(options), encoding="utf-8")
-    console.print(f"wrote {target}", highlight=False)
-    left_out = select_workspace_files(workspace).excluded
-    for path, reason in left_out:
-        console.print(f"  left out {path} ({reason})", highlight=False)
-    steps = build_steps(out, key=key.resolve())
+    _say(f"wrote {target}")
+    gramine = GramineInstall.detect()
+    if explicit and not gramine.installed:
+        _say(f"note: Gramine is not installed here; its paths assume {gramine.pkglibdir}")
+    for path, reason in workspace_selection(options).excluded:
+        _say(f"  left out {path} ({reason})")
+    steps = build_steps(key=key.resolve())
     if explicit:
         steps = steps[1:]
-    console.print(f"build (in {out}):", highlight=False)
+    _say(f"build (in {out}):")
     for step in [*steps, run_command()]:
-        console.print(f"  {step.shell()}    # {step.purpose}", highlight=False, soft_wrap=True)
+        _say(f"  {step.shell()}    # {step.purpose}")
 
 
 @app.command()
@@ -161,7 +162,7 @@ def sign(
         raise BastionError(f"{template} not found: run `bastion tee manifest` first")
     if not key.is_file():
         raise BastionError(f"signing key {key} not found: run `bastion tee keygen` first")
-    run_build_steps(build_steps(directory, key=key.resolve()), directory)
+    run_build_steps(build_steps(key=key.resolve()), directory)
     sigfile = directory / f"{MANIFEST_NAME}.sig"
     sig = read_sigstruct(sigfile)
     sig.verify_signature()
@@ -169,7 +170,7 @@ def sign(
 
 
 def _sigstruct_table(sig: Sigstruct, source: Path, *, verified: bool) -> Table:
-    table = Table(title=f"SIGSTRUCT {source}", show_header=False)
+    table = Table(title=escape(f"SIGSTRUCT {source}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     table.add_row("MRENCLAVE", sig.mrenclave.hex())
@@ -186,6 +187,11 @@ def _sigstruct_table(sig: Sigstruct, source: Path, *, verified: bool) -> Table:
     table.add_row("vendor", "Intel" if sig.vendor else "0 (not Intel)")
     table.add_row("signature", "valid" if verified else "not checked")
     return table
+
+
+def _say(text: str) -> None:
+    """Plain text: paths may contain brackets that rich would read as markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _passphrase(variable: str | None) -> bytes | None:

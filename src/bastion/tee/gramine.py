@@ -25,146 +25,36 @@ What goes where, and why (Gramine docs: "Manifest syntax", "gramine-manifest",
   content, ``pki/``) are left out of the manifest.
 
 Targets Gramine >= 1.6 (``loader.entrypoint.uri``, ``sgx.max_threads``, typed mounts).
+Interpreter and Gramine paths come from ``bastion.tee.runtime``, the workspace selection from
+``bastion.tee.workspace_files``, the build commands from ``bastion.tee.gramine_build``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from bastion.errors import BastionError
 from bastion.pki.layout import DEFAULT_PKI_DIR
+from bastion.tee.runtime import GramineInstall, PythonRuntime
+from bastion.tee.workspace_files import WorkspaceFiles, select_workspace_files
 
 Role = Literal["aggregator", "collaborator"]
 ROLES: tuple[Role, ...] = ("aggregator", "collaborator")
-MANIFEST_NAME = "bastion"
 #: Host (or container) directory holding the sealed PKI files.
 DEFAULT_SECRETS_DIR = Path("/secrets")
 #: Files glibc opens to resolve host names (see the Gramine python example's allowed files).
 NAME_RESOLUTION_FILES = ("/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf")
-#: Where Debian/Ubuntu packages install Gramine; used when its Python package is absent.
-DEFAULT_GRAMINE_PKGLIBDIR = Path("/usr/lib/x86_64-linux-gnu/gramine")
-SECRET_SUFFIXES = frozenset(
-    {".key", ".pem", ".crt", ".cer", ".der", ".p12", ".pfx", ".csr", ".jks", ".p8", ".pk8"}
-)
-SECRET_DIR_NAMES = frozenset({"pki", "secrets", "certs"})
 _SIZE = re.compile(r"^([1-9][0-9]*)([KMG])$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _JINJA_MARKERS = ("{{", "{%", "{#")
-INSTALL_HINT = "install Gramine (https://gramine.readthedocs.io/en/stable/installation.html)"
 
 
 class ManifestError(BastionError):
     """The enclave manifest cannot be built safely from these options."""
-
-
-class GramineNotInstalled(BastionError):
-    """A Gramine tool is needed but not on PATH."""
-
-
-@dataclass(frozen=True)
-class PythonRuntime:
-    """The interpreter the enclave runs, as that interpreter itself reports its paths."""
-
-    executable: Path
-    stdlib: Path
-    path_entries: tuple[Path, ...]
-    libpython: Path | None
-    arch_libdir: str
-
-    @classmethod
-    def probe(cls, interpreter: Path | str | None = None) -> PythonRuntime:
-        """Ask ``interpreter`` (default: this one) for its ``sys.path`` with ``-E -s -c``.
-
-        A fresh process is used so that the caller's script directory, working directory,
-        ``PYTHONPATH`` and user site never end up trusted.
-        """
-        python = str(interpreter or sys.executable)
-        if not python:
-            raise ManifestError("cannot locate the Python interpreter: pass it explicitly")
-        try:
-            out = subprocess.run(
-                [python, "-E", "-s", "-c", _PROBE_SCRIPT],
-                capture_output=True,
-                check=True,
-                text=True,
-                timeout=60,
-            ).stdout
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ManifestError(f"cannot run {python} to list its paths: {exc}") from None
-        facts = json.loads(out)
-        stdlib = Path(facts["stdlib"])
-        entries: list[Path] = []
-        for raw in facts["sys_path"]:
-            path = Path(raw)
-            usable = raw and path.is_absolute() and path.exists()
-            if usable and not _is_under(path, stdlib) and path not in entries:
-                entries.append(path)
-        libpython = None
-        if facts["shared"] and facts["libdir"] and facts["soname"]:
-            candidate = Path(facts["libdir"]) / facts["soname"]
-            libpython = candidate if candidate.exists() else None
-        multiarch = facts["multiarch"]
-        return cls(
-            executable=Path(facts["executable"]),
-            stdlib=stdlib,
-            path_entries=tuple(entries),
-            libpython=libpython,
-            arch_libdir=f"/lib/{multiarch}" if multiarch else "/lib64",
-        )
-
-
-_PROBE_SCRIPT = """
-import json, os, sys, sysconfig
-v = sysconfig.get_config_var
-print(json.dumps({
-    "executable": os.path.realpath(sys.executable),
-    "stdlib": sysconfig.get_paths()["stdlib"],
-    "sys_path": sys.path,
-    "shared": bool(v("Py_ENABLE_SHARED")),
-    "libdir": v("LIBDIR"),
-    "soname": v("INSTSONAME"),
-    "multiarch": v("MULTIARCH"),
-}))
-"""
-
-
-@dataclass(frozen=True)
-class GramineInstall:
-    """Where Gramine's LibOS (``libsysdb.so``) and patched glibc live."""
-
-    pkglibdir: Path
-
-    @property
-    def libos(self) -> Path:
-        return self.pkglibdir / "libsysdb.so"
-
-    @property
-    def runtime_dir(self) -> Path:
-        return self.pkglibdir / "runtime" / "glibc"
-
-    @property
-    def installed(self) -> bool:
-        return self.libos.is_file()
-
-    @classmethod
-    def detect(cls) -> GramineInstall:
-        """Gramine's Python package knows its install dir; else the Debian package path."""
-        try:
-            import graminelibos
-
-            return cls(Path(graminelibos._CONFIG_PKGLIBDIR))
-        except (ImportError, AttributeError):
-            return cls(DEFAULT_GRAMINE_PKGLIBDIR)
 
 
 @dataclass(frozen=True)
@@ -203,28 +93,6 @@ class ManifestOptions:
 
 
 @dataclass(frozen=True)
-class WorkspaceFiles:
-    """The workspace files to trust, and those left out with the reason why."""
-
-    trusted: tuple[Path, ...]
-    excluded: tuple[tuple[Path, str], ...]
-    #: Keys, certificates and key directories among ``excluded``.
-    secrets: tuple[Path, ...]
-
-
-@dataclass(frozen=True)
-class BuildStep:
-    """One command of the enclave build, for the Dockerfile, the README, or to run."""
-
-    tool: str
-    argv: tuple[str, ...]
-    purpose: str
-
-    def shell(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
 class _Mount:
     path: str
     uri: str | None = None
@@ -252,58 +120,6 @@ class _Manifest:
     allowed: list[str] = field(default_factory=list)
 
 
-def is_secret_file(path: Path) -> str | None:
-    """Why ``path`` looks like a key or certificate, or None: such files are never baked in."""
-    if path.suffix.lower() in SECRET_SUFFIXES:
-        return f"{path.suffix} file (key or certificate)"
-    if path.is_symlink() or not path.is_file():
-        return None
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return None
-    if b"-----BEGIN " in head:
-        return "PEM content (key or certificate)"
-    return None
-
-
-def select_workspace_files(workspace: Path, *, skip: Iterable[Path] = ()) -> WorkspaceFiles:
-    """Walk the workspace: code and plan are trusted; secrets, hidden files, caches and the
-    separately mounted directories in ``skip`` are left out."""
-    workspace = Path(workspace).resolve()
-    skipped = {Path(p).resolve() for p in skip}
-    trusted: list[Path] = []
-    excluded: list[tuple[Path, str]] = []
-    secrets: list[Path] = []
-    for root, dirs, files in os.walk(workspace):
-        here = Path(root)
-        for name in sorted(dirs):
-            sub = here / name
-            if name.lower() in SECRET_DIR_NAMES:
-                secrets.append(sub)
-                excluded.append((sub, "key or certificate directory"))
-                dirs.remove(name)
-            elif reason := _excluded_dir_reason(sub, skipped):
-                excluded.append((sub, reason))
-                dirs.remove(name)
-        dirs.sort()
-        for name in sorted(files):
-            path = here / name
-            if secret := is_secret_file(path):
-                secrets.append(path)
-                excluded.append((path, secret))
-            elif name.startswith("."):
-                excluded.append((path, "hidden file"))
-            elif path.is_symlink():
-                excluded.append((path, "symlink (its target would be trusted unseen)"))
-            elif not path.is_file():
-                excluded.append((path, "not a regular file"))
-            else:
-                trusted.append(path)
-    return WorkspaceFiles(tuple(trusted), tuple(excluded), tuple(secrets))
-
-
 def render_manifest(options: ManifestOptions) -> str:
     """The manifest as TOML with every path explicit, ready for ``gramine-sgx-sign``."""
     gramine = options.gramine or GramineInstall.detect()
@@ -315,58 +131,17 @@ def render_manifest_template(options: ManifestOptions) -> str:
     return _render(options, "{{ gramine.libos }}", "{{ gramine.runtimedir() }}", template=True)
 
 
-def build_steps(directory: Path, *, key: Path, name: str = MANIFEST_NAME) -> list[BuildStep]:
-    """The commands that turn ``<name>.manifest.template`` in ``directory`` into a signed
-    enclave (``<name>.manifest.sgx`` and ``<name>.sig``); run them with cwd = ``directory``."""
-    del directory  # the commands use relative names so they read the same in a Dockerfile
-    return [
-        BuildStep(
-            "gramine-manifest",
-            ("gramine-manifest", f"{name}.manifest.template", f"{name}.manifest"),
-            "render the template with Gramine's install paths",
-        ),
-        BuildStep(
-            "gramine-sgx-sign",
-            (
-                "gramine-sgx-sign",
-                "--manifest",
-                f"{name}.manifest",
-                "--output",
-                f"{name}.manifest.sgx",
-                "--key",
-                str(key),
-            ),
-            f"hash trusted files, compute MRENCLAVE, write {name}.sig signed with the key",
-        ),
+def workspace_selection(options: ManifestOptions) -> WorkspaceFiles:
+    """The workspace files the manifest trusts, and those it leaves out (with reasons)."""
+    workspace = Path(options.workspace).resolve()
+    mounted_apart = [
+        options.logs_dir or workspace / "logs",
+        options.outputs_dir or workspace / "outputs",
+        options.secrets_dir,
+        options.secrets_mount or workspace / DEFAULT_PKI_DIR,
+        *([options.data_dir] if options.data_dir else []),
     ]
-
-
-def run_command(name: str = MANIFEST_NAME) -> BuildStep:
-    """The command that starts the signed enclave (needs SGX hardware and the AESM/DCAP)."""
-    return BuildStep("gramine-sgx", ("gramine-sgx", name), "start the enclave")
-
-
-def missing_tools(steps: Sequence[BuildStep]) -> list[str]:
-    """The tools of ``steps`` that are not on PATH."""
-    return sorted({step.tool for step in steps if shutil.which(step.tool) is None})
-
-
-def run_build_steps(steps: Sequence[BuildStep], directory: Path) -> None:
-    """Run the build for real; refuses up front when a Gramine tool is missing."""
-    missing = missing_tools(steps)
-    if missing:
-        raise GramineNotInstalled(
-            f"{', '.join(missing)} not found on PATH: {INSTALL_HINT}, or run this inside the "
-            "Bastion SGX image"
-        )
-    for step in steps:
-        result = subprocess.run(step.argv, cwd=directory, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-            raise ManifestError(
-                f"`{step.shell()}` failed with exit code {result.returncode} in {directory}: "
-                + " | ".join(tail)
-            )
+    return select_workspace_files(workspace, skip=mounted_apart)
 
 
 def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template: bool) -> str:
@@ -379,8 +154,7 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
     secrets = Path(options.secrets_dir).resolve()
     pki_mount = Path(options.secrets_mount or workspace / DEFAULT_PKI_DIR)
     args = _role_args(options)
-    mounted_apart = [p for p in (logs, outputs, data, secrets, pki_mount) if p is not None]
-    selection = select_workspace_files(workspace, skip=mounted_apart)
+    selection = workspace_selection(options)
 
     m = _Manifest(libos=libos, runtime_dir=runtime_dir)
     arch = python.arch_libdir
@@ -485,7 +259,7 @@ def _check_no_secret_exposed(m: _Manifest, selection: WorkspaceFiles, secrets: P
             continue
         directory = Path(uri.removeprefix("file:"))
         for secret in secret_paths:
-            if _is_under(secret, directory):
+            if secret.is_relative_to(directory):
                 raise ManifestError(
                     f"{directory} would be a trusted or allowed directory but contains "
                     f"{secret}: move keys and certificates out of it (the enclave reads them "
@@ -598,7 +372,7 @@ def _ordered_mounts(mounts: list[_Mount]) -> list[_Mount]:
         covered = any(
             parent.type == "chroot"
             and parent.uri == f"file:{parent.path}"
-            and _is_under(Path(mount.path), Path(parent.path))
+            and Path(mount.path).is_relative_to(Path(parent.path))
             for parent in kept
         )
         if not (is_identity and covered):
@@ -608,22 +382,6 @@ def _ordered_mounts(mounts: list[_Mount]) -> list[_Mount]:
 
 def _unique(uris: list[str]) -> list[str]:
     return list(dict.fromkeys(uris))
-
-
-def _excluded_dir_reason(directory: Path, skipped: set[Path]) -> str | None:
-    if directory.resolve() in skipped:
-        return "mounted separately"
-    if directory.name.startswith("."):
-        return "hidden directory"
-    if directory.name == "__pycache__":
-        return "bytecode cache"
-    if directory.is_symlink():
-        return "symlink (its target would be trusted unseen)"
-    return None
-
-
-def _is_under(path: Path, parent: Path) -> bool:
-    return path == parent or parent in path.parents
 
 
 def _array(key: str, values: Sequence[str]) -> list[str]:
