@@ -25,7 +25,7 @@ from bastion.tee.gramine_build import (
     missing_tools,
     run_build_steps,
 )
-from bastion.tee.runtime import GramineInstall, PythonRuntime
+from bastion.tee.runtime import GramineInstall, PythonRuntime, RuntimeProbeError
 from bastion.tee.workspace_files import select_workspace_files
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
@@ -245,6 +245,20 @@ def test_paths_with_quotes_and_backslashes_survive(tmp_path: Path, runtime: Pyth
     jinja_like.mkdir()
     with pytest.raises(ManifestError, match="Jinja markup"):
         render_manifest_template(options(jinja_like, runtime))
+    with pytest.raises(ManifestError, match="Jinja markup"):
+        render_manifest_template(options(odd, runtime, args=("aggregator", "start", "{% x %}")))
+
+
+def test_plaintext_keys_in_the_sealed_pki_directory_are_refused(
+    workspace: Path, runtime: PythonRuntime
+) -> None:
+    with pytest.raises(ManifestError, match="pki/ca.crt is a plaintext PEM file"):
+        render_manifest(options(workspace, runtime, secrets_dir=workspace / "pki"))
+
+
+def test_probing_a_missing_interpreter_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeProbeError, match="cannot run .*no-python"):
+        PythonRuntime.probe(tmp_path / "no-python")
 
 
 @pytest.mark.parametrize(

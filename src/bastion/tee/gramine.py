@@ -40,7 +40,11 @@ from typing import Literal
 from bastion.errors import BastionError
 from bastion.pki.layout import DEFAULT_PKI_DIR
 from bastion.tee.runtime import GramineInstall, PythonRuntime
-from bastion.tee.workspace_files import WorkspaceFiles, select_workspace_files
+from bastion.tee.workspace_files import (
+    WorkspaceFiles,
+    first_plaintext_pem,
+    select_workspace_files,
+)
 
 Role = Literal["aggregator", "collaborator"]
 ROLES: tuple[Role, ...] = ("aggregator", "collaborator")
@@ -51,6 +55,8 @@ NAME_RESOLUTION_FILES = ("/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "
 _SIZE = re.compile(r"^([1-9][0-9]*)([KMG])$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _JINJA_MARKERS = ("{{", "{%", "{#")
+_TEMPLATE_LIBOS = "{{ gramine.libos }}"
+_TEMPLATE_RUNTIME = "{{ gramine.runtimedir() }}"
 
 
 class ManifestError(BastionError):
@@ -128,7 +134,9 @@ def render_manifest(options: ManifestOptions) -> str:
 
 def render_manifest_template(options: ManifestOptions) -> str:
     """The ``bastion.manifest.template`` for ``gramine-manifest`` (Gramine paths as Jinja)."""
-    return _render(options, "{{ gramine.libos }}", "{{ gramine.runtimedir() }}", template=True)
+    text = _render(options, _TEMPLATE_LIBOS, _TEMPLATE_RUNTIME, template=True)
+    _check_no_jinja(text)
+    return text
 
 
 def workspace_selection(options: ManifestOptions) -> WorkspaceFiles:
@@ -193,10 +201,9 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
     m.allowed.extend(f"file:{path}" for path in NAME_RESOLUTION_FILES)
 
     _check_no_secret_exposed(m, selection, secrets)
+    _check_sealed(secrets)
     m.mounts = _ordered_mounts(m.mounts)
     m.trusted = _unique(m.trusted)
-    if template:
-        _check_no_jinja(m)
     return _write_toml(options, python, workspace, m, args, template=template)
 
 
@@ -267,14 +274,25 @@ def _check_no_secret_exposed(m: _Manifest, selection: WorkspaceFiles, secrets: P
                 )
 
 
-def _check_no_jinja(m: _Manifest) -> None:
-    for value in (*m.trusted, *m.allowed, *(mount.path for mount in m.mounts)):
-        explicit = value.replace(m.libos, "").replace(m.runtime_dir, "")
-        if any(marker in explicit for marker in _JINJA_MARKERS):
+def _check_no_jinja(text: str) -> None:
+    """Outside Gramine's own placeholders, the template must hold no Jinja markup."""
+    explicit = text.replace(_TEMPLATE_LIBOS, "").replace(_TEMPLATE_RUNTIME, "")
+    for line in explicit.splitlines():
+        if any(marker in line for marker in _JINJA_MARKERS):
             raise ManifestError(
-                f"path {value!r} contains Jinja markup, which gramine-manifest would expand: "
-                "rename it or write the explicit manifest instead"
+                f"{line.strip()!r} contains Jinja markup, which gramine-manifest would expand: "
+                "rename the path or argument, or write the explicit manifest instead"
             )
+
+
+def _check_sealed(secrets: Path) -> None:
+    """The PKI mount is encrypted: plaintext keys there would fail to open in the enclave."""
+    plaintext = first_plaintext_pem(secrets)
+    if plaintext is not None:
+        raise ManifestError(
+            f"{plaintext} is a plaintext PEM file, but {secrets} is mounted as sealed "
+            "(encrypted) files: pass the directory of sealed PKI files, not the plain PKI"
+        )
 
 
 def _write_toml(

@@ -28,16 +28,30 @@ def is_secret_file(path: Path) -> str | None:
     """Why ``path`` looks like a key or certificate, or None: such files are never baked in."""
     if path.suffix.lower() in SECRET_SUFFIXES:
         return f"{path.suffix} file (key or certificate)"
-    if path.is_symlink() or not path.is_file():
-        return None
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return None
-    if b"-----BEGIN " in head:
+    if _is_plaintext_pem(path):
         return "PEM content (key or certificate)"
     return None
+
+
+def first_plaintext_pem(directory: Path) -> Path | None:
+    """A plaintext PEM file under ``directory``, if any: sealed (encrypted) files have none."""
+    if not directory.is_dir():
+        return None
+    for root, _, files in os.walk(directory):
+        for name in sorted(files):
+            if _is_plaintext_pem(Path(root) / name):
+                return Path(root) / name
+    return None
+
+
+def _is_plaintext_pem(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle:
+            return b"-----BEGIN " in handle.read(4096)
+    except OSError:
+        return False
 
 
 def select_workspace_files(workspace: Path, *, skip: Iterable[Path] = ()) -> WorkspaceFiles:
