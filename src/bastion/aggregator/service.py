@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.core import Aggregator
+from bastion.aggregator.memory import pin_mmap_threshold
 from bastion.algorithms.registry import create_strategy
 from bastion.errors import PKIError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
@@ -45,6 +46,7 @@ def run_aggregator(
     """Serve the federation until every round is done; returns the finished aggregator."""
     workspace = Path(workspace)
     plan = load_plan(workspace)
+    pin_mmap_threshold()
     host = host or plan.network.host
     port = plan.network.port if port is None else port
     if insecure:
