@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from support.workspaces import make_workspace
 from typer.testing import CliRunner, Result
 
 from bastion.cli.console import console
@@ -141,15 +142,12 @@ def test_inspect_refuses_bad_files(tmp_path: Path, signed: Path) -> None:
 
 
 def test_manifest_writes_the_template_and_prints_the_build(tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    (workspace / "pki").mkdir(parents=True)
-    (workspace / "plan.yaml").write_text("rounds: 1\n")
-    (workspace / "pki" / "site1.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    workspace = make_workspace(tmp_path, collaborators=1, initialize=False)
     out = tmp_path / "enclave"
-    output = ok("manifest", workspace, "--name", "site1", "--out", out, "--isv-svn", "4")
+    output = ok("manifest", workspace, "--name", "site-1", "--out", out, "--isv-svn", "4")
 
     template = (out / "bastion.manifest.template").read_text()
-    assert "{{ gramine.libos }}" in template and "site1.key" not in template
+    assert "{{ gramine.libos }}" in template and "site-1.key" not in template
     assert "left out" in output and "key or certificate directory" in output
     assert "gramine-manifest bastion.manifest.template bastion.manifest" in output
     assert "gramine-sgx-sign --manifest bastion.manifest" in output
@@ -163,8 +161,7 @@ def test_manifest_writes_the_template_and_prints_the_build(tmp_path: Path) -> No
 
 @pytest.mark.skipif(shutil.which("gramine-sgx-sign") is not None, reason="Gramine is installed")
 def test_sign_without_gramine_says_what_to_install(tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
+    workspace = make_workspace(tmp_path, collaborators=1, initialize=False)
     out = tmp_path / "enclave"
     ok("manifest", workspace, "--role", "aggregator", "--out", out)
     key = tmp_path / "enclave-key.pem"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.workspaces import edit_plan, make_workspace
 
 import bastion
 from bastion.tee.gramine import (
@@ -27,10 +28,20 @@ from bastion.tee.gramine_build import (
 )
 from bastion.tee.runtime import GramineInstall, PythonRuntime, RuntimeProbeError
 from bastion.tee.workspace_files import select_workspace_files
+from bastion.workspace.templates import create_workspace
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
 
-SECRET_NAMES = ("pki/ca.crt", "pki/site1.key", "pki/site1.crt", "model-owner.pem", "notes/token")
+SECRET_NAMES = (
+    "pki/ca.key",
+    "pki/ca.crt",
+    "pki/aggregator.key",
+    "pki/aggregator.crt",
+    "pki/site-1.key",
+    "pki/site-1.crt",
+    "model-owner.pem",
+    "notes/token",
+)
 
 
 @pytest.fixture(scope="session")
@@ -40,22 +51,14 @@ def runtime() -> PythonRuntime:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    """A workspace as users leave it: code and plan, plus keys, caches and clutter."""
-    ws = tmp_path / "ws"
+    """A real workspace (template, plan, PKI with keys) plus the clutter users leave around."""
+    ws = make_workspace(tmp_path, collaborators=1, initialize=False)
     for name, text in {
-        "plan.yaml": "rounds: 3\n",
-        "requirements.txt": "numpy\n",
-        "src/task.py": "def train():\n    return 1\n",
-        "save/initial.safetensors": "weights",
-        "pki/ca.crt": "-----BEGIN CERTIFICATE-----\n",
-        "pki/site1.key": "-----BEGIN PRIVATE KEY-----\n",
-        "pki/site1.crt": "-----BEGIN CERTIFICATE-----\n",
         "model-owner.pem": "-----BEGIN EC PRIVATE KEY-----\n",
         "notes/token": "junk\n-----BEGIN OPENSSH PRIVATE KEY-----\n",
         ".env": "PASSWORD=hunter2\n",
-        "src/__pycache__/task.cpython-311.pyc": "bytecode",
+        "__pycache__/task.cpython-311.pyc": "bytecode",
         "logs/metrics.jsonl": "{}\n",
-        "outputs/last.safetensors": "weights",
     }.items():
         path = ws / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +117,8 @@ def test_entrypoint_is_the_interpreter_and_argv_is_fixed_by_role(
     assert aggregator["fs"]["start_dir"] == str(workspace.resolve())
     assert f"file:{python}" in aggregator["sgx"]["trusted_files"]
 
-    site = parse(render_manifest(options(workspace, runtime, role="collaborator", name="site1")))
-    assert site["loader"]["argv"][3:] == ["collaborator", "start", "site1"]
+    site = parse(render_manifest(options(workspace, runtime, role="collaborator", name="site-1")))
+    assert site["loader"]["argv"][3:] == ["collaborator", "start", "site-1"]
     with pytest.raises(ManifestError, match="pass name="):
         render_manifest(options(workspace, runtime, role="collaborator"))
 
@@ -143,7 +146,7 @@ def test_no_key_or_certificate_is_trusted_or_allowed(
 ) -> None:
     for debug in (False, True):
         text = render_manifest(
-            options(workspace, runtime, debug=debug, data_dir=workspace / "save")
+            options(workspace, runtime, debug=debug, data_dir=workspace / "logs")
         )
         for name in SECRET_NAMES:
             assert str(workspace.resolve() / name) not in text
@@ -159,9 +162,9 @@ def test_workspace_code_and_plan_are_trusted_and_clutter_is_not(
 ) -> None:
     ws = workspace.resolve()
     trusted = parse(render_manifest(options(workspace, runtime)))["sgx"]["trusted_files"]
-    for name in ("plan.yaml", "requirements.txt", "src/task.py", "save/initial.safetensors"):
+    for name in ("plan.yaml", "requirements.txt", "task.py"):
         assert f"file:{ws / name}" in trusted
-    for name in (".env", "src/__pycache__/task.cpython-311.pyc", "logs/metrics.jsonl"):
+    for name in (".env", "__pycache__/task.cpython-311.pyc", "logs/metrics.jsonl"):
         assert f"file:{ws / name}" not in trusted
 
     selection = select_workspace_files(workspace)
@@ -175,7 +178,7 @@ def test_workspace_code_and_plan_are_trusted_and_clutter_is_not(
     }
 
 
-def test_outputs_and_pki_are_sealed_and_data_and_logs_are_allowed(
+def test_checkpoints_and_pki_are_sealed_and_data_and_logs_are_allowed(
     workspace: Path, runtime: PythonRuntime, tmp_path: Path
 ) -> None:
     ws = workspace.resolve()
@@ -183,10 +186,10 @@ def test_outputs_and_pki_are_sealed_and_data_and_logs_are_allowed(
     data.mkdir()
     manifest = parse(render_manifest(options(workspace, runtime, data_dir=data)))
     mounts = {mount["path"]: mount for mount in manifest["fs"]["mounts"]}
-    assert mounts[str(ws / "outputs")] == {
+    assert mounts[str(ws / "save")] == {
         "type": "encrypted",
-        "path": str(ws / "outputs"),
-        "uri": f"file:{ws / 'outputs'}",
+        "path": str(ws / "save"),
+        "uri": f"file:{ws / 'save'}",
         "key_name": "_sgx_mrsigner",
     }
     assert mounts[str(ws / "pki")]["type"] == "encrypted"
@@ -194,10 +197,30 @@ def test_outputs_and_pki_are_sealed_and_data_and_logs_are_allowed(
     assert mounts["/tmp"] == {"type": "tmpfs", "path": "/tmp"}
     allowed = manifest["sgx"]["allowed_files"]
     assert f"file:{data.resolve()}/" in allowed and f"file:{ws / 'logs'}/" in allowed
-    assert not any(uri.removeprefix("file:").startswith(str(ws / "outputs")) for uri in allowed)
+    assert not any(uri.removeprefix("file:").startswith(str(ws / "save")) for uri in allowed)
 
-    plain = parse(render_manifest(options(workspace, runtime, protect_outputs=False)))
-    assert f"file:{ws / 'outputs'}/" in plain["sgx"]["allowed_files"]
+
+def test_directories_follow_the_plan(workspace: Path, runtime: PythonRuntime) -> None:
+    edit_plan(
+        workspace,
+        {"output": {"checkpoints": "ckpt", "logs": "runlogs"}, "network": {"pki_dir": "ids"}},
+    )
+    ws = workspace.resolve()
+    manifest = parse(render_manifest(options(workspace, runtime)))
+    mounts = {mount["path"]: mount for mount in manifest["fs"]["mounts"]}
+    assert mounts[str(ws / "ckpt")]["type"] == "encrypted"
+    assert mounts[str(ws / "ids")]["uri"] == "file:/secrets"
+    assert f"file:{ws / 'runlogs'}/" in manifest["sgx"]["allowed_files"]
+
+
+def test_a_plaintext_initial_checkpoint_cannot_be_sealed(
+    tmp_path: Path, runtime: PythonRuntime
+) -> None:
+    initialized = make_workspace(tmp_path, collaborators=1, initialize=True)
+    with pytest.raises(ManifestError, match="is plaintext, but the checkpoints directory"):
+        render_manifest(options(initialized, runtime))
+    plain = parse(render_manifest(options(initialized, runtime, seal_checkpoints=False)))
+    assert f"file:{initialized.resolve() / 'save'}/" in plain["sgx"]["allowed_files"]
 
 
 def test_mounts_put_parents_before_children(workspace: Path, runtime: PythonRuntime) -> None:
@@ -235,8 +258,7 @@ def test_template_is_the_manifest_with_gramine_paths_as_jinja(
 
 def test_paths_with_quotes_and_backslashes_survive(tmp_path: Path, runtime: PythonRuntime) -> None:
     odd = tmp_path / 'we"ird\\ws'
-    (odd / "src").mkdir(parents=True)
-    (odd / "plan.yaml").write_text("rounds: 1\n")
+    create_workspace(odd, "numpy_logreg_digits")
     manifest = parse(render_manifest(options(odd, runtime)))
     assert manifest["fs"]["start_dir"] == str(odd.resolve())
     assert f"file:{odd.resolve() / 'plan.yaml'}" in manifest["sgx"]["trusted_files"]
@@ -252,7 +274,7 @@ def test_paths_with_quotes_and_backslashes_survive(tmp_path: Path, runtime: Pyth
 def test_plaintext_keys_in_the_sealed_pki_directory_are_refused(
     workspace: Path, runtime: PythonRuntime
 ) -> None:
-    with pytest.raises(ManifestError, match="pki/ca.crt is a plaintext PEM file"):
+    with pytest.raises(ManifestError, match="pki/.* is plaintext, but the secrets directory"):
         render_manifest(options(workspace, runtime, secrets_dir=workspace / "pki"))
 
 

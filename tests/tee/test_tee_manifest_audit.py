@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.workspaces import make_workspace
 
 from bastion.tee.gramine import ManifestOptions, render_manifest
 
@@ -44,10 +45,7 @@ def covered(path: str, entries: list[str]) -> bool:
 
 
 def test_files_opened_by_the_entrypoint_are_trusted_or_allowed(tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    (workspace / "pki").mkdir(parents=True)
-    (workspace / "plan.yaml").write_text("rounds: 1\n")
-    (workspace / "pki" / "agg.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    workspace = make_workspace(tmp_path, collaborators=1, initialize=False)
     manifest: dict[str, Any] = tomllib.loads(
         render_manifest(ManifestOptions(workspace=workspace, role="aggregator"))
     )

@@ -105,9 +105,12 @@ def manifest(
         Path | None,
         typer.Option(help="Data directory (allowed, unprotected)."),
     ] = None,
+    seal_checkpoints: Annotated[
+        bool, typer.Option(help="Seal checkpoints to the signer (off: the host can read them).")
+    ] = True,
     secrets: Annotated[
         Path,
-        typer.Option(help="Host directory with the sealed PKI files (seen as <workspace>/pki)."),
+        typer.Option(help="Host directory with the sealed PKI files (seen at the plan's pki_dir)."),
     ] = DEFAULT_SECRETS_DIR,
     key: Annotated[Path, typer.Option(help="Signing key named in the printed build steps.")] = Path(
         "enclave-key.pem"
@@ -129,6 +132,7 @@ def manifest(
         isv_svn=isv_svn,
         data_dir=data,
         secrets_dir=secrets,
+        seal_checkpoints=seal_checkpoints,
     )
     out.mkdir(parents=True, exist_ok=True)
     if explicit:

@@ -13,16 +13,21 @@ What goes where, and why (Gramine docs: "Manifest syntax", "gramine-manifest",
 * ``sgx.allowed_files`` (host-controlled, unprotected): the data directory (the site's own
   data), the logs directory, and the four files glibc reads for name resolution (a peer is
   authenticated by mTLS, not by its address).
-* Encrypted mounts sealed with ``_sgx_mrsigner``: the outputs directory (checkpoints hold
-  the model the enclave protects) and the PKI directory. Keys and certificates are never
+* Encrypted mounts sealed with ``_sgx_mrsigner``: the checkpoints directory (it holds the
+  model the enclave protects) and the PKI directory. Keys and certificates are never
   trusted or allowed files: the host provides them at run time in ``secrets_dir`` (default
-  ``/secrets``, where the container mounts them), which the enclave sees at
-  ``<workspace>/pki``, where Bastion looks for its PKI. Sealed to the signer, the host can
+  ``/secrets``, where the container mounts them), which the enclave sees at the plan's
+  ``network.pki_dir``, where Bastion looks for its PKI. Sealed to the signer, the host can
   neither read the private key nor swap the CA certificate. Sealed files are written from
   inside an enclave with the same MRSIGNER, or encrypted with ``gramine-sgx-pf-crypt`` under
   a key given by Gramine's secret provisioning (set ``sealing_key`` to that key's name).
   Workspace files that look like keys or certificates (``*.key``, ``*.pem``, ``*.crt``, PEM
-  content, ``pki/``) are left out of the manifest.
+  content, ``pki/``) are left out of the manifest. A sealed checkpoints directory must start
+  empty (or sealed): run ``bastion plan initialize`` in an enclave of the same signer
+  (``args=("plan", "initialize")``), or pass ``seal_checkpoints=False`` to let the host see
+  the checkpoints.
+
+Directory names (checkpoints, logs, PKI) come from the workspace's ``plan.yaml``.
 
 Targets Gramine >= 1.6 (``loader.entrypoint.uri``, ``sgx.max_threads``, typed mounts).
 Interpreter and Gramine paths come from ``bastion.tee.runtime``, the workspace selection from
@@ -38,11 +43,11 @@ from pathlib import Path
 from typing import Literal
 
 from bastion.errors import BastionError
-from bastion.pki.layout import DEFAULT_PKI_DIR
+from bastion.plan import PLAN_FILE, NetworkSpec, OutputSpec, load_plan
 from bastion.tee.runtime import GramineInstall, PythonRuntime
 from bastion.tee.workspace_files import (
     WorkspaceFiles,
-    first_plaintext_pem,
+    first_plaintext,
     select_workspace_files,
 )
 
@@ -57,6 +62,10 @@ _KEY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _JINJA_MARKERS = ("{{", "{%", "{#")
 _TEMPLATE_LIBOS = "{{ gramine.libos }}"
 _TEMPLATE_RUNTIME = "{{ gramine.runtimedir() }}"
+_UNSEALED_CHECKPOINTS_FIX = (
+    "start from an empty one and run `bastion plan initialize` in an enclave with the same "
+    "signer, or pass seal_checkpoints=False (--no-seal-checkpoints) to let the host read them"
+)
 
 
 class ManifestError(BastionError):
@@ -85,13 +94,13 @@ class ManifestOptions:
     edmm: bool = False
     log_level: Literal["none", "error", "warning", "debug", "trace", "all"] = "error"
     data_dir: Path | None = None
-    logs_dir: Path | None = None  # default: <workspace>/logs
-    outputs_dir: Path | None = None  # default: <workspace>/outputs
-    #: Seal outputs (checkpoints) to the signer; False makes them plain allowed files.
-    protect_outputs: bool = True
+    logs_dir: Path | None = None  # default: the plan's output.logs
+    checkpoints_dir: Path | None = None  # default: the plan's output.checkpoints
+    #: Seal checkpoints to the signer; False makes them plain allowed files the host can read.
+    seal_checkpoints: bool = True
     #: Host (or container) directory with the sealed PKI files.
     secrets_dir: Path = DEFAULT_SECRETS_DIR
-    #: Where the enclave sees them; default ``<workspace>/pki``, Bastion's PKI directory.
+    #: Where the enclave sees them; default: the plan's ``network.pki_dir``.
     secrets_mount: Path | None = None
     sealing_key: str = "_sgx_mrsigner"
     python: PythonRuntime | None = None
@@ -139,34 +148,53 @@ def render_manifest_template(options: ManifestOptions) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Dirs:
+    """Absolute host paths of the directories mounted apart from the workspace."""
+
+    workspace: Path
+    logs: Path
+    checkpoints: Path
+    pki_mount: Path
+    secrets: Path
+    data: Path | None
+
+
+def _dirs(options: ManifestOptions) -> _Dirs:
+    """Paths from the options, else from the workspace's plan, else the plan's defaults."""
+    workspace = Path(options.workspace).resolve()
+    if (workspace / PLAN_FILE).is_file():
+        plan = load_plan(workspace / PLAN_FILE)
+        output, network = plan.output, plan.network
+    else:
+        output, network = OutputSpec(), NetworkSpec()
+    return _Dirs(
+        workspace=workspace,
+        logs=Path(options.logs_dir or workspace / output.logs).resolve(),
+        checkpoints=Path(options.checkpoints_dir or workspace / output.checkpoints).resolve(),
+        pki_mount=Path(options.secrets_mount or workspace / network.pki_dir),
+        secrets=Path(options.secrets_dir).resolve(),
+        data=Path(options.data_dir).resolve() if options.data_dir else None,
+    )
+
+
 def workspace_selection(options: ManifestOptions) -> WorkspaceFiles:
     """The workspace files the manifest trusts, and those it leaves out (with reasons)."""
-    workspace = Path(options.workspace).resolve()
-    mounted_apart = [
-        options.logs_dir or workspace / "logs",
-        options.outputs_dir or workspace / "outputs",
-        options.secrets_dir,
-        options.secrets_mount or workspace / DEFAULT_PKI_DIR,
-        *([options.data_dir] if options.data_dir else []),
-    ]
-    return select_workspace_files(workspace, skip=mounted_apart)
+    d = _dirs(options)
+    apart = [d.logs, d.checkpoints, d.pki_mount, d.secrets, *([d.data] if d.data else [])]
+    return select_workspace_files(d.workspace, skip=apart)
 
 
 def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template: bool) -> str:
     _validate(options)
     python = options.python or PythonRuntime.probe()
-    workspace = Path(options.workspace).resolve()
-    logs = Path(options.logs_dir or workspace / "logs").resolve()
-    outputs = Path(options.outputs_dir or workspace / "outputs").resolve()
-    data = Path(options.data_dir).resolve() if options.data_dir else None
-    secrets = Path(options.secrets_dir).resolve()
-    pki_mount = Path(options.secrets_mount or workspace / DEFAULT_PKI_DIR)
+    d = _dirs(options)
     args = _role_args(options)
     selection = workspace_selection(options)
 
     m = _Manifest(libos=libos, runtime_dir=runtime_dir)
     arch = python.arch_libdir
-    system_dirs = [d for d in (arch, f"/usr{arch}") if Path(d).is_dir()]
+    system_dirs = [path for path in (arch, f"/usr{arch}") if Path(path).is_dir()]
     m.mounts.append(_Mount("/lib", f"file:{runtime_dir}"))
     m.trusted.append(f"file:{runtime_dir}/")
     for directory in system_dirs:
@@ -184,27 +212,29 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
         m.mounts.append(_identity(entry))
         m.trusted.append(f"file:{entry}/" if entry.is_dir() else f"file:{entry}")
 
-    m.mounts.append(_identity(workspace))
+    m.mounts.append(_identity(d.workspace))
     m.trusted.extend(f"file:{path}" for path in selection.trusted)
 
-    if data is not None:
-        m.mounts.append(_identity(data))
-        m.allowed.append(f"file:{data}/")
-    m.mounts.append(_identity(logs))
-    m.allowed.append(f"file:{logs}/")
-    if options.protect_outputs:
-        m.mounts.append(_Mount(str(outputs), f"file:{outputs}", "encrypted", options.sealing_key))
+    if d.data is not None:
+        m.mounts.append(_identity(d.data))
+        m.allowed.append(f"file:{d.data}/")
+    m.mounts.append(_identity(d.logs))
+    m.allowed.append(f"file:{d.logs}/")
+    key = options.sealing_key
+    if options.seal_checkpoints:
+        m.mounts.append(_Mount(str(d.checkpoints), f"file:{d.checkpoints}", "encrypted", key))
+        _check_sealed(d.checkpoints, "the checkpoints directory", _UNSEALED_CHECKPOINTS_FIX)
     else:
-        m.mounts.append(_identity(outputs))
-        m.allowed.append(f"file:{outputs}/")
-    m.mounts.append(_Mount(str(pki_mount), f"file:{secrets}", "encrypted", options.sealing_key))
+        m.mounts.append(_identity(d.checkpoints))
+        m.allowed.append(f"file:{d.checkpoints}/")
+    m.mounts.append(_Mount(str(d.pki_mount), f"file:{d.secrets}", "encrypted", key))
+    _check_sealed(d.secrets, "the secrets directory", "pass the sealed PKI, not the plain one")
     m.allowed.extend(f"file:{path}" for path in NAME_RESOLUTION_FILES)
 
-    _check_no_secret_exposed(m, selection, secrets)
-    _check_sealed(secrets)
+    _check_no_secret_exposed(m, selection, d.secrets)
     m.mounts = _ordered_mounts(m.mounts)
     m.trusted = _unique(m.trusted)
-    return _write_toml(options, python, workspace, m, args, template=template)
+    return _write_toml(options, python, d.workspace, m, args, template=template)
 
 
 def _validate(options: ManifestOptions) -> None:
@@ -285,13 +315,13 @@ def _check_no_jinja(text: str) -> None:
             )
 
 
-def _check_sealed(secrets: Path) -> None:
-    """The PKI mount is encrypted: plaintext keys there would fail to open in the enclave."""
-    plaintext = first_plaintext_pem(secrets)
+def _check_sealed(directory: Path, what: str, fix: str) -> None:
+    """An encrypted mount cannot open plaintext files: refuse now, not at enclave start."""
+    plaintext = first_plaintext(directory)
     if plaintext is not None:
         raise ManifestError(
-            f"{plaintext} is a plaintext PEM file, but {secrets} is mounted as sealed "
-            "(encrypted) files: pass the directory of sealed PKI files, not the plain PKI"
+            f"{plaintext} is plaintext, but {what} {directory} is mounted as sealed (encrypted) "
+            f"files: {fix}"
         )
 
 

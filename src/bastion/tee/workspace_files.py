@@ -33,14 +33,19 @@ def is_secret_file(path: Path) -> str | None:
     return None
 
 
-def first_plaintext_pem(directory: Path) -> Path | None:
-    """A plaintext PEM file under ``directory``, if any: sealed (encrypted) files have none."""
+def first_plaintext(directory: Path) -> Path | None:
+    """A plaintext PEM, JSON or safetensors file under ``directory``, if any.
+
+    Gramine's encrypted files start with a binary header, so any of these means the
+    directory was not sealed and an encrypted mount over it would fail to open it.
+    """
     if not directory.is_dir():
         return None
     for root, _, files in os.walk(directory):
         for name in sorted(files):
-            if _is_plaintext_pem(Path(root) / name):
-                return Path(root) / name
+            path = Path(root) / name
+            if _is_plaintext_pem(path) or _is_plaintext_json_or_safetensors(path):
+                return path
     return None
 
 
@@ -52,6 +57,18 @@ def _is_plaintext_pem(path: Path) -> bool:
             return b"-----BEGIN " in handle.read(4096)
     except OSError:
         return False
+
+
+def _is_plaintext_json_or_safetensors(path: Path) -> bool:
+    """JSON starts with ``{``; safetensors with an 8-byte header length, then ``{``."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return head[:1] == b"{" or head[8:9] == b"{"
 
 
 def select_workspace_files(workspace: Path, *, skip: Iterable[Path] = ()) -> WorkspaceFiles:
