@@ -169,7 +169,10 @@ class FrameAssembler:
     def add(self, frame: Frame) -> None:
         if self._current is None or frame.name != self._current[0]:
             self._start(frame)
-        assert self._current is not None
+            if self._current is None:  # an empty tensor is complete at its header
+                if frame.data:
+                    raise ProtocolError(f"tensor {frame.name!r}: more bytes than its shape holds")
+                return
         name, _dtype, _shape, buffer, expected = self._current
         if frame.offset != self._filled:
             raise ProtocolError(

@@ -85,7 +85,7 @@ class TorchRunner:
             raise BastionError(f"weights lack tensors {missing[:5]} of the model")
         for name in self._federated:
             target = state[name]
-            value = torch.from_numpy(np.ascontiguousarray(weights[name]))
+            value = torch.from_numpy(np.array(weights[name], copy=True))  # keeps 0-d tensors 0-d
             if tuple(value.shape) != tuple(target.shape):
                 raise BastionError(f"tensor {name!r}: shape {tuple(value.shape)}, model has {tuple(target.shape)}")
             with torch.no_grad():

@@ -1,0 +1,123 @@
+"""Wire framing and checkpoints: exact round trips, and hostile input refused cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bastion.errors import BastionError, ProtocolError, UpdateRejected
+from bastion.tensors import (
+    WIRE_DTYPES,
+    Frame,
+    FrameAssembler,
+    iter_frames,
+    load_checkpoint,
+    save_checkpoint,
+    spec_of,
+    validate_update,
+)
+
+arrays = hnp.arrays(
+    dtype=st.sampled_from(sorted(WIRE_DTYPES)),
+    shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=7),
+)
+weight_dicts = st.dictionaries(st.text(min_size=1, max_size=12), arrays, min_size=1, max_size=5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(weights=weight_dicts, chunk=st.integers(min_value=1, max_value=64))
+def test_frames_round_trip_exactly(weights: dict[str, np.ndarray], chunk: int) -> None:
+    assembler = FrameAssembler(max_total_bytes=1 << 30)
+    for frame in iter_frames(weights, chunk_bytes=chunk):
+        assert len(frame.data) <= chunk
+        assembler.add(frame)
+    result = assembler.result()
+    assert list(result) == list(weights)
+    for name, value in weights.items():
+        assert result[name].dtype == value.dtype and result[name].shape == value.shape
+        assert result[name].tobytes() == value.tobytes()  # bitwise, NaN payloads included
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=weight_dicts)
+def test_checkpoints_round_trip_exactly(weights: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(path, weights, {"round": "3"})
+    loaded, metadata = load_checkpoint(path)
+    assert metadata == {"round": "3"}
+    assert list(loaded) == list(weights)
+    for name, value in weights.items():
+        assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
+        assert loaded[name].tobytes() == value.tobytes()
+
+
+def test_checkpoint_is_readable_by_the_reference_safetensors_reader(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    weights = {"a": np.arange(12, dtype=np.float32).reshape(3, 4).T, "b": np.array(7, dtype=np.int64)}
+    save_checkpoint(tmp_path / "m.safetensors", weights)
+    reference = load_file(str(tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(reference["a"], weights["a"])
+    assert reference["b"].shape == ()
+
+
+def test_failed_checkpoint_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": np.ones(3, dtype=np.float32)})
+    with pytest.raises(ProtocolError):
+        save_checkpoint(path, {"w": np.ones(3, dtype=np.float32), "bad": np.array(["text"])})
+    loaded, _ = load_checkpoint(path)
+    np.testing.assert_array_equal(loaded["w"], np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"\x00" * 5)
+    with pytest.raises(BastionError, match="not a valid safetensors file"):
+        load_checkpoint(path)
+    with pytest.raises(BastionError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        ([Frame("w", "object", (1,), 0, b"x")], "not allowed"),
+        ([Frame("w", "float32", (1 << 30, 1 << 10), 0, b"")], "larger than the limit"),
+        ([Frame("w", "float32", (2,), 4, b"\x00" * 4)], "offset 4, expected 0"),
+        ([Frame("w", "float32", (1,), 0, b"\x00" * 8)], "more bytes than its shape"),
+        ([Frame("w", "float32", (2,), 0, b"\x00" * 4), Frame("v", "float32", (1,), 0, b"\x00" * 4)], "ended before"),
+        ([Frame("w", "float32", (1,), 0, b"\x00" * 4), Frame("w", "float32", (1,), 0, b"\x00" * 4)], "sent twice"),
+        ([Frame("w", "float32", (-1,), 0, b"")], "invalid shape"),
+        ([Frame("", "float32", (1,), 0, b"\x00" * 4)], "empty"),
+    ],
+)
+def test_hostile_frames_are_refused(frames: list[Frame], message: str) -> None:
+    assembler = FrameAssembler(max_total_bytes=1 << 20)
+    with pytest.raises(ProtocolError, match=message):
+        for frame in frames:
+            assembler.add(frame)
+        assembler.result()
+
+
+def test_truncated_stream_is_refused() -> None:
+    assembler = FrameAssembler(max_total_bytes=1 << 20)
+    assembler.add(Frame("w", "float32", (4,), 0, b"\x00" * 8))
+    with pytest.raises(ProtocolError, match="stream ended inside tensor 'w'"):
+        assembler.result()
+
+
+def test_validate_update_names_each_problem() -> None:
+    reference = {"w": np.zeros((2, 2), np.float32), "n": np.zeros((), np.int64)}
+    spec = spec_of(reference)
+    validate_update(spec, {"w": np.ones((2, 2), np.float32), "n": np.array(3)})
+    with pytest.raises(UpdateRejected, match="unexpected tensors \\['x'\\]"):
+        validate_update(spec, {**reference, "x": np.zeros(1)})
+    with pytest.raises(UpdateRejected, match="NaN"):
+        validate_update(spec, {"w": np.full((2, 2), np.nan, np.float32), "n": np.array(1)})
