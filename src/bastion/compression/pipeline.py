@@ -1,0 +1,202 @@
+"""Compression pipelines: encode an update delta on the client, decode it on the server.
+
+Compress the *delta* (local model minus global), not the model: deltas are small and
+sparse-friendly, and the server adds the decoded delta back to the global model. The
+payload is an ordinary ``dict[str, ndarray]`` (keys ``"<tensor>::<part>"``), so it
+travels with the normal tensor framing. Non-float tensors pass through as ``::raw``.
+
+Which pipelines compose (``Pipeline`` refuses the rest):
+
+- at most one sparsifier, first, then at most one value codec: coordinates are chosen
+  from the exact values, and a value is coded once (float16 of 8-bit codes means nothing).
+- with secure aggregation (``check_secure_aggregation``), the server never sees one
+  client's payload, only the sum of masked ring vectors, so compression runs *before*
+  masking and every client's vector must mean the same coordinates. ``RandomK`` (a
+  pattern shared through a public seed) composes and shortens the masked vector.
+  ``TopK`` does not: clients keep different coordinates, and vectors with different
+  supports cannot be summed under masks. Value codecs (float16, bfloat16, 8-bit) compose
+  as rounding applied on the client before masking; they save nothing on the wire,
+  since secure aggregation sends its own fixed-point words (set their width with
+  ``FixedPointQuantizer.bits`` instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from bastion.compression.errors import IncompatibleCompression
+from bastion.compression.stages import VALUES, Parts, Stage, StageContext, StageKind
+from bastion.errors import UpdateRejected
+from bastion.tensors import Weights, total_bytes
+
+SEPARATOR = "::"
+RAW = "raw"
+
+
+def _is_float(array: np.ndarray) -> bool:
+    return np.dtype(array.dtype).kind == "f"
+
+
+class Pipeline:
+    """An ordered, validated list of stages: an optional sparsifier, then an optional codec."""
+
+    def __init__(self, stages: Sequence[Stage] = ()) -> None:
+        self.stages = tuple(stages)
+        for stage in self.stages:
+            if not isinstance(stage, Stage):
+                raise IncompatibleCompression(f"{stage!r} is not a compression stage")
+        names = [s.name for s in self.stages]
+        sparsifiers = [s for s in self.stages if s.kind is StageKind.SPARSIFIER]
+        codecs = [s for s in self.stages if s.kind is StageKind.VALUE_CODEC]
+        if len(sparsifiers) > 1:
+            raise IncompatibleCompression(
+                f"pipeline {names} sparsifies twice ({[s.name for s in sparsifiers]}): "
+                "use one sparsifier with the combined fraction"
+            )
+        if len(codecs) > 1:
+            raise IncompatibleCompression(
+                f"pipeline {names} codes values twice ({[s.name for s in codecs]}): each value "
+                "is coded once; keep one of them"
+            )
+        if (
+            sparsifiers
+            and codecs
+            and self.stages.index(codecs[0]) < self.stages.index(sparsifiers[0])
+        ):
+            raise IncompatibleCompression(
+                f"pipeline {names} codes values before sparsifying: put "
+                f"{sparsifiers[0].name!r} first so coordinates are chosen from exact values"
+            )
+        self.sparsifier = sparsifiers[0] if sparsifiers else None
+        self.codec = codecs[0] if codecs else None
+
+    @property
+    def names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    def _parts(self) -> list[str]:
+        return [VALUES] + [part for stage in self.stages for part in stage.side_parts]
+
+    def encode(self, tensors: Mapping[str, np.ndarray], round_number: int) -> Weights:
+        """The wire payload of ``tensors`` (a delta) for ``round_number``."""
+        payload: Weights = {}
+        for name, array in tensors.items():
+            if not _is_float(array):
+                payload[f"{name}{SEPARATOR}{RAW}"] = np.asarray(array)
+                continue
+            context = StageContext(name, int(array.size), round_number)
+            parts: Parts = {VALUES: np.asarray(array, dtype=np.float64).reshape(-1)}
+            for stage in self.stages:
+                parts = stage.encode(parts, context)
+            if parts[VALUES].dtype == np.float64:  # uncoded values go back to their own width
+                parts[VALUES] = parts[VALUES].astype(array.dtype)
+            for part, value in parts.items():
+                payload[f"{name}{SEPARATOR}{part}"] = value
+        return payload
+
+    def decode(
+        self, payload: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray], round_number: int
+    ) -> Weights:
+        """Dense float64 tensors shaped like ``like`` from an untrusted payload."""
+        expected = {
+            f"{name}{SEPARATOR}{part}"
+            for name, array in like.items()
+            for part in (self._parts() if _is_float(array) else [RAW])
+        }
+        if set(payload) != expected:
+            extra, missing = sorted(set(payload) - expected), sorted(expected - set(payload))
+            raise UpdateRejected(
+                f"compressed update does not match pipeline {self.names}: "
+                f"missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        out: Weights = {}
+        for name, reference in like.items():
+            if not _is_float(reference):
+                raw = np.asarray(payload[f"{name}{SEPARATOR}{RAW}"])
+                if raw.shape != reference.shape:
+                    raise UpdateRejected(
+                        f"tensor {name!r} has shape {raw.shape}, expected {reference.shape}"
+                    )
+                out[name] = raw
+                continue
+            context = StageContext(name, int(reference.size), round_number)
+            parts = {
+                part: np.asarray(payload[f"{name}{SEPARATOR}{part}"]) for part in self._parts()
+            }
+            for stage in reversed(self.stages):
+                parts = stage.decode(parts, context)
+            values = np.asarray(parts[VALUES], dtype=np.float64)
+            if values.size != reference.size or not np.isfinite(values).all():
+                raise UpdateRejected(
+                    f"compressed tensor {name!r} decodes to {values.size} values (expected "
+                    f"{reference.size}) or to non-finite values"
+                )
+            out[name] = values.reshape(reference.shape)
+        return out
+
+    # ------------------------------------------------------------------ secure aggregation
+
+    def secure_aggregation_payload(
+        self, tensors: Mapping[str, np.ndarray], round_number: int
+    ) -> Weights:
+        """What the client hands secure aggregation: float64 values on the shared coordinates.
+
+        Value codecs are applied as rounding (encode, then decode on the client), and the
+        sparsifier keeps the shared coordinates, so payloads of different clients add up.
+        """
+        check_secure_aggregation(self)
+        out: Weights = {}
+        for name, array in tensors.items():
+            flat = np.asarray(array, dtype=np.float64).reshape(-1)
+            if not _is_float(array):
+                out[name] = flat
+                continue
+            context = StageContext(name, int(array.size), round_number)
+            parts: Parts = {VALUES: flat}
+            if self.sparsifier is not None:
+                parts = self.sparsifier.encode(parts, context)
+            if self.codec is not None:
+                parts = self.codec.decode(self.codec.encode(parts, context), context)
+            out[name] = parts[VALUES]
+        return out
+
+    def secure_aggregation_like(self, like: Mapping[str, np.ndarray]) -> Weights:
+        """Zero arrays with the shapes of the secure aggregation payload (to size its vector)."""
+        return self.secure_aggregation_payload(
+            {n: np.zeros(a.shape, dtype=a.dtype) for n, a in like.items()}, round_number=0
+        )
+
+    def decode_secure_sum(
+        self, summed: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray], round_number: int
+    ) -> Weights:
+        """Dense float64 tensors from the (dequantized) sum of the clients' payloads."""
+        check_secure_aggregation(self)
+        out: Weights = {}
+        for name, reference in like.items():
+            values = np.asarray(summed[name], dtype=np.float64)
+            if _is_float(reference) and self.sparsifier is not None:
+                context = StageContext(name, int(reference.size), round_number)
+                values = self.sparsifier.decode({VALUES: values}, context)[VALUES]
+            out[name] = values.reshape(reference.shape)
+        return out
+
+
+def check_secure_aggregation(pipeline: Pipeline) -> None:
+    """Refuse a pipeline whose clients' vectors could not be summed under masks."""
+    sparsifier = pipeline.sparsifier
+    if sparsifier is not None and not sparsifier.shared_pattern:
+        raise IncompatibleCompression(
+            f"{sparsifier.name!r} keeps different coordinates at each client, and secure "
+            "aggregation can only sum vectors over the same coordinates: use "
+            "RandomK (a sparsity pattern shared through a public seed), or turn off "
+            "secure aggregation to use top-k"
+        )
+
+
+def compression_ratio(
+    payload: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray]
+) -> float:
+    """Original bytes over payload bytes (higher is smaller on the wire)."""
+    return total_bytes(original) / max(1, total_bytes(payload))
