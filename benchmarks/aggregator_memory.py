@@ -76,7 +76,9 @@ def vm_rss_bytes(pid: int) -> int:
 
 def run(params: int, collaborators: int, rounds: int) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="bastion-memory-"))
-    workspace = create_workspace(root / "ws", "numpy_logreg_digits", collaborators=collaborators, rounds=rounds)
+    workspace = create_workspace(
+        root / "ws", "numpy_logreg_digits", collaborators=collaborators, rounds=rounds
+    )
     (workspace / "large_task.py").write_text(LARGE_TASK.format(params=params))
     plan = yaml.safe_load((workspace / "plan.yaml").read_text())
     plan["tasks"] = [{"name": "train", "kind": "train"}]
@@ -121,16 +123,24 @@ def run(params: int, collaborators: int, rounds: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", type=int, default=25_000_000)
     parser.add_argument("--collaborators", type=int, nargs="+", default=[3])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "aggregator_memory.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "aggregator_memory.json"
+    )
     args = parser.parse_args()
     rows = [run(args.params, n, args.rounds) for n in args.collaborators]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"python": sys.version.split()[0], "results": rows}, indent=2) + "\n")
-    print(f"{'params':>12} {'collabs':>7} {'model MB':>9} {'idle RSS MB':>12} {'peak RSS MB':>12} {'peak/model':>10} {'wall s':>7}")
+    args.out.write_text(
+        json.dumps({"python": sys.version.split()[0], "results": rows}, indent=2) + "\n"
+    )
+    print(
+        f"{'params':>12} {'collabs':>7} {'model MB':>9} {'idle RSS MB':>12} {'peak RSS MB':>12} {'peak/model':>10} {'wall s':>7}"
+    )
     for r in rows:
         print(
             f"{r['params']:>12,} {r['collaborators']:>7} {r['model_mb']:>9.0f} {r['aggregator_idle_rss_mb']:>12.0f} "

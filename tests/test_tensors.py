@@ -45,7 +45,9 @@ def test_frames_round_trip_exactly(weights: dict[str, np.ndarray], chunk: int) -
 
 @settings(max_examples=60, deadline=None)
 @given(weights=weight_dicts)
-def test_checkpoints_round_trip_exactly(weights: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_checkpoints_round_trip_exactly(
+    weights: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     save_checkpoint(path, weights, {"round": "3"})
     loaded, metadata = load_checkpoint(path)
@@ -59,7 +61,10 @@ def test_checkpoints_round_trip_exactly(weights: dict[str, np.ndarray], tmp_path
 def test_checkpoint_is_readable_by_the_reference_safetensors_reader(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
-    weights = {"a": np.arange(12, dtype=np.float32).reshape(3, 4).T, "b": np.array(7, dtype=np.int64)}
+    weights = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4).T,
+        "b": np.array(7, dtype=np.int64),
+    }
     save_checkpoint(tmp_path / "m.safetensors", weights)
     reference = load_file(str(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(reference["a"], weights["a"])
@@ -92,8 +97,20 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
         ([Frame("w", "float32", (1 << 30, 1 << 10), 0, b"")], "larger than the limit"),
         ([Frame("w", "float32", (2,), 4, b"\x00" * 4)], "offset 4, expected 0"),
         ([Frame("w", "float32", (1,), 0, b"\x00" * 8)], "more bytes than its shape"),
-        ([Frame("w", "float32", (2,), 0, b"\x00" * 4), Frame("v", "float32", (1,), 0, b"\x00" * 4)], "ended before"),
-        ([Frame("w", "float32", (1,), 0, b"\x00" * 4), Frame("w", "float32", (1,), 0, b"\x00" * 4)], "sent twice"),
+        (
+            [
+                Frame("w", "float32", (2,), 0, b"\x00" * 4),
+                Frame("v", "float32", (1,), 0, b"\x00" * 4),
+            ],
+            "ended before",
+        ),
+        (
+            [
+                Frame("w", "float32", (1,), 0, b"\x00" * 4),
+                Frame("w", "float32", (1,), 0, b"\x00" * 4),
+            ],
+            "sent twice",
+        ),
         ([Frame("w", "float32", (-1,), 0, b"")], "invalid shape"),
         ([Frame("", "float32", (1,), 0, b"\x00" * 4)], "empty"),
     ],

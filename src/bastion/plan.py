@@ -29,7 +29,9 @@ class CollaboratorEntry(_Strict):
     """One data site on the roster; ``name`` must equal the CN of its certificate."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    shard: int | None = Field(default=None, ge=0, description="data shard index; default: roster position")
+    shard: int | None = Field(
+        default=None, ge=0, description="data shard index; default: roster position"
+    )
 
 
 class TaskSpec(_Strict):
@@ -68,7 +70,9 @@ class PartitionSpec(_Strict):
 class DataSpec(_Strict):
     """Where each collaborator's local data comes from."""
 
-    loader: str = Field(min_length=1, description="registered name (digits, mnist) or module:function")
+    loader: str = Field(
+        min_length=1, description="registered name (digits, mnist) or module:function"
+    )
     args: dict[str, Any] = Field(default_factory=dict)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
 
@@ -165,7 +169,9 @@ class Plan(_Strict):
                 f"timeouts.min_results ({self.timeouts.min_results}) exceeds the roster size ({len(names)})"
             )
         task = self.best_model.task
-        if task is not None and not any(t.name == task and t.kind == "validate" for t in self.tasks):
+        if task is not None and not any(
+            t.name == task and t.kind == "validate" for t in self.tasks
+        ):
             raise ValueError(f"best_model.task {task!r} is not a validate task of this plan")
         return self
 
@@ -219,7 +225,9 @@ def load_plan(path: Path | str) -> Plan:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PlanError(f"{path}: invalid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise PlanError(f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}")
+        raise PlanError(
+            f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}"
+        )
     return parse_plan(raw, source=str(path))
 
 
@@ -281,5 +289,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
         candidates = [annotation, *args]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
     return sorted(model.model_fields) if model is not None else []

@@ -70,7 +70,10 @@ class TensorSpec:
 
 def spec_of(weights: Mapping[str, np.ndarray]) -> list[TensorSpec]:
     """The specs of ``weights`` in their order."""
-    return [TensorSpec(n, dtype_name(a.dtype), tuple(int(d) for d in a.shape)) for n, a in weights.items()]
+    return [
+        TensorSpec(n, dtype_name(a.dtype), tuple(int(d) for d in a.shape))
+        for n, a in weights.items()
+    ]
 
 
 def total_bytes(weights: Mapping[str, np.ndarray]) -> int:
@@ -208,7 +211,13 @@ class FrameAssembler:
             )
         self._total += expected
         # Allocated once at its final size (only after the limit check above).
-        self._current = (frame.name, dtype, tuple(frame.shape), np.empty(expected, np.uint8), expected)
+        self._current = (
+            frame.name,
+            dtype,
+            tuple(frame.shape),
+            np.empty(expected, np.uint8),
+            expected,
+        )
         self._filled = 0
         if expected == 0:
             self._finish()
@@ -301,7 +310,7 @@ def save_checkpoint(
         with os.fdopen(fd, "wb") as handle:
             handle.write(struct.pack("<Q", len(encoded)))
             handle.write(encoded)
-            for name, array in weights.items():
+            for array in weights.values():
                 wire = WIRE_DTYPES[dtype_name(array.dtype)]
                 contiguous = np.ascontiguousarray(array, dtype=wire).reshape(-1)
                 handle.write(contiguous.view(np.uint8).data)

@@ -7,19 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.servers import served_aggregator
+from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.tensors import Frame, Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.frames import assemble, to_chunk
-from support.servers import served_aggregator
-from support.workspaces import make_workspace
 
 TRAIN_ONLY = {"tasks": [{"name": "train", "kind": "train"}]}
 
 
 def _result_messages(round_number: int, weights: Weights, count: int = 100) -> list[pb.ResultChunk]:
-    header = pb.ResultHeader(round=round_number, task="train", example_count=count, metrics={"loss": 1.0})
+    header = pb.ResultHeader(
+        round=round_number, task="train", example_count=count, metrics={"loss": 1.0}
+    )
     return [pb.ResultChunk(header=header)] + [
         pb.ResultChunk(tensor=to_chunk(f)) for f in iter_frames(weights, chunk_bytes=4096)
     ]
@@ -35,7 +37,12 @@ BAD_UPDATES: dict[str, Callable[[Weights], Weights]] = {
     "missing tensor": lambda w: {"w": w["w"]},
     "wrong shape": lambda w: {"w": w["w"][:, :5].copy(), "b": w["b"]},
     "wrong dtype": lambda w: {"w": w["w"].astype(np.float64), "b": w["b"]},
-    "NaN": lambda w: {"w": np.where(np.arange(w["w"].size).reshape(w["w"].shape) == 7, np.nan, w["w"]).astype(np.float32), "b": w["b"]},
+    "NaN": lambda w: {
+        "w": np.where(np.arange(w["w"].size).reshape(w["w"].shape) == 7, np.nan, w["w"]).astype(
+            np.float32
+        ),
+        "b": w["b"],
+    },
     "infinity": lambda w: {"w": w["w"], "b": np.full_like(w["b"], np.inf)},
 }
 
@@ -58,7 +65,9 @@ def workspace(tmp_path: Path) -> Path:
 def test_bad_update_is_refused_and_round_completes(kind: str, workspace: Path) -> None:
     with served_aggregator(workspace) as served:
         stubs = {name: served.stub(name) for name in ("site-1", "site-2", "site-3")}
-        global_model = assemble(stubs["site-1"][1].GetModel(pb.ModelRequest(round=1), timeout=10), 1 << 30)
+        global_model = assemble(
+            stubs["site-1"][1].GetModel(pb.ModelRequest(round=1), timeout=10), 1 << 30
+        )
         bad = BAD_UPDATES[kind](global_model)
         ack = stubs["site-1"][1].SendResult(iter(_result_messages(1, bad)), timeout=10)
         assert not ack.accepted

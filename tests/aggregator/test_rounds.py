@@ -46,14 +46,21 @@ def _aggregator(tmp_path: Path, clock: Clock | None = None, **changes: object) -
     store = CheckpointStore(tmp_path / "save", plan.canonical_hash())
     if not (tmp_path / "save" / "initial.safetensors").exists():
         store.save_initial({"w": np.zeros(3, np.float32)})
-    return Aggregator(plan, FedAvg(), store, MetricsLog(tmp_path / "metrics.jsonl"), clock=clock or Clock())
+    return Aggregator(
+        plan, FedAvg(), store, MetricsLog(tmp_path / "metrics.jsonl"), clock=clock or Clock()
+    )
 
 
 def _work(aggregator: Aggregator, name: str, value: float, count: int, accuracy: float) -> None:
     round_number = aggregator.current_round
-    aggregator.submit_result(name, round_number, "validate_global", 10 * count, {"accuracy": accuracy}, None)
+    aggregator.submit_result(
+        name, round_number, "validate_global", 10 * count, {"accuracy": accuracy}, None
+    )
     update = {"w": np.full(3, value, np.float32)}
-    assert aggregator.submit_result(name, round_number, "train", count, {"loss": 1.0}, update) == (True, "")
+    assert aggregator.submit_result(name, round_number, "train", count, {"loss": 1.0}, update) == (
+        True,
+        "",
+    )
 
 
 def test_full_federation_in_process(tmp_path: Path) -> None:
@@ -127,7 +134,9 @@ def test_all_rejected_keeps_the_model(tmp_path: Path) -> None:
     aggregator = _aggregator(tmp_path)
     for name in ROSTER:
         aggregator.submit_result(name, 1, "validate_global", 1, {"accuracy": 0.1}, None)
-        accepted, reason = aggregator.submit_result(name, 1, "train", 1, {}, {"w": np.full(3, np.nan, np.float32)})
+        accepted, reason = aggregator.submit_result(
+            name, 1, "train", 1, {}, {"w": np.full(3, np.nan, np.float32)}
+        )
         assert not accepted and "NaN" in reason
     assert aggregator.current_round == 2
     np.testing.assert_array_equal(aggregator.model["w"], np.zeros(3))
@@ -141,7 +150,9 @@ def test_metric_aggregation_rules(tmp_path: Path) -> None:
     aggregator = _aggregator(tmp_path, tasks=tasks)
     for name, accuracy, count in [("a", 0.2, 1), ("b", 0.6, 3), ("c", 0.4, 1)]:
         aggregator.submit_result(name, 1, "validate_global", 1, {"accuracy": accuracy}, None)
-        aggregator.submit_result(name, 1, "train", count, {"loss": accuracy}, {"w": np.zeros(3, np.float32)})
+        aggregator.submit_result(
+            name, 1, "train", count, {"loss": accuracy}, {"w": np.zeros(3, np.float32)}
+        )
     summary = round_summaries(read_metrics(tmp_path / "metrics.jsonl"))[0]["tasks"]
     assert summary["validate_global"]["accuracy"] == pytest.approx(0.2)
     assert summary["train"]["loss"] == pytest.approx((0.2 + 1.8 + 0.4) / 5)

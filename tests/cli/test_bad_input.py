@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from support.workspaces import edit_plan, make_workspace
 
 
@@ -25,7 +24,9 @@ def bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_workspace(tmp_path_factory.mktemp("base"), collaborators=2, rounds=1, initialize=False)
+    return make_workspace(
+        tmp_path_factory.mktemp("base"), collaborators=2, rounds=1, initialize=False
+    )
 
 
 def _copy(base: Path, tmp_path: Path) -> Path:
@@ -41,14 +42,26 @@ def _set_text(text: str) -> Callable[[Path], None]:
 
 
 PLAN_BREAKAGES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
-    "unknown key": (lambda ws: edit_plan(ws, {"roundz": 3}), ["plan", "validate"], "unknown key 'roundz'"),
-    "wrong type": (lambda ws: edit_plan(ws, {"rounds": "ten"}), ["plan", "validate"], "key 'rounds'"),
+    "unknown key": (
+        lambda ws: edit_plan(ws, {"roundz": 3}),
+        ["plan", "validate"],
+        "unknown key 'roundz'",
+    ),
+    "wrong type": (
+        lambda ws: edit_plan(ws, {"rounds": "ten"}),
+        ["plan", "validate"],
+        "key 'rounds'",
+    ),
     "nested unknown key": (
         lambda ws: edit_plan(ws, {"network": {"prot": 1}}),
         ["plan", "validate"],
         "unknown key 'network.prot'",
     ),
-    "invalid yaml": (_set_text("name: [unclosed\nrounds: 2\n"), ["plan", "validate"], "invalid YAML at line"),
+    "invalid yaml": (
+        _set_text("name: [unclosed\nrounds: 2\n"),
+        ["plan", "validate"],
+        "invalid YAML at line",
+    ),
     "not a mapping": (_set_text("- just\n- a list\n"), ["plan", "validate"], "must be a mapping"),
     "missing task module": (
         lambda ws: edit_plan(ws, {"task_runner": {"path": "no_such_module:build"}}),
@@ -120,14 +133,27 @@ def test_unknown_template(tmp_path: Path) -> None:
 def test_workspace_into_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
-    result = bastion("workspace", "create", str(tmp_path / "busy"), "--template", "numpy_logreg_digits", cwd=tmp_path)
+    result = bastion(
+        "workspace",
+        "create",
+        str(tmp_path / "busy"),
+        "--template",
+        "numpy_logreg_digits",
+        cwd=tmp_path,
+    )
     _assert_one_clear_line(result, "is not empty")
 
 
 def test_sign_missing_csr(base: Path, tmp_path: Path) -> None:
     result = bastion(
-        "pki", "sign", str(tmp_path / "nobody.csr"), "--role", "collaborator",
-        "--pki-dir", str(base / "pki"), cwd=tmp_path,
+        "pki",
+        "sign",
+        str(tmp_path / "nobody.csr"),
+        "--role",
+        "collaborator",
+        "--pki-dir",
+        str(base / "pki"),
+        cwd=tmp_path,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nobody.csr" in result.stderr
@@ -142,6 +168,8 @@ def test_unknown_option_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_reinitialize_refuses_without_force(base: Path, tmp_path: Path) -> None:
     workspace = _copy(base, tmp_path)
-    assert bastion("plan", "initialize", "--workspace", str(workspace), cwd=tmp_path).returncode == 0
+    assert (
+        bastion("plan", "initialize", "--workspace", str(workspace), cwd=tmp_path).returncode == 0
+    )
     result = bastion("plan", "initialize", "--workspace", str(workspace), cwd=tmp_path)
     _assert_one_clear_line(result, "pass --force")

@@ -12,20 +12,40 @@ import pytest
 
 def bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bastion", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "bastion", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(cwd / ".mpl")},
     )
 
 
 @pytest.mark.slow
 def test_csr_flow_simulate_and_status(tmp_path: Path) -> None:
-    assert bastion("workspace", "create", "fl", "--template", "numpy_logreg_digits", "-n", "2", "-r", "3",
-                   cwd=tmp_path).returncode == 0
+    assert (
+        bastion(
+            "workspace",
+            "create",
+            "fl",
+            "--template",
+            "numpy_logreg_digits",
+            "-n",
+            "2",
+            "-r",
+            "3",
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
     ws = tmp_path / "fl"
     assert bastion("pki", "init", cwd=ws).returncode == 0
     # The multi-machine path: each member makes its key and CSR, the CA signs the CSR.
-    for name, role, hosts in [("aggregator", "aggregator", ["--host", "127.0.0.1"]),
-                              ("site-1", "collaborator", []), ("site-2", "collaborator", [])]:
+    for name, role, hosts in [
+        ("aggregator", "aggregator", ["--host", "127.0.0.1"]),
+        ("site-1", "collaborator", []),
+        ("site-2", "collaborator", []),
+    ]:
         assert bastion("pki", "request", name, "--role", role, *hosts, cwd=ws).returncode == 0
         signed = bastion("pki", "sign", f"pki/{name}.csr", "--role", role, cwd=ws)
         assert signed.returncode == 0, signed.stderr

@@ -54,13 +54,21 @@ class ScriptedAggregator:
     def get_model(self, round_number: int) -> Weights:
         return {"w": np.full(2, 10.0 * round_number, np.float32)}
 
-    def send_result(self, round_number: int, task: str, example_count: int, metrics: dict[str, float],
-                    weights: Weights | None) -> tuple[bool, str]:
+    def send_result(
+        self,
+        round_number: int,
+        task: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> tuple[bool, str]:
         self.sent.append((round_number, task, weights is not None))
         return True, ""
 
 
-SHARD = DataShard(np.zeros((1, 2)), np.zeros(1, np.int64), np.zeros((1, 2)), np.zeros(1, np.int64), 2)
+SHARD = DataShard(
+    np.zeros((1, 2)), np.zeros(1, np.int64), np.zeros((1, 2)), np.zeros(1, np.int64), 2
+)
 TASKS = (
     TaskSpec(name="validate_global", kind="validate"),
     TaskSpec(name="train", kind="train"),
@@ -72,24 +80,47 @@ TASKS = (
 def test_tasks_run_on_the_right_weights_and_reconnects() -> None:
     sleeps: list[float] = []
     aggregator = ScriptedAggregator(
-        [Down("refused"), Down("refused"), Assignment("run", 1, TASKS), Assignment("wait", 1, retry_after=0.3),
-         Assignment("done")]
+        [
+            Down("refused"),
+            Down("refused"),
+            Assignment("run", 1, TASKS),
+            Assignment("wait", 1, retry_after=0.3),
+            Assignment("done"),
+        ]
     )
     runner = RecordingRunner()
-    collaborator = Collaborator("a", aggregator, runner, SHARD, retryable=(Down,), sleep=sleeps.append)
+    collaborator = Collaborator(
+        "a", aggregator, runner, SHARD, retryable=(Down,), sleep=sleeps.append
+    )
     collaborator.run()
     # Global 10 → validated as 10, trained to 11, local validated at 11, global restored to 10.
-    assert runner.log == [("validate", 10.0), ("train", 11.0), ("validate", 11.0), ("validate", 10.0)]
-    assert aggregator.sent == [(1, "validate_global", False), (1, "train", True), (1, "validate_local", False),
-                               (1, "validate_global_again", False)]
+    assert runner.log == [
+        ("validate", 10.0),
+        ("train", 11.0),
+        ("validate", 11.0),
+        ("validate", 10.0),
+    ]
+    assert aggregator.sent == [
+        (1, "validate_global", False),
+        (1, "train", True),
+        (1, "validate_local", False),
+        (1, "validate_global_again", False),
+    ]
     assert len(sleeps) == 3 and sleeps[-1] == 0.3
     assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0  # exponential backoff with jitter
 
 
 def test_gives_up_after_the_limit() -> None:
     aggregator = ScriptedAggregator([Down("x")] * 100)
-    collaborator = Collaborator("a", aggregator, RecordingRunner(), SHARD, retryable=(Down,),
-                                give_up_seconds=0.0, sleep=lambda s: None)
+    collaborator = Collaborator(
+        "a",
+        aggregator,
+        RecordingRunner(),
+        SHARD,
+        retryable=(Down,),
+        give_up_seconds=0.0,
+        sleep=lambda s: None,
+    )
     with pytest.raises(GaveUp, match="unreachable"):
         collaborator.run()
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.workspaces import edit_plan, make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
 from bastion.tensors import load_checkpoint
-from support.workspaces import edit_plan, make_workspace
 
 # Task code that records, independently of the aggregator, every update a collaborator
 # sends: its weights after training and the example count it reports.
-RECORDING_TASK = '''
+RECORDING_TASK = """
 import os
 from pathlib import Path
 
@@ -48,7 +48,7 @@ class RecordingRunner:
 
 def build_runner(folder, seed=0):
     return RecordingRunner(build_template_runner(seed=seed), folder)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -61,7 +61,10 @@ def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> 
     edit_plan(
         workspace,
         {
-            "task_runner": {"path": "recording_task:build_runner", "args": {"folder": str(records)}},
+            "task_runner": {
+                "path": "recording_task:build_runner",
+                "args": {"folder": str(records)},
+            },
             "data": {"partition": {"method": "dirichlet", "alpha": 0.5, "seed": 3}},
         },
     )
@@ -71,7 +74,9 @@ def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> 
     with LocalFederation(workspace) as federation:
         federation.start()
         codes = federation.wait(timeout=180)
-    assert codes == {"aggregator": 0, "site-1": 0, "site-2": 0, "site-3": 0}, federation.log_text("aggregator")
+    assert codes == {"aggregator": 0, "site-1": 0, "site-2": 0, "site-3": 0}, federation.log_text(
+        "aggregator"
+    )
 
     last_updates = sorted(records.glob(f"*-round{rounds}.safetensors"))
     assert len(last_updates) == 3
@@ -79,7 +84,8 @@ def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> 
     counts = [int(meta["examples"]) for _, meta in updates]
     assert len(set(counts)) > 1, "shards should differ in size for this test to mean something"
     expected = {
-        name: sum(n * w[name].astype(np.float64) for (w, _), n in zip(updates, counts)) / sum(counts)
+        name: sum(n * w[name].astype(np.float64) for (w, _), n in zip(updates, counts, strict=True))
+        / sum(counts)
         for name in updates[0][0]
     }
     final, metadata = load_checkpoint(workspace / "save" / "last.safetensors")

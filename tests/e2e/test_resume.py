@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from support.workspaces import edit_plan, make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
 from bastion.tensors import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
-from support.workspaces import edit_plan, make_workspace
 
 SLOW_TASK = '''
 import time
@@ -87,11 +87,11 @@ def test_aggregator_killed_after_round_k_resumes_at_k_plus_1(tmp_path: Path) -> 
     final_state = _state(last)
     assert final_state["round_completed"] == rounds and final_state["finished"] is True
     records = read_metrics(metrics_path)
-    starts_after_restart = [
-        r["round"] for r in records if r["event"] == "round_start"
-    ]
+    starts_after_restart = [r["round"] for r in records if r["event"] == "round_start"]
     # The restarted aggregator's first round is exactly the one after the checkpoint.
-    restart_index = max(i for i, r in enumerate(starts_after_restart) if r == completed_at_crash + 1)
+    restart_index = max(
+        i for i, r in enumerate(starts_after_restart) if r == completed_at_crash + 1
+    )
     assert starts_after_restart[restart_index:] == list(range(completed_at_crash + 1, rounds + 2))
     completed = [s["round"] for s in round_summaries(records)]
     assert completed == list(range(1, rounds + 2))  # every round once, plus the final evaluation

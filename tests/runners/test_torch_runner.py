@@ -29,7 +29,9 @@ def test_weights_round_trip_exactly(dtype: torch.dtype) -> None:
     runner = TorchRunner(WithBatchNorm().to(dtype))
     assert isinstance(runner, TaskRunner)
     weights = runner.get_weights()
-    assert list(weights) == list(runner.model.state_dict())  # stable, module order, buffers included
+    assert list(weights) == list(
+        runner.model.state_dict()
+    )  # stable, module order, buffers included
     assert weights["norm.num_batches_tracked"].dtype == np.int64
     changed = {k: (v + 1).astype(v.dtype) for k, v in weights.items()}
     runner.set_weights(changed)

@@ -35,7 +35,9 @@ class ServedAggregator:
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    def stub(self, name: str, pki_dir: Path | None = None) -> tuple[grpc.Channel, pb_grpc.FederationStub]:
+    def stub(
+        self, name: str, pki_dir: Path | None = None
+    ) -> tuple[grpc.Channel, pb_grpc.FederationStub]:
         """A real mTLS channel presenting ``name``'s certificate from ``pki_dir``."""
         files = tls_files_for(pki_dir or self.workspace / "pki", name)
         channel = grpc.secure_channel(self.target, channel_credentials(*files.read()))
@@ -52,10 +54,18 @@ def served_aggregator(workspace: Path, insecure: bool = False) -> Iterator[Serve
         files = tls_files_for(workspace / "pki", "aggregator")
         credentials, identify = server_credentials(*files.read()), certificate_identity
     server = start_server(
-        aggregator, plan.canonical_hash(), "127.0.0.1", 0, credentials, identify, chunk_bytes=1 << 20
+        aggregator,
+        plan.canonical_hash(),
+        "127.0.0.1",
+        0,
+        credentials,
+        identify,
+        chunk_bytes=1 << 20,
     )
     stop = threading.Event()
-    watchdog = threading.Thread(target=lambda: [aggregator.check_timeout() for _ in iter(lambda: stop.wait(0.2), True)])
+    watchdog = threading.Thread(
+        target=lambda: [aggregator.check_timeout() for _ in iter(lambda: stop.wait(0.2), True)]
+    )
     watchdog.start()
     try:
         yield ServedAggregator(plan, aggregator, server, workspace)

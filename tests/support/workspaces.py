@@ -27,7 +27,9 @@ def edit_plan(workspace: Path, changes: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(deep_update(plan, changes), sort_keys=False))
 
 
-def issue_identities(workspace: Path, collaborators: list[str], aggregator: str = "aggregator") -> Path:
+def issue_identities(
+    workspace: Path, collaborators: list[str], aggregator: str = "aggregator"
+) -> Path:
     pki = workspace / "pki"
     init_ca(pki)
     issue(pki, aggregator, Role.AGGREGATOR, hosts=["127.0.0.1", "localhost"])

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.servers import served_aggregator
+from support.workspaces import edit_plan, make_workspace
 
 from bastion.pki import Role, init_ca, issue, tls_files_for
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.identity import channel_credentials
-from support.servers import served_aggregator
 from bastion.workspace.initialize import initialize_plan
-from support.workspaces import edit_plan, make_workspace
 
 
 @pytest.fixture
@@ -44,7 +44,9 @@ def test_plain_text_client_is_refused(workspace: Path) -> None:
         channel = grpc.insecure_channel(served.target)
         stub = pb_grpc.FederationStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            _tasks(stub, served.plan.canonical_hash(), metadata=(("x-bastion-collaborator", "site-1"),))
+            _tasks(
+                stub, served.plan.canonical_hash(), metadata=(("x-bastion-collaborator", "site-1"),)
+            )
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
         assert served.aggregator.current_round == 1
         assert not served.aggregator.store.read_summary()["collaborators_seen"]
@@ -105,7 +107,9 @@ def test_aggregator_certificate_cannot_act_as_collaborator(workspace: Path) -> N
 
 
 def _validation_result(round_number: int, task: str) -> list[pb.ResultChunk]:
-    header = pb.ResultHeader(round=round_number, task=task, example_count=10, metrics={"accuracy": 0.5})
+    header = pb.ResultHeader(
+        round=round_number, task=task, example_count=10, metrics={"accuracy": 0.5}
+    )
     return [pb.ResultChunk(header=header)]
 
 
@@ -116,7 +120,9 @@ def test_collaborator_cannot_submit_as_another(workspace: Path) -> None:
         assert _tasks(stub_a, plan_hash).action == pb.TasksReply.RUN
         # site-1 claims to be site-2 in every way a request can: the header is ignored under TLS.
         claim = (("x-bastion-collaborator", "site-2"),)
-        ack = stub_a.SendResult(iter(_validation_result(1, "validate_global")), metadata=claim, timeout=10)
+        ack = stub_a.SendResult(
+            iter(_validation_result(1, "validate_global")), metadata=claim, timeout=10
+        )
         assert ack.accepted
         progress = served.aggregator._round
         assert progress is not None
@@ -126,7 +132,9 @@ def test_collaborator_cannot_submit_as_another(workspace: Path) -> None:
         assert [r.collaborator for r in records] == ["site-1"]
         # A second try lands on site-1's own, already used slot.
         with pytest.raises(grpc.RpcError) as caught:
-            stub_a.SendResult(iter(_validation_result(1, "validate_global")), metadata=claim, timeout=10)
+            stub_a.SendResult(
+                iter(_validation_result(1, "validate_global")), metadata=claim, timeout=10
+            )
         assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "site-1 already sent" in caught.value.details()
         channel_a.close()

@@ -23,7 +23,9 @@ class Assigner(Protocol):
         ...
 
 
-def sample_collaborators(roster: list[str], round_number: int, spec: ParticipationSpec) -> list[str]:
+def sample_collaborators(
+    roster: list[str], round_number: int, spec: ParticipationSpec
+) -> list[str]:
     """``max(min_collaborators, ceil(C * n))`` collaborators, drawn per round from a seeded generator."""
     count = min(len(roster), max(spec.min_collaborators, math.ceil(spec.fraction * len(roster))))
     if count == len(roster):

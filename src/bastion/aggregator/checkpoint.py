@@ -62,7 +62,9 @@ class CheckpointStore:
 
     def save_initial(self, model: Weights) -> Path:
         path = self.path(INITIAL)
-        save_checkpoint(path, model, {"bastion.plan_hash": self.plan_hash, **RoundState().to_metadata()})
+        save_checkpoint(
+            path, model, {"bastion.plan_hash": self.plan_hash, **RoundState().to_metadata()}
+        )
         return path
 
     def load(self) -> Resumed:
@@ -80,7 +82,9 @@ class CheckpointStore:
                     )
                 model = {k: v for k, v in tensors.items() if not k.startswith(STRATEGY_PREFIX)}
                 strategy = {
-                    k[len(STRATEGY_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STRATEGY_PREFIX)
+                    k[len(STRATEGY_PREFIX) :]: v
+                    for k, v in tensors.items()
+                    if k.startswith(STRATEGY_PREFIX)
                 }
                 return Resumed(model, strategy, RoundState.from_metadata(metadata), path)
         raise BastionError(

@@ -138,7 +138,9 @@ class Aggregator:
             pending = self._round.pending.get(collaborator)
             if not pending:
                 return Assignment(
-                    "wait", self._round.number, retry_after=self.plan.timeouts.poll_seconds,
+                    "wait",
+                    self._round.number,
+                    retry_after=self.plan.timeouts.poll_seconds,
                     total_rounds=self.plan.rounds,
                 )
             by_name = {t.name: t for t in self._round.assignments[collaborator]}
@@ -168,7 +170,9 @@ class Aggregator:
             if task not in progress.pending[collaborator]:
                 assigned = [t.name for t in progress.assignments[collaborator]]
                 if task in assigned:
-                    raise NotAssigned(f"{collaborator} already sent {task!r} for round {round_number}")
+                    raise NotAssigned(
+                        f"{collaborator} already sent {task!r} for round {round_number}"
+                    )
                 raise NotAssigned(
                     f"{collaborator} was not assigned task {task!r} in round {round_number}; "
                     f"assigned: {assigned}"
@@ -248,8 +252,12 @@ class Aggregator:
         elif weights:
             raise UpdateRejected(f"validation task {task.name!r} must not send weights")
 
-    def reject_result(self, collaborator: str, round_number: int, task: str, reason: str) -> tuple[bool, str]:
-        log.warning("rejected %s's %s result for round %d: %s", collaborator, task, round_number, reason)
+    def reject_result(
+        self, collaborator: str, round_number: int, task: str, reason: str
+    ) -> tuple[bool, str]:
+        log.warning(
+            "rejected %s's %s result for round %d: %s", collaborator, task, round_number, reason
+        )
         with self._lock:
             progress = self._round
             if progress is not None and progress.number == round_number:
@@ -257,7 +265,11 @@ class Aggregator:
                 # A collaborator whose update is bad has nothing trustworthy left to report.
                 progress.pending[collaborator] = []
                 self.metrics.write(
-                    "rejected", round=round_number, collaborator=collaborator, task=task, reason=reason
+                    "rejected",
+                    round=round_number,
+                    collaborator=collaborator,
+                    task=task,
+                    reason=reason,
                 )
                 self._maybe_complete()
         return False, reason
@@ -269,7 +281,9 @@ class Aggregator:
         if number > self.plan.rounds + 1:
             self._finish()
             return
-        assignments = final_evaluation(self.plan) if final else self.assigner.assign(self._roster, number)
+        assignments = (
+            final_evaluation(self.plan) if final else self.assigner.assign(self._roster, number)
+        )
         if final and not assignments:
             self.state.finished = True
             self._checkpoint()
@@ -277,7 +291,9 @@ class Aggregator:
             return
         unknown = sorted(set(assignments) - set(self._roster))
         if unknown:
-            raise BastionError(f"the task assigner returned collaborators not on the roster: {unknown}")
+            raise BastionError(
+                f"the task assigner returned collaborators not on the roster: {unknown}"
+            )
         self._round = RoundProgress(
             number=number,
             final_evaluation=final,
@@ -290,7 +306,10 @@ class Aggregator:
         label = "final evaluation" if final else f"round {number}/{self.plan.rounds}"
         log.info("%s: %d collaborators assigned", label, len(self._round.pending))
         self.metrics.write(
-            "round_start", round=number, final_evaluation=final, collaborators=sorted(self._round.pending)
+            "round_start",
+            round=number,
+            final_evaluation=final,
+            collaborators=sorted(self._round.pending),
         )
         self._write_summary()
         self._maybe_complete()
@@ -309,7 +328,9 @@ class Aggregator:
             if self._clock() - progress.started < self.plan.timeouts.round_seconds:
                 return
             late = sorted(name for name, tasks in progress.pending.items() if tasks)
-            accepted = self.strategy.accepted if not progress.final_evaluation else len(progress.results)
+            accepted = (
+                self.strategy.accepted if not progress.final_evaluation else len(progress.results)
+            )
             if progress.final_evaluation or accepted >= self.plan.timeouts.min_results:
                 log.warning("round %d timed out; closing without %s", progress.number, late)
                 self._complete_round(timed_out=late)
@@ -337,7 +358,11 @@ class Aggregator:
                     self.model = self.strategy.finalize()
                 except BastionError as exc:
                     # e.g. Krum with fewer results than its f requires: keep the model, go on.
-                    log.error("round %d: aggregation failed, the global model is unchanged: %s", number, exc)
+                    log.error(
+                        "round %d: aggregation failed, the global model is unchanged: %s",
+                        number,
+                        exc,
+                    )
                     progress.rejected["aggregation"] = str(exc)
             else:
                 log.warning(
@@ -403,7 +428,9 @@ class Aggregator:
             return
         value = summary[task][metric]
         best = self.state.best_value
-        better = best is None or (value > best if self.plan.best_model.mode == "max" else value < best)
+        better = best is None or (
+            value > best if self.plan.best_model.mode == "max" else value < best
+        )
         if better:
             self.state.best_value = value
             self.state.best_round = model_round
@@ -419,7 +446,9 @@ class Aggregator:
         self._write_summary()
         if not self.finished.is_set():
             log.info("federation finished after %d rounds", self.state.round_completed)
-            self.metrics.write("finished", rounds=self.state.round_completed, best=self.state.best_value)
+            self.metrics.write(
+                "finished", rounds=self.state.round_completed, best=self.state.best_value
+            )
         self.finished.set()
 
     def _write_summary(self) -> None:
@@ -432,8 +461,11 @@ class Aggregator:
                 "current_round": progress.number if progress else None,
                 "final_evaluation": bool(progress and progress.final_evaluation),
                 "finished": self.state.finished,
-                "best": {"round": self.state.best_round, "value": self.state.best_value,
-                         "metric": self.plan.best_model.metric},
+                "best": {
+                    "round": self.state.best_round,
+                    "value": self.state.best_value,
+                    "metric": self.plan.best_model.metric,
+                },
                 "assigned": sorted(progress.pending) if progress else [],
                 "collaborators_seen": dict(sorted(self._last_seen.items())),
                 "updated": time.time(),

@@ -56,13 +56,22 @@ def run_aggregator(
         tls = tls_files_for(workspace / plan.network.pki_dir, plan.network.aggregator_name)
         identity = tls.check()
         if identity.role is not Role.AGGREGATOR:
-            raise PKIError(f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate")
+            raise PKIError(
+                f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
+            )
         credentials, identify = server_credentials(*tls.read()), certificate_identity
     aggregator = build_aggregator(plan, workspace)
     chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
-    server = start_server(aggregator, plan.canonical_hash(), host, port, credentials, identify, chunk_bytes)
-    log.info("aggregator for plan %r listening on %s:%d (%s)", plan.name, host, server.port,
-             "INSECURE plain text" if insecure else "mutual TLS")
+    server = start_server(
+        aggregator, plan.canonical_hash(), host, port, credentials, identify, chunk_bytes
+    )
+    log.info(
+        "aggregator for plan %r listening on %s:%d (%s)",
+        plan.name,
+        host,
+        server.port,
+        "INSECURE plain text" if insecure else "mutual TLS",
+    )
     if port_file is not None:
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text(str(server.port))
@@ -71,7 +80,9 @@ def run_aggregator(
     stop = threading.Event()
 
     def _request_stop(signum: int, _frame: object) -> None:
-        log.warning("signal %d: stopping the aggregator (state is checkpointed every round)", signum)
+        log.warning(
+            "signal %d: stopping the aggregator (state is checkpointed every round)", signum
+        )
         stop.set()
 
     if threading.current_thread() is threading.main_thread():

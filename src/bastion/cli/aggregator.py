@@ -16,7 +16,9 @@ app = typer.Typer(help="Run the aggregator.", no_args_is_help=True)
 def start(
     workspace: Path = WorkspaceOption,
     host: str | None = typer.Option(None, help="Listen address (default: plan network.host)."),
-    port: int | None = typer.Option(None, help="Listen port (default: plan network.port; 0 picks one)."),
+    port: int | None = typer.Option(
+        None, help="Listen port (default: plan network.port; 0 picks one)."
+    ),
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
     insecure: bool = InsecureOption,
     verbose: bool = VerboseOption,

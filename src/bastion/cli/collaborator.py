@@ -14,7 +14,9 @@ app = typer.Typer(help="Run a collaborator (a data site).", no_args_is_help=True
 
 @app.command("start")
 def start(
-    name: str = typer.Argument(..., help="This site's name: on the plan's roster and its certificate's CN."),
+    name: str = typer.Argument(
+        ..., help="This site's name: on the plan's roster and its certificate's CN."
+    ),
     workspace: Path = WorkspaceOption,
     aggregator: str | None = typer.Option(
         None, help="Aggregator address HOST:PORT (default: plan network.host:port)."

@@ -26,7 +26,9 @@ def simulate(
     require_improvement: bool = typer.Option(
         False, help="Exit 1 unless the final global metric beats the initial model's."
     ),
-    timeout: float = typer.Option(1800.0, help="Give up (and stop every process) after this many seconds."),
+    timeout: float = typer.Option(
+        1800.0, help="Give up (and stop every process) after this many seconds."
+    ),
     insecure: bool = InsecureOption,
 ) -> None:
     """Run the aggregator and every collaborator of the plan as separate processes on 127.0.0.1.
@@ -48,8 +50,12 @@ def simulate(
         metrics_path = federation.logs / METRICS_FILE
         shown = 0
         deadline = time.monotonic() + timeout
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn()]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+        ]
         with Progress(*columns, console=console, transient=True) as progress:
             bar = progress.add_task("rounds", total=plan.rounds + 1)
             while True:

@@ -29,7 +29,11 @@ def status(workspace: Path = WorkspaceOption) -> None:
         hint = "start the aggregator" if initialized else "run `bastion plan initialize`"
         console.print(f"plan [bold]{plan.name}[/]: not started yet; {hint}")
         return
-    state = "finished" if summary["finished"] else f"round {summary['current_round']} of {summary['rounds']}"
+    state = (
+        "finished"
+        if summary["finished"]
+        else f"round {summary['current_round']} of {summary['rounds']}"
+    )
     console.print(
         f"plan [bold]{plan.name}[/]: {state}; {summary['round_completed']} rounds complete "
         f"(updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['updated']))})"

@@ -18,15 +18,21 @@ def templates() -> None:
     """List the workspace templates that ship with Bastion."""
     table = Table("template", "description", "rounds", "collaborators")
     for template in list_templates():
-        table.add_row(template.name, template.description, str(template.rounds), str(template.collaborators))
+        table.add_row(
+            template.name, template.description, str(template.rounds), str(template.collaborators)
+        )
     console.print(table)
 
 
 @app.command("create")
 def create(
     directory: Path = typer.Argument(..., help="New (or empty) directory for the workspace."),
-    template: str = typer.Option(..., "--template", "-t", help="Template name (see `workspace templates`)."),
-    collaborators: int | None = typer.Option(None, "--collaborators", "-n", help="Roster size (site-1..site-N)."),
+    template: str = typer.Option(
+        ..., "--template", "-t", help="Template name (see `workspace templates`)."
+    ),
+    collaborators: int | None = typer.Option(
+        None, "--collaborators", "-n", help="Roster size (site-1..site-N)."
+    ),
     rounds: int | None = typer.Option(None, "--rounds", "-r", help="Number of training rounds."),
 ) -> None:
     """Create a workspace: plan.yaml, task code and requirements from a template."""

@@ -94,7 +94,9 @@ class Collaborator:
             try:
                 assignment = self._client.get_tasks()
                 if assignment.action == "done":
-                    log.info("%s: federation finished after %d rounds here", self.name, self.rounds_run)
+                    log.info(
+                        "%s: federation finished after %d rounds here", self.name, self.rounds_run
+                    )
                     return
                 if assignment.action == "wait":
                     backoff.reset()
@@ -149,5 +151,7 @@ class Collaborator:
             result = self._runner.validate(self._data, **task.args)
             weights = None
         shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
-        log.info("%s: %s done in %.1fs: %s", self.name, task.name, time.monotonic() - started, shown)
+        log.info(
+            "%s: %s done in %.1fs: %s", self.name, task.name, time.monotonic() - started, shown
+        )
         return result, weights

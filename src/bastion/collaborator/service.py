@@ -26,7 +26,9 @@ def run_collaborator(
     workspace = Path(workspace)
     plan = load_plan(workspace)
     if name not in plan.collaborator_names():
-        raise PlanError(f"{name!r} is not on the plan's roster: {', '.join(plan.collaborator_names())}")
+        raise PlanError(
+            f"{name!r} is not on the plan's roster: {', '.join(plan.collaborator_names())}"
+        )
     target = aggregator or f"{plan.network.host}:{plan.network.port}"
     if insecure:
         log.warning(INSECURE_WARNING)
@@ -39,8 +41,13 @@ def run_collaborator(
         tls = files.read()
     shard = load_shard(plan, name, workspace)
     runner = build_runner(plan, workspace)
-    log.info("%s: %d training and %d validation examples; aggregator %s",
-             name, shard.train_count, shard.valid_count, target)
+    log.info(
+        "%s: %d training and %d validation examples; aggregator %s",
+        name,
+        shard.train_count,
+        shard.valid_count,
+        target,
+    )
     client = GrpcAggregatorClient(
         target,
         plan.canonical_hash(),

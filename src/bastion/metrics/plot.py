@@ -32,7 +32,9 @@ def plot_metric(series: list[tuple[int, float]], path: Path, title: str, metric:
     values = [v for _, v in series]
     axis.plot(rounds, values, marker="o")
     for r, v in series:
-        axis.annotate(f"{v:.3f}", (r, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        axis.annotate(
+            f"{v:.3f}", (r, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8
+        )
     axis.set_xlabel("round (0 = initial model)")
     axis.set_ylabel(metric)
     axis.set_title(title)

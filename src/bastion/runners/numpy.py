@@ -6,6 +6,7 @@ The user's model implements four methods (``get_weights``, ``set_weights``, ``fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,13 +17,17 @@ from bastion.tensors import Weights
 
 
 class NumpyModel(Protocol):
+    """``fit(x, y, **task_args)`` and ``evaluate(x, y, **task_args)`` return metrics by name."""
+
     def get_weights(self) -> Weights: ...
 
     def set_weights(self, weights: Weights) -> None: ...
 
-    def fit(self, x: np.ndarray, y: np.ndarray, **args: Any) -> dict[str, float]: ...
+    @property
+    def fit(self) -> Callable[..., dict[str, float]]: ...
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, **args: Any) -> dict[str, float]: ...
+    @property
+    def evaluate(self) -> Callable[..., dict[str, float]]: ...
 
 
 class NumpyRunner:
@@ -32,10 +37,14 @@ class NumpyRunner:
         self.model = model
 
     def get_weights(self) -> Weights:
-        return {name: np.array(value, copy=True) for name, value in self.model.get_weights().items()}
+        return {
+            name: np.array(value, copy=True) for name, value in self.model.get_weights().items()
+        }
 
     def set_weights(self, weights: Weights) -> None:
-        self.model.set_weights({name: np.array(value, copy=True) for name, value in weights.items()})
+        self.model.set_weights(
+            {name: np.array(value, copy=True) for name, value in weights.items()}
+        )
 
     def train(self, data: DataShard, **args: Any) -> TaskResult:
         metrics = self.model.fit(data.x_train, data.y_train, **args)

@@ -34,7 +34,9 @@ def _default_optimizer(name: str, momentum: float, weight_decay: float) -> Optim
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         if name == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        raise BastionError(f"task_runner.args.optimizer: unknown optimizer {name!r}; use sgd or adam")
+        raise BastionError(
+            f"task_runner.args.optimizer: unknown optimizer {name!r}; use sgd or adam"
+        )
 
     return build
 
@@ -65,7 +67,9 @@ class TorchRunner:
         self.model = model.to(self.device)
         self.lr = lr
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-        self._optimizer_factory = optimizer_factory or _default_optimizer(optimizer, momentum, weight_decay)
+        self._optimizer_factory = optimizer_factory or _default_optimizer(
+            optimizer, momentum, weight_decay
+        )
         buffers = {name for name, _ in model.named_buffers()}
         self._federated = [
             name for name in model.state_dict() if not (local_buffers and name in buffers)
@@ -87,7 +91,9 @@ class TorchRunner:
             target = state[name]
             value = torch.from_numpy(np.array(weights[name], copy=True))  # keeps 0-d tensors 0-d
             if tuple(value.shape) != tuple(target.shape):
-                raise BastionError(f"tensor {name!r}: shape {tuple(value.shape)}, model has {tuple(target.shape)}")
+                raise BastionError(
+                    f"tensor {name!r}: shape {tuple(value.shape)}, model has {tuple(target.shape)}"
+                )
             with torch.no_grad():
                 target.copy_(value.to(dtype=target.dtype))
 
@@ -148,4 +154,6 @@ class TorchRunner:
             total_loss += float(self.loss_fn(logits, y)) * len(y)
             correct += int((logits.argmax(dim=1) == y).sum())
         count = len(y_all)
-        return TaskResult(count, {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)})
+        return TaskResult(
+            count, {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
+        )

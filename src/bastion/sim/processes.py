@@ -48,7 +48,9 @@ class LocalFederation:
     def _spawn(self, log_name: str, command: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", **self.extra_env}
         log_file = (self.logs / log_name).open("ab")
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=self.workspace)
+        return subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=self.workspace
+        )
 
     def start_aggregator(self, timeout: float = 60.0, port: int = 0) -> int:
         """Start the aggregator (on an ephemeral port by default); return the port once it listens."""
@@ -56,7 +58,9 @@ class LocalFederation:
         port_file.unlink(missing_ok=True)
         self.aggregator_process = self._spawn(
             "aggregator.log",
-            self._command("aggregator", "start", "--port", str(port), "--port-file", str(port_file)),
+            self._command(
+                "aggregator", "start", "--port", str(port), "--port-file", str(port_file)
+            ),
         )
         deadline = time.monotonic() + timeout
         while not port_file.exists():
@@ -111,7 +115,9 @@ class LocalFederation:
                 codes[role] = process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.stop()
-                raise BastionError(f"{role} still running after {timeout:.0f}s; stopped everything") from None
+                raise BastionError(
+                    f"{role} still running after {timeout:.0f}s; stopped everything"
+                ) from None
         return codes
 
     def stop(self) -> None:

@@ -63,8 +63,12 @@ class GrpcAggregatorClient:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in _RETRYABLE:
-            return AggregatorUnavailable(f"aggregator at {self._target} unreachable ({what}): {details}")
-        return AggregatorRefused(f"aggregator refused {what}: {details} [{code.name if code else '?'}]")
+            return AggregatorUnavailable(
+                f"aggregator at {self._target} unreachable ({what}): {details}"
+            )
+        return AggregatorRefused(
+            f"aggregator refused {what}: {details} [{code.name if code else '?'}]"
+        )
 
     def get_tasks(self) -> Assignment:
         try:

@@ -31,7 +31,9 @@ def certificate_identity(context: grpc.ServicerContext) -> str:
         raise PKIError("the peer presented no client certificate")
     identity = identity_of(parse_certificate(pem[0], source="peer certificate"))
     if identity.role is not Role.COLLABORATOR:
-        raise PKIError(f"peer certificate belongs to {identity}; only collaborators may call the aggregator")
+        raise PKIError(
+            f"peer certificate belongs to {identity}; only collaborators may call the aggregator"
+        )
     return identity.name
 
 
@@ -45,11 +47,15 @@ def insecure_identity(context: grpc.ServicerContext) -> str:
 
 def server_credentials(ca: bytes, cert: bytes, key: bytes) -> grpc.ServerCredentials:
     """Mutual TLS: the server demands and verifies a client certificate from our CA."""
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
 
 
 def channel_credentials(ca: bytes, cert: bytes, key: bytes) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
 
 
 INSECURE_WARNING = (

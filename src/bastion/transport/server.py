@@ -84,7 +84,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             total_rounds=assignment.total_rounds,
         )
 
-    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> Iterator[pb.TensorChunk]:
+    def GetModel(
+        self, request: pb.ModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TensorChunk]:
         name = self._caller(context)
         try:
             frames = self._aggregator.model_frames(name, request.round)
@@ -94,11 +96,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         for frame in frames:
             yield to_chunk(frame)
 
-    def SendResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.ResultAck:
+    def SendResult(
+        self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext
+    ) -> pb.ResultAck:
         name = self._caller(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a result must start with its header")
+        assert first is not None  # abort() raised otherwise
         header = first.header
         try:
             task = self._aggregator.check_result_allowed(name, header.round, header.task)
@@ -113,11 +118,18 @@ class FederationServicer(pb_grpc.FederationServicer):
                 if task.kind == "train" or received:
                     weights = received
             except ProtocolError as exc:
-                accepted, reason = self._aggregator.reject_result(name, header.round, header.task, str(exc))
+                accepted, reason = self._aggregator.reject_result(
+                    name, header.round, header.task, str(exc)
+                )
                 return pb.ResultAck(accepted=accepted, reason=reason)
             try:
                 accepted, reason = self._aggregator.submit_result(
-                    name, header.round, header.task, int(header.example_count), dict(header.metrics), weights
+                    name,
+                    header.round,
+                    header.task,
+                    int(header.example_count),
+                    dict(header.metrics),
+                    weights,
                 )
             except NotAssigned as exc:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))

@@ -15,7 +15,9 @@ def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
     """Resolve ``module:attribute``, looking in ``workspace`` first; ``key`` names the plan key."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise PlanError(f"key '{key}': {spec!r} is not of the form module:function (e.g. task:build_runner)")
+        raise PlanError(
+            f"key '{key}': {spec!r} is not of the form module:function (e.g. task:build_runner)"
+        )
     workspace = Path(workspace).resolve()
     _forget_foreign_module(module_name, workspace)
     sys.path.insert(0, str(workspace))
@@ -28,16 +30,20 @@ def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
             ) from None
         raise PlanError(f"key '{key}': importing {module_name!r} failed: {exc}") from None
     except Exception as exc:
-        raise PlanError(f"key '{key}': importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise PlanError(
+            f"key '{key}': importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         sys.path.remove(str(workspace))
     try:
         target = getattr(module, attribute)
     except AttributeError:
-        raise PlanError(f"key '{key}': module {module_name!r} has no attribute {attribute!r}") from None
+        raise PlanError(
+            f"key '{key}': module {module_name!r} has no attribute {attribute!r}"
+        ) from None
     if not callable(target):
         raise PlanError(f"key '{key}': {spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def _forget_foreign_module(module_name: str, workspace: Path) -> None:

@@ -18,7 +18,9 @@ def build_runner(plan: Plan, workspace: Path) -> TaskRunner:
     try:
         runner = factory(**plan.task_runner.args)
     except TypeError as exc:
-        raise PlanError(f"key 'task_runner.args': {plan.task_runner.path} rejected them: {exc}") from None
+        raise PlanError(
+            f"key 'task_runner.args': {plan.task_runner.path} rejected them: {exc}"
+        ) from None
     if not isinstance(runner, TaskRunner):
         raise PlanError(
             f"key 'task_runner.path': {plan.task_runner.path} returned {type(runner).__name__}, "
@@ -31,7 +33,9 @@ def load_shard(plan: Plan, collaborator: str, workspace: Path) -> DataShard:
     """This collaborator's part of the plan's dataset."""
     loader = plan.data.loader
     if ":" in loader:
-        dataset = check_dataset(import_callable(loader, workspace, "data.loader")(**plan.data.args), loader)
+        dataset = check_dataset(
+            import_callable(loader, workspace, "data.loader")(**plan.data.args), loader
+        )
     else:
         dataset = load_dataset(loader, **plan.data.args)
     partition = plan.data.partition

@@ -35,7 +35,13 @@ def list_templates() -> list[Template]:
         if folder.is_dir() and meta_file.exists():
             meta = json.loads(meta_file.read_text())
             found.append(
-                Template(folder.name, meta["description"], int(meta["rounds"]), int(meta["collaborators"]), folder)
+                Template(
+                    folder.name,
+                    meta["description"],
+                    int(meta["rounds"]),
+                    int(meta["collaborators"]),
+                    folder,
+                )
             )
     return found
 
@@ -45,7 +51,9 @@ def get_template(name: str) -> Template:
         if template.name == name:
             return template
     names = ", ".join(t.name for t in list_templates())
-    raise BastionError(f"unknown template {name!r}; available: {names} (see `bastion workspace templates`)")
+    raise BastionError(
+        f"unknown template {name!r}; available: {names} (see `bastion workspace templates`)"
+    )
 
 
 def collaborator_names(count: int) -> list[str]:

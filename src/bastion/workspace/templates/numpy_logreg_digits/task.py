@@ -28,8 +28,9 @@ class SoftmaxRegression:
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 16,
-            lr: float = 0.1) -> dict[str, float]:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 16, lr: float = 0.1
+    ) -> dict[str, float]:
         onehot = np.eye(self.w.shape[1], dtype=np.float32)[y]
         for _ in range(int(epochs)):
             order = self._rng.permutation(len(y))
