@@ -54,7 +54,7 @@ def test_secure_aggregation_compatible_pipelines_sum_like_their_decodes(stages: 
     payloads = [pipeline.secure_aggregation_payload(d, 3) for d in deltas]
     shapes = {n: a.shape for n, a in pipeline.secure_aggregation_like(like).items()}
     assert all({n: a.shape for n, a in p.items()} == shapes for p in payloads)
-    summed = {"w": sum(p["w"] for p in payloads)}
+    summed = {"w": np.sum([p["w"] for p in payloads], axis=0)}
     once = pipeline.decode_secure_sum(summed, like, 3)["w"]
     each = sum(pipeline.decode_secure_sum(p, like, 3)["w"] for p in payloads)
     np.testing.assert_allclose(once, each, atol=1e-12)

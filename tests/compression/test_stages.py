@@ -98,7 +98,10 @@ def test_randomk_pattern_is_shared_per_round_and_changes_across_rounds() -> None
 
 
 def test_integer_tensors_travel_unchanged() -> None:
-    tensors = {"steps": np.array([7, 9], dtype=np.int64), "w": np.ones(4, dtype=np.float32)}
+    tensors: dict[str, np.ndarray] = {
+        "steps": np.array([7, 9], dtype=np.int64),
+        "w": np.ones(4, dtype=np.float32),
+    }
     pipeline = Pipeline([TopK(0.5), Float16()])
     payload = pipeline.encode(tensors, 0)
     assert "steps::raw" in payload

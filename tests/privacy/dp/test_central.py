@@ -141,3 +141,17 @@ def test_float32_models_stay_float32() -> None:
     strategy.begin_round(start, 1)
     strategy.accumulate("x", {"w": np.ones(3, dtype=np.float32)}, 1.0)
     assert strategy.finalize()["w"].dtype == np.float32
+
+
+def test_plan_arguments_build_the_strategy() -> None:
+    from bastion.privacy.dp.central import DPFedAvgArgs
+
+    args = DPFedAvgArgs.model_validate(
+        {"noise_multiplier": 1.0, "expected_clients": 100.0, "clip_norm": 0.5, "adaptive": True}
+    )
+    strategy = DPFedAvg.from_args(args)
+    assert isinstance(strategy.clipping, AdaptiveClipping)
+    assert strategy.clipping.count_noise_std == 5.0
+    assert strategy.clip_norm == 0.5
+    fixed = DPFedAvg.from_args(DPFedAvgArgs(noise_multiplier=1.0, expected_clients=10, clip_norm=1))
+    assert fixed.noise_std == pytest.approx(0.1)

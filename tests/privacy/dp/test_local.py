@@ -16,6 +16,7 @@ def test_missing_opacus_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         make_private(None, None, None, noise_multiplier=1.0, max_grad_norm=1.0)
 
 
+@pytest.mark.filterwarnings("ignore:Secure RNG turned off", "ignore:Full backward hook")
 def test_dp_sgd_trains_and_accounts() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("opacus")

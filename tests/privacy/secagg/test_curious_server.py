@@ -150,7 +150,7 @@ def test_invariant_holds_at_every_step_of_rounds_with_dropouts() -> None:
             assert not (held.self_mask_shares >= 5 and held.key_shares >= 5)
     result = server.finalize()
     assert np.array_equal(result.total, np.zeros(8, dtype=np.uint32))
-    held = server.held_secrets()
+    audit = server.held_secrets()
     for name in federation.names:
-        assert not (held[name].self_mask_recovered and held[name].key_recovered)
-    assert {n for n, h in held.items() if h.key_recovered} == set(federation.names[6:])
+        assert not (audit[name].self_mask_recovered and audit[name].key_recovered)
+    assert {n for n, h in audit.items() if h.key_recovered} == set(federation.names[6:])

@@ -110,3 +110,19 @@ def test_every_supported_identity_key_type_signs_and_verifies(identity: object) 
     clients, roster = _advertised(federation)
     for client in clients.values():
         client.share_keys(roster)
+
+
+def test_server_with_a_verifier_rejects_badly_signed_advertisements() -> None:
+    from bastion.errors import ProtocolError
+    from bastion.privacy.secagg.protocol import SecAggServer
+
+    federation = make_federation(3)
+    config = federation.config(threshold=2, vector_length=4)
+    server = SecAggServer(config, identity_verifier=federation.verifier)
+    clients = federation.clients(config)
+    a, b = federation.names[:2]
+    honest = clients[a].advertise_keys()
+    server.receive_advertise(a, honest)
+    forged = dataclasses.replace(clients[b].advertise_keys(), signature=honest.signature)
+    with pytest.raises(ProtocolError, match="invalid signature"):
+        server.receive_advertise(b, forged)

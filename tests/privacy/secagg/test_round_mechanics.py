@@ -15,6 +15,7 @@ from bastion.privacy.secagg.messages import (
     EncryptedShares,
     KeyRoster,
     MaskedInput,
+    Message,
     SharesForClient,
     UnmaskingRequest,
     UnmaskingResponse,
@@ -86,7 +87,7 @@ def test_secagg_plus_sends_fewer_bytes_than_the_complete_graph() -> None:
 
 
 def test_every_message_survives_its_byte_codec() -> None:
-    messages = [
+    messages: list[Message] = [
         AdvertiseKeys("a", b"c" * 32, b"s" * 32, b"sig"),
         KeyRoster((AdvertiseKeys("a", b"c" * 32, b"s" * 32, b"sig"),)),
         EncryptedShares("a", {"b": b"ct1", "c": b"ct2"}),

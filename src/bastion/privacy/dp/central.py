@@ -24,16 +24,51 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from pydantic import BaseModel, Field
 
+from bastion.algorithms.args import STRATEGY_ARGS_CONFIG
 from bastion.algorithms.base import Strategy, cast_like
 from bastion.errors import BastionError, UpdateRejected
-from bastion.privacy.dp.clipping import AdaptiveClipping, Clipping, clip_by_global_norm
+from bastion.privacy.dp.clipping import (
+    AdaptiveClipping,
+    Clipping,
+    FixedClipping,
+    clip_by_global_norm,
+)
 from bastion.privacy.dp.noise import NoiseSource, noise_source
 from bastion.tensors import Weights
 
 log = logging.getLogger(__name__)
 
 _CLIP_STATE = "dp_fedavg.clip_norm"
+
+
+class DPFedAvgArgs(BaseModel):
+    """``aggregation.args`` of ``dp_fedavg`` in ``plan.yaml``."""
+
+    model_config = STRATEGY_ARGS_CONFIG
+
+    noise_multiplier: float = Field(gt=0, description="z: noise std over clip norm")
+    expected_clients: float = Field(gt=0, description="m = q x population, the fixed denominator")
+    clip_norm: float = Field(gt=0, description="S, or the initial S when adaptive")
+    adaptive: bool = Field(
+        default=False, description="track a quantile of update norms (Andrew et al.)"
+    )
+    target_quantile: float = Field(
+        default=0.5, gt=0, lt=1, description="quantile the clip norm tracks"
+    )
+    clip_learning_rate: float = Field(
+        default=0.2, gt=0, description="eta of the geometric clip update"
+    )
+    count_noise_std: float | None = Field(
+        default=None,
+        gt=0,
+        description="sigma_b on the unclipped count; default expected_clients / 20",
+    )
+    server_learning_rate: float = Field(
+        default=1.0, gt=0, description="step applied to the noisy mean"
+    )
+    seed: int | None = Field(default=None, description="reproducible noise, for simulations only")
 
 
 class DPFedAvg(Strategy):
@@ -80,6 +115,25 @@ class DPFedAvg(Strategy):
         self._sum: dict[str, np.ndarray] = {}
         self._count = 0
         self._unclipped = 0
+
+    @classmethod
+    def from_args(cls, args: DPFedAvgArgs) -> DPFedAvg:
+        """Build from validated plan arguments."""
+        clipping: Clipping = FixedClipping(args.clip_norm)
+        if args.adaptive:
+            clipping = AdaptiveClipping(
+                initial_clip_norm=args.clip_norm,
+                target_quantile=args.target_quantile,
+                learning_rate=args.clip_learning_rate,
+                count_noise_std=args.count_noise_std or args.expected_clients / 20,
+            )
+        return cls(
+            args.noise_multiplier,
+            args.expected_clients,
+            clipping,
+            server_learning_rate=args.server_learning_rate,
+            seed=args.seed,
+        )
 
     @property
     def noise_std(self) -> float:

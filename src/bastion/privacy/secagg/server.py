@@ -160,7 +160,11 @@ class SecAggServer:
                 message.c_public,
                 message.s_public,
             )
-            if not keys.verify(self._verifier(sender), message.signature, payload):
+            try:
+                identity = self._verifier(sender)
+            except Exception as exc:  # the caller's lookup; any failure refuses the message
+                raise ProtocolError(f"no identity key for {sender!r}: {exc}") from None
+            if not keys.verify(identity, message.signature, payload):
                 raise ProtocolError(f"{sender!r} advertised keys with an invalid signature")
         self.stats.received(Stage.ADVERTISE_KEYS, len(message.to_bytes()))
         self._advertised[sender] = message
