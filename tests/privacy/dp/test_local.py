@@ -12,7 +12,7 @@ from bastion.privacy.dp.local import make_private
 
 def test_missing_opacus_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opacus", None)
-    with pytest.raises(MissingDependency, match=r"bastion-fl\[privacy\]"):
+    with pytest.raises(MissingDependency, match=r"bastion-fl\[opacus\]"):
         make_private(None, None, None, noise_multiplier=1.0, max_grad_norm=1.0)
 
 

@@ -45,7 +45,7 @@ def make_private(
     try:
         from opacus import PrivacyEngine
     except ImportError:
-        raise MissingDependency("opacus", "privacy", _PURPOSE) from None
+        raise MissingDependency("opacus", "opacus", _PURPOSE) from None
     if not noise_multiplier > 0:
         raise BastionError(f"noise_multiplier must be positive for DP-SGD, got {noise_multiplier}")
     if not max_grad_norm > 0:
