@@ -10,7 +10,10 @@ from bastion.algorithms.fedcurv import fedcurv_tensors
 from bastion.algorithms.registry import STRATEGIES, STRATEGY_ARGS, create_strategy
 from bastion.errors import PlanError
 
-VALID_ARGS = {"krum": {"f": 1}}
+VALID_ARGS = {
+    "krum": {"f": 1},
+    "dp_fedavg": {"noise_multiplier": 1e-9, "expected_clients": 5, "clip_norm": 1e6, "seed": 0},
+}
 
 
 def test_names_match_the_strategy_classes():
@@ -24,6 +27,7 @@ def test_names_match_the_strategy_classes():
         "trimmed_mean",
         "krum",
         "fedcurv",
+        "dp_fedavg",
     }
     for name, cls in STRATEGIES.items():
         assert cls.name == name
