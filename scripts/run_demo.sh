@@ -15,7 +15,7 @@ cd "$workspace"
 for site in site-1 site-2 site-3; do
     "$bastion" pki issue "$site" --role collaborator > /dev/null
 done
-"$bastion" pki list
+echo "identities issued: aggregator (127.0.0.1), site-1, site-2, site-3 (pki/issued.json)"
 "$bastion" plan initialize
 "$bastion" simulate --plot logs/accuracy.png --require-improvement
 echo "workspace: $workspace  (metrics: logs/metrics.jsonl, plot: logs/accuracy.png)"
