@@ -1,19 +1,53 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AggregatorChallenge(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class AggregatorEvidence(_message.Message):
+    __slots__ = ("kind", "quote", "certificate", "nonce")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    quote: bytes
+    certificate: bytes
+    nonce: bytes
+    def __init__(self, kind: _Optional[str] = ..., quote: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class CollaboratorEvidence(_message.Message):
+    __slots__ = ("kind", "quote", "nonce")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    quote: bytes
+    nonce: bytes
+    def __init__(self, kind: _Optional[str] = ..., quote: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class AttestationAck(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TasksRequest(_message.Message):
     __slots__ = ("plan_hash",)
     PLAN_HASH_FIELD_NUMBER: _ClassVar[int]
     plan_hash: str
-    def __init__(self, plan_hash: str | None = ...) -> None: ...
+    def __init__(self, plan_hash: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("name", "kind", "model", "args_json")
@@ -25,7 +59,7 @@ class Task(_message.Message):
     kind: str
     model: str
     args_json: str
-    def __init__(self, name: str | None = ..., kind: str | None = ..., model: str | None = ..., args_json: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
 
 class TasksReply(_message.Message):
     __slots__ = ("action", "round", "tasks", "retry_after_seconds", "total_rounds")
@@ -49,13 +83,13 @@ class TasksReply(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
     retry_after_seconds: float
     total_rounds: int
-    def __init__(self, action: TasksReply.Action | str | None = ..., round: int | None = ..., tasks: _Iterable[Task | _Mapping] | None = ..., retry_after_seconds: float | None = ..., total_rounds: int | None = ...) -> None: ...
+    def __init__(self, action: _Optional[_Union[TasksReply.Action, str]] = ..., round: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., retry_after_seconds: _Optional[float] = ..., total_rounds: _Optional[int] = ...) -> None: ...
 
 class ModelRequest(_message.Message):
     __slots__ = ("round",)
     ROUND_FIELD_NUMBER: _ClassVar[int]
     round: int
-    def __init__(self, round: int | None = ...) -> None: ...
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ("name", "dtype", "shape", "offset", "data")
@@ -69,7 +103,7 @@ class TensorChunk(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     offset: int
     data: bytes
-    def __init__(self, name: str | None = ..., dtype: str | None = ..., shape: _Iterable[int] | None = ..., offset: int | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
     __slots__ = ("round", "task", "example_count", "metrics")
@@ -79,7 +113,7 @@ class ResultHeader(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: float
-        def __init__(self, key: str | None = ..., value: float | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     EXAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -88,7 +122,7 @@ class ResultHeader(_message.Message):
     task: str
     example_count: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, round: int | None = ..., task: str | None = ..., example_count: int | None = ..., metrics: _Mapping[str, float] | None = ...) -> None: ...
+    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., example_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "tensor")
@@ -96,7 +130,7 @@ class ResultChunk(_message.Message):
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     header: ResultHeader
     tensor: TensorChunk
-    def __init__(self, header: ResultHeader | _Mapping | None = ..., tensor: TensorChunk | _Mapping | None = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class ResultAck(_message.Message):
     __slots__ = ("accepted", "reason")
@@ -104,4 +138,4 @@ class ResultAck(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
-    def __init__(self, accepted: bool | None = ..., reason: str | None = ...) -> None: ...
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...

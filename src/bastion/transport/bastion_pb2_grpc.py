@@ -49,6 +49,16 @@ class FederationStub:
                 request_serializer=bastion_dot_transport_dot_bastion__pb2.ResultChunk.SerializeToString,
                 response_deserializer=bastion_dot_transport_dot_bastion__pb2.ResultAck.FromString,
                 _registered_method=True)
+        self.AttestAggregator = channel.unary_unary(
+                '/bastion.v1.Federation/AttestAggregator',
+                request_serializer=bastion_dot_transport_dot_bastion__pb2.AggregatorChallenge.SerializeToString,
+                response_deserializer=bastion_dot_transport_dot_bastion__pb2.AggregatorEvidence.FromString,
+                _registered_method=True)
+        self.AttestCollaborator = channel.unary_unary(
+                '/bastion.v1.Federation/AttestCollaborator',
+                request_serializer=bastion_dot_transport_dot_bastion__pb2.CollaboratorEvidence.SerializeToString,
+                response_deserializer=bastion_dot_transport_dot_bastion__pb2.AttestationAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -75,6 +85,20 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttestAggregator(self, request, context):
+        """Remote attestation, when the plan requires it (see bastion.tee.attestation):
+        the collaborator challenges the aggregator first, then proves itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttestCollaborator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +116,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SendResult,
                     request_deserializer=bastion_dot_transport_dot_bastion__pb2.ResultChunk.FromString,
                     response_serializer=bastion_dot_transport_dot_bastion__pb2.ResultAck.SerializeToString,
+            ),
+            'AttestAggregator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestAggregator,
+                    request_deserializer=bastion_dot_transport_dot_bastion__pb2.AggregatorChallenge.FromString,
+                    response_serializer=bastion_dot_transport_dot_bastion__pb2.AggregatorEvidence.SerializeToString,
+            ),
+            'AttestCollaborator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestCollaborator,
+                    request_deserializer=bastion_dot_transport_dot_bastion__pb2.CollaboratorEvidence.FromString,
+                    response_serializer=bastion_dot_transport_dot_bastion__pb2.AttestationAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +209,60 @@ class Federation:
             '/bastion.v1.Federation/SendResult',
             bastion_dot_transport_dot_bastion__pb2.ResultChunk.SerializeToString,
             bastion_dot_transport_dot_bastion__pb2.ResultAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestAggregator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Federation/AttestAggregator',
+            bastion_dot_transport_dot_bastion__pb2.AggregatorChallenge.SerializeToString,
+            bastion_dot_transport_dot_bastion__pb2.AggregatorEvidence.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestCollaborator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Federation/AttestCollaborator',
+            bastion_dot_transport_dot_bastion__pb2.CollaboratorEvidence.SerializeToString,
+            bastion_dot_transport_dot_bastion__pb2.AttestationAck.FromString,
             options,
             channel_credentials,
             insecure,
