@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61stion/transport/bastion.proto\x12\nbastion.v1\"$\n\x13\x41ggregatorChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"U\n\x12\x41ggregatorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"B\n\x14\x43ollaboratorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"2\n\x0e\x41ttestationAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0cTasksRequest\x12\x11\n\tplan_hash\x18\x01 \x01(\t\"D\n\x04Task\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\targs_json\x18\x04 \x01(\t\"\xdd\x01\n\nTasksReply\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.bastion.v1.TasksReply.Action\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1f\n\x05tasks\x18\x03 \x03(\x0b\x32\x10.bastion.v1.Task\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\x01\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\"=\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x07\n\x03RUN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\"\x1d\n\x0cModelRequest\x12\r\n\x05round\x18\x01 \x01(\r\"W\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\xaa\x01\n\x0cResultHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x15\n\rexample_count\x18\x03 \x01(\x04\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.bastion.v1.ResultHeader.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"l\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.bastion.v1.ResultHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.bastion.v1.TensorChunkH\x00\x42\x06\n\x04part\"-\n\tResultAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xf4\x02\n\nFederation\x12<\n\x08GetTasks\x12\x18.bastion.v1.TasksRequest\x1a\x16.bastion.v1.TasksReply\x12?\n\x08GetModel\x12\x18.bastion.v1.ModelRequest\x1a\x17.bastion.v1.TensorChunk0\x01\x12>\n\nSendResult\x12\x17.bastion.v1.ResultChunk\x1a\x15.bastion.v1.ResultAck(\x01\x12S\n\x10\x41ttestAggregator\x12\x1f.bastion.v1.AggregatorChallenge\x1a\x1e.bastion.v1.AggregatorEvidence\x12R\n\x12\x41ttestCollaborator\x12 .bastion.v1.CollaboratorEvidence\x1a\x1a.bastion.v1.AttestationAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61stion/transport/bastion.proto\x12\nbastion.v1\"$\n\x13\x41ggregatorChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"U\n\x12\x41ggregatorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"B\n\x14\x43ollaboratorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"2\n\x0e\x41ttestationAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0cTasksRequest\x12\x11\n\tplan_hash\x18\x01 \x01(\t\x12\x1d\n\x15workspace_measurement\x18\x02 \x01(\t\"D\n\x04Task\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\targs_json\x18\x04 \x01(\t\"\xdd\x01\n\nTasksReply\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.bastion.v1.TasksReply.Action\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1f\n\x05tasks\x18\x03 \x03(\x0b\x32\x10.bastion.v1.Task\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\x01\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\"=\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x07\n\x03RUN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\"\x1d\n\x0cModelRequest\x12\r\n\x05round\x18\x01 \x01(\r\"W\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\xaa\x01\n\x0cResultHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x15\n\rexample_count\x18\x03 \x01(\x04\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.bastion.v1.ResultHeader.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"l\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.bastion.v1.ResultHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.bastion.v1.TensorChunkH\x00\x42\x06\n\x04part\"-\n\tResultAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xf4\x02\n\nFederation\x12<\n\x08GetTasks\x12\x18.bastion.v1.TasksRequest\x1a\x16.bastion.v1.TasksReply\x12?\n\x08GetModel\x12\x18.bastion.v1.ModelRequest\x1a\x17.bastion.v1.TensorChunk0\x01\x12>\n\nSendResult\x12\x17.bastion.v1.ResultChunk\x1a\x15.bastion.v1.ResultAck(\x01\x12S\n\x10\x41ttestAggregator\x12\x1f.bastion.v1.AggregatorChallenge\x1a\x1e.bastion.v1.AggregatorEvidence\x12R\n\x12\x41ttestCollaborator\x12 .bastion.v1.CollaboratorEvidence\x1a\x1a.bastion.v1.AttestationAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,25 +42,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTESTATIONACK']._serialized_start=240
   _globals['_ATTESTATIONACK']._serialized_end=290
   _globals['_TASKSREQUEST']._serialized_start=292
-  _globals['_TASKSREQUEST']._serialized_end=325
-  _globals['_TASK']._serialized_start=327
-  _globals['_TASK']._serialized_end=395
-  _globals['_TASKSREPLY']._serialized_start=398
-  _globals['_TASKSREPLY']._serialized_end=619
-  _globals['_TASKSREPLY_ACTION']._serialized_start=558
-  _globals['_TASKSREPLY_ACTION']._serialized_end=619
-  _globals['_MODELREQUEST']._serialized_start=621
-  _globals['_MODELREQUEST']._serialized_end=650
-  _globals['_TENSORCHUNK']._serialized_start=652
-  _globals['_TENSORCHUNK']._serialized_end=739
-  _globals['_RESULTHEADER']._serialized_start=742
-  _globals['_RESULTHEADER']._serialized_end=912
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=866
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=912
-  _globals['_RESULTCHUNK']._serialized_start=914
-  _globals['_RESULTCHUNK']._serialized_end=1022
-  _globals['_RESULTACK']._serialized_start=1024
-  _globals['_RESULTACK']._serialized_end=1069
-  _globals['_FEDERATION']._serialized_start=1072
-  _globals['_FEDERATION']._serialized_end=1444
+  _globals['_TASKSREQUEST']._serialized_end=356
+  _globals['_TASK']._serialized_start=358
+  _globals['_TASK']._serialized_end=426
+  _globals['_TASKSREPLY']._serialized_start=429
+  _globals['_TASKSREPLY']._serialized_end=650
+  _globals['_TASKSREPLY_ACTION']._serialized_start=589
+  _globals['_TASKSREPLY_ACTION']._serialized_end=650
+  _globals['_MODELREQUEST']._serialized_start=652
+  _globals['_MODELREQUEST']._serialized_end=681
+  _globals['_TENSORCHUNK']._serialized_start=683
+  _globals['_TENSORCHUNK']._serialized_end=770
+  _globals['_RESULTHEADER']._serialized_start=773
+  _globals['_RESULTHEADER']._serialized_end=943
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=897
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=943
+  _globals['_RESULTCHUNK']._serialized_start=945
+  _globals['_RESULTCHUNK']._serialized_end=1053
+  _globals['_RESULTACK']._serialized_start=1055
+  _globals['_RESULTACK']._serialized_end=1100
+  _globals['_FEDERATION']._serialized_start=1103
+  _globals['_FEDERATION']._serialized_end=1475
 # @@protoc_insertion_point(module_scope)

@@ -44,10 +44,12 @@ class AttestationAck(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TasksRequest(_message.Message):
-    __slots__ = ("plan_hash",)
+    __slots__ = ("plan_hash", "workspace_measurement")
     PLAN_HASH_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
     plan_hash: str
-    def __init__(self, plan_hash: _Optional[str] = ...) -> None: ...
+    workspace_measurement: str
+    def __init__(self, plan_hash: _Optional[str] = ..., workspace_measurement: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("name", "kind", "model", "args_json")
