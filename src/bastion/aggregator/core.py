@@ -91,6 +91,7 @@ class Aggregator:
         self.finished = threading.Event()
         self._roster = plan.collaborator_names()
         self._last_seen: dict[str, float] = {}
+        self._attestations: dict[str, dict[str, object]] = {}
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
 
         resumed = store.load()
@@ -190,6 +191,12 @@ class Aggregator:
         if not progress.pending.get(collaborator):
             raise NotAssigned(f"{collaborator} has no pending task in round {round_number}")
         return progress
+
+    def record_attestation(self, collaborator: str, result: dict[str, object]) -> None:
+        """Remember a collaborator's latest attestation verdict, for ``bastion status``."""
+        with self._lock:
+            self._attestations[collaborator] = result
+            self._write_summary()
 
     # ------------------------------------------------------------------ results
 
@@ -468,6 +475,7 @@ class Aggregator:
                 },
                 "assigned": sorted(progress.pending) if progress else [],
                 "collaborators_seen": dict(sorted(self._last_seen.items())),
+                "attestation": dict(sorted(self._attestations.items())),
                 "updated": time.time(),
             }
         )

@@ -41,16 +41,20 @@ def status(workspace: Path = WorkspaceOption) -> None:
     best = summary.get("best") or {}
     if best.get("value") is not None:
         console.print(f"best model: round {best['round']}, {best['metric']} = {best['value']:.4f}")
-    seen = Table("collaborator", "on roster", "last seen", "assigned now")
+    attested = summary.get("attestation", {})
+    columns = ["collaborator", "last seen", "assigned now"] + (["attestation"] if plan.attestation else [])
+    seen = Table(*columns)
     seen_at = summary.get("collaborators_seen", {})
     for name in plan.collaborator_names():
         when = seen_at.get(name)
-        seen.add_row(
+        row = [
             name,
-            "yes",
             time.strftime("%H:%M:%S", time.localtime(when)) if when else "never",
             "yes" if name in summary.get("assigned", []) else "",
-        )
+        ]
+        if plan.attestation:
+            row.append(_verdict(attested.get(name)))
+        seen.add_row(*row)
     console.print(seen)
     rounds = round_summaries(read_metrics(Path(workspace) / plan.output.logs / METRICS_FILE))
     if rounds:
@@ -60,3 +64,12 @@ def status(workspace: Path = WorkspaceOption) -> None:
             for key, value in values.items():
                 table.add_row(task, key, f"{value:.4f}" if key != "examples" else f"{int(value)}")
         console.print(table)
+
+
+def _verdict(result: dict | None) -> str:
+    if not result:
+        return "not yet"
+    if not result.get("accepted"):
+        return f"refused: {result.get('reason', '')}"
+    label = "SIMULATED " if result.get("simulated") else ""
+    return f"{label}ok, mrenclave {str(result.get('mr_enclave', ''))[:12]}…, TCB {result.get('tcb_status')}"

@@ -41,6 +41,7 @@ class GrpcAggregatorClient:
         tls: tuple[bytes, bytes, bytes] | None,
         insecure_name: str | None = None,
         timeout_seconds: float = 600.0,
+        workspace_measurement: str = "",
     ) -> None:
         options = channel_options(chunk_bytes)
         if tls is not None:
@@ -52,6 +53,7 @@ class GrpcAggregatorClient:
         self._stub = pb_grpc.FederationStub(self._channel)
         self._target = target
         self._plan_hash = plan_hash
+        self._workspace_measurement = workspace_measurement
         self._chunk_bytes = chunk_bytes
         self._max_model_bytes = max_model_bytes
         self._timeout = timeout_seconds
@@ -73,7 +75,11 @@ class GrpcAggregatorClient:
     def get_tasks(self) -> Assignment:
         try:
             reply = self._stub.GetTasks(
-                pb.TasksRequest(plan_hash=self._plan_hash), metadata=self._metadata, timeout=30
+                pb.TasksRequest(
+                    plan_hash=self._plan_hash, workspace_measurement=self._workspace_measurement
+                ),
+                metadata=self._metadata,
+                timeout=30,
             )
         except grpc.RpcError as exc:
             raise self._translate(exc, "the task request") from None
@@ -119,4 +125,25 @@ class GrpcAggregatorClient:
             ack = self._stub.SendResult(messages(), metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as exc:
             raise self._translate(exc, f"the {task!r} result of round {round_number}") from None
+        return ack.accepted, ack.reason
+
+    def attest_aggregator(self, nonce: bytes) -> pb.AggregatorEvidence:
+        """Ask the aggregator for evidence over our fresh ``nonce``."""
+        try:
+            return self._stub.AttestAggregator(
+                pb.AggregatorChallenge(nonce=nonce), metadata=self._metadata, timeout=60
+            )
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "the attestation challenge") from None
+
+    def attest_collaborator(self, kind: str, quote: bytes, nonce: bytes) -> tuple[bool, str]:
+        """Send our evidence over the aggregator's ``nonce``."""
+        try:
+            ack = self._stub.AttestCollaborator(
+                pb.CollaboratorEvidence(kind=kind, quote=quote, nonce=nonce),
+                metadata=self._metadata,
+                timeout=60,
+            )
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "our attestation evidence") from None
         return ack.accepted, ack.reason

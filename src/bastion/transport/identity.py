@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 import grpc
+from cryptography import x509
 
 from bastion.errors import PKIError
 from bastion.pki import Role, identity_of
@@ -23,13 +24,18 @@ Identify = Callable[[grpc.ServicerContext], str]
 INSECURE_NAME_HEADER = "x-bastion-collaborator"
 
 
+def peer_certificate(context: grpc.ServicerContext) -> x509.Certificate | None:
+    """The caller's TLS certificate, as verified by the handshake; None in insecure mode."""
+    pem = context.auth_context().get("x509_pem_cert")
+    return parse_certificate(pem[0], source="peer certificate") if pem else None
+
+
 def certificate_identity(context: grpc.ServicerContext) -> str:
     """The collaborator name in the caller's verified TLS certificate."""
-    auth = context.auth_context()
-    pem = auth.get("x509_pem_cert")
-    if not pem:
+    certificate = peer_certificate(context)
+    if certificate is None:
         raise PKIError("the peer presented no client certificate")
-    identity = identity_of(parse_certificate(pem[0], source="peer certificate"))
+    identity = identity_of(certificate)
     if identity.role is not Role.COLLABORATOR:
         raise PKIError(
             f"peer certificate belongs to {identity}; only collaborators may call the aggregator"
