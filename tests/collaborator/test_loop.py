@@ -129,3 +129,38 @@ def test_backoff_is_capped() -> None:
     backoff = Backoff(initial=0.5, maximum=4.0)
     delays = [backoff.next_delay() for _ in range(10)]
     assert max(delays) <= 4.0 and min(delays[5:]) >= 2.0
+
+
+def test_attests_before_the_first_model_and_again_after_a_reconnect() -> None:
+    events: list[str] = []
+
+    class Tracing(ScriptedAggregator):
+        def get_model(self, round_number: int) -> Weights:
+            events.append(f"model {round_number}")
+            return super().get_model(round_number)
+
+    train_only = (TaskSpec(name="train", kind="train"),)
+    aggregator = Tracing(
+        [Assignment("run", 1, train_only), Assignment("run", 2, train_only), Down("restarting"),
+         Assignment("run", 3, train_only), Assignment("done")]
+    )
+    collaborator = Collaborator(
+        "a", aggregator, RecordingRunner(), SHARD, retryable=(Down,), sleep=lambda s: None,
+        attest=lambda: events.append("attest"),
+    )
+    collaborator.run()
+    assert events == ["attest", "model 1", "model 2", "attest", "model 3"]
+
+
+def test_failed_attestation_stops_before_any_model() -> None:
+    class Untrusted(Exception):
+        pass
+
+    def refuse() -> None:
+        raise Untrusted("aggregator attestation failed")
+
+    aggregator = ScriptedAggregator([Assignment("run", 1, TASKS)])
+    collaborator = Collaborator("a", aggregator, RecordingRunner(), SHARD, retryable=(Down,), attest=refuse)
+    with pytest.raises(Untrusted):
+        collaborator.run()
+    assert aggregator.sent == []
