@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bastion.errors import PlanError
 
 PLAN_FILE = "plan.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
 class _Strict(BaseModel):
@@ -102,6 +111,69 @@ class ParticipationSpec(_Strict):
     seed: int = 0
 
 
+class TaskGroupSpec(_Strict):
+    """Collaborators that run the same tasks: named ones, a fraction of the roster, or the rest.
+
+    ``collaborators`` fixes the members by name; ``fraction`` takes that share of the roster
+    (rounded, at least one) from those not named elsewhere, drawn with the groups' seed;
+    a group with neither takes everyone left. Tasks run in plan order.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    tasks: list[str] = Field(min_length=1)
+    collaborators: list[str] | None = Field(default=None, min_length=1)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_members(self) -> TaskGroupSpec:
+        if self.collaborators is not None and self.fraction is not None:
+            raise ValueError(
+                f"task group {self.name!r}: give either 'collaborators' or 'fraction', not both"
+            )
+        for label, values in (("tasks", self.tasks), ("collaborators", self.collaborators or [])):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"task group {self.name!r}: {label} repeated: {repeated}")
+        return self
+
+
+class TaskGroupsSpec(_Strict):
+    """Task groups: which collaborators run which tasks; ``random`` redraws fractions per round."""
+
+    mode: Literal["static", "random"] = Field(
+        default="static",
+        description="static: fraction groups drawn once from the seed; random: redrawn every round",
+    )
+    seed: int = Field(default=0, ge=0)
+    groups: list[TaskGroupSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent_groups(self) -> TaskGroupsSpec:
+        names = [g.name for g in self.groups]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task group names must be unique; repeated: {repeated}")
+        rest = [g.name for g in self.groups if g.collaborators is None and g.fraction is None]
+        if len(rest) > 1:
+            raise ValueError(
+                f"only one task group may take the remaining collaborators (no 'collaborators' "
+                f"or 'fraction'); these do: {rest}"
+            )
+        total = sum(g.fraction or 0.0 for g in self.groups)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the fractions of the task groups add up to {total:g}, over 1")
+        owner: dict[str, str] = {}
+        for group in self.groups:
+            for member in group.collaborators or []:
+                if member in owner:
+                    raise ValueError(
+                        f"collaborator {member!r} is in task groups {owner[member]!r} and "
+                        f"{group.name!r}; a collaborator belongs to one group"
+                    )
+                owner[member] = group.name
+        return self
+
+
 class TimeoutSpec(_Strict):
     round_seconds: float = Field(default=900.0, gt=0)
     min_results: int = Field(default=1, ge=1, description="train results needed to close a round")
@@ -136,6 +208,15 @@ class Plan(_Strict):
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     best_model: BestModelSpec = Field(default_factory=BestModelSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    task_groups: TaskGroupsSpec | None = None
+    assigner: str | None = Field(
+        default=None,
+        pattern=CALLABLE_PATTERN,
+        description="module:function given (participants, round) returning task names per collaborator",
+    )
+
+    # The folder the plan was loaded from: where ``assigner`` and other task code is imported.
+    _workspace: Path | None = PrivateAttr(default=None)
 
     @field_validator("collaborators", mode="before")
     @classmethod
@@ -143,6 +224,12 @@ class Plan(_Strict):
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("task_groups", mode="before")
+    @classmethod
+    def _groups_as_list(cls, value: Any) -> Any:
+        """``task_groups: [...]`` is short for ``task_groups: {groups: [...]}``."""
+        return {"groups": value} if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
@@ -173,9 +260,47 @@ class Plan(_Strict):
             t.name == task and t.kind == "validate" for t in self.tasks
         ):
             raise ValueError(f"best_model.task {task!r} is not a validate task of this plan")
+        if self.task_groups is not None:
+            if self.assigner is not None:
+                raise ValueError(
+                    "give either task_groups or assigner: the assigner hook decides the tasks itself"
+                )
+            self._check_task_groups(self.task_groups, names)
         return self
 
+    def _check_task_groups(self, spec: TaskGroupsSpec, roster: list[str]) -> None:
+        by_name = {t.name: t for t in self.tasks}
+        trains = False
+        for group in spec.groups:
+            unknown = [t for t in group.tasks if t not in by_name]
+            if unknown:
+                raise ValueError(
+                    f"task group {group.name!r} names tasks {unknown} that the plan does not "
+                    f"define; its tasks are {list(by_name)}"
+                )
+            strangers = [c for c in group.collaborators or [] if c not in roster]
+            if strangers:
+                raise ValueError(
+                    f"task group {group.name!r} names {strangers}, who are not on the roster {roster}"
+                )
+            kinds = [by_name[t] for t in group.tasks]
+            has_train = any(t.kind == "train" for t in kinds)
+            trains = trains or has_train
+            local = [t.name for t in kinds if t.kind == "validate" and t.model == "local"]
+            if local and not has_train:
+                raise ValueError(
+                    f"task group {group.name!r} validates the local model ({local}) but trains "
+                    "nothing; add a train task to the group or validate the global model"
+                )
+        if not trains:
+            raise ValueError("no task group runs a train task, so no round could change the model")
+
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def workspace(self) -> Path | None:
+        """The folder this plan was read from (None for a plan built in memory)."""
+        return self._workspace
 
     def collaborator_names(self) -> list[str]:
         return [c.name for c in self.collaborators]
@@ -228,14 +353,17 @@ def load_plan(path: Path | str) -> Plan:
         raise PlanError(
             f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}"
         )
-    return parse_plan(raw, source=str(path))
+    return parse_plan(raw, source=str(path), workspace=path.parent)
 
 
-def parse_plan(raw: dict[str, Any], source: str = PLAN_FILE) -> Plan:
+def parse_plan(raw: dict[str, Any], source: str = PLAN_FILE, workspace: Path | None = None) -> Plan:
+    """Validate a plan mapping; ``workspace`` is where its code (e.g. ``assigner``) lives."""
     try:
-        return Plan.model_validate(raw)
+        plan = Plan.model_validate(raw)
     except ValidationError as exc:
         raise PlanError(f"{source}: {describe_validation_error(exc, raw)}") from None
+    plan._workspace = Path(workspace).resolve() if workspace is not None else None
+    return plan
 
 
 def describe_validation_error(exc: ValidationError, raw: Any) -> str:

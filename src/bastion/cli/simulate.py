@@ -1,9 +1,10 @@
-"""``bastion simulate``: the whole federation on this machine, one OS process per role."""
+"""``bastion simulate``: the whole federation on this machine, one OS process per role or in-process."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,7 +14,7 @@ from bastion.cli.options import InsecureOption, WorkspaceOption
 from bastion.errors import BastionError
 from bastion.metrics.log import METRICS_FILE, read_metrics, round_summaries
 from bastion.metrics.plot import metric_series, plot_metric
-from bastion.sim.processes import LocalFederation
+from bastion.plan import Plan, load_plan
 
 
 def register(app: typer.Typer) -> None:
@@ -29,13 +30,58 @@ def simulate(
     timeout: float = typer.Option(
         1800.0, help="Give up (and stop every process) after this many seconds."
     ),
+    in_process: bool = typer.Option(
+        False,
+        "--in-process",
+        help="Run every role in this process (no network, no certificates): fast, and cheap "
+        "for hundreds of simulated collaborators.",
+    ),
     insecure: bool = InsecureOption,
 ) -> None:
-    """Run the aggregator and every collaborator of the plan as separate processes on 127.0.0.1.
+    """Run the aggregator and every collaborator of the plan on this machine.
 
-    Each process is the real `bastion aggregator start` / `bastion collaborator start`; logs go
-    to the workspace's logs/ folder. Issue certificates and run `bastion plan initialize` first.
+    By default each role is a separate process (the real `bastion aggregator start` /
+    `bastion collaborator start` over mutual TLS on 127.0.0.1; logs go to the workspace's
+    logs/ folder): issue certificates and run `bastion plan initialize` first. With
+    --in-process the same aggregator and collaborator code runs in this process.
     """
+    if in_process:
+        if insecure:
+            console.print("[yellow]--insecure has no effect with --in-process (no network)[/]")
+        plan, metrics_path = _run_in_process(workspace)
+    else:
+        plan, metrics_path = _run_processes(workspace, timeout, insecure)
+    _report(plan, metrics_path, plot, require_improvement)
+
+
+def _run_in_process(workspace: Path) -> tuple[Plan, Path]:
+    from bastion.sim.inprocess import InProcessFederation
+
+    plan = load_plan(workspace)
+    metrics_path = Path(workspace).resolve() / plan.output.logs / METRICS_FILE
+    shown = len(round_summaries(read_metrics(metrics_path)))
+    task, metric = plan.best_task(), plan.best_model.metric
+
+    def show(_round: int = 0, _federation: object = None) -> None:
+        nonlocal shown
+        summaries = round_summaries(read_metrics(metrics_path))
+        for summary in summaries[shown:]:
+            console.print(_describe(summary, task, metric))
+        shown = len(summaries)
+
+    federation = InProcessFederation(workspace, on_round=show)
+    console.print(
+        f"federation [bold]{plan.name}[/]: {len(plan.collaborators)} collaborators in this "
+        f"process, {plan.rounds} rounds; metrics in {metrics_path}"
+    )
+    federation.run()
+    show()  # the final evaluation
+    return plan, metrics_path
+
+
+def _run_processes(workspace: Path, timeout: float, insecure: bool) -> tuple[Plan, Path]:
+    from bastion.sim.processes import LocalFederation
+
     with LocalFederation(workspace, insecure=insecure) as federation:
         plan = federation.plan
         task, metric = plan.best_task(), plan.best_model.metric
@@ -77,6 +123,11 @@ def simulate(
         codes = federation.wait(timeout=60)
     if any(codes.values()):
         raise BastionError(f"exit codes {codes}; see {federation.logs}")
+    return plan, metrics_path
+
+
+def _report(plan: Plan, metrics_path: Path, plot: Path | None, require_improvement: bool) -> None:
+    task, metric = plan.best_task(), plan.best_model.metric
     records = read_metrics(metrics_path)
     if task is None:
         console.print("[green]federation finished[/] (no global validation task to report)")
@@ -97,7 +148,7 @@ def simulate(
             raise typer.Exit(1)
 
 
-def _describe(summary: dict, task: str | None, metric: str) -> str:
+def _describe(summary: dict[str, Any], task: str | None, metric: str) -> str:
     tasks = summary.get("tasks", {})
     parts = []
     for name, values in tasks.items():

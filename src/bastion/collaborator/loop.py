@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bastion.aggregator.core import Assignment
 from bastion.data.types import DataShard
@@ -39,6 +39,19 @@ class AggregatorClient(Protocol):
         metrics: dict[str, float],
         weights: Weights | None,
     ) -> tuple[bool, str]: ...
+
+
+@runtime_checkable
+class RoundAwareRunner(Protocol):
+    """Optional runner hooks for client state tied to rounds (FedCurv's own Fisher terms).
+
+    ``begin_round`` comes before the round's model is loaded; ``update_accepted`` after
+    the aggregator accepted this runner's training result of that round.
+    """
+
+    def begin_round(self, round_number: int) -> None: ...
+
+    def update_accepted(self, round_number: int) -> None: ...
 
 
 @dataclass
@@ -103,7 +116,7 @@ class Collaborator:
                     last_contact = time.monotonic()
                     self._sleep(assignment.retry_after)
                     continue
-                self._run_round(assignment)
+                self.run_round(assignment)
                 backoff.reset()
                 last_contact = time.monotonic()
             except self._retryable as exc:
@@ -117,8 +130,12 @@ class Collaborator:
                 log.info("%s: %s; retrying in %.1fs", self.name, exc, delay)
                 self._sleep(delay)
 
-    def _run_round(self, assignment: Assignment) -> None:
+    def run_round(self, assignment: Assignment) -> None:
+        """Pull the round's model, run the assigned tasks in order and push each result."""
         round_number = assignment.round
+        aware = self._runner if isinstance(self._runner, RoundAwareRunner) else None
+        if aware is not None:
+            aware.begin_round(round_number)
         global_weights = self._client.get_model(round_number)
         self._runner.set_weights(global_weights)
         holds_global = True
@@ -138,6 +155,8 @@ class Collaborator:
             if not accepted:
                 log.warning("%s: aggregator rejected %s: %s", self.name, task.name, reason)
                 break
+            if task.kind == "train" and aware is not None:
+                aware.update_accepted(round_number)
             if self._on_task:
                 self._on_task(round_number, task.name, result)
         self.rounds_run += 1

@@ -4,28 +4,48 @@ Parameters and buffers (BatchNorm statistics) travel as named NumPy arrays in th
 module's own order; ``local_buffers=True`` keeps buffers on the site instead.
 Training loops over NumPy shards in seeded mini-batches; the optimizer is created
 per task (its state is reset each round, the usual federated default).
+
+Client-side regularizers (``task_runner.args``; a train task's ``args`` may override
+the coefficients for that task):
+
+- ``proximal_mu`` adds FedProx's (μ/2)‖w − w_global‖² to the loss (Li et al. 2020,
+  "Federated Optimization in Heterogeneous Networks"), w_global being the round's model.
+- ``fedcurv_lambda`` adds FedCurv's penalty λ Σ [w²(U − u_s) − 2w(V − v_s)] (Shoham et
+  al. 2019; see ``bastion.algorithms.fedcurv``) and makes the model carry the
+  ``fedcurv/u/*`` and ``fedcurv/v/*`` tensors: zeros in the initial model, then after
+  each training the diagonal Fisher information u = F of the local training data and
+  v = F ⊙ w. Use it with ``aggregation.strategy: fedcurv``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bastion.algorithms.fedcurv import fedcurv_tensors, split_fedcurv
 from bastion.data.types import DataShard
-from bastion.errors import BastionError, MissingDependency
+from bastion.errors import BastionError, MissingDependency, PlanError
 from bastion.runners.base import TaskResult
 from bastion.tensors import Weights
 
 try:
     import torch
     from torch import nn
+    from torch.func import functional_call, grad, vmap
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without torch
     raise MissingDependency("torch", "torch", "the PyTorch task runner") from exc
 
+log = logging.getLogger("bastion.runners.torch")
+
 OptimizerFactory = Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
+
+#: Examples per vectorized per-example-gradient pass when computing the Fisher diagonal.
+FISHER_CHUNK = 64
 
 
 def _default_optimizer(name: str, momentum: float, weight_decay: float) -> OptimizerFactory:
@@ -39,6 +59,27 @@ def _default_optimizer(name: str, momentum: float, weight_decay: float) -> Optim
         )
 
     return build
+
+
+def _coefficient(value: object, key: str) -> float:
+    """A regularizer strength from the plan: a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise PlanError(f"key '{key}': must be a number >= 0, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise PlanError(f"key '{key}': must be finite, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class TorchClientState:
+    """What one simulated client keeps between its rounds when collaborators share a runner."""
+
+    numpy_rng: dict[str, Any]
+    torch_rng: torch.Tensor
+    local_tensors: dict[str, torch.Tensor]
+    fisher_terms: tuple[Weights, Weights] | None
+    accepted_round: int | None
+    current_round: int | None
 
 
 class TorchRunner:
@@ -58,6 +99,9 @@ class TorchRunner:
         threads: int | None = None,
         local_buffers: bool = False,
         seed: int = 0,
+        proximal_mu: float = 0.0,
+        fedcurv_lambda: float | None = None,
+        fisher_samples: int | None = None,
     ) -> None:
         if threads:
             torch.set_num_threads(int(threads))
@@ -74,19 +118,70 @@ class TorchRunner:
         self._federated = [
             name for name in model.state_dict() if not (local_buffers and name in buffers)
         ]
+        self._seed = seed
         self._generator = np.random.default_rng(seed)
+
+        self.proximal_mu = _coefficient(proximal_mu, "task_runner.args.proximal_mu")
+        self.fedcurv_lambda = (
+            None
+            if fedcurv_lambda is None
+            else _coefficient(fedcurv_lambda, "task_runner.args.fedcurv_lambda")
+        )
+        if fisher_samples is not None and (
+            isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int)
+        ):
+            raise PlanError(
+                f"key 'task_runner.args.fisher_samples': must be a whole number, got {fisher_samples!r}"
+            )
+        if fisher_samples is not None and fisher_samples < 1:
+            raise PlanError(
+                f"key 'task_runner.args.fisher_samples': must be at least 1, got {fisher_samples}"
+            )
+        self.fisher_samples = fisher_samples
+        self._curved = [
+            name
+            for name, p in model.named_parameters()
+            if p.requires_grad and p.dtype.is_floating_point and name in self._federated
+        ]
+        self._fisher_slots: Weights = {}
+        if self.fedcurv_lambda is not None:
+            params = self._parameter_arrays()
+            self._fisher_slots = fedcurv_tensors(
+                params, {n: np.zeros_like(a) for n, a in params.items()}
+            )
+        self._global_sums: tuple[Weights, Weights] | None = None
+        self._fisher_terms: tuple[Weights, Weights] | None = None
+        self._accepted_round: int | None = None
+        self._current_round: int | None = None
+        self._anchor: tuple[float, dict[str, torch.Tensor]] | None = None
+        self._curvature: tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = (
+            None
+        )
+        self._initial_local = {
+            name: tensor.detach().clone()
+            for name, tensor in model.state_dict().items()
+            if name not in self._federated
+        }
+        self._initial_torch_rng = torch.random.get_rng_state()
 
     # ------------------------------------------------------------------ weights
 
     def get_weights(self) -> Weights:
         state = self.model.state_dict()
-        return {name: state[name].detach().cpu().numpy().copy() for name in self._federated}
+        weights = {name: state[name].detach().cpu().numpy().copy() for name in self._federated}
+        weights.update({name: array.copy() for name, array in self._fisher_slots.items()})
+        return weights
 
     def set_weights(self, weights: Weights) -> None:
         state = self.model.state_dict()
-        missing = [n for n in self._federated if n not in weights]
+        missing = [n for n in [*self._federated, *self._fisher_slots] if n not in weights]
         if missing:
-            raise BastionError(f"weights lack tensors {missing[:5]} of the model")
+            hint = (
+                "; FedCurv needs the fedcurv/* tensors: initialize the plan with this runner"
+                if any(n in self._fisher_slots for n in missing)
+                else ""
+            )
+            raise BastionError(f"weights lack tensors {missing[:5]} of the model{hint}")
         for name in self._federated:
             target = state[name]
             value = torch.from_numpy(np.array(weights[name], copy=True))  # keeps 0-d tensors 0-d
@@ -96,6 +191,22 @@ class TorchRunner:
                 )
             with torch.no_grad():
                 target.copy_(value.to(dtype=target.dtype))
+        if self._fisher_slots:
+            for name, slot in self._fisher_slots.items():
+                if tuple(np.shape(weights[name])) != slot.shape:
+                    raise BastionError(
+                        f"tensor {name!r}: shape {np.shape(weights[name])}, model has {slot.shape}"
+                    )
+            self._fisher_slots = {
+                name: np.array(weights[name], dtype=slot.dtype, copy=True)
+                for name, slot in self._fisher_slots.items()
+            }
+            _, u_sum, v_sum = split_fedcurv(self._fisher_slots)
+            self._global_sums = (u_sum, v_sum)
+
+    def _parameter_arrays(self) -> Weights:
+        state = self.model.state_dict()
+        return {name: state[name].detach().cpu().numpy().copy() for name in self._curved}
 
     # ------------------------------------------------------------------ tasks
 
@@ -106,9 +217,26 @@ class TorchRunner:
         batch_size: int = 32,
         lr: float | None = None,
         max_batches: int | None = None,
+        proximal_mu: float | None = None,
+        fedcurv_lambda: float | None = None,
         **_: Any,
     ) -> TaskResult:
-        """Local epochs of mini-batch training; metrics: loss and accuracy on the batches seen."""
+        """Local epochs of mini-batch training; metrics: loss and accuracy on the batches seen.
+
+        ``loss`` is the data loss alone; with FedProx, ``proximal_term`` is (μ/2)‖w − w_global‖²
+        at the end of training.
+        """
+        mu = (
+            self.proximal_mu
+            if proximal_mu is None
+            else _coefficient(proximal_mu, "tasks.args.proximal_mu")
+        )
+        lam = (
+            self.fedcurv_lambda
+            if fedcurv_lambda is None
+            else _coefficient(fedcurv_lambda, "tasks.args.fedcurv_lambda")
+        )
+        self.prepare_penalty(proximal_mu=mu, fedcurv_lambda=lam)
         self.model.train()
         optimizer = self._optimizer_factory(list(self.model.parameters()), lr or self.lr)
         x_all = torch.from_numpy(np.ascontiguousarray(data.x_train))
@@ -124,22 +252,26 @@ class TorchRunner:
                 y = y_all[index].to(self.device)
                 optimizer.zero_grad(set_to_none=True)
                 logits = self.model(x)
-                loss = self.loss_fn(logits, y) + self.penalty()
-                loss.backward()
+                data_loss = self.loss_fn(logits, y)
+                (data_loss + self.penalty()).backward()
                 optimizer.step()
-                total_loss += float(loss.detach()) * len(y)
+                total_loss += float(data_loss.detach()) * len(y)
                 correct += int((logits.argmax(dim=1) == y).sum())
                 seen += len(y)
                 batches += 1
         if seen and not math.isfinite(total_loss):
             raise BastionError("training diverged (loss is not finite); lower the learning rate")
         metrics = {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+        if self._anchor is not None:
+            with torch.no_grad():
+                metrics["proximal_term"] = float(self._proximal_term())
+        if self._fisher_slots:
+            fisher = self.fisher_diagonal(data.x_train, data.y_train)
+            self._fisher_slots = fedcurv_tensors(self._parameter_arrays(), fisher)
+            _, own_u, own_v = split_fedcurv(self._fisher_slots)
+            self._fisher_terms = (own_u, own_v)
         # Example count is the shard size, the weight FedAvg uses (n_k in McMahan et al.).
         return TaskResult(data.train_count, metrics)
-
-    def penalty(self) -> torch.Tensor:
-        """Extra loss term for client-side regularizers (FedProx, FedCurv); zero here."""
-        return torch.zeros((), device=self.device)
 
     @torch.no_grad()
     def validate(self, data: DataShard, batch_size: int = 512, **_: Any) -> TaskResult:
@@ -157,3 +289,182 @@ class TorchRunner:
         return TaskResult(
             count, {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
         )
+
+    # ------------------------------------------------------------------ regularizers
+
+    def prepare_penalty(
+        self, proximal_mu: float = 0.0, fedcurv_lambda: float | None = None
+    ) -> None:
+        """Anchor the regularizers at the weights loaded now: the round's global model."""
+        self._anchor = None
+        self._curvature = None
+        parameters = dict(self.model.named_parameters())
+        if proximal_mu > 0:
+            anchor = {n: p.detach().clone() for n, p in parameters.items() if p.requires_grad}
+            self._anchor = (proximal_mu, anchor)
+        if fedcurv_lambda is not None and fedcurv_lambda > 0:
+            if not self._fisher_slots:
+                raise PlanError(
+                    "key 'tasks.args.fedcurv_lambda': FedCurv needs a model that carries the "
+                    "fedcurv/* tensors; set task_runner.args.fedcurv_lambda instead"
+                )
+            self._curvature = (fedcurv_lambda, *self._curvature_tensors(parameters))
+
+    def _curvature_tensors(
+        self, parameters: dict[str, nn.Parameter]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(U − u_s, V − v_s) per parameter: the other clients' summed Fisher terms."""
+        if self._global_sums is None:
+            zeros = {n: np.zeros(tuple(parameters[n].shape)) for n in self._curved}
+            u_sum, v_sum = zeros, zeros
+        else:
+            u_sum, v_sum = self._global_sums
+        own = self._own_fisher_terms()
+        others_u: dict[str, torch.Tensor] = {}
+        others_v: dict[str, torch.Tensor] = {}
+        for name in self._curved:
+            u = np.asarray(u_sum[name], dtype=np.float64)
+            v = np.asarray(v_sum[name], dtype=np.float64)
+            if own is not None:
+                u = u - own[0][name]
+                v = v - own[1][name]
+            dtype = parameters[name].dtype
+            others_u[name] = torch.from_numpy(u).to(self.device, dtype)
+            others_v[name] = torch.from_numpy(v).to(self.device, dtype)
+        return others_u, others_v
+
+    def _own_fisher_terms(self) -> tuple[Weights, Weights] | None:
+        """What this client sent in the round behind the current global model, if it did."""
+        if self._fisher_terms is None:
+            return None
+        if self._current_round is None:  # no round bookkeeping: assume consecutive rounds
+            return self._fisher_terms
+        if self._accepted_round == self._current_round - 1:
+            return self._fisher_terms
+        return None
+
+    def penalty(self) -> torch.Tensor:
+        """The regularizers' loss term for the current weights: FedProx plus FedCurv, else zero."""
+        total = torch.zeros((), device=self.device)
+        if self._anchor is not None:
+            total = total + self._proximal_term()
+        if self._curvature is not None:
+            lam, others_u, others_v = self._curvature
+            parameters = dict(self.model.named_parameters())
+            curvature = sum(
+                (
+                    (
+                        parameters[n] * parameters[n] * others_u[n]
+                        - 2.0 * parameters[n] * others_v[n]
+                    )
+                    .sum()
+                    .to(total.dtype)
+                    for n in self._curved
+                ),
+                torch.zeros((), device=self.device),
+            )
+            total = total + lam * curvature
+        return total
+
+    def _proximal_term(self) -> torch.Tensor:
+        assert self._anchor is not None
+        mu, anchor = self._anchor
+        parameters = dict(self.model.named_parameters())
+        squared = sum(
+            (((parameters[n] - g) ** 2).sum().to(torch.float32) for n, g in anchor.items()),
+            torch.zeros((), device=self.device),
+        )
+        return 0.5 * mu * squared
+
+    def fisher_diagonal(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Empirical Fisher diagonal: the mean over examples of each squared per-example gradient.
+
+        Of the loss at the current weights, over the first ``fisher_samples`` examples
+        (all by default), with the model in eval mode (no dropout, running BatchNorm stats).
+        """
+        count = len(y) if self.fisher_samples is None else min(len(y), self.fisher_samples)
+        x_all = torch.from_numpy(np.ascontiguousarray(x[:count]))
+        y_all = torch.from_numpy(np.ascontiguousarray(y[:count])).long()
+        was_training = self.model.training
+        self.model.eval()
+        parameters = {n: p.detach() for n, p in self.model.named_parameters() if n in self._curved}
+        totals = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in parameters.items()}
+        try:
+            for start in range(0, count, FISHER_CHUNK):
+                xb = x_all[start : start + FISHER_CHUNK].to(self.device)
+                yb = y_all[start : start + FISHER_CHUNK].to(self.device)
+                for name, squares in self._squared_gradients(parameters, xb, yb).items():
+                    totals[name] += squares.to(torch.float64)
+        finally:
+            self.model.train(was_training)
+        return {
+            n: (t / max(count, 1)).to(parameters[n].dtype).cpu().numpy() for n, t in totals.items()
+        }
+
+    def _squared_gradients(
+        self, parameters: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Σ over the batch of each example's squared gradient (vectorized where torch can)."""
+
+        def example_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> Any:
+            return self.loss_fn(functional_call(self.model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+        try:
+            per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))(parameters, x, y)
+            return {n: (g * g).sum(dim=0) for n, g in per_example.items()}
+        except RuntimeError as exc:  # a module torch.func cannot vectorize: one example at a time
+            log.debug("per-example gradients without vmap: %s", exc)
+        sums = {n: torch.zeros_like(p) for n, p in parameters.items()}
+        for xi, yi in zip(x, y, strict=True):
+            live = {n: p.clone().requires_grad_(True) for n, p in parameters.items()}
+            grads = torch.autograd.grad(example_loss(live, xi, yi), list(live.values()))
+            for name, g in zip(live, grads, strict=True):
+                sums[name] += g * g
+        return sums
+
+    # ------------------------------------------------------------------ round hooks
+
+    def begin_round(self, round_number: int) -> None:
+        """Called by the collaborator loop before the round's model is loaded."""
+        self._current_round = round_number
+
+    def update_accepted(self, round_number: int) -> None:
+        """The aggregator accepted this round's update: its Fisher terms are in the next sums."""
+        self._accepted_round = round_number
+
+    # ------------------------------------------------------------------ simulated clients
+
+    def client_state(self) -> TorchClientState:
+        """This client's own state, so an in-process simulation can share one runner."""
+        state = self.model.state_dict()
+        return TorchClientState(
+            numpy_rng=dict(self._generator.bit_generator.state),
+            torch_rng=torch.random.get_rng_state(),
+            local_tensors={n: state[n].detach().clone() for n in self._initial_local},
+            fisher_terms=self._fisher_terms,
+            accepted_round=self._accepted_round,
+            current_round=self._current_round,
+        )
+
+    def load_client_state(self, state: object | None) -> None:
+        """Become the client ``state`` describes; None is a client that has not run yet."""
+        if state is None:
+            state = TorchClientState(
+                numpy_rng=dict(np.random.default_rng(self._seed).bit_generator.state),
+                torch_rng=self._initial_torch_rng,
+                local_tensors=self._initial_local,
+                fisher_terms=None,
+                accepted_round=None,
+                current_round=None,
+            )
+        if not isinstance(state, TorchClientState):
+            raise TypeError(f"expected a TorchClientState, got {type(state).__name__}")
+        self._generator.bit_generator.state = state.numpy_rng
+        torch.random.set_rng_state(state.torch_rng)
+        current = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in state.local_tensors.items():
+                current[name].copy_(tensor)
+        self._fisher_terms = state.fisher_terms
+        self._accepted_round = state.accepted_round
+        self._current_round = state.current_round

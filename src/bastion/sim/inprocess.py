@@ -1,0 +1,194 @@
+"""A whole federation in this process: the real aggregator and collaborator loop, no network.
+
+``bastion simulate --in-process`` and ``simulate_in_process(workspace)`` run the same
+``Aggregator`` and ``Collaborator`` classes as separate processes do, joined by an
+in-process transport whose frames go through ``bastion.tensors`` framing and assembly,
+so every size and shape check still applies. Checkpoints and metrics go to the
+workspace exactly as with processes.
+
+It scales to hundreds of clients on one machine: the dataset is loaded and partitioned
+once (shards are index arrays, cut when their client runs), clients are scheduled one
+after another in roster order (deterministic), and by default all clients share one
+runner whose weights are swapped each round. A runner with per-client state (data
+shuffling, local buffers, FedCurv's own Fisher terms) keeps it across the swap through
+``client_state()`` / ``load_client_state()``; ``share_runner=False`` builds one runner
+per client instead, lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from bastion.aggregator.core import Aggregator, Assignment
+from bastion.aggregator.service import build_aggregator
+from bastion.collaborator.loop import AggregatorClient, Collaborator
+from bastion.errors import BastionError, ProtocolError
+from bastion.plan import Plan, load_plan
+from bastion.runners.base import TaskRunner
+from bastion.sim.shards import ShardIndex, load_plan_dataset
+from bastion.tensors import FrameAssembler, Weights, iter_frames
+from bastion.workspace.tasks import build_runner
+
+log = logging.getLogger("bastion.sim")
+
+
+@runtime_checkable
+class ClientStateRunner(Protocol):
+    """A runner that can hand over the state one client keeps between its rounds."""
+
+    def client_state(self) -> object: ...
+
+    def load_client_state(self, state: object | None) -> None: ...
+
+
+class InProcessClient:
+    """The collaborator's side of the in-process transport: an ``AggregatorClient``.
+
+    Like the gRPC servicer, it refuses a result before reading it when it is not
+    expected, and rebuilds every tensor from wire frames with the plan's size limit.
+    """
+
+    def __init__(self, aggregator: Aggregator, name: str) -> None:
+        self.aggregator = aggregator
+        self.name = name
+        plan = aggregator.plan
+        self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
+        self._max_bytes = int(plan.network.max_update_mib * 1024 * 1024)
+
+    def get_tasks(self) -> Assignment:
+        return self.aggregator.get_tasks(self.name)
+
+    def get_model(self, round_number: int) -> Weights:
+        assembler = FrameAssembler(self._max_bytes)
+        for frame in self.aggregator.model_frames(self.name, round_number):
+            assembler.add(frame)
+        return assembler.result()
+
+    def send_result(
+        self,
+        round_number: int,
+        task: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> tuple[bool, str]:
+        spec = self.aggregator.check_result_allowed(self.name, round_number, task)
+        try:
+            assembler = FrameAssembler(self.aggregator.max_update_bytes)
+            for frame in iter_frames(weights or {}, self._chunk_bytes):
+                assembler.add(frame)
+            received = assembler.result()
+        except ProtocolError as exc:
+            return self.aggregator.reject_result(self.name, round_number, task, str(exc))
+        return self.aggregator.submit_result(
+            self.name,
+            round_number,
+            task,
+            int(example_count),
+            {key: float(value) for key, value in metrics.items()},
+            received if spec.kind == "train" or received else None,
+        )
+
+
+ClientFactory = Callable[[Aggregator, str], AggregatorClient]
+RoundCallback = Callable[[int, "InProcessFederation"], None]
+
+
+class InProcessFederation:
+    """Drives one workspace's federation to the end in this process.
+
+    ``client_factory`` builds each collaborator's transport (tests wrap it to model
+    misbehaving clients); ``on_round(round, federation)`` runs after every completed
+    round, when ``federation.aggregator.model`` is that round's global model.
+    """
+
+    def __init__(
+        self,
+        workspace: Path | str,
+        *,
+        share_runner: bool = True,
+        client_factory: ClientFactory = InProcessClient,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        self.workspace = Path(workspace).resolve()
+        self.plan: Plan = load_plan(self.workspace)
+        self.aggregator = build_aggregator(self.plan, self.workspace)
+        self.shards = ShardIndex(self.plan, load_plan_dataset(self.plan, self.workspace))
+        self._share_runner = share_runner
+        self._client_factory = client_factory
+        self._on_round = on_round
+        self._clients: dict[str, AggregatorClient] = {}
+        self._runners: dict[str, TaskRunner] = {}
+        self._states: dict[str, object] = {}
+        self._shared: TaskRunner | None = None
+
+    def client(self, name: str) -> AggregatorClient:
+        if name not in self._clients:
+            self._clients[name] = self._client_factory(self.aggregator, name)
+        return self._clients[name]
+
+    def runner(self, name: str) -> TaskRunner:
+        """The runner ``name`` trains with (built on first use)."""
+        if self._share_runner:
+            if self._shared is None:
+                self._shared = build_runner(self.plan, self.workspace)
+            return self._shared
+        if name not in self._runners:
+            self._runners[name] = build_runner(self.plan, self.workspace)
+        return self._runners[name]
+
+    def run(self) -> Aggregator:
+        """Run every round and the final evaluation; returns the finished aggregator."""
+        roster = self.plan.collaborator_names()
+        while not self.aggregator.finished.is_set():
+            progressed = False
+            for name in roster:
+                if self.aggregator.finished.is_set():
+                    break
+                assignment = self.client(name).get_tasks()
+                if assignment.action != "run":
+                    continue
+                before = self.aggregator.state.round_completed
+                self._run_round(name, assignment)
+                progressed = True
+                self._report_rounds(before)
+            if not progressed and not self.aggregator.finished.is_set():
+                raise BastionError(
+                    f"in-process simulation stalled in round {self.aggregator.current_round}: "
+                    "no collaborator has a task left, yet the round did not complete"
+                )
+        return self.aggregator
+
+    def _run_round(self, name: str, assignment: Assignment) -> None:
+        runner = self.runner(name)
+        keeps_state = self._share_runner and isinstance(runner, ClientStateRunner)
+        if keeps_state:
+            assert isinstance(runner, ClientStateRunner)
+            runner.load_client_state(self._states.get(name))
+        collaborator = Collaborator(
+            name, self.client(name), runner, self.shards.shard(name), retryable=()
+        )
+        collaborator.run_round(assignment)
+        if keeps_state:
+            assert isinstance(runner, ClientStateRunner)
+            self._states[name] = runner.client_state()
+
+    def _report_rounds(self, completed_before: int) -> None:
+        if self._on_round is None:
+            return
+        for number in range(completed_before + 1, self.aggregator.state.round_completed + 1):
+            self._on_round(number, self)
+
+
+def simulate_in_process(
+    workspace: Path | str,
+    *,
+    share_runner: bool = True,
+    on_round: RoundCallback | None = None,
+) -> Aggregator:
+    """Run the workspace's whole federation in this process; see ``InProcessFederation``."""
+    federation = InProcessFederation(workspace, share_runner=share_runner, on_round=on_round)
+    return federation.run()
