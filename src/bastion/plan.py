@@ -263,7 +263,8 @@ class Plan(_Strict):
         if self.task_groups is not None:
             if self.assigner is not None:
                 raise ValueError(
-                    "give either task_groups or assigner: the assigner hook decides the tasks itself"
+                    "task_groups: give either task_groups or assigner; "
+                    "the assigner hook decides the tasks itself"
                 )
             self._check_task_groups(self.task_groups, names)
         return self
@@ -275,13 +276,14 @@ class Plan(_Strict):
             unknown = [t for t in group.tasks if t not in by_name]
             if unknown:
                 raise ValueError(
-                    f"task group {group.name!r} names tasks {unknown} that the plan does not "
-                    f"define; its tasks are {list(by_name)}"
+                    f"task_groups: task group {group.name!r} names tasks {unknown} that the plan "
+                    f"does not define; its tasks are {list(by_name)}"
                 )
             strangers = [c for c in group.collaborators or [] if c not in roster]
             if strangers:
                 raise ValueError(
-                    f"task group {group.name!r} names {strangers}, who are not on the roster {roster}"
+                    f"task_groups: task group {group.name!r} names {strangers}, "
+                    f"who are not on the roster {roster}"
                 )
             kinds = [by_name[t] for t in group.tasks]
             has_train = any(t.kind == "train" for t in kinds)
@@ -289,11 +291,13 @@ class Plan(_Strict):
             local = [t.name for t in kinds if t.kind == "validate" and t.model == "local"]
             if local and not has_train:
                 raise ValueError(
-                    f"task group {group.name!r} validates the local model ({local}) but trains "
-                    "nothing; add a train task to the group or validate the global model"
+                    f"task_groups: task group {group.name!r} validates the local model ({local}) "
+                    "but trains nothing; add a train task to the group or validate the global model"
                 )
         if not trains:
-            raise ValueError("no task group runs a train task, so no round could change the model")
+            raise ValueError(
+                "task_groups: no task group runs a train task, so no round could change the model"
+            )
 
     # ------------------------------------------------------------------ helpers
 
