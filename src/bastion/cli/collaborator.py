@@ -7,7 +7,12 @@ from pathlib import Path
 import typer
 
 from bastion.cli.console import configure_logging
-from bastion.cli.options import InsecureOption, VerboseOption, WorkspaceOption
+from bastion.cli.options import (
+    AllowUnsignedWorkspaceOption,
+    InsecureOption,
+    VerboseOption,
+    WorkspaceOption,
+)
 
 app = typer.Typer(help="Run a collaborator (a data site).", no_args_is_help=True)
 
@@ -22,10 +27,17 @@ def start(
         None, help="Aggregator address HOST:PORT (default: plan network.host:port)."
     ),
     insecure: bool = InsecureOption,
+    allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """Join the federation and run assigned tasks until it finishes (exit 0)."""
     configure_logging(verbose)
     from bastion.collaborator.service import run_collaborator
 
-    run_collaborator(workspace, name, aggregator=aggregator, insecure=insecure)
+    run_collaborator(
+        workspace,
+        name,
+        aggregator=aggregator,
+        insecure=insecure,
+        allow_unsigned_workspace=allow_unsigned_workspace,
+    )

@@ -88,6 +88,7 @@ class Collaborator:
         give_up_seconds: float = 600.0,
         sleep: Callable[[float], None] = time.sleep,
         on_task: Callable[[int, str, TaskResult], None] | None = None,
+        attest: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -97,6 +98,8 @@ class Collaborator:
         self._give_up = give_up_seconds
         self._sleep = sleep
         self._on_task = on_task
+        self._attest = attest
+        self._attested = False
         self.rounds_run = 0
 
     def run(self) -> None:
@@ -120,6 +123,7 @@ class Collaborator:
                 backoff.reset()
                 last_contact = time.monotonic()
             except self._retryable as exc:
+                self._attested = False  # a new connection proves itself again
                 waited = time.monotonic() - last_contact
                 if waited > self._give_up:
                     raise GaveUp(
@@ -133,6 +137,9 @@ class Collaborator:
     def run_round(self, assignment: Assignment) -> None:
         """Pull the round's model, run the assigned tasks in order and push each result."""
         round_number = assignment.round
+        if self._attest is not None and not self._attested:
+            self._attest()
+            self._attested = True
         aware = self._runner if isinstance(self._runner, RoundAwareRunner) else None
         if aware is not None:
             aware.begin_round(round_number)

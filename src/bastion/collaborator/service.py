@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from bastion.collaborator.attestation import MutualAttestation
 from bastion.collaborator.loop import Collaborator
 from bastion.errors import PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.plan import load_plan
+from bastion.tee.attestation.parties import build_party
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.identity import INSECURE_WARNING
 from bastion.workspace.tasks import build_runner, load_shard
+from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
 
 log = logging.getLogger("bastion.collaborator")
 
@@ -21,8 +24,13 @@ def run_collaborator(
     name: str,
     aggregator: str | None = None,
     insecure: bool = False,
+    allow_unsigned_workspace: bool = False,
 ) -> Collaborator:
-    """Join the federation as ``name`` and work until the aggregator says it is done."""
+    """Join the federation as ``name`` and work until the aggregator says it is done.
+
+    The workspace is verified against its signed manifest before any of its code (task
+    runner, data loader) is imported; ``allow_unsigned_workspace`` is for development only.
+    """
     workspace = Path(workspace)
     plan = load_plan(workspace)
     if name not in plan.collaborator_names():
@@ -39,6 +47,8 @@ def run_collaborator(
         if identity.role is not Role.COLLABORATOR or identity.name != name:
             raise PKIError(f"{files.cert} belongs to {identity}, not to collaborator {name!r}")
         tls = files.read()
+    verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
+    ignore_workspace_bytecode()
     shard = load_shard(plan, name, workspace)
     runner = build_runner(plan, workspace)
     log.info(
@@ -55,7 +65,15 @@ def run_collaborator(
         max_model_bytes=int(plan.network.max_update_mib * 1024 * 1024),
         tls=tls,
         insecure_name=name if insecure else None,
+        workspace_measurement=verified.measurement,
     )
+    attest = None
+    if plan.attestation is not None:
+        if insecure:
+            raise PlanError("attestation binds evidence to TLS keys; it cannot run with --insecure")
+        spec = plan.attestation
+        party = build_party(spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash())
+        attest = MutualAttestation(party, client, target, files)
     collaborator = Collaborator(
         name,
         client,
@@ -63,6 +81,7 @@ def run_collaborator(
         shard,
         retryable=(AggregatorUnavailable,),
         give_up_seconds=plan.timeouts.reconnect_give_up_seconds,
+        attest=attest,
     )
     try:
         collaborator.run()

@@ -44,6 +44,7 @@ from typing import Literal
 
 from bastion.errors import BastionError
 from bastion.plan import PLAN_FILE, NetworkSpec, OutputSpec, load_plan
+from bastion.tee.pinned_workspace import pin_workspace
 from bastion.tee.runtime import GramineInstall, PythonRuntime
 from bastion.tee.workspace_files import (
     WorkspaceFiles,
@@ -103,6 +104,9 @@ class ManifestOptions:
     #: Where the enclave sees them; default: the plan's ``network.pki_dir``.
     secrets_mount: Path | None = None
     sealing_key: str = "_sgx_mrsigner"
+    #: Trust the workspace files at the hashes of its signed manifest (see
+    #: ``bastion.tee.pinned_workspace``) instead of hashing whatever is on disk.
+    pin_workspace_manifest: bool = False
     python: PythonRuntime | None = None
     gramine: GramineInstall | None = None
 
@@ -132,6 +136,8 @@ class _Manifest:
     runtime_dir: str
     mounts: list[_Mount] = field(default_factory=list)
     trusted: list[str] = field(default_factory=list)
+    #: (uri, sha256) trusted files whose hash is fixed here, not by gramine-sgx-sign.
+    pinned: list[tuple[str, str]] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)
 
 
@@ -213,7 +219,12 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
         m.trusted.append(f"file:{entry}/" if entry.is_dir() else f"file:{entry}")
 
     m.mounts.append(_identity(d.workspace))
-    m.trusted.extend(f"file:{path}" for path in selection.trusted)
+    if options.pin_workspace_manifest:
+        pinned = pin_workspace(d.workspace)
+        m.pinned.extend((f"file:{path}", sha256) for path, sha256 in pinned.pinned)
+        m.trusted.extend(f"file:{path}" for path in pinned.hashed_by_signer)
+    else:
+        m.trusted.extend(f"file:{path}" for path in selection.trusted)
 
     if d.data is not None:
         m.mounts.append(_identity(d.data))
@@ -386,7 +397,7 @@ def _write_toml(
         f"sgx.isvsvn = {options.isv_svn}",
         'sgx.file_check_policy = "strict"',
         "",
-        *_array("sgx.trusted_files", m.trusted),
+        *_array("sgx.trusted_files", m.trusted, pinned=m.pinned),
         "",
         "# Unprotected, host-controlled: site data, logs, and name resolution (peers are",
         "# authenticated by mTLS, not by address).",
@@ -432,8 +443,9 @@ def _unique(uris: list[str]) -> list[str]:
     return list(dict.fromkeys(uris))
 
 
-def _array(key: str, values: Sequence[str]) -> list[str]:
-    return [f"{key} = [", *(f"  {_s(value)}," for value in values), "]"]
+def _array(key: str, values: Sequence[str], pinned: Sequence[tuple[str, str]] = ()) -> list[str]:
+    tables = [f"  {{ uri = {_s(uri)}, sha256 = {_s(sha256)} }}," for uri, sha256 in pinned]
+    return [f"{key} = [", *(f"  {_s(value)}," for value in values), *tables, "]"]
 
 
 def _b(value: bool) -> str:

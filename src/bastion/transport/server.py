@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from bastion.aggregator.attestation import AttestationGate, NotAttested
 from bastion.aggregator.core import Aggregator, NotAssigned, UnknownCollaborator
 from bastion.errors import BastionError, ProtocolError
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.frames import assemble, to_chunk
-from bastion.transport.identity import Identify
+from bastion.tee.attestation import AttestationError
+from bastion.transport.identity import Identify, peer_certificate
 
 log = logging.getLogger("bastion.transport")
 
@@ -41,8 +43,17 @@ def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, aggregator: Aggregator, plan_hash: str, identify: Identify) -> None:
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        plan_hash: str,
+        identify: Identify,
+        gate: AttestationGate | None = None,
+        workspace_measurement: str | None = None,
+    ) -> None:
         self._aggregator = aggregator
+        self._gate = gate
+        self._workspace_measurement = workspace_measurement
         # Uploads beyond this wait in gRPC flow control, so memory is O(model), not O(clients).
         self._uploads = threading.BoundedSemaphore(aggregator.plan.network.max_concurrent_uploads)
         self._plan_hash = plan_hash
@@ -66,6 +77,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 f"plan mismatch: the aggregator runs plan {self._plan_hash[:12]}…, "
                 f"{name} has {request.plan_hash[:12] or 'none'}…; use the federation's plan.yaml",
             )
+        self._check_workspace(name, request.workspace_measurement, context)
         try:
             assignment = self._aggregator.get_tasks(name)
         except UnknownCollaborator as exc:
@@ -84,17 +96,76 @@ class FederationServicer(pb_grpc.FederationServicer):
             total_rounds=assignment.total_rounds,
         )
 
+    def _check_workspace(self, name: str, reported: str, context: grpc.ServicerContext) -> None:
+        """Refuse a collaborator whose workspace measurement differs from ours.
+
+        The measurement is the collaborator's own report: it stops an honest site running a
+        stale or altered workspace; only attestation proves what code a site really runs.
+        """
+        expected = self._workspace_measurement
+        if expected is None or reported == expected:
+            return
+        log.warning("refused %s: its workspace measurement differs from the aggregator's", name)
+        theirs = f"{reported[:16]}…" if reported else "no measurement (an older Bastion?)"
+        context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"workspace mismatch: the aggregator runs workspace measurement {expected[:16]}…, "
+            f"{name} reports {theirs}; both must run the same signed workspace (compare "
+            "`bastion workspace verify` on both hosts)",
+        )
+
     def GetModel(
         self, request: pb.ModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TensorChunk]:
         name = self._caller(context)
+        self._require_attested(name, context)
         try:
             frames = self._aggregator.model_frames(name, request.round)
         except (UnknownCollaborator, NotAssigned) as exc:
             log.warning("refused model download by %s: %s", name, exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        log.info("sending the round %d model to %s", request.round, name)
         for frame in frames:
             yield to_chunk(frame)
+
+    def _require_attested(self, name: str, context: grpc.ServicerContext) -> None:
+        if self._gate is None:
+            return
+        try:
+            self._gate.require(name, peer_certificate(context))
+        except NotAttested as exc:
+            log.warning("refused %s: %s", name, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+    def AttestAggregator(
+        self, request: pb.AggregatorChallenge, context: grpc.ServicerContext
+    ) -> pb.AggregatorEvidence:
+        name = self._caller(context)
+        if self._gate is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation")
+        assert self._gate is not None
+        try:
+            evidence, challenge = self._gate.prove(name, request.nonce)
+        except BastionError as exc:
+            log.error("cannot produce attestation evidence for %s: %s", name, exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"aggregator cannot attest: {exc}")
+        return pb.AggregatorEvidence(
+            kind=evidence.kind, quote=evidence.quote, certificate=self._gate.certificate_pem, nonce=challenge
+        )
+
+    def AttestCollaborator(
+        self, request: pb.CollaboratorEvidence, context: grpc.ServicerContext
+    ) -> pb.AttestationAck:
+        name = self._caller(context)
+        certificate = peer_certificate(context)
+        if self._gate is None or certificate is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation")
+        assert self._gate is not None and certificate is not None
+        try:
+            self._gate.admit(name, certificate, request.kind, request.quote, request.nonce)
+        except AttestationError as exc:
+            return pb.AttestationAck(accepted=False, reason=str(exc))
+        return pb.AttestationAck(accepted=True)
 
     def SendResult(
         self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext
@@ -105,6 +176,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a result must start with its header")
         assert first is not None  # abort() raised otherwise
         header = first.header
+        self._require_attested(name, context)
         try:
             task = self._aggregator.check_result_allowed(name, header.round, header.task)
         except (UnknownCollaborator, NotAssigned) as exc:
@@ -163,13 +235,15 @@ def start_server(
     chunk_bytes: int,
     max_workers: int = 32,
     on_start: Callable[[int], None] | None = None,
+    gate: AttestationGate | None = None,
+    workspace_measurement: str | None = None,
 ) -> RunningServer:
     """Bind and start the server; ``credentials=None`` means plain text (``--insecure``)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bastion-rpc"),
         options=channel_options(chunk_bytes),
     )
-    servicer = FederationServicer(aggregator, plan_hash, identify)
+    servicer = FederationServicer(aggregator, plan_hash, identify, gate, workspace_measurement)
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
