@@ -17,5 +17,10 @@ for site in site-1 site-2 site-3; do
 done
 echo "identities issued: aggregator (127.0.0.1), site-1, site-2, site-3 (pki/issued.json)"
 "$bastion" plan initialize
+# The model owner measures the workspace and signs the manifest; the aggregator and every
+# collaborator verify it before they import any of its code.
+"$bastion" pki issue model-owner --role model-owner > /dev/null
+"$bastion" workspace measure > /dev/null
+"$bastion" workspace sign --key pki/model-owner.key --cert pki/model-owner.crt
 "$bastion" simulate --plot logs/accuracy.png --require-improvement
 echo "workspace: $workspace  (metrics: logs/metrics.jsonl, plot: logs/accuracy.png)"

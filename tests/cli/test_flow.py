@@ -54,6 +54,14 @@ def test_csr_flow_simulate_and_status(tmp_path: Path) -> None:
     assert all(n in listing.stdout for n in ("aggregator", "site-1", "site-2"))
     assert bastion("status", cwd=ws).stdout.count("not started") == 1
     assert bastion("plan", "initialize", cwd=ws).returncode == 0
+    # The model owner measures and signs the workspace; every party verifies it at start.
+    assert bastion("pki", "issue", "owner", "--role", "model-owner", cwd=ws).returncode == 0
+    assert bastion("workspace", "measure", cwd=ws).returncode == 0
+    signed = bastion(
+        "workspace", "sign", "--key", "pki/owner.key", "--cert", "pki/owner.crt", cwd=ws
+    )
+    assert signed.returncode == 0, signed.stderr
+    assert "owner" in signed.stdout
     run = bastion("simulate", "--plot", "logs/acc.png", "--require-improvement", cwd=ws)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "round 3" in run.stdout and "final" in run.stdout

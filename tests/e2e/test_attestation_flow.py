@@ -15,7 +15,7 @@ from bastion.sim.processes import LocalFederation
 from bastion.tee.attestation import build_simulated_hierarchy
 from bastion.tee.attestation.parties import SIMULATED_MRSIGNER_ENV, SIMULATED_SIGNER_LABEL
 from bastion.workspace.initialize import initialize_plan
-from support.workspaces import edit_plan, make_workspace
+from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 FEDERATION_SIGNER = hashlib.sha256(SIMULATED_SIGNER_LABEL).hexdigest()
 ROGUE_SIGNER = "ab" * 32
@@ -23,13 +23,13 @@ ROGUE_SIGNER = "ab" * 32
 
 def _attested_workspace(tmp_path: Path) -> Path:
     workspace = make_workspace(tmp_path, collaborators=2, rounds=2, initialize=False)
-    build_simulated_hierarchy().save(workspace / "attestation-sim")
+    build_simulated_hierarchy().save(workspace / "pki" / "attestation-sim")
     edit_plan(
         workspace,
         {
             "attestation": {
                 "provider": "simulated",
-                "simulated_dir": "attestation-sim",
+                "simulated_dir": "pki/attestation-sim",
                 # Pin the signer, product and minimum SVN: an enclave cannot pin its own
                 # MRENCLAVE in a plan that is itself part of the measurement.
                 "policy": {
@@ -44,6 +44,7 @@ def _attested_workspace(tmp_path: Path) -> Path:
         },
     )
     initialize_plan(workspace)
+    sign_workspace(workspace)
     return workspace
 
 
@@ -89,7 +90,7 @@ def test_no_model_or_update_moves_when_the_aggregator_is_not_in_the_policy(tmp_p
         collaborator_logs = [federation.log_text(n) for n in ("site-1", "site-2")]
     for log in collaborator_logs:
         assert "error: aggregator attestation failed, nothing was sent" in log
-        assert "mrsigner" in log
+        assert "mrsigner" in log.lower()
     # From the aggregator's side: no model was sent, no result or evidence ever arrived.
     assert "sending the round" not in aggregator_log
     records = read_metrics(workspace / "logs" / "metrics.jsonl")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.workspaces import edit_plan, make_workspace
+from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
@@ -71,6 +71,8 @@ def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> 
     from bastion.workspace.initialize import initialize_plan
 
     initialize_plan(workspace)
+
+    sign_workspace(workspace)
     with LocalFederation(workspace) as federation:
         federation.start()
         codes = federation.wait(timeout=180)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.workspaces import edit_plan, make_workspace
+from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
@@ -57,6 +57,7 @@ def test_aggregator_killed_after_round_k_resumes_at_k_plus_1(tmp_path: Path) -> 
     (workspace / "slow_task.py").write_text(SLOW_TASK)
     edit_plan(workspace, {"task_runner": {"path": "slow_task:build_runner", "args": {}}})
     initialize_plan(workspace)
+    sign_workspace(workspace)
     metrics_path = workspace / "logs" / "metrics.jsonl"
     last = workspace / "save" / "last.safetensors"
 

@@ -10,6 +10,9 @@ import yaml
 from bastion.pki import Role, init_ca, issue
 from bastion.workspace.initialize import initialize_plan
 from bastion.workspace.templates import create_workspace
+from bastion.workspace.verify import measure, sign
+
+MODEL_OWNER = "model-owner"
 
 
 def deep_update(target: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -33,9 +36,17 @@ def issue_identities(
     pki = workspace / "pki"
     init_ca(pki)
     issue(pki, aggregator, Role.AGGREGATOR, hosts=["127.0.0.1", "localhost"])
+    issue(pki, MODEL_OWNER, Role.MODEL_OWNER)
     for name in collaborators:
         issue(pki, name, Role.COLLABORATOR)
     return pki
+
+
+def sign_workspace(workspace: Path) -> None:
+    """Measure and sign as the model owner, as `bastion workspace measure` / `sign` do."""
+    pki = workspace / "pki"
+    measure(workspace)
+    sign(workspace, pki / f"{MODEL_OWNER}.key", pki / f"{MODEL_OWNER}.crt")
 
 
 def make_workspace(
@@ -46,6 +57,7 @@ def make_workspace(
     plan_changes: dict[str, Any] | None = None,
     task_code: str | None = None,
     initialize: bool = True,
+    signed: bool = True,
 ) -> Path:
     """A ready-to-run workspace: template, optional plan edits and task code, PKI, initial model."""
     workspace = create_workspace(root / "ws", template, collaborators=collaborators, rounds=rounds)
@@ -57,4 +69,7 @@ def make_workspace(
     issue_identities(workspace, names)
     if initialize:
         initialize_plan(workspace)
+        # A workspace still being edited (initialize=False) is signed by its test when ready.
+        if signed:
+            sign_workspace(workspace)
     return workspace

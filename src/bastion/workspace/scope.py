@@ -141,5 +141,5 @@ def _classify(path: Path, rel: str) -> ScopeEntry:
         return ScopeEntry(rel, "special", "not a regular file (device, FIFO or socket)")
     secret = is_secret_file(path)
     if secret:
-        return ScopeEntry(rel, "secret", f"looks like a private key or certificate ({secret})")
+        return ScopeEntry(rel, "secret", f"a private key or certificate ({secret})")
     return ScopeEntry(rel, "file")

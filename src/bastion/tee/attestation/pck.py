@@ -62,7 +62,22 @@ def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
             f"{MAX_CHAIN_CERTIFICATES}",
             reason="pck_chain",
         )
+    for certificate in certificates:
+        _parse_fields(certificate, what)
     return certificates
+
+
+def _parse_fields(certificate: x509.Certificate, what: str) -> None:
+    """Decode now the fields verification reads: ``cryptography`` parses them lazily, so a
+    malformed name or extension would otherwise surface later as a bare ValueError."""
+    try:
+        _ = (certificate.issuer, certificate.subject, certificate.extensions)
+        _ = (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
+        certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise QuoteFormatError(
+            f"a certificate in the {what} is malformed: {exc}", reason="pck_chain"
+        ) from None
 
 
 def verify_chain(
