@@ -173,6 +173,75 @@ def sign(
     console.print(_sigstruct_table(sig, sigfile, verified=True))
 
 
+@app.command("verify")
+def verify_command(
+    quote: Annotated[Path, typer.Argument(help="A DCAP quote (binary), e.g. from /dev/attestation/quote.")],
+    policy: Annotated[
+        Path, typer.Option("--policy", help="plan.yaml (its attestation.policy) or a policy YAML.")
+    ],
+    cert: Annotated[
+        Path | None, typer.Option(help="The quoting party's TLS certificate (PEM), with --nonce.")
+    ] = None,
+    nonce: Annotated[str | None, typer.Option(help="The 32-byte challenge nonce, hex.")] = None,
+    report_data: Annotated[
+        str | None, typer.Option(help="The expected 64-byte REPORTDATA, hex (instead of --cert).")
+    ] = None,
+    simulated_root: Annotated[
+        Path | None,
+        typer.Option(help="Root CA of simulated evidence (only if the policy allows simulation)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Check a quote by hand against a policy: exit 0 accepted, 1 rejected (the reason printed)."""
+    from bastion.tee.attestation import AttestationError
+    from bastion.tee.attestation.manual import load_policy, verify_quote_file
+
+    pinned = load_policy(policy)
+    try:
+        verdict = verify_quote_file(
+            quote,
+            pinned,
+            certificate=cert,
+            nonce_hex=nonce,
+            report_data_hex=report_data,
+            simulated_root=simulated_root,
+        )
+    except AttestationError as exc:
+        if as_json:
+            console.out(json.dumps({"accepted": False, "reason": exc.reason, "message": str(exc)}))
+        else:
+            _say(f"REJECTED ({exc.reason}): {exc}")
+        raise typer.Exit(1) from None
+    v = verdict.verified
+    fields = {
+        "accepted": True,
+        "simulated": v.simulated,
+        "mrenclave": v.mr_enclave.hex(),
+        "mrsigner": v.mr_signer.hex(),
+        "isv_prod_id": v.isv_prod_id,
+        "isv_svn": v.isv_svn,
+        "debug": v.debug,
+        "tcb_status": v.tcb_status,
+        "qe_tcb_status": v.qe_tcb_status,
+        "advisory_ids": list(v.advisory_ids),
+        "binding_checked": verdict.binding_checked,
+        "notes": list(v.notes),
+    }
+    if as_json:
+        console.out(json.dumps(fields, indent=2), highlight=False)
+        return
+    _say("ACCEPTED (SIMULATED evidence, no SGX hardware)" if v.simulated else "ACCEPTED")
+    for key in ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "debug", "tcb_status"):
+        _say(f"  {key}: {fields[key]}")
+    if not verdict.binding_checked:
+        _say(
+            "  WARNING: report data not checked (give --cert and --nonce, or --report-data): "
+            "this quote could be replayed from another connection"
+        )
+    for note in v.notes:
+        _say(f"  note: {note}")
+
+
 def _sigstruct_table(sig: Sigstruct, source: Path, *, verified: bool) -> Table:
     table = Table(title=escape(f"SIGSTRUCT {source}"), show_header=False)
     table.add_column("field", style="bold")

@@ -19,7 +19,12 @@ from cryptography import x509
 from bastion.errors import BastionError
 from bastion.tee.attestation.binding import report_data_for, tls_public_key_der
 from bastion.tee.attestation.policy import AttestationPolicy
-from bastion.tee.attestation.providers import Evidence, EvidenceProvider, GramineDcapProvider, SimulatedProvider
+from bastion.tee.attestation.providers import (
+    Evidence,
+    EvidenceProvider,
+    GramineDcapProvider,
+    SimulatedProvider,
+)
 from bastion.tee.attestation.simulated import SimulatedHierarchy
 from bastion.tee.attestation.verify import VerifiedQuote, verify_quote
 
@@ -34,7 +39,9 @@ SIMULATED_SIGNER_LABEL = b"bastion simulated enclave signer"
 def simulated_identity(plan_hash: str) -> tuple[str, str]:
     """The (MRENCLAVE, MRSIGNER) a simulated party claims: the plan's hash unless overridden."""
     mr_enclave = os.environ.get(SIMULATED_MRENCLAVE_ENV) or plan_hash
-    mr_signer = os.environ.get(SIMULATED_MRSIGNER_ENV) or hashlib.sha256(SIMULATED_SIGNER_LABEL).hexdigest()
+    mr_signer = (
+        os.environ.get(SIMULATED_MRSIGNER_ENV) or hashlib.sha256(SIMULATED_SIGNER_LABEL).hexdigest()
+    )
     return mr_enclave, mr_signer
 
 
@@ -51,7 +58,9 @@ class AttestationParty:
         """Evidence binding this party's TLS key to a peer's ``nonce``."""
         return self.provider.quote(report_data_for(tls_public_key_der(own_certificate), nonce))
 
-    def verify(self, kind: str, quote: bytes, peer_certificate: x509.Certificate, nonce: bytes) -> VerifiedQuote:
+    def verify(
+        self, kind: str, quote: bytes, peer_certificate: x509.Certificate, nonce: bytes
+    ) -> VerifiedQuote:
         """Check a peer's evidence against the policy and its TLS key; an AttestationError if not."""
         expected = report_data_for(tls_public_key_der(peer_certificate), nonce)
         # ``kind`` is the peer's own label, so it decides nothing: the simulated root is
@@ -70,7 +79,11 @@ class AttestationParty:
 
 
 def build_party(
-    policy: AttestationPolicy, provider: str, simulated_dir: str | None, workspace: Path, plan_hash: str
+    policy: AttestationPolicy,
+    provider: str,
+    simulated_dir: str | None,
+    workspace: Path,
+    plan_hash: str,
 ) -> AttestationParty:
     """The party described by a plan's ``attestation`` section, for the workspace at ``workspace``."""
     root = None
@@ -84,13 +97,20 @@ def build_party(
         except BastionError:
             raise
         except Exception as exc:
-            raise BastionError(f"attestation.simulated_dir {directory}: cannot load the simulated keys: {exc}") from None
+            raise BastionError(
+                f"attestation.simulated_dir {directory}: cannot load the simulated keys: {exc}"
+            ) from None
         if policy.allow_simulated:
             root = hierarchy.root_certificate
     if provider == "simulated":
         assert hierarchy is not None  # the plan model requires simulated_dir
         mr_enclave, mr_signer = simulated_identity(plan_hash)
-        log.warning("SIMULATED attestation: this party claims mrenclave=%s without SGX hardware", mr_enclave[:16])
-        source: EvidenceProvider = SimulatedProvider(hierarchy, mr_enclave=mr_enclave, mr_signer=mr_signer)
+        log.warning(
+            "SIMULATED attestation: this party claims mrenclave=%s without SGX hardware",
+            mr_enclave[:16],
+        )
+        source: EvidenceProvider = SimulatedProvider(
+            hierarchy, mr_enclave=mr_enclave, mr_signer=mr_signer
+        )
         return AttestationParty(policy, source, "simulated", root)
     return AttestationParty(policy, GramineDcapProvider(), "sgx-dcap", root)
