@@ -10,6 +10,9 @@ from typing import Any
 
 from bastion.errors import PlanError
 
+#: Workspace roots task code was imported from in this process (tests, in-process simulation).
+_IMPORTED_FROM: set[Path] = set()
+
 
 def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
     """Resolve ``module:attribute``, looking in ``workspace`` first; ``key`` names the plan key."""
@@ -19,7 +22,9 @@ def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
             f"key '{key}': {spec!r} is not of the form module:function (e.g. task:build_runner)"
         )
     workspace = Path(workspace).resolve()
+    _forget_other_workspaces(workspace)
     _forget_foreign_module(module_name, workspace)
+    _IMPORTED_FROM.add(workspace)
     sys.path.insert(0, str(workspace))
     try:
         module = importlib.import_module(module_name)
@@ -44,6 +49,22 @@ def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
     if not callable(target):
         raise PlanError(f"key '{key}': {spec!r} is not callable")
     return target
+
+
+def _forget_other_workspaces(workspace: Path) -> None:
+    """Drop every module imported from another workspace, so that task code here that does
+    ``from task import ...`` gets this workspace's ``task``, not a stale one."""
+    others = [
+        root
+        for root in _IMPORTED_FROM
+        if not (root.is_relative_to(workspace) or workspace.is_relative_to(root))
+    ]
+    if not others:
+        return
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin and any(Path(origin).resolve().is_relative_to(root) for root in others):
+            del sys.modules[name]
 
 
 def _forget_foreign_module(module_name: str, workspace: Path) -> None:
