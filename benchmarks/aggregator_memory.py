@@ -22,6 +22,7 @@ from bastion.pki import Role, init_ca, issue
 from bastion.sim.processes import LocalFederation
 from bastion.workspace.initialize import initialize_plan
 from bastion.workspace.templates import create_workspace
+from bastion.workspace.verify import measure, sign
 
 LARGE_TASK = '''
 import numpy as np
@@ -87,9 +88,12 @@ def run(params: int, collaborators: int, rounds: int) -> dict[str, float]:
     pki = workspace / "pki"
     init_ca(pki)
     issue(pki, "aggregator", Role.AGGREGATOR, hosts=["127.0.0.1"])
+    issue(pki, "model-owner", Role.MODEL_OWNER)
     for i in range(1, collaborators + 1):
         issue(pki, f"site-{i}", Role.COLLABORATOR)
     initialize_plan(workspace)
+    measure(workspace)
+    sign(workspace, pki / "model-owner.key", pki / "model-owner.crt")
 
     started = time.monotonic()
     with LocalFederation(workspace) as federation:
