@@ -1,7 +1,8 @@
 """The model owner's signature over a workspace manifest.
 
-``workspace.manifest.sig`` is JSON: the signer's certificate (PEM), the algorithm, and the
-signature over a fixed context string followed by the manifest's exact bytes (the context
+``workspace.manifest.sig`` is JSON: the signer's certificate (base64 DER, not PEM, so the
+file never looks like a key or certificate file to the archive's guards), the algorithm, and
+the signature over a fixed context string followed by the manifest's exact bytes (the context
 keeps a code-signing key's signature from meaning anything in another protocol). It is
 trusted only if the certificate was issued by the federation's CA with the ``model-owner``
 role (OU and codeSigning extended key usage) and is valid now. The CA certificate comes
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from bastion.errors import BastionError, PKIError
 from bastion.pki import Identity, Role, identity_of, load_certificate, verify_identity
-from bastion.pki.pem import SigningKey, key_matches, load_private_key, parse_certificate
+from bastion.pki.pem import SigningKey, key_matches, load_private_key
 from bastion.workspace.scope import SIGNATURE_FILE
 
 FORMAT = "bastion-workspace-signature/1"
@@ -51,7 +52,9 @@ class ManifestSignature:
         document = {
             "format": FORMAT,
             "manifest_sha256": self.manifest_sha256,
-            "certificate": self.certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            "certificate": base64.b64encode(
+                self.certificate.public_bytes(serialization.Encoding.DER)
+            ).decode(),
             "algorithm": self.algorithm,
             "signature": base64.b64encode(self.signature).decode(),
             "signed_at": self.signed_at,
@@ -74,8 +77,8 @@ class ManifestSignature:
                 raise SignatureError(
                     f"{source}: algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}"
                 )
-            certificate = parse_certificate(
-                str(document["certificate"]).encode(), f"{source}: certificate"
+            certificate = x509.load_der_x509_certificate(
+                base64.b64decode(str(document["certificate"]), validate=True)
             )
             return cls(
                 manifest_sha256=str(document["manifest_sha256"]),
@@ -84,7 +87,7 @@ class ManifestSignature:
                 signature=base64.b64decode(str(document["signature"]), validate=True),
                 signed_at=str(document["signed_at"]),
             )
-        except (KeyError, ValueError, PKIError) as exc:
+        except (KeyError, ValueError) as exc:
             raise SignatureError(f"{source} is malformed: {exc}") from None
 
 
