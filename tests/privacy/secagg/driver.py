@@ -26,7 +26,7 @@ class Federation:
     names: list[str]
     identities: dict[str, ed25519.Ed25519PrivateKey]
 
-    def verifier(self, name: str) -> IdentityPublicKey:
+    def verifier(self, name: str, credential: bytes = b"") -> IdentityPublicKey:
         return self.identities[name].public_key()
 
     def config(self, threshold: int, vector_length: int, **options: object) -> SecAggConfig:

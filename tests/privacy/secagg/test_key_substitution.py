@@ -87,7 +87,7 @@ def test_unknown_identity_is_refused() -> None:
     clients, roster = _advertised(federation)
     name = federation.names[0]
 
-    def verifier(peer: str) -> ed25519.Ed25519PublicKey:
+    def verifier(peer: str, credential: bytes) -> ed25519.Ed25519PublicKey:
         raise LookupError(f"no certificate for {peer}")
 
     client = SecAggClient(name, clients[name].config, federation.identities[name], verifier)

@@ -88,7 +88,7 @@ def test_secagg_plus_sends_fewer_bytes_than_the_complete_graph() -> None:
 
 def test_every_message_survives_its_byte_codec() -> None:
     messages: list[Message] = [
-        AdvertiseKeys("a", b"c" * 32, b"s" * 32, b"sig"),
+        AdvertiseKeys("a", b"c" * 32, b"s" * 32, b"sig", b"-----BEGIN CERTIFICATE-----"),
         KeyRoster((AdvertiseKeys("a", b"c" * 32, b"s" * 32, b"sig"),)),
         EncryptedShares("a", {"b": b"ct1", "c": b"ct2"}),
         SharesForClient("b", {"a": b"ct1"}),

@@ -59,6 +59,7 @@ class SecAggClient:
         config: SecAggConfig,
         identity_key: keys.IdentityPrivateKey,
         identity_verifier: keys.IdentityVerifier,
+        credential: bytes = b"",
     ) -> None:
         if name not in config.clients:
             raise SecAggError(f"{name!r} is not on this round's secure aggregation roster")
@@ -66,6 +67,7 @@ class SecAggClient:
         self.config = config
         self.stats = ProtocolStats()
         self._identity_key = identity_key
+        self._credential = credential
         self._verifier = identity_verifier
         self._state = ClientState.ADVERTISE_KEYS
         self._keys = keys.RoundKeys.generate()
@@ -112,7 +114,7 @@ class SecAggClient:
             self.config.session_id, self.config.round_number, self.name, c_public, s_public
         )
         message = AdvertiseKeys(
-            self.name, c_public, s_public, keys.sign(self._identity_key, payload)
+            self.name, c_public, s_public, keys.sign(self._identity_key, payload), self._credential
         )
         self.stats.sent(Stage.ADVERTISE_KEYS, len(message.to_bytes()))
         self._state = ClientState.SHARE_KEYS
@@ -196,7 +198,7 @@ class SecAggClient:
 
     def _check_signature(self, entry: AdvertiseKeys) -> None:
         try:
-            identity = self._verifier(entry.client)
+            identity = self._verifier(entry.client, entry.credential)
         except Exception as exc:  # the verifier is the caller's code; any failure is a refusal
             raise KeySubstitutionDetected(
                 f"no identity key to verify {entry.client!r}'s advertised keys: {exc}"

@@ -24,17 +24,28 @@ from bastion.privacy.errors import SecAggError
 from bastion.privacy.secagg.prg import MaskPurpose, expand_mask
 from bastion.privacy.secagg.quantize import ring_dtype
 from bastion.privacy.secagg.shamir import MAX_SHARES
+from bastion.privacy.secagg.wire import join_fields
 
 MIN_SESSION_ID_BYTES = 16
 MAX_SESSION_ID_BYTES = 64
 MAX_VECTOR_LENGTH = 1 << 34
 
 
-def session_id_for(federation_id: str, round_number: int) -> bytes:
-    """A session id every party can compute, so the server cannot grind graphs by choosing it."""
-    return hashlib.sha256(
-        b"bastion-secagg/v1/session|" + federation_id.encode() + b"|" + str(round_number).encode()
-    ).digest()
+def session_id_for(federation_id: str, round_number: int, attempt: int = 0) -> bytes:
+    """A session id every party can compute, so the server cannot grind graphs by choosing it.
+
+    ``attempt`` separates the sessions of a round that was restarted; clients accept only
+    increasing attempts, so the server cannot replay an old session's signed keys.
+    """
+    if round_number < 0 or attempt < 0:
+        raise SecAggError("round number and attempt must be non-negative")
+    fields = join_fields(
+        b"bastion-secagg/v1/session",
+        federation_id.encode(),
+        str(round_number).encode(),
+        str(attempt).encode(),
+    )
+    return hashlib.sha256(fields).digest()
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from bastion.privacy.secagg.wire import join_fields
 
 IdentityPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 IdentityPublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-IdentityVerifier = Callable[[str], IdentityPublicKey]
-"""Given a collaborator's name, its identity public key (e.g. from its mTLS certificate)."""
+IdentityVerifier = Callable[[str, bytes], IdentityPublicKey]
+"""Given a client's name and the credential it advertised (its mTLS certificate, PEM), the
+identity public key that credential proves for that name; raises when it proves nothing."""
 
 PUBLIC_KEY_BYTES = 32
 _NONCE_BYTES = 12

@@ -16,6 +16,7 @@ from bastion.errors import ProtocolError
 from bastion.privacy.secagg.wire import Reader, Writer
 
 _RING_DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+MAX_CREDENTIAL_BYTES = 16 * 1024
 
 
 def _write_names(writer: Writer, names: tuple[str, ...]) -> None:
@@ -54,12 +55,17 @@ def _open(data: bytes, kind: bytes, what: str) -> Reader:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Round 0, client to server: the client's two public keys, signed by its identity key."""
+    """Round 0, client to server: the client's two public keys, signed by its identity key.
+
+    ``credential`` proves whose identity key that is (the client's certificate, PEM), so
+    peers can check the signature without trusting the server that relays it.
+    """
 
     client: str
     c_public: bytes
     s_public: bytes
     signature: bytes
+    credential: bytes = b""
 
     KIND: ClassVar[bytes] = b"secagg/advertise-keys"
 
@@ -70,12 +76,19 @@ class AdvertiseKeys:
         writer.blob(self.c_public)
         writer.blob(self.s_public)
         writer.blob(self.signature)
+        writer.blob(self.credential)
         return writer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AdvertiseKeys:
         reader = _open(data, cls.KIND, "AdvertiseKeys")
-        message = cls(reader.text(), reader.blob(64), reader.blob(64), reader.blob(1024))
+        message = cls(
+            reader.text(),
+            reader.blob(64),
+            reader.blob(64),
+            reader.blob(1024),
+            reader.blob(MAX_CREDENTIAL_BYTES),
+        )
         reader.finish()
         return message
 
@@ -99,7 +112,10 @@ class KeyRoster:
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyRoster:
         reader = _open(data, cls.KIND, "KeyRoster")
-        keys = tuple(AdvertiseKeys.from_bytes(reader.blob(4096)) for _ in range(reader.count()))
+        keys = tuple(
+            AdvertiseKeys.from_bytes(reader.blob(MAX_CREDENTIAL_BYTES + 4096))
+            for _ in range(reader.count())
+        )
         reader.finish()
         return cls(keys)
 

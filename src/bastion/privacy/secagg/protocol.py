@@ -14,10 +14,21 @@ hold all state; the messages are plain dataclasses)::
     server.receive_unmasking(name, msg)        <-
     result = server.finalize()                      # SecAggResult(total, contributors)
 
-Bonawitz's optional consistency-check round is left out: with ``2t > holders``, a
-server that tells different clients different stories about who dropped still cannot
-gather t shares of both secrets of any client, because every client answers one
-unmasking request, with one kind of share per client.
+Threat model. The guarantee is against an honest-but-curious aggregator: it runs the
+protocol and studies everything it receives, and learns the survivors' sum and nothing
+else. Clients also catch these active deviations and abort: substituted keys (each
+client's keys are signed with its mTLS identity key), forged or redirected shares (AEAD
+bound to sender, recipient, session and round), replayed sessions, a request for both
+secrets of one client or for a client's own key share. With ``2t > holders``, lying about
+who dropped cannot yield t shares of both secrets of one client, because every client
+answers one unmasking request with one kind of share per client.
+
+Not covered: an actively malicious aggregator that forwards a victim the shares of only
+``t - 1`` peers and later declares exactly those peers dropped gets the victim's self-mask
+seed and those peers' keys, which together unmask the victim's input. Bonawitz's
+consistency-check round (left out here) does not stop that either; it needs checks such
+as share holders verifying the victim's signed list of mask peers before they reveal
+anything. Run secure aggregation against an aggregator you trust to follow the protocol.
 """
 
 from bastion.privacy.secagg.client import ClientState, SecAggClient

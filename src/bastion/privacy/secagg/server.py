@@ -14,7 +14,7 @@ and refuse a message that claims another. A malformed message from one client ra
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -161,7 +161,7 @@ class SecAggServer:
                 message.s_public,
             )
             try:
-                identity = self._verifier(sender)
+                identity = self._verifier(sender, message.credential)
             except Exception as exc:  # the caller's lookup; any failure refuses the message
                 raise ProtocolError(f"no identity key for {sender!r}: {exc}") from None
             if not keys.verify(identity, message.signature, payload):
@@ -304,18 +304,27 @@ class SecAggServer:
             raise ProtocolError(f"{sender!r} sent a malformed share: {exc}") from None
         if any(s.x != point for s in [*mask_shares.values(), *key_shares.values()]):
             raise ProtocolError(f"{sender!r} sent shares that are not its own")
+        self._assert_invariant(mask_shares.keys(), key_shares.keys())
         self.stats.received(Stage.UNMASKING, len(message.to_bytes()))
         self._responders.add(sender)
         for owner, share in mask_shares.items():
             self._mask_shares[owner][sender] = share
         for owner, share in key_shares.items():
             self._key_shares[owner][sender] = share
-        self._assert_invariant()
 
-    def _assert_invariant(self) -> None:
+    def _assert_invariant(self, new_masks: Iterable[str], new_keys: Iterable[str]) -> None:
+        """Refuse, before storing them, shares that would give t of both secrets of a client.
+
+        Only survivors' self-mask shares and dropped clients' key shares are accepted, and
+        the two sets are disjoint, so this never fires on an honest server; it is the
+        invariant stated in code, checked on every response.
+        """
         t = self.config.threshold
-        for name in self.config.clients:
-            if len(self._mask_shares[name]) >= t and len(self._key_shares[name]) >= t:
+        masks, keys_ = set(new_masks), set(new_keys)
+        for name in masks | keys_:
+            mask_count = len(self._mask_shares[name]) + (name in masks)
+            key_count = len(self._key_shares[name]) + (name in keys_)
+            if mask_count >= t and key_count >= t:
                 raise self.abort(f"refusing to hold both secrets of {name!r}")
 
     def finalize(self) -> SecAggResult:
