@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bastion.aggregator.checkpoint import INITIAL
-from bastion.errors import BastionError
+from bastion.errors import BastionError, PlanError
 from bastion.plan import PLAN_FILE, load_plan
 from bastion.tee.workspace_files import SECRET_SUFFIXES, is_secret_file
 from bastion.workspace.compare import require_unchanged
@@ -155,6 +155,7 @@ def import_workspace(archive: Path, directory: Path, limits: Limits | None = Non
         _check_runtime_dirs(archive, staging)
         if directory.exists():
             directory.rmdir()
+        staging.chmod(0o755)  # mkdtemp made it private; a workspace is not
         staging.rename(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -253,7 +254,11 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, whe
 
 def _check_runtime_dirs(archive: Path, workspace: Path) -> None:
     """Only the initial model may sit in the plan's PKI, checkpoint or log directories."""
-    plan = load_plan(workspace)
+    try:
+        plan = load_plan(workspace)
+    except PlanError as exc:  # name the archive, not the staging directory
+        shown = str(exc).replace(str(workspace / PLAN_FILE), f"{archive}: {PLAN_FILE}")
+        raise ArchiveError(shown) from None
     allowed = (Path(workspace) / plan.output.checkpoints / INITIAL).resolve()
     for rel in runtime_dirs(plan, workspace):
         root = workspace / rel
