@@ -23,7 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+from bastion.compression.spec import CompressionSpec, check_plan_composition
 from bastion.errors import PlanError
+from bastion.privacy.dp.spec import DifferentialPrivacySpec, central_dp_problem
+from bastion.privacy.secagg.spec import SecureAggregationSpec, secure_aggregation_problem
 from bastion.tee.attestation.policy import AttestationPolicy
 
 PLAN_FILE = "plan.yaml"
@@ -110,6 +113,11 @@ class ParticipationSpec(_Strict):
     fraction: float = Field(default=1.0, gt=0, le=1)
     min_collaborators: int = Field(default=1, ge=1)
     seed: int = 0
+    sampling: Literal["fixed", "poisson"] = Field(
+        default="fixed",
+        description="fixed: ceil(fraction x roster) from the seed; poisson: each independently "
+        "with probability fraction, from the OS CSPRNG (what DP accounting assumes)",
+    )
 
 
 class TaskGroupSpec(_Strict):
@@ -228,6 +236,9 @@ class Plan(_Strict):
     best_model: BestModelSpec = Field(default_factory=BestModelSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     attestation: AttestationSpec | None = None
+    differential_privacy: DifferentialPrivacySpec | None = None
+    compression: CompressionSpec | None = None
+    secure_aggregation: SecureAggregationSpec | None = None
     task_groups: TaskGroupsSpec | None = None
     assigner: str | None = Field(
         default=None,
@@ -287,6 +298,25 @@ class Plan(_Strict):
                     "the assigner hook decides the tasks itself"
                 )
             self._check_task_groups(self.task_groups, names)
+        problem = central_dp_problem(
+            self.aggregation.strategy,
+            self.aggregation.args,
+            self.participation.fraction,
+            self.participation.sampling,
+            self.participation.min_collaborators,
+            len(names),
+            self.differential_privacy,
+        )
+        if problem is None:
+            problem = secure_aggregation_problem(
+                self.aggregation.strategy, self.secure_aggregation, len(names)
+            )
+        if problem is None and self.compression is not None:
+            problem = check_plan_composition(
+                self.compression, secure_aggregation=self.uses_secure_aggregation
+            )
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def _check_task_groups(self, spec: TaskGroupsSpec, roster: list[str]) -> None:
@@ -325,6 +355,10 @@ class Plan(_Strict):
     def workspace(self) -> Path | None:
         """The folder this plan was read from (None for a plan built in memory)."""
         return self._workspace
+
+    @property
+    def uses_secure_aggregation(self) -> bool:
+        return self.secure_aggregation is not None and self.secure_aggregation.enabled
 
     def collaborator_names(self) -> list[str]:
         return [c.name for c in self.collaborators]

@@ -10,6 +10,7 @@ validation tasks each collaborator runs, without sampling.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -36,7 +37,15 @@ class Assigner(Protocol):
 def sample_collaborators(
     roster: list[str], round_number: int, spec: ParticipationSpec
 ) -> list[str]:
-    """``max(min_collaborators, ceil(C * n))`` collaborators, drawn per round from a seeded generator."""
+    """``max(min_collaborators, ceil(C * n))`` collaborators, drawn per round from a seeded generator.
+
+    With ``sampling: poisson`` each collaborator joins independently with probability C,
+    drawn from the OS CSPRNG: differential privacy's amplification by sampling needs a
+    sample nobody can predict from the plan, so it is not reproducible.
+    """
+    if spec.sampling == "poisson":
+        draw = secrets.SystemRandom()
+        return [name for name in roster if spec.fraction >= 1 or draw.random() < spec.fraction]
     count = min(len(roster), max(spec.min_collaborators, math.ceil(spec.fraction * len(roster))))
     if count == len(roster):
         return list(roster)

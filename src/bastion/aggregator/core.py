@@ -21,9 +21,11 @@ from typing import Literal
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
 from bastion.aggregator.checkpoint import CheckpointStore, RoundState
 from bastion.algorithms.base import Strategy
+from bastion.compression.wire import decode_update
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
+from bastion.privacy.dp.ledger import PrivacyLedger
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of, validate_update
 
 log = logging.getLogger("bastion.aggregator")
@@ -93,6 +95,8 @@ class Aggregator:
         self._last_seen: dict[str, float] = {}
         self._attestations: dict[str, dict[str, object]] = {}
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
+        self.privacy = PrivacyLedger.for_plan(plan)
+        self._compression = plan.compression.pipeline() if plan.compression else None
 
         resumed = store.load()
         self.model: Weights = resumed.model
@@ -212,6 +216,9 @@ class Aggregator:
         """Validate and fold in one result. Returns (accepted, reason)."""
         task = self.check_result_allowed(collaborator, round_number, task_name)
         try:
+            if task.kind == "train" and weights is not None and self._compression is not None:
+                # The payload is a compressed delta against this round's global model.
+                weights = decode_update(self._compression, weights, self.model, round_number)
             self._validate_result(task, example_count, metrics, weights)
         except UpdateRejected as exc:
             return self.reject_result(collaborator, round_number, task_name, str(exc))
@@ -284,7 +291,7 @@ class Aggregator:
     # ------------------------------------------------------------------ rounds
 
     def _start_round(self, number: int) -> None:
-        final = number == self.plan.rounds + 1
+        final = number == self.plan.rounds + 1 or self._over_privacy_budget(number)
         if number > self.plan.rounds + 1:
             self._finish()
             return
@@ -393,6 +400,7 @@ class Aggregator:
             rejected=progress.rejected,
             timed_out=timed_out,
             seconds=seconds,
+            **self._privacy_fields(progress),
         )
         described = ", ".join(
             f"{task} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "examples")
@@ -404,6 +412,29 @@ class Aggregator:
             self._finish()
         else:
             self._start_round(number + 1)
+
+    def _over_privacy_budget(self, number: int) -> bool:
+        """Whether training round ``number`` would overspend the plan's epsilon budget."""
+        reason = self.privacy.stop_reason(number) if self.privacy else None
+        if reason is None:
+            return False
+        log.warning("%s; running the final evaluation now", reason)
+        self.metrics.write("privacy_budget_reached", round=number, reason=reason)
+        return True
+
+    def _privacy_fields(self, progress: RoundProgress) -> dict[str, object]:
+        """The round's privacy report for the metrics log (central DP only)."""
+        if self.privacy is None:
+            return {}
+        report = self.privacy.report(self.state.round_completed)
+        if not progress.final_evaluation:
+            log.info(
+                "round %d: epsilon %.4g at delta %g spent so far",
+                progress.number,
+                report["epsilon"],
+                report["delta"],
+            )
+        return {"privacy": report}
 
     def _aggregate_metrics(self, progress: RoundProgress) -> dict[str, dict[str, float]]:
         rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}
@@ -453,8 +484,14 @@ class Aggregator:
         self._write_summary()
         if not self.finished.is_set():
             log.info("federation finished after %d rounds", self.state.round_completed)
+            stopped = (
+                self.privacy.stop_reason(self.state.round_completed + 1) if self.privacy else None
+            )
             self.metrics.write(
-                "finished", rounds=self.state.round_completed, best=self.state.best_value
+                "finished",
+                rounds=self.state.round_completed,
+                best=self.state.best_value,
+                **({"stopped": stopped} if stopped else {}),
             )
         self.finished.set()
 
@@ -476,6 +513,9 @@ class Aggregator:
                 "assigned": sorted(progress.pending) if progress else [],
                 "collaborators_seen": dict(sorted(self._last_seen.items())),
                 "attestation": dict(sorted(self._attestations.items())),
+                "privacy": self.privacy.report(self.state.round_completed)
+                if self.privacy
+                else None,
                 "updated": time.time(),
             }
         )

@@ -12,7 +12,7 @@ from bastion.aggregator.attestation import AttestationGate
 from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.core import Aggregator
 from bastion.aggregator.memory import pin_mmap_threshold
-from bastion.algorithms.registry import create_strategy
+from bastion.algorithms.registry import create_plan_strategy
 from bastion.errors import PKIError, PlanError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
 from bastion.pki import Role, load_certificate, tls_files_for
@@ -33,7 +33,7 @@ DONE_GRACE_SECONDS = 15.0
 
 
 def build_aggregator(plan: Plan, workspace: Path) -> Aggregator:
-    strategy = create_strategy(plan.aggregation.strategy, plan.aggregation.args)
+    strategy = create_plan_strategy(plan)
     store = CheckpointStore(workspace / plan.output.checkpoints, plan.canonical_hash())
     metrics = MetricsLog(workspace / plan.output.logs / METRICS_FILE)
     return Aggregator(plan, strategy, store, metrics)

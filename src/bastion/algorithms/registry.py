@@ -25,7 +25,9 @@ from bastion.algorithms.krum import Krum, KrumArgs
 from bastion.algorithms.median import Median, MedianArgs
 from bastion.algorithms.trimmed_mean import TrimmedMean, TrimmedMeanArgs
 from bastion.errors import PlanError
+from bastion.plan import Plan
 from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
+from bastion.privacy.dp.spec import CENTRAL_STRATEGY, central_strategy_args
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,16 @@ def create_strategy(name: str, args: Mapping[str, Any] | None = None) -> Strateg
     except ValidationError as exc:
         raise PlanError(_describe(name, entry.args, exc)) from None
     return entry.build(validated)
+
+
+def create_plan_strategy(plan: Plan) -> Strategy:
+    """The plan's strategy; DP-FedAvg's expected client count comes from its participation."""
+    args = plan.aggregation.args
+    if plan.aggregation.strategy == CENTRAL_STRATEGY and isinstance(args, Mapping):
+        args = central_strategy_args(
+            args, plan.participation.fraction, len(plan.collaborator_names())
+        )
+    return create_strategy(plan.aggregation.strategy, args)
 
 
 def _describe(strategy: str, model: type[BaseModel], exc: ValidationError) -> str:

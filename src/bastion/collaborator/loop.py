@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bastion.aggregator.core import Assignment
+from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
@@ -89,6 +90,7 @@ class Collaborator:
         sleep: Callable[[float], None] = time.sleep,
         on_task: Callable[[int, str, TaskResult], None] | None = None,
         attest: Callable[[], None] | None = None,
+        encoder: UpdateEncoder | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -100,6 +102,7 @@ class Collaborator:
         self._on_task = on_task
         self._attest = attest
         self._attested = False
+        self._encoder = encoder  # the plan's update compression; kept across rounds
         self.rounds_run = 0
 
     def run(self) -> None:
@@ -156,6 +159,8 @@ class Collaborator:
             result, weights = self._run_task(task)
             if task.kind == "train":
                 holds_global = False
+                if self._encoder is not None and weights is not None:
+                    weights = self._encoder.encode(weights, global_weights, round_number)
             accepted, reason = self._client.send_result(
                 round_number, task.name, result.example_count, result.metrics, weights
             )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bastion.collaborator.attestation import MutualAttestation
 from bastion.collaborator.loop import Collaborator
+from bastion.compression.wire import UpdateEncoder
 from bastion.errors import PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.plan import load_plan
@@ -82,6 +83,7 @@ def run_collaborator(
         retryable=(AggregatorUnavailable,),
         give_up_seconds=plan.timeouts.reconnect_give_up_seconds,
         attest=attest,
+        encoder=UpdateEncoder(plan.compression) if plan.compression else None,
     )
     try:
         collaborator.run()

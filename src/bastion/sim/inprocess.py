@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 from bastion.aggregator.core import Aggregator, Assignment
 from bastion.aggregator.service import build_aggregator
 from bastion.collaborator.loop import AggregatorClient, Collaborator
+from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, ProtocolError
 from bastion.plan import Plan, load_plan
 from bastion.runners.base import TaskRunner
@@ -123,6 +124,7 @@ class InProcessFederation:
         self._clients: dict[str, AggregatorClient] = {}
         self._runners: dict[str, TaskRunner] = {}
         self._states: dict[str, object] = {}
+        self._encoders: dict[str, UpdateEncoder] = {}
         self._shared: TaskRunner | None = None
 
     def client(self, name: str) -> AggregatorClient:
@@ -168,8 +170,16 @@ class InProcessFederation:
         if keeps_state:
             assert isinstance(runner, ClientStateRunner)
             runner.load_client_state(self._states.get(name))
+        compression = self.plan.compression
+        if compression is not None and name not in self._encoders:
+            self._encoders[name] = UpdateEncoder(compression)  # one residual per client
         collaborator = Collaborator(
-            name, self.client(name), runner, self.shards.shard(name), retryable=()
+            name,
+            self.client(name),
+            runner,
+            self.shards.shard(name),
+            retryable=(),
+            encoder=self._encoders.get(name),
         )
         collaborator.run_round(assignment)
         if keeps_state:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.aggregator.checkpoint import INITIAL, CheckpointStore
-from bastion.algorithms.registry import create_strategy
+from bastion.algorithms.registry import create_plan_strategy
 from bastion.errors import BastionError
 from bastion.plan import load_plan
 from bastion.tensors import spec_of, total_bytes
@@ -27,7 +27,7 @@ def initialize_plan(workspace: Path, force: bool = False) -> Initialized:
     """Build the initial model from the task code and store it as round 0."""
     workspace = Path(workspace)
     plan = load_plan(workspace)
-    create_strategy(plan.aggregation.strategy, plan.aggregation.args)  # fail early on a bad config
+    create_plan_strategy(plan)  # fail early on a bad config
     save_dir = workspace / plan.output.checkpoints
     if save_dir.exists() and any(save_dir.iterdir()):
         if not force:

@@ -49,7 +49,11 @@ class DPFedAvgArgs(BaseModel):
     model_config = STRATEGY_ARGS_CONFIG
 
     noise_multiplier: float = Field(gt=0, description="z: noise std over clip norm")
-    expected_clients: float = Field(gt=0, description="m = q x population, the fixed denominator")
+    expected_clients: float | None = Field(
+        default=None,
+        gt=0,
+        description="m = q x population, the fixed denominator; derived from participation",
+    )
     clip_norm: float = Field(gt=0, description="S, or the initial S when adaptive")
     adaptive: bool = Field(
         default=False, description="track a quantile of update norms (Andrew et al.)"
@@ -119,6 +123,11 @@ class DPFedAvg(Strategy):
     @classmethod
     def from_args(cls, args: DPFedAvgArgs) -> DPFedAvg:
         """Build from validated plan arguments."""
+        if args.expected_clients is None:
+            raise BastionError(
+                "aggregation.args.expected_clients: needed outside a plan; a plan derives it "
+                "from participation.fraction x roster (see create_plan_strategy)"
+            )
         clipping: Clipping = FixedClipping(args.clip_norm)
         if args.adaptive:
             clipping = AdaptiveClipping(
@@ -159,6 +168,23 @@ class DPFedAvg(Strategy):
         self._count += 1
         self._unclipped += int(norm <= self.clip_norm)
 
+    def accumulate_secure_sum(
+        self, delta_sum: Weights, total_weight: float, count: int, unclipped: float
+    ) -> None:
+        """Fold in a secure aggregation sum of deltas each client clipped to ``clip_norm``.
+
+        With secure aggregation the server never sees one update, so clipping moves to the
+        clients (``secure_clip_norm``); each counts once, so ``total_weight`` is ``count``.
+        """
+        for name, total in self._sum.items():
+            total += np.asarray(delta_sum[name], dtype=np.float64)
+        self._count += count
+        self._unclipped += int(round(unclipped))
+
+    def secure_clip_norm(self) -> float:
+        """The L2 bound clients apply to their own deltas under secure aggregation."""
+        return self.clip_norm
+
     @property
     def accepted(self) -> int:
         return self._count
@@ -172,12 +198,23 @@ class DPFedAvg(Strategy):
             average = total / self.expected_clients + self._noise.gaussian(total.shape, std)
             new[name] = self._global[name].astype(np.float64) + self.server_learning_rate * average
         if isinstance(self.clipping, AdaptiveClipping):
-            noisy_count = self._unclipped + float(
-                self._noise.gaussian((1,), self.clipping.count_noise_std)[0]
+            self.clip_norm = self.clipping.next_clip_norm(
+                self.clip_norm, self._noisy_unclipped_fraction()
             )
-            fraction = noisy_count / self.expected_clients
-            self.clip_norm = self.clipping.next_clip_norm(self.clip_norm, fraction)
         return cast_like(new, self._global)
+
+    def _noisy_unclipped_fraction(self) -> float:
+        """Andrew et al.'s private estimate of the fraction of deltas no longer than C.
+
+        Each client contributes ``b_i - 1/2`` (centred, so one client moves the sum by at
+        most 1/2: the sensitivity ``z_delta`` assumes when it charges the count
+        ``(2 sigma_b)^-2`` of the budget); the noisy sum over the expected count is shifted
+        back by 1/2 and clamped to [0, 1], as in TensorFlow Privacy's quantile estimator.
+        """
+        assert isinstance(self.clipping, AdaptiveClipping)
+        centred = self._unclipped - 0.5 * self._count
+        noise = float(self._noise.gaussian((1,), self.clipping.count_noise_std)[0])
+        return min(1.0, max(0.0, (centred + noise) / self.expected_clients + 0.5))
 
     def state_dict(self) -> Weights:
         return {_CLIP_STATE: np.array([self.clip_norm], dtype=np.float64)}

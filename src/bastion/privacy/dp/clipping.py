@@ -2,7 +2,8 @@
 
 Adaptive clipping follows Andrew et al. 2021, "Differentially Private Learning with
 Adaptive Clipping": each round the server privately estimates the fraction of updates
-whose norm was at most the clip norm C, ``b = (sum_i 1[|d_i| <= C] + N(0, sigma_b^2)) / m``,
+whose norm was at most the clip norm C from centred bits (sensitivity 1/2),
+``b = clamp((sum_i (1[|d_i| <= C] - 1/2) + N(0, sigma_b^2)) / m + 1/2, 0, 1)``,
 and moves C geometrically toward the target quantile gamma: ``C <- C * exp(-eta * (b - gamma))``.
 """
 
