@@ -42,6 +42,24 @@ class FedAvg(Strategy):
         self._total_weight += weight
         self._count += 1
 
+    def accumulate_secure_sum(
+        self, delta_sum: Weights, total_weight: float, count: int, unclipped: float
+    ) -> None:
+        """Fold in a secure aggregation sum: ``sum_i w_i (x_i - global)`` and ``sum_i w_i``."""
+        if self._averaged:
+            raise RuntimeError("accumulate_secure_sum() after finalize(); call begin_round() first")
+        if not total_weight > 0 or count < 1:
+            raise ValueError(f"a secure sum needs a positive weight, got {total_weight}")
+        for name, total in self._sum.items():
+            add_scaled(total, self._global[name], total_weight)
+            total += delta_sum[name]
+        self._total_weight += total_weight
+        self._count += count
+
+    def secure_clip_norm(self) -> float:
+        """FedAvg does not clip: 0."""
+        return 0.0
+
     @property
     def accepted(self) -> int:
         return self._count
