@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,6 +31,8 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build_runner(threads: int | None = None, seed: int = 0) -> TorchRunner:
+def build_runner(threads: int | None = None, seed: int = 0, **options: Any) -> TorchRunner:
+    """The runner; ``options`` (``task_runner.args``) go to ``TorchRunner``, e.g. ``proximal_mu``."""
     torch.manual_seed(seed)
-    return TorchRunner(SmallCNN(), lr=0.05, momentum=0.9, threads=threads, seed=seed)
+    settings = {"lr": 0.05, "momentum": 0.9, **options}
+    return TorchRunner(SmallCNN(), threads=threads, seed=seed, **settings)
