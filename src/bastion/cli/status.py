@@ -12,7 +12,7 @@ from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.cli.console import console
 from bastion.cli.options import WorkspaceOption
 from bastion.metrics.log import METRICS_FILE, read_metrics, round_summaries
-from bastion.plan import load_plan
+from bastion.plan import Plan, load_plan
 
 
 def register(app: typer.Typer) -> None:
@@ -38,11 +38,24 @@ def status(workspace: Path = WorkspaceOption) -> None:
         f"plan [bold]{plan.name}[/]: {state}; {summary['round_completed']} rounds complete "
         f"(updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['updated']))})"
     )
+    privacy = summary.get("privacy")
+    if privacy:
+        console.print(_privacy_line(privacy))
+    records = read_metrics(_metrics_path(workspace, plan))
+    local_dp = _local_epsilons(records)
+    if local_dp:
+        worst = max(local_dp, key=lambda name: local_dp[name])
+        console.print(
+            f"local DP-SGD: epsilon up to {local_dp[worst]:.4g} ({worst}) at delta="
+            f"{plan.differential_privacy.delta if plan.differential_privacy else 1e-5:g}"
+        )
     best = summary.get("best") or {}
     if best.get("value") is not None:
         console.print(f"best model: round {best['round']}, {best['metric']} = {best['value']:.4f}")
     attested = summary.get("attestation", {})
-    columns = ["collaborator", "last seen", "assigned now"] + (["attestation"] if plan.attestation else [])
+    columns = ["collaborator", "last seen", "assigned now"] + (
+        ["attestation"] if plan.attestation else []
+    )
     seen = Table(*columns)
     seen_at = summary.get("collaborators_seen", {})
     for name in plan.collaborator_names():
@@ -56,7 +69,7 @@ def status(workspace: Path = WorkspaceOption) -> None:
             row.append(_verdict(attested.get(name)))
         seen.add_row(*row)
     console.print(seen)
-    rounds = round_summaries(read_metrics(Path(workspace) / plan.output.logs / METRICS_FILE))
+    rounds = round_summaries(records)
     if rounds:
         last = rounds[-1]
         table = Table("task", "metric", "value", title=f"round {last['round']} metrics")
@@ -64,6 +77,38 @@ def status(workspace: Path = WorkspaceOption) -> None:
             for key, value in values.items():
                 table.add_row(task, key, f"{value:.4f}" if key != "examples" else f"{int(value)}")
         console.print(table)
+
+
+def _metrics_path(workspace: Path, plan: Plan) -> Path:
+    return Path(workspace) / plan.output.logs / METRICS_FILE
+
+
+def _privacy_line(privacy: dict) -> str:
+    """Central DP: epsilon spent so far, the budget, and why training stopped if it did."""
+    budget = privacy.get("epsilon_budget")
+    line = (
+        f"privacy ({privacy['mechanism']}, {privacy['accountant']} accountant): epsilon "
+        f"{privacy['epsilon']:.4g} at delta={privacy['delta']:g} after {privacy['rounds']} rounds"
+        f" (noise multiplier {privacy['noise_multiplier']:g}, sampling rate "
+        f"{privacy['sampling_rate']:g})"
+    )
+    if budget is not None:
+        line += f"; budget epsilon {budget:g}"
+    if privacy.get("stopped"):
+        line += f"\n[bold yellow]stopped early[/]: {privacy['stopped']}"
+    return line
+
+
+def _local_epsilons(records: list[dict]) -> dict[str, float]:
+    """The latest ``dp_epsilon`` each collaborator reported from local DP-SGD."""
+    latest: dict[str, float] = {}
+    for record in records:
+        value = (
+            record.get("metrics", {}).get("dp_epsilon") if record.get("event") == "task" else None
+        )
+        if isinstance(value, int | float):
+            latest[str(record.get("collaborator"))] = float(value)
+    return latest
 
 
 def _verdict(result: dict | None) -> str:

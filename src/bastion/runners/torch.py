@@ -80,6 +80,7 @@ class TorchClientState:
     fisher_terms: tuple[Weights, Weights] | None
     accepted_round: int | None
     current_round: int | None
+    local_dp_history: list[tuple[float, float, int]] | None = None
 
 
 class TorchRunner:
@@ -163,6 +164,32 @@ class TorchRunner:
             if name not in self._federated
         }
         self._initial_torch_rng = torch.random.get_rng_state()
+        self.local_dp: Any = None  # a LocalDPTrainer once enable_local_dp is called
+
+    def enable_local_dp(
+        self,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        delta: float,
+        secure_mode: bool = False,
+        accountant: str = "rdp",
+    ) -> None:
+        """Train with DP-SGD through Opacus from now on (``differential_privacy.local``)."""
+        from bastion.privacy.dp.local import LocalDPTrainer
+
+        if self.proximal_mu > 0 or self.fedcurv_lambda is not None:
+            raise PlanError(
+                "differential_privacy.local: DP-SGD clips per-example gradients of the data "
+                "loss, so FedProx/FedCurv penalties would bypass its noise; remove "
+                "task_runner.args.proximal_mu / fedcurv_lambda or local DP"
+            )
+        self.local_dp = LocalDPTrainer(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            delta=delta,
+            secure_mode=secure_mode,
+            accountant=accountant,
+        )
 
     # ------------------------------------------------------------------ weights
 
@@ -236,6 +263,16 @@ class TorchRunner:
             if fedcurv_lambda is None
             else _coefficient(fedcurv_lambda, "tasks.args.fedcurv_lambda")
         )
+        if self.local_dp is not None:
+            from bastion.runners.torch_dp import train_private
+
+            if mu > 0 or lam:
+                raise PlanError(
+                    "tasks.args: proximal_mu / fedcurv_lambda cannot run under "
+                    "differential_privacy.local (DP-SGD would not noise the penalty)"
+                )
+            optimizer = self._optimizer_factory(list(self.model.parameters()), lr or self.lr)
+            return train_private(self, data, optimizer, epochs, batch_size, max_batches)
         self.prepare_penalty(proximal_mu=mu, fedcurv_lambda=lam)
         self.model.train()
         optimizer = self._optimizer_factory(list(self.model.parameters()), lr or self.lr)
@@ -444,6 +481,7 @@ class TorchRunner:
             fisher_terms=self._fisher_terms,
             accepted_round=self._accepted_round,
             current_round=self._current_round,
+            local_dp_history=self.local_dp.history() if self.local_dp else None,
         )
 
     def load_client_state(self, state: object | None) -> None:
@@ -468,3 +506,5 @@ class TorchRunner:
         self._fisher_terms = state.fisher_terms
         self._accepted_round = state.accepted_round
         self._current_round = state.current_round
+        if self.local_dp is not None:  # each simulated client has its own privacy spend
+            self.local_dp.load_history(state.local_dp_history or [])

@@ -26,6 +26,21 @@ def build_runner(plan: Plan, workspace: Path) -> TaskRunner:
             f"key 'task_runner.path': {plan.task_runner.path} returned {type(runner).__name__}, "
             "which lacks get_weights/set_weights/train/validate (see bastion.runners.base.TaskRunner)"
         )
+    privacy = plan.differential_privacy
+    if privacy is not None and privacy.local is not None:
+        enable = getattr(runner, "enable_local_dp", None)
+        if enable is None:
+            raise PlanError(
+                f"key 'differential_privacy.local': {type(runner).__name__} cannot train with "
+                "DP-SGD; local DP runs in the PyTorch runner (bastion.runners.torch, Opacus)"
+            )
+        enable(
+            privacy.local.noise_multiplier,
+            privacy.local.max_grad_norm,
+            privacy.delta,
+            secure_mode=privacy.local.secure_mode,
+            accountant="rdp" if privacy.accountant == "rdp" else "prv",  # Opacus's PLD-style one
+        )
     return runner
 
 

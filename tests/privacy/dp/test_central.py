@@ -113,7 +113,10 @@ def test_clip_norm_is_checkpointed() -> None:
     restored.load_state_dict(strategy.state_dict())
     assert restored.clip_norm == 0.37
     with pytest.raises(BastionError):
-        restored.load_state_dict({})
+        restored.load_state_dict({"other": np.array([1.0])})
+    fresh = DPFedAvg(1.0, 4, AdaptiveClipping(0.8), noise=NoNoise())
+    fresh.load_state_dict({})  # the initial checkpoint holds no strategy state yet
+    assert fresh.clip_norm == 0.8
 
 
 def test_non_finite_updates_are_rejected() -> None:

@@ -9,7 +9,10 @@ not from formulas copied here.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +31,22 @@ def _dp_accounting() -> Any:
             "dp-accounting", "privacy", "differential privacy accounting"
         ) from None
     return dp_accounting
+
+
+@contextmanager
+def _quiet_library() -> Iterator[None]:
+    """Silence dp-accounting's per-order convergence warnings (one per order and call).
+
+    An RDP order whose term does not converge is left out of the minimum over orders,
+    which can only raise the reported epsilon, never lower it.
+    """
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -83,8 +102,9 @@ class PrivacyAccountant:
         accountant = (
             self._lib.rdp.RdpAccountant() if self.method == "rdp" else self._lib.pld.PLDAccountant()
         )
-        accountant.compose(self.event(rounds))
-        return float(accountant.get_epsilon(delta))
+        with _quiet_library():
+            accountant.compose(self.event(rounds))
+            return float(accountant.get_epsilon(delta))
 
     def allows_another_round(self, rounds_done: int, budget: PrivacyBudget) -> bool:
         """Whether round ``rounds_done + 1`` keeps the total within ``budget``."""

@@ -220,6 +220,8 @@ class DPFedAvg(Strategy):
         return {_CLIP_STATE: np.array([self.clip_norm], dtype=np.float64)}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        if not state:  # the initial checkpoint: keep the configured clip norm
+            return
         if set(state) != {_CLIP_STATE}:
             raise BastionError(
                 f"DPFedAvg state must hold exactly {_CLIP_STATE!r}, got {sorted(state)}"

@@ -66,3 +66,87 @@ def make_private(
         poisson_sampling=poisson_sampling,
     )
     return PrivateTraining(model, optimizer, data_loader, engine)
+
+
+class LocalDPTrainer:
+    """One collaborator's DP-SGD over all its rounds: one Opacus engine, one accountant.
+
+    Each round ``attach`` makes that round's optimizer and data loader private (Poisson
+    batches of expected size ``batch_size``, per-example clipping, noise on every step)
+    with hooks on the caller's own module, which ``detach`` removes, so the model keeps
+    its parameter names. The accountant's history spans rounds, so ``epsilon`` is what
+    this site's records have spent in the whole federation.
+    """
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        delta: float,
+        secure_mode: bool = False,
+        accountant: str = "rdp",
+    ) -> None:
+        try:
+            from opacus import PrivacyEngine
+        except ImportError:
+            raise MissingDependency("opacus", "opacus", _PURPOSE) from None
+        if not noise_multiplier > 0:
+            raise BastionError(
+                f"noise_multiplier must be positive for DP-SGD, got {noise_multiplier}"
+            )
+        if not max_grad_norm > 0:
+            raise BastionError(f"max_grad_norm must be positive for DP-SGD, got {max_grad_norm}")
+        try:
+            self.engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
+        except ImportError:
+            raise BastionError(
+                "differential_privacy.local.secure_mode needs the 'torchcsprng' package for "
+                "cryptographically secure noise; install it or set secure_mode: false"
+            ) from None
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = float(max_grad_norm)
+        self.delta = float(delta)
+
+    def attach(self, model: Any, optimizer: Any, data_loader: Any) -> tuple[Any, Any, Any]:
+        """(hooks, private optimizer, Poisson data loader) for one round on ``model``."""
+        from opacus.validators import ModuleValidator
+
+        problems = ModuleValidator.validate(model, strict=False)
+        if problems:
+            raise BastionError(
+                "differential_privacy.local: Opacus cannot train this model with per-example "
+                f"gradients: {problems[0]}; replace BatchNorm with GroupNorm (see "
+                "opacus.validators.ModuleValidator.fix)"
+            )
+        return self.engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=data_loader,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            poisson_sampling=True,
+            wrap_model=False,
+        )
+
+    def count_empty_step(self, sample_rate: float) -> None:
+        """Account a Poisson batch that drew nobody: it was sampled, so it counts."""
+        self.engine.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
+
+    @staticmethod
+    def detach(hooks: Any) -> None:
+        """Remove this round's hooks and per-example gradient attributes from the model."""
+        hooks.cleanup()
+
+    def epsilon(self) -> float:
+        """Epsilon this site has spent at ``delta`` over every DP-SGD step so far."""
+        if not len(self.engine.accountant):
+            return 0.0
+        return float(self.engine.get_epsilon(self.delta))
+
+    def history(self) -> list[tuple[float, float, int]]:
+        """The accountant's (noise multiplier, sample rate, steps) entries, to save per client."""
+        return [tuple(entry) for entry in self.engine.accountant.history]
+
+    def load_history(self, history: list[tuple[float, float, int]]) -> None:
+        self.engine.accountant.history = [tuple(entry) for entry in history]
