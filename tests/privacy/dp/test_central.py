@@ -158,3 +158,67 @@ def test_plan_arguments_build_the_strategy() -> None:
     assert strategy.clip_norm == 0.5
     fixed = DPFedAvg.from_args(DPFedAvgArgs(noise_multiplier=1.0, expected_clients=10, clip_norm=1))
     assert fixed.noise_std == pytest.approx(0.1)
+
+
+def test_noise_variance_passes_a_chi_square_test_on_many_samples() -> None:
+    """(n-1) s^2 / sigma^2 ~ chi2(n-1) for sigma = z S / m, from the default CSPRNG source."""
+    from scipy.stats import chi2
+
+    z, s, m, n = 0.9, 2.5, 7.0, 200_000
+    strategy = DPFedAvg(z, expected_clients=m, clipping=FixedClipping(s))  # no seed: CSPRNG
+    assert isinstance(strategy._noise, SecureGaussianNoise)
+    start = {"w": np.zeros(n)}
+    strategy.begin_round(start, 1)
+    strategy.accumulate("a", start, weight=1.0)  # a zero delta: the output is the noise
+    drawn = strategy.finalize()["w"]
+    sigma = z * s / m
+    statistic = (n - 1) * np.var(drawn, ddof=1) / sigma**2
+    # Two-sided, one in a million: a wrong sigma (even by 1%) lands far outside.
+    low, high = chi2.ppf(5e-7, n - 1), chi2.ppf(1 - 5e-7, n - 1)
+    assert low < statistic < high
+    assert not low < statistic * 1.02 < high  # the test is sharp enough to see a 1% error
+
+
+class RecordingNoise:
+    """Adds nothing but remembers the std of every draw."""
+
+    def __init__(self) -> None:
+        self.stds: list[float] = []
+
+    def gaussian(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        self.stds.append(std)
+        return np.zeros(shape)
+
+
+def test_adaptive_count_uses_centred_bits_whose_sensitivity_is_one_half() -> None:
+    """Andrew et al. charge the count (2 sigma_b)^-2 of the budget: bits must be b - 1/2."""
+    m = 10.0
+
+    def estimate(norms: list[float]) -> float:
+        noise = RecordingNoise()
+        clipping = AdaptiveClipping(initial_clip_norm=1.0, count_noise_std=3.0)
+        strategy = DPFedAvg(1.0, expected_clients=m, clipping=clipping, noise=noise)
+        strategy.begin_round({"w": np.zeros(1)}, 1)
+        for norm in norms:
+            strategy.accumulate("c", {"w": np.array([norm])}, 1.0)
+        strategy.finalize()
+        assert noise.stds[-1] == 3.0  # the count's noise is sigma_b
+        return strategy.clip_norm
+
+    base = [0.5, 0.5, 2.0, 2.0]
+    # One client more, whether under (0.5) or over (2.0) the clip norm, moves the centred
+    # sum by exactly +-1/2, i.e. the estimate by +-1/(2m).
+    for extra in (0.5, 2.0):
+        before, after = estimate(base), estimate([*base, extra])
+        moved = np.log(before / after) / 0.2  # C' = C exp(-eta (b - gamma)), eta = 0.2
+        assert abs(moved) == pytest.approx(0.5 / m)
+
+
+def test_adaptive_estimate_is_clamped_to_a_fraction() -> None:
+    clipping = AdaptiveClipping(initial_clip_norm=1.0, learning_rate=0.2, count_noise_std=1.0)
+    strategy = DPFedAvg(1.0, expected_clients=2, clipping=clipping, noise=NoNoise())
+    strategy.begin_round({"w": np.zeros(1)}, 1)
+    for _ in range(6):  # 6 arrived where 2 were expected: the raw estimate would be 2.0
+        strategy.accumulate("c", {"w": np.array([0.1])}, 1.0)
+    strategy.finalize()
+    assert strategy.clip_norm == pytest.approx(np.exp(-0.2 * (1.0 - 0.5)))

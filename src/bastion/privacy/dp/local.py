@@ -8,6 +8,7 @@ the ``torchcsprng`` package; we pass the flag through and say so when it is miss
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,15 +120,18 @@ class LocalDPTrainer:
                 f"gradients: {problems[0]}; replace BatchNorm with GroupNorm (see "
                 "opacus.validators.ModuleValidator.fix)"
             )
-        return self.engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=data_loader,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            poisson_sampling=True,
-            wrap_model=False,
-        )
+        with warnings.catch_warnings():
+            # Each round wraps a new loader over the same site data: one logical dataset.
+            warnings.filterwarnings("ignore", message="PrivacyEngine detected new dataset")
+            return self.engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=data_loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                poisson_sampling=True,
+                wrap_model=False,
+            )
 
     def count_empty_step(self, sample_rate: float) -> None:
         """Account a Poisson batch that drew nobody: it was sampled, so it counts."""
