@@ -20,12 +20,15 @@ from typing import Literal
 
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
 from bastion.aggregator.checkpoint import CheckpointStore, RoundState
+from bastion.aggregator.secure_hooks import SecureAggregationHooks
+from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.base import Strategy
 from bastion.compression.wire import decode_update
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.privacy.dp.ledger import PrivacyLedger
+from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of, validate_update
 
 log = logging.getLogger("bastion.aggregator")
@@ -71,7 +74,7 @@ class RoundProgress:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
-class Aggregator:
+class Aggregator(SecureAggregationHooks):
     """Owns the global model and drives the rounds of one federation."""
 
     def __init__(
@@ -82,6 +85,7 @@ class Aggregator:
         metrics: MetricsLog,
         assigner: Assigner | None = None,
         clock: Callable[[], float] = time.monotonic,
+        secure_verifier: IdentityVerifier | None = None,
     ) -> None:
         self.plan = plan
         self.strategy = strategy
@@ -97,6 +101,11 @@ class Aggregator:
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
         self.privacy = PrivacyLedger.for_plan(plan)
         self._compression = plan.compression.pipeline() if plan.compression else None
+        # Secure aggregation (secure_hooks): the open session, attempts per round, and the
+        # check of the certificates collaborators advertise with their keys.
+        self.secure_verifier = secure_verifier
+        self._secure: SecureRound | None = None
+        self._secure_attempts: dict[int, int] = {}
 
         resumed = store.load()
         self.model: Weights = resumed.model
@@ -182,7 +191,13 @@ class Aggregator:
                     f"{collaborator} was not assigned task {task!r} in round {round_number}; "
                     f"assigned: {assigned}"
                 )
-            return next(t for t in progress.assignments[collaborator] if t.name == task)
+            spec = next(t for t in progress.assignments[collaborator] if t.name == task)
+            if spec.kind == "train" and self._secure is not None:
+                raise NotAssigned(
+                    f"this federation uses secure aggregation: {collaborator}'s {task!r} "
+                    "update goes through the secure aggregation session, never alone"
+                )
+            return spec
 
     def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
         progress = self._round
@@ -278,6 +293,7 @@ class Aggregator:
                 progress.rejected[collaborator] = f"{task}: {reason}"
                 # A collaborator whose update is bad has nothing trustworthy left to report.
                 progress.pending[collaborator] = []
+                self._secure_exclude(collaborator, f"its {task} result was rejected: {reason}")
                 self.metrics.write(
                     "rejected",
                     round=round_number,
@@ -317,6 +333,7 @@ class Aggregator:
         )
         if not final:
             self.strategy.begin_round(self.model, number)
+        self._open_secure_session(self._round)
         label = "final evaluation" if final else f"round {number}/{self.plan.rounds}"
         log.info("%s: %d collaborators assigned", label, len(self._round.pending))
         self.metrics.write(
@@ -330,12 +347,15 @@ class Aggregator:
 
     def _maybe_complete(self) -> None:
         progress = self._round
-        if progress is not None and not any(progress.pending.values()):
+        secure_done = self._secure is None or self._secure.settled
+        if progress is not None and not any(progress.pending.values()) and secure_done:
             self._complete_round(timed_out=[])
 
     def check_timeout(self) -> None:
         """Close or restart the current round if it has run past ``timeouts.round_seconds``."""
         with self._lock:
+            if self._secure_blocks_timeout():
+                return
             progress = self._round
             if progress is None or self.finished.is_set():
                 return
@@ -345,7 +365,9 @@ class Aggregator:
             accepted = (
                 self.strategy.accepted if not progress.final_evaluation else len(progress.results)
             )
-            if progress.final_evaluation or accepted >= self.plan.timeouts.min_results:
+            # A settled secure aggregation session is final for the round's training.
+            closes = progress.final_evaluation or self._secure is not None
+            if closes or accepted >= self.plan.timeouts.min_results:
                 log.warning("round %d timed out; closing without %s", progress.number, late)
                 self._complete_round(timed_out=late)
             else:
@@ -363,6 +385,7 @@ class Aggregator:
         assert progress is not None
         number = progress.number
         summary = self._aggregate_metrics(progress)
+        self._secure_examples(summary)
         self._update_best(summary, model_round=number - 1)
         accepted = 0
         if not progress.final_evaluation:

@@ -13,10 +13,13 @@ from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.core import Aggregator
 from bastion.aggregator.memory import pin_mmap_threshold
 from bastion.algorithms.registry import create_plan_strategy
+from bastion.algorithms.secure_sum import secure_sum_strategy
 from bastion.errors import PKIError, PlanError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
 from bastion.pki import Role, load_certificate, tls_files_for
 from bastion.plan import Plan, load_plan
+from bastion.privacy.secagg.identity import certificate_verifier
+from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.identity import (
     INSECURE_WARNING,
@@ -32,11 +35,17 @@ log = logging.getLogger("bastion.aggregator")
 DONE_GRACE_SECONDS = 15.0
 
 
-def build_aggregator(plan: Plan, workspace: Path) -> Aggregator:
+def build_aggregator(
+    plan: Plan, workspace: Path, secure_verifier: IdentityVerifier | None = None
+) -> Aggregator:
+    """``secure_verifier`` checks the certificates collaborators advertise with their
+    secure aggregation keys (they check each other's too; this refuses bad ones early)."""
     strategy = create_plan_strategy(plan)
+    if plan.uses_secure_aggregation:
+        secure_sum_strategy(strategy)  # refuse a rule that needs single updates, up front
     store = CheckpointStore(workspace / plan.output.checkpoints, plan.canonical_hash())
     metrics = MetricsLog(workspace / plan.output.logs / METRICS_FILE)
-    return Aggregator(plan, strategy, store, metrics)
+    return Aggregator(plan, strategy, store, metrics, secure_verifier=secure_verifier)
 
 
 def run_aggregator(
@@ -70,7 +79,15 @@ def run_aggregator(
         credentials, identify = server_credentials(*tls.read()), certificate_identity
     verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
     ignore_workspace_bytecode()
-    aggregator = build_aggregator(plan, workspace)
+    verifier = None
+    if plan.uses_secure_aggregation:
+        if insecure:
+            raise PlanError(
+                "secure aggregation signs each collaborator's keys with its certificate's key; "
+                "it cannot run with --insecure"
+            )
+        verifier = certificate_verifier(tls)
+    aggregator = build_aggregator(plan, workspace, secure_verifier=verifier)
     gate = None
     if plan.attestation is not None:
         if insecure:

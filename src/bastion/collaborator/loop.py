@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bastion.aggregator.core import Assignment
+from bastion.collaborator.secure_update import SecureAggregation, SecureTransport, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
@@ -91,6 +92,7 @@ class Collaborator:
         on_task: Callable[[int, str, TaskResult], None] | None = None,
         attest: Callable[[], None] | None = None,
         encoder: UpdateEncoder | None = None,
+        secure: SecureAggregation | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -103,6 +105,7 @@ class Collaborator:
         self._attest = attest
         self._attested = False
         self._encoder = encoder  # the plan's update compression; kept across rounds
+        self._secure = secure  # set when the plan turns secure aggregation on
         self.rounds_run = 0
 
     def run(self) -> None:
@@ -139,7 +142,22 @@ class Collaborator:
 
     def run_round(self, assignment: Assignment) -> None:
         """Pull the round's model, run the assigned tasks in order and push each result."""
+        update = self.run_tasks(assignment)
+        if update is not None:
+            update.run(self._sleep)
+            self.finish_secure_update(update)
+
+    def finish_secure_update(self, update: SecureUpdate) -> None:
+        """After the session: the runner hears whether its update made it in."""
+        aware = self._runner if isinstance(self._runner, RoundAwareRunner) else None
+        if update.contributed and aware is not None:
+            aware.update_accepted(update.round_number)
+
+    def run_tasks(self, assignment: Assignment) -> SecureUpdate | None:
+        """Run the round's tasks and push their results; under secure aggregation the
+        training result is returned, to go through the round's session after the rest."""
         round_number = assignment.round
+        secure_update: SecureUpdate | None = None
         if self._attest is not None and not self._attested:
             self._attest()
             self._attested = True
@@ -157,6 +175,14 @@ class Collaborator:
                 self._runner.set_weights(global_weights)
                 holds_global = True
             result, weights = self._run_task(task)
+            if task.kind == "train" and self._secure is not None and weights is not None:
+                holds_global = False
+                secure_update = self._secure_update(
+                    round_number, global_weights, weights, result, secure=self._secure
+                )
+                if self._on_task:
+                    self._on_task(round_number, task.name, result)
+                continue
             if task.kind == "train":
                 holds_global = False
                 if self._encoder is not None and weights is not None:
@@ -172,6 +198,31 @@ class Collaborator:
             if self._on_task:
                 self._on_task(round_number, task.name, result)
         self.rounds_run += 1
+        return secure_update
+
+    def _secure_update(
+        self,
+        round_number: int,
+        global_weights: Weights,
+        weights: Weights,
+        result: TaskResult,
+        secure: SecureAggregation,
+    ) -> SecureUpdate:
+        transport = self._client
+        if not isinstance(transport, SecureTransport):
+            raise BastionError(f"{self.name}: this transport cannot do secure aggregation")
+        return SecureUpdate(
+            self.name,
+            secure,
+            transport,
+            round_number,
+            global_weights,
+            weights,
+            result.example_count,
+            result.metrics,
+            encoder=self._encoder,
+            retryable=self._retryable,
+        )
 
     def _run_task(self, task: TaskSpec) -> tuple[TaskResult, Weights | None]:
         started = time.monotonic()

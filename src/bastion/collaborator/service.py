@@ -7,10 +7,12 @@ from pathlib import Path
 
 from bastion.collaborator.attestation import MutualAttestation
 from bastion.collaborator.loop import Collaborator
+from bastion.collaborator.secure_update import SecureAggregation
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.plan import load_plan
+from bastion.privacy.secagg.identity import identity_from_tls
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.identity import INSECURE_WARNING
@@ -75,6 +77,14 @@ def run_collaborator(
         spec = plan.attestation
         party = build_party(spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash())
         attest = MutualAttestation(party, client, target, files)
+    secure = None
+    if plan.uses_secure_aggregation:
+        if insecure:
+            raise PlanError(
+                "secure aggregation signs each collaborator's keys with its certificate's key; "
+                "it cannot run with --insecure"
+            )
+        secure = SecureAggregation(plan, identity_from_tls(files))
     collaborator = Collaborator(
         name,
         client,
@@ -84,6 +94,7 @@ def run_collaborator(
         give_up_seconds=plan.timeouts.reconnect_give_up_seconds,
         attest=attest,
         encoder=UpdateEncoder(plan.compression) if plan.compression else None,
+        secure=secure,
     )
     try:
         collaborator.run()

@@ -18,16 +18,20 @@ per client instead, lazily.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bastion.aggregator.core import Aggregator, Assignment
 from bastion.aggregator.service import build_aggregator
 from bastion.collaborator.loop import AggregatorClient, Collaborator
+from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, ProtocolError
 from bastion.plan import Plan, load_plan
+from bastion.privacy.secagg.identity import simulated_identities
+from bastion.privacy.secagg.session import StageReply, Step
 from bastion.runners.base import TaskRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
 from bastion.tensors import FrameAssembler, Weights, iter_frames
@@ -93,6 +97,24 @@ class InProcessClient:
             received if spec.kind == "train" or received else None,
         )
 
+    def secagg_send(
+        self,
+        round_number: int,
+        attempt: int,
+        step: Step,
+        payload: bytes,
+        metrics: Mapping[str, float],
+    ) -> tuple[bool, str]:
+        limit = self.aggregator.secure_payload_limit(self.name, round_number, attempt, step)
+        if len(payload) > limit:
+            return False, f"a secure aggregation message of {len(payload)} bytes exceeds {limit}"
+        return self.aggregator.secure_send(
+            self.name, round_number, attempt, step, bytes(payload), dict(metrics)
+        )
+
+    def secagg_fetch(self, round_number: int, attempt: int, step: Step) -> StageReply:
+        return self.aggregator.secure_fetch(self.name, round_number, attempt, step)
+
 
 ClientFactory = Callable[[Aggregator, str], AggregatorClient]
 RoundCallback = Callable[[int, "InProcessFederation"], None]
@@ -116,7 +138,14 @@ class InProcessFederation:
     ) -> None:
         self.workspace = Path(workspace).resolve()
         self.plan: Plan = load_plan(self.workspace)
-        self.aggregator = build_aggregator(self.plan, self.workspace)
+        # Secure aggregation: in-memory identities stand in for certificates (no PKI here).
+        self._secure: dict[str, SecureAggregation] = {}
+        verifier = None
+        if self.plan.uses_secure_aggregation:
+            identities, verifier = simulated_identities(self.plan.collaborator_names())
+            self._secure = {n: SecureAggregation(self.plan, i) for n, i in identities.items()}
+        self._updates: dict[str, tuple[Collaborator, SecureUpdate]] = {}
+        self.aggregator = build_aggregator(self.plan, self.workspace, secure_verifier=verifier)
         self.shards = ShardIndex(self.plan, load_plan_dataset(self.plan, self.workspace))
         self._share_runner = share_runner
         self._client_factory = client_factory
@@ -157,6 +186,10 @@ class InProcessFederation:
                 self._run_round(name, assignment)
                 progressed = True
                 self._report_rounds(before)
+            if self._updates:
+                before = self.aggregator.state.round_completed
+                self._drive_secure_updates()
+                self._report_rounds(before)
             if not progressed and not self.aggregator.finished.is_set():
                 raise BastionError(
                     f"in-process simulation stalled in round {self.aggregator.current_round}: "
@@ -180,11 +213,33 @@ class InProcessFederation:
             self.shards.shard(name),
             retryable=(),
             encoder=self._encoders.get(name),
+            secure=self._secure.get(name),
         )
-        collaborator.run_round(assignment)
+        update = collaborator.run_tasks(assignment)
+        if update is not None:
+            self._updates[name] = (collaborator, update)
         if keeps_state:
             assert isinstance(runner, ClientStateRunner)
             self._states[name] = runner.client_state()
+
+    def _drive_secure_updates(self) -> None:
+        """Step every pending secure aggregation update in turn until all are through.
+
+        When nobody can move (a stage waits for someone who is not coming), the
+        aggregator's stage deadlines decide, on the real clock.
+        """
+        while self._updates:
+            waits: list[float] = []
+            for name, (collaborator, update) in list(self._updates.items()):
+                delay = update.step()
+                if delay is None:
+                    del self._updates[name]
+                    collaborator.finish_secure_update(update)
+                elif delay > 0:
+                    waits.append(delay)
+            if self._updates and len(waits) == len(self._updates):
+                self.aggregator.check_timeout()
+                time.sleep(min(waits))
 
     def _report_rounds(self, completed_before: int) -> None:
         if self._on_round is None:

@@ -59,6 +59,16 @@ class FederationStub:
                 request_serializer=bastion_dot_transport_dot_bastion__pb2.CollaboratorEvidence.SerializeToString,
                 response_deserializer=bastion_dot_transport_dot_bastion__pb2.AttestationAck.FromString,
                 _registered_method=True)
+        self.SecAggSend = channel.stream_unary(
+                '/bastion.v1.Federation/SecAggSend',
+                request_serializer=bastion_dot_transport_dot_bastion__pb2.SecAggPart.SerializeToString,
+                response_deserializer=bastion_dot_transport_dot_bastion__pb2.SecAggAck.FromString,
+                _registered_method=True)
+        self.SecAggFetch = channel.unary_stream(
+                '/bastion.v1.Federation/SecAggFetch',
+                request_serializer=bastion_dot_transport_dot_bastion__pb2.SecAggPoll.SerializeToString,
+                response_deserializer=bastion_dot_transport_dot_bastion__pb2.SecAggPart.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -99,6 +109,21 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggSend(self, request_iterator, context):
+        """Secure aggregation (bastion.privacy.secagg), when the plan turns it on: the
+        collaborator sends its message of a protocol stage (a header, then the payload in
+        chunks), then polls for the aggregator's answer that closes that stage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggFetch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +151,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.AttestCollaborator,
                     request_deserializer=bastion_dot_transport_dot_bastion__pb2.CollaboratorEvidence.FromString,
                     response_serializer=bastion_dot_transport_dot_bastion__pb2.AttestationAck.SerializeToString,
+            ),
+            'SecAggSend': grpc.stream_unary_rpc_method_handler(
+                    servicer.SecAggSend,
+                    request_deserializer=bastion_dot_transport_dot_bastion__pb2.SecAggPart.FromString,
+                    response_serializer=bastion_dot_transport_dot_bastion__pb2.SecAggAck.SerializeToString,
+            ),
+            'SecAggFetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.SecAggFetch,
+                    request_deserializer=bastion_dot_transport_dot_bastion__pb2.SecAggPoll.FromString,
+                    response_serializer=bastion_dot_transport_dot_bastion__pb2.SecAggPart.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +298,60 @@ class Federation:
             '/bastion.v1.Federation/AttestCollaborator',
             bastion_dot_transport_dot_bastion__pb2.CollaboratorEvidence.SerializeToString,
             bastion_dot_transport_dot_bastion__pb2.AttestationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggSend(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/bastion.v1.Federation/SecAggSend',
+            bastion_dot_transport_dot_bastion__pb2.SecAggPart.SerializeToString,
+            bastion_dot_transport_dot_bastion__pb2.SecAggAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bastion.v1.Federation/SecAggFetch',
+            bastion_dot_transport_dot_bastion__pb2.SecAggPoll.SerializeToString,
+            bastion_dot_transport_dot_bastion__pb2.SecAggPart.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import grpc
 
 from bastion.aggregator.core import Assignment
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
+from bastion.privacy.secagg.session import StageReply, Step
 from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
+from bastion.transport.secagg_frames import read_reply, send_parts
 from bastion.transport.server import channel_options
 
 _ACTIONS = {pb.TasksReply.RUN: "run", pb.TasksReply.WAIT: "wait", pb.TasksReply.DONE: "done"}
@@ -126,6 +128,31 @@ class GrpcAggregatorClient:
         except grpc.RpcError as exc:
             raise self._translate(exc, f"the {task!r} result of round {round_number}") from None
         return ack.accepted, ack.reason
+
+    def secagg_send(
+        self,
+        round_number: int,
+        attempt: int,
+        step: Step,
+        payload: bytes,
+        metrics: Mapping[str, float],
+    ) -> tuple[bool, str]:
+        """Send our secure aggregation message of ``step``, in chunks."""
+        parts = send_parts(round_number, attempt, step, payload, metrics, self._chunk_bytes)
+        try:
+            ack = self._stub.SecAggSend(parts, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"our secure aggregation {step.value} message") from None
+        return ack.accepted, ack.reason
+
+    def secagg_fetch(self, round_number: int, attempt: int, step: Step) -> StageReply:
+        """Poll for the aggregator's answer that closes ``step``."""
+        poll = pb.SecAggPoll(round=round_number, attempt=attempt, step=step.value)
+        try:
+            stream = self._stub.SecAggFetch(poll, metadata=self._metadata, timeout=self._timeout)
+            return read_reply(stream, self._max_model_bytes)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"the secure aggregation {step.value} answer") from None
 
     def attest_aggregator(self, nonce: bytes) -> pb.AggregatorEvidence:
         """Ask the aggregator for evidence over our fresh ``nonce``."""

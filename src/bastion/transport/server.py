@@ -7,6 +7,7 @@ hash, streams the model out in chunks and assembles results with size limits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -19,11 +20,18 @@ import grpc
 from bastion.aggregator.attestation import AttestationGate, NotAttested
 from bastion.aggregator.core import Aggregator, NotAssigned, UnknownCollaborator
 from bastion.errors import BastionError, ProtocolError
+from bastion.privacy.secagg.session import Step
+from bastion.tee.attestation import AttestationError
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.frames import assemble, to_chunk
-from bastion.tee.attestation import AttestationError
 from bastion.transport.identity import Identify, peer_certificate
+from bastion.transport.secagg_frames import (
+    first_header,
+    parse_step,
+    read_payload,
+    reply_parts,
+)
 
 log = logging.getLogger("bastion.transport")
 
@@ -142,7 +150,9 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.AggregatorEvidence:
         name = self._caller(context)
         if self._gate is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation"
+            )
         assert self._gate is not None
         try:
             evidence, challenge = self._gate.prove(name, request.nonce)
@@ -150,7 +160,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             log.error("cannot produce attestation evidence for %s: %s", name, exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"aggregator cannot attest: {exc}")
         return pb.AggregatorEvidence(
-            kind=evidence.kind, quote=evidence.quote, certificate=self._gate.certificate_pem, nonce=challenge
+            kind=evidence.kind,
+            quote=evidence.quote,
+            certificate=self._gate.certificate_pem,
+            nonce=challenge,
         )
 
     def AttestCollaborator(
@@ -159,7 +172,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         name = self._caller(context)
         certificate = peer_certificate(context)
         if self._gate is None or certificate is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation"
+            )
         assert self._gate is not None and certificate is not None
         try:
             self._gate.admit(name, certificate, request.kind, request.quote, request.nonce)
@@ -207,6 +222,48 @@ class FederationServicer(pb_grpc.FederationServicer):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             del weights, received
         return pb.ResultAck(accepted=accepted, reason=reason)
+
+    def SecAggSend(
+        self, request_iterator: Iterator[pb.SecAggPart], context: grpc.ServicerContext
+    ) -> pb.SecAggAck:
+        name = self._caller(context)
+        self._require_attested(name, context)
+        try:
+            header = first_header(request_iterator)
+            step = parse_step(header.step)
+            limit = self._aggregator.secure_payload_limit(name, header.round, header.attempt, step)
+        except UnknownCollaborator as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except ProtocolError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if limit == 0:
+            return pb.SecAggAck(accepted=False, reason="no secure aggregation session is open")
+        # A masked input is model-sized: it waits for an upload slot like a plain result.
+        with self._uploads if step is Step.MASKED_INPUT else contextlib.nullcontext():
+            try:
+                payload = read_payload(request_iterator, header.total_bytes, limit)
+            except ProtocolError as exc:
+                log.warning("refused %s's secure aggregation message: %s", name, exc)
+                return pb.SecAggAck(accepted=False, reason=str(exc))
+            accepted, reason = self._aggregator.secure_send(
+                name, header.round, header.attempt, step, payload, dict(header.metrics)
+            )
+        return pb.SecAggAck(accepted=accepted, reason=reason)
+
+    def SecAggFetch(
+        self, request: pb.SecAggPoll, context: grpc.ServicerContext
+    ) -> Iterator[pb.SecAggPart]:
+        name = self._caller(context)
+        self._require_attested(name, context)
+        try:
+            step = parse_step(request.step)
+            reply = self._aggregator.secure_fetch(name, request.round, request.attempt, step)
+        except UnknownCollaborator as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except ProtocolError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        chunk_bytes = int(self._aggregator.plan.network.chunk_mib * 1024 * 1024)
+        yield from reply_parts(reply, chunk_bytes)
 
 
 def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:

@@ -109,9 +109,13 @@ class UpdateCodec:
             unclipped = float(self._flag.dequantize_sum(total[-1:], count)[0])
             total = total[:-1]
         weighted = self._encoder.decode(total, count)
+        total_weight = weighted.total_weight
+        weight_error = self._flag.error_bound(count) * self.max_weight
+        if weight_error < 0.5:  # example counts are integers: rounding makes the sum exact
+            total_weight = float(round(total_weight))
         return SecureSum(
             delta_sum=weighted.weighted_sum,
-            total_weight=weighted.total_weight,
+            total_weight=total_weight,
             contributors=count,
             unclipped=round(unclipped),
             error_bound=self.quantizer.error_bound(count) * self.max_weight,
