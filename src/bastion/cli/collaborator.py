@@ -20,11 +20,15 @@ app = typer.Typer(help="Run a collaborator (a data site).", no_args_is_help=True
 @app.command("start")
 def start(
     name: str = typer.Argument(
-        ..., help="This site's name: on the plan's roster and its certificate's CN."
+        ...,
+        envvar="BASTION_COLLABORATOR_NAME",
+        help="This site's name: on the plan's roster and its certificate's CN.",
     ),
     workspace: Path = WorkspaceOption,
     aggregator: str | None = typer.Option(
-        None, help="Aggregator address HOST:PORT (default: plan network.host:port)."
+        None,
+        envvar="BASTION_AGGREGATOR",
+        help="Aggregator address HOST:PORT (default: plan network.host:port).",
     ),
     insecure: bool = InsecureOption,
     allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,

@@ -175,7 +175,9 @@ def sign(
 
 @app.command("verify")
 def verify_command(
-    quote: Annotated[Path, typer.Argument(help="A DCAP quote (binary), e.g. from /dev/attestation/quote.")],
+    quote: Annotated[
+        Path, typer.Argument(help="A DCAP quote (binary), e.g. from /dev/attestation/quote.")
+    ],
     policy: Annotated[
         Path, typer.Option("--policy", help="plan.yaml (its attestation.policy) or a policy YAML.")
     ],
@@ -274,3 +276,61 @@ def _passphrase(variable: str | None) -> bytes | None:
     if not value:
         raise BastionError(f"environment variable {variable} is unset or empty: set it first")
     return value.encode("utf-8")
+
+
+@app.command("image-manifests")
+def image_manifests(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for <role>/ templates.")],
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The workspace.")] = Path(
+        "."
+    ),
+    debug: Annotated[bool, typer.Option(help="Debug enclaves (the host can read them).")] = False,
+    enclave_size: Annotated[str, typer.Option(help="Power of two, e.g. 8G.")] = "8G",
+    max_threads: Annotated[int, typer.Option(help="Enclave thread slots.")] = 64,
+    isv_prod_id: Annotated[int, typer.Option(help="ISV product id (0..65535).")] = 0,
+    isv_svn: Annotated[int, typer.Option(help="ISV security version (0..65535).")] = 0,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Data directory in the container (allowed, unprotected).")
+    ] = None,
+    seal_checkpoints: Annotated[
+        bool, typer.Option(help="Seal checkpoints to the signer (off: the host can read them).")
+    ] = True,
+) -> None:
+    """Render the aggregator, collaborator and seal enclave templates of a graminized image
+    (run by its Dockerfile, with the image's own interpreter)."""
+    from bastion.tee.gramine_image import EnclaveOptions, render_image_templates
+
+    options = EnclaveOptions(
+        debug=debug,
+        enclave_size=enclave_size,
+        max_threads=max_threads,
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+        data_dir=data_dir,
+        seal_checkpoints=seal_checkpoints,
+    )
+    for path in render_image_templates(workspace.resolve(), out, options):
+        _say(f"wrote {path}")
+
+
+@app.command("seal")
+def seal(
+    source: Annotated[
+        Path, typer.Option("--from", help="Plain PKI files: ca.crt, NAME.key, NAME.crt.")
+    ],
+    initial_model: Annotated[
+        Path | None, typer.Option(help="Initial model to seal into the checkpoints directory.")
+    ] = None,
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The workspace.")] = Path(
+        "."
+    ),
+) -> None:
+    """Inside the seal enclave: copy a site's PKI (and the initial model) into the sealed
+    directories. Refuses outside an SGX enclave."""
+    from bastion.tee.seal import seal as seal_files
+
+    sealed = seal_files(workspace, source, initial_model)
+    for path in sealed.pki_files:
+        _say(f"sealed {path}")
+    _say(f"sealed {sealed.initial_model}" if sealed.initial_model else sealed.model_note)
+    _say(f"now delete the plain copies in {source} on the host (e.g. shred -u)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -10,6 +11,9 @@ from rich.table import Table
 from bastion.cli.console import console
 from bastion.cli.options import WorkspaceOption
 from bastion.workspace.templates import create_workspace, list_templates
+
+if TYPE_CHECKING:
+    from bastion.workspace.dockerize import BuildContext
 
 app = typer.Typer(
     help="Workspaces: create, measure and sign, export and import, dockerize and graminize.",
@@ -160,3 +164,173 @@ def import_(
         "next: put the federation's ca.crt and this site's key and certificate in its PKI "
         "directory, then `bastion workspace verify` and `bastion collaborator start NAME`"
     )
+
+
+FindLinksOption = typer.Option(
+    None,
+    "--find-links",
+    help="A directory of wheels to use instead of the package index (repeat; air-gapped hosts).",
+)
+BuildOption = typer.Option(
+    None,
+    "--build/--no-build",
+    help="Build the image (default: when a Docker engine answers; otherwise only the context).",
+)
+
+
+def _build_plan(build: bool | None, save: Path | None) -> str | None:
+    """Why no image will be built (None: build one); refuses up front when --build or
+    --save cannot be honoured here."""
+    from bastion.errors import BastionError
+    from bastion.workspace.docker_engine import docker_unavailable
+
+    if build is False:
+        if save is not None:
+            raise BastionError("--save needs the image: drop --no-build")
+        return "--no-build"
+    reason = docker_unavailable()
+    if reason is not None and (build or save is not None):
+        raise BastionError(
+            f"cannot build here: {reason}. Drop --build/--save to write only the build context, "
+            "then build it on a host with Docker"
+        )
+    return reason
+
+
+@app.command("dockerize")
+def dockerize(
+    out: Path = typer.Argument(..., help="New (or empty) directory for the build context."),
+    workspace: Path = WorkspaceOption,
+    base_image: str = typer.Option(
+        "python:3.11-slim", help="Base image (build argument BASE_IMAGE); needs this Python."
+    ),
+    tag: str | None = typer.Option(None, help="Image tag (default: bastion-PLAN:MEASUREMENT)."),
+    find_links: list[Path] | None = FindLinksOption,
+    build: bool | None = BuildOption,
+    save: Path | None = typer.Option(None, help="Write the built image here (docker save)."),
+    ca: Path | None = typer.Option(
+        None, "--ca", help="Federation CA certificate (default: the plan's pki_dir/ca.crt)."
+    ),
+    allow_unsigned: bool = typer.Option(
+        False, help="DEVELOPMENT ONLY: package a workspace whose manifest is not signed."
+    ),
+) -> None:
+    """Write a Docker build context (Dockerfile, workspace, pinned wheels, entrypoints) and
+    build the image when a Docker engine is present. Keys are never in the image."""
+    from bastion.workspace.dockerize import DockerizeOptions, write_context
+    from bastion.workspace.dockerize import build as build_context
+
+    not_building = _build_plan(build, save)
+    options = DockerizeOptions(
+        workspace=workspace,
+        out=out,
+        base_image=base_image,
+        tag=tag,
+        find_links=tuple(find_links or ()),
+        allow_unsigned=allow_unsigned,
+        ca_cert=ca,
+    )
+    context = write_context(options)
+    _report_context(context)
+    if not_building is not None:
+        _say(f"no image built ({not_building}); on a host with Docker:")
+        _say(f"  {context.build_command()}")
+        return
+    _say(f"building {context.tag} …")
+    build_context(context, save)
+    _say(f"built image {context.tag}" + (f", saved to {save}" if save else ""))
+    _say(f"run it: see {context.directory / 'README.txt'}")
+
+
+def _report_context(context: BuildContext) -> None:
+    _say(
+        f"wrote build context {context.directory}: workspace measurement "
+        f"{context.measurement[:16]}…, {len(context.pins)} pinned wheels, signed by "
+        f"{context.signer or 'nobody (development image)'}"
+    )
+    for note in context.notes:
+        _say(f"  note: {note}")
+
+
+@app.command("graminize")
+def graminize(
+    out: Path = typer.Argument(..., help="New (or empty) directory for the build context."),
+    signing_key: Path = typer.Option(
+        ..., "--signing-key", help="Enclave signing key (`bastion tee keygen`); a build secret."
+    ),
+    workspace: Path = WorkspaceOption,
+    base_image: str = typer.Option(
+        "python:3.11-slim", help="Base image (build argument BASE_IMAGE); needs this Python."
+    ),
+    tag: str | None = typer.Option(None, help="Image tag (default: bastion-PLAN-sgx:MEASUREMENT)."),
+    find_links: list[Path] | None = FindLinksOption,
+    build: bool | None = BuildOption,
+    save: Path | None = typer.Option(None, help="Write the built image here (docker save)."),
+    ca: Path | None = typer.Option(
+        None, "--ca", help="Federation CA certificate (default: the plan's pki_dir/ca.crt)."
+    ),
+    debug: bool = typer.Option(False, help="Debug enclaves: the host can read their memory."),
+    enclave_size: str = typer.Option("8G", help="Enclave size, a power of two (e.g. 4G, 16G)."),
+    max_threads: int = typer.Option(64, help="Enclave thread slots."),
+    isv_prod_id: int = typer.Option(0, help="ISV product id (0..65535), pinned by the policy."),
+    isv_svn: int = typer.Option(0, help="ISV security version (0..65535)."),
+    data_dir: str | None = typer.Option(
+        None, help="Where a site's data is mounted in the container (allowed, unprotected)."
+    ),
+    seal_checkpoints: bool = typer.Option(
+        True, help="Seal checkpoints to the signer (off: the host can read the model)."
+    ),
+) -> None:
+    """Everything dockerize does, plus Gramine manifests for SGX enclaves, signed at build time
+    with --signing-key (a BuildKit secret: never in the context or the image)."""
+    from bastion.tee.gramine_image import EnclaveOptions
+    from bastion.workspace.dockerize import DockerizeOptions
+    from bastion.workspace.graminize import (
+        GraminizeOptions,
+        build_enclave_image,
+        write_enclave_context,
+    )
+
+    not_building = _build_plan(build, save)
+    options = GraminizeOptions(
+        docker=DockerizeOptions(
+            workspace=workspace,
+            out=out,
+            base_image=base_image,
+            tag=tag,
+            find_links=tuple(find_links or ()),
+            ca_cert=ca,
+            tag_suffix="-sgx",
+        ),
+        signing_key=signing_key,
+        enclave=EnclaveOptions(
+            debug=debug,
+            enclave_size=enclave_size,
+            max_threads=max_threads,
+            isv_prod_id=isv_prod_id,
+            isv_svn=isv_svn,
+            data_dir=data_dir,
+            seal_checkpoints=seal_checkpoints,
+        ),
+    )
+    enclave = write_enclave_context(options)
+    _report_context(enclave.context)
+    _say(f"enclaves: aggregator, collaborator, seal; signer MRSIGNER {enclave.mrsigner}")
+    if debug:
+        _say(
+            "warning: DEBUG enclaves: the host can read their memory; never use them with real data"
+        )
+    if not_building is not None:
+        _say(f"no image built ({not_building}); on a host with Docker and BuildKit:")
+        _say(f"  {enclave.build_command()}")
+        return
+    _say(f"building {enclave.context.tag} (BuildKit; installs Gramine unless the base has it) …")
+    for role, sig in zip(
+        ("aggregator", "collaborator", "seal"), build_enclave_image(enclave, save), strict=True
+    ):
+        _say(
+            f"  {role}: MRENCLAVE {sig.mrenclave.hex()} MRSIGNER {sig.mrsigner.hex()} "
+            f"isv_prod_id {sig.isv_prod_id} isv_svn {sig.isv_svn} debug {'yes' if sig.debug else 'no'}"
+        )
+    _say(f"built image {enclave.context.tag}" + (f", saved to {save}" if save else ""))
+    _say(f"SIGSTRUCTs in {enclave.context.directory / 'sigstructs'}; run it: see README.txt")

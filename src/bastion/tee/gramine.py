@@ -37,13 +37,13 @@ Interpreter and Gramine paths come from ``bastion.tee.runtime``, the workspace s
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from bastion.errors import BastionError
 from bastion.plan import PLAN_FILE, NetworkSpec, OutputSpec, load_plan
+from bastion.tee.gramine_toml import Mount, array, boolean, string
 from bastion.tee.pinned_workspace import pin_workspace
 from bastion.tee.runtime import GramineInstall, PythonRuntime
 from bastion.tee.workspace_files import (
@@ -52,8 +52,11 @@ from bastion.tee.workspace_files import (
     select_workspace_files,
 )
 
-Role = Literal["aggregator", "collaborator"]
-ROLES: tuple[Role, ...] = ("aggregator", "collaborator")
+Role = Literal["aggregator", "collaborator", "seal"]
+ROLES: tuple[Role, ...] = ("aggregator", "collaborator", "seal")
+#: Host variables an enclave may read (``loader.env.NAME = { passthrough = true }``): only
+#: names and addresses, which mTLS and attestation make harmless; never paths or code.
+HOST_ENV_ALLOWED = ("BASTION_COLLABORATOR_NAME", "BASTION_AGGREGATOR")
 #: Host (or container) directory holding the sealed PKI files.
 DEFAULT_SECRETS_DIR = Path("/secrets")
 #: Files glibc opens to resolve host names (see the Gramine python example's allowed files).
@@ -85,6 +88,13 @@ class ManifestOptions:
     args: tuple[str, ...] | None = None
     #: Let the host choose argv (``loader.insecure__use_cmdline_argv``); debug enclaves only.
     argv_passthrough: bool = False
+    #: Host environment variables passed through (only names in ``HOST_ENV_ALLOWED``); a
+    #: collaborator enclave without ``name`` reads it from ``BASTION_COLLABORATOR_NAME``.
+    host_env: tuple[str, ...] = ()
+    #: More read-only files or directories the enclave trusts (hashed into MRENCLAVE).
+    extra_trusted: tuple[Path, ...] = ()
+    #: More host-controlled directories the enclave may read (e.g. the seal enclave's input).
+    extra_allowed: tuple[Path, ...] = ()
     debug: bool = False
     enclave_size: str = "8G"
     max_threads: int = 64
@@ -111,30 +121,13 @@ class ManifestOptions:
     gramine: GramineInstall | None = None
 
 
-@dataclass(frozen=True)
-class _Mount:
-    path: str
-    uri: str | None = None
-    type: str = "chroot"
-    key_name: str | None = None
-
-    def toml(self) -> str:
-        parts = [] if self.type == "chroot" else [f"type = {_s(self.type)}"]
-        parts.append(f"path = {_s(self.path)}")
-        if self.uri is not None:
-            parts.append(f"uri = {_s(self.uri)}")
-        if self.key_name is not None:
-            parts.append(f"key_name = {_s(self.key_name)}")
-        return "{ " + ", ".join(parts) + " }"
-
-
 @dataclass
 class _Manifest:
     """The manifest's content before it is written as TOML."""
 
     libos: str
     runtime_dir: str
-    mounts: list[_Mount] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
     trusted: list[str] = field(default_factory=list)
     #: (uri, sha256) trusted files whose hash is fixed here, not by gramine-sgx-sign.
     pinned: list[tuple[str, str]] = field(default_factory=list)
@@ -201,13 +194,13 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
     m = _Manifest(libos=libos, runtime_dir=runtime_dir)
     arch = python.arch_libdir
     system_dirs = [path for path in (arch, f"/usr{arch}") if Path(path).is_dir()]
-    m.mounts.append(_Mount("/lib", f"file:{runtime_dir}"))
+    m.mounts.append(Mount("/lib", f"file:{runtime_dir}"))
     m.trusted.append(f"file:{runtime_dir}/")
     for directory in system_dirs:
-        m.mounts.append(_Mount(directory, f"file:{directory}"))
+        m.mounts.append(Mount(directory, f"file:{directory}"))
         m.trusted.append(f"file:{directory}/")
-    m.mounts.append(_Mount("/etc", "file:/etc"))
-    m.mounts.append(_Mount("/tmp", type="tmpfs"))
+    m.mounts.append(Mount("/etc", "file:/etc"))
+    m.mounts.append(Mount("/tmp", type="tmpfs"))
 
     m.trusted.append(f"file:{python.executable}")
     m.mounts.append(_identity(python.executable))
@@ -226,19 +219,25 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
     else:
         m.trusted.extend(f"file:{path}" for path in selection.trusted)
 
+    for path in options.extra_trusted:
+        m.mounts.append(_identity(path))
+        m.trusted.append(f"file:{path}/" if path.is_dir() else f"file:{path}")
     if d.data is not None:
         m.mounts.append(_identity(d.data))
         m.allowed.append(f"file:{d.data}/")
+    for path in options.extra_allowed:
+        m.mounts.append(_identity(path))
+        m.allowed.append(f"file:{path}/")
     m.mounts.append(_identity(d.logs))
     m.allowed.append(f"file:{d.logs}/")
     key = options.sealing_key
     if options.seal_checkpoints:
-        m.mounts.append(_Mount(str(d.checkpoints), f"file:{d.checkpoints}", "encrypted", key))
+        m.mounts.append(Mount(str(d.checkpoints), f"file:{d.checkpoints}", "encrypted", key))
         _check_sealed(d.checkpoints, "the checkpoints directory", _UNSEALED_CHECKPOINTS_FIX)
     else:
         m.mounts.append(_identity(d.checkpoints))
         m.allowed.append(f"file:{d.checkpoints}/")
-    m.mounts.append(_Mount(str(d.pki_mount), f"file:{d.secrets}", "encrypted", key))
+    m.mounts.append(Mount(str(d.pki_mount), f"file:{d.secrets}", "encrypted", key))
     _check_sealed(d.secrets, "the secrets directory", "pass the sealed PKI, not the plain one")
     m.allowed.extend(f"file:{path}" for path in NAME_RESOLUTION_FILES)
 
@@ -284,6 +283,12 @@ def _validate(options: ManifestOptions) -> None:
         raise ManifestError(
             "argv passthrough lets the host choose what the enclave runs: it is allowed only "
             "for debug enclaves; fix the arguments with `args` instead"
+        )
+    unknown = sorted(set(options.host_env) - set(HOST_ENV_ALLOWED))
+    if unknown:
+        raise ManifestError(
+            f"host environment {', '.join(unknown)} may not reach the enclave; only "
+            f"{', '.join(HOST_ENV_ALLOWED)} are passed through"
         )
     if options.argv_passthrough and options.args is not None:
         raise ManifestError("pass either fixed args or argv_passthrough, not both")
@@ -365,20 +370,21 @@ def _write_toml(
         "# Keys and certificates are never trusted or allowed files: they come at run time",
         f"# from a directory sealed with {options.sealing_key} (the encrypted PKI mount).",
         "",
-        f"loader.entrypoint.uri = {_s('file:' + m.libos)}",
-        f"libos.entrypoint = {_s(str(python.executable))}",
-        f"loader.log_level = {_s(options.log_level)}",
+        f"loader.entrypoint.uri = {string('file:' + m.libos)}",
+        f"libos.entrypoint = {string(str(python.executable))}",
+        f"loader.log_level = {string(options.log_level)}",
     ]
     if options.argv_passthrough:
         lines.append("# INSECURE: the host chooses the arguments (debug enclaves only).")
         lines.append("loader.insecure__use_cmdline_argv = true")
     else:
         argv = [str(python.executable), "-m", "bastion", *args]
-        lines += _array("loader.argv", argv)
-    lines += [f"loader.env.{key} = {_s(value)}" for key, value in env.items()]
+        lines += array("loader.argv", argv)
+    lines += [f"loader.env.{key} = {string(value)}" for key, value in env.items()]
+    lines += [f"loader.env.{key} = {{ passthrough = true }}" for key in options.host_env]
     lines += [
         "",
-        f"fs.start_dir = {_s(str(workspace))}",
+        f"fs.start_dir = {string(str(workspace))}",
         "fs.mounts = [",
         *(f"  {mount.toml()}," for mount in m.mounts),
         "]",
@@ -388,20 +394,20 @@ def _write_toml(
         "# The host may deliver one SIGTERM: Bastion checkpoints and exits on it.",
         "sys.enable_sigterm_injection = true",
         "",
-        f"sgx.debug = {_b(options.debug)}",
-        f"sgx.edmm_enable = {_b(options.edmm)}",
-        f"sgx.enclave_size = {_s(options.enclave_size)}",
+        f"sgx.debug = {boolean(options.debug)}",
+        f"sgx.edmm_enable = {boolean(options.edmm)}",
+        f"sgx.enclave_size = {string(options.enclave_size)}",
         f"sgx.max_threads = {options.max_threads}",
         'sgx.remote_attestation = "dcap"',
         f"sgx.isvprodid = {options.isv_prod_id}",
         f"sgx.isvsvn = {options.isv_svn}",
         'sgx.file_check_policy = "strict"',
         "",
-        *_array("sgx.trusted_files", m.trusted, pinned=m.pinned),
+        *array("sgx.trusted_files", m.trusted, pinned=m.pinned),
         "",
         "# Unprotected, host-controlled: site data, logs, and name resolution (peers are",
         "# authenticated by mTLS, not by address).",
-        *_array("sgx.allowed_files", m.allowed),
+        *array("sgx.allowed_files", m.allowed),
     ]
     return "\n".join(lines) + "\n"
 
@@ -411,21 +417,26 @@ def _role_args(options: ManifestOptions) -> tuple[str, ...]:
         return options.args
     if options.role == "aggregator":
         return ("aggregator", "start")
-    if not options.name:
-        raise ManifestError(
-            "a collaborator enclave runs under one name: pass name= (the certificate's CN) or args"
-        )
-    return ("collaborator", "start", options.name)
+    if options.role == "seal":
+        raise ManifestError("a seal enclave needs explicit args (e.g. `tee seal --from DIR`)")
+    if options.name:
+        return ("collaborator", "start", options.name)
+    if "BASTION_COLLABORATOR_NAME" in options.host_env:
+        return ("collaborator", "start")
+    raise ManifestError(
+        "a collaborator enclave runs under one name: pass name= (the certificate's CN), "
+        "host_env=('BASTION_COLLABORATOR_NAME',), or args"
+    )
 
 
-def _identity(path: Path) -> _Mount:
-    return _Mount(str(path), f"file:{path}")
+def _identity(path: Path) -> Mount:
+    return Mount(str(path), f"file:{path}")
 
 
-def _ordered_mounts(mounts: list[_Mount]) -> list[_Mount]:
+def _ordered_mounts(mounts: list[Mount]) -> list[Mount]:
     """Parents before children; drop identity mounts already exposed by an identity parent."""
     ordered = sorted(mounts, key=lambda mount: len(Path(mount.path).parts))
-    kept: list[_Mount] = []
+    kept: list[Mount] = []
     for mount in ordered:
         is_identity = mount.type == "chroot" and mount.uri == f"file:{mount.path}"
         covered = any(
@@ -441,25 +452,3 @@ def _ordered_mounts(mounts: list[_Mount]) -> list[_Mount]:
 
 def _unique(uris: list[str]) -> list[str]:
     return list(dict.fromkeys(uris))
-
-
-def _array(key: str, values: Sequence[str], pinned: Sequence[tuple[str, str]] = ()) -> list[str]:
-    tables = [f"  {{ uri = {_s(uri)}, sha256 = {_s(sha256)} }}," for uri, sha256 in pinned]
-    return [f"{key} = [", *(f"  {_s(value)}," for value in values), *tables, "]"]
-
-
-def _b(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _s(value: str) -> str:
-    """A TOML basic string (escapes quotes, backslashes and control characters)."""
-    out = []
-    for char in value:
-        if char in ('"', "\\"):
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'

@@ -19,6 +19,7 @@ from pathlib import Path
 from bastion.errors import BastionError
 from bastion.plan import Plan, load_plan
 from bastion.workspace.archive import export_members
+from bastion.workspace.docker_engine import build_image, save_image
 from bastion.workspace.docker_files import (
     DEFAULT_BASE_IMAGE,
     ENTRYPOINT,
@@ -29,6 +30,7 @@ from bastion.workspace.docker_files import (
 )
 from bastion.workspace.manifest import measure_workspace, read_manifest
 from bastion.workspace.pinning import Pin, resolve, workspace_roots
+from bastion.workspace.scope import MANIFEST_FILE
 from bastion.workspace.signature import signature_path, verify_signature
 from bastion.workspace.verify import default_ca_cert
 from bastion.workspace.wheels import fetch_wheels, lock_text
@@ -47,12 +49,14 @@ class DockerizeOptions:
     out: Path
     base_image: str = DEFAULT_BASE_IMAGE
     tag: str | None = None
-    #: Local wheel directories for pip (air-gapped machines).
+    #: Local wheel directories, used instead of the package index (air-gapped machines).
     find_links: tuple[Path, ...] = ()
     #: Development only: package a workspace whose manifest is not signed.
     allow_unsigned: bool = False
     #: CA certificate to check the signature with (default: the plan's pki_dir/ca.crt).
     ca_cert: Path | None = None
+    #: Appended to the image name of the default tag (``-sgx`` for enclave images).
+    tag_suffix: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,10 @@ class BuildContext:
         return f"docker build {args} -t {shlex.quote(self.tag)} {shlex.quote(str(self.directory))}"
 
 
-def default_tag(plan: Plan, measurement: str) -> str:
-    """``bastion-<plan name>:<first 12 hex digits of the measurement>``."""
+def default_tag(plan: Plan, measurement: str, suffix: str = "") -> str:
+    """``bastion-<plan name><suffix>:<first 12 hex digits of the measurement>``."""
     name = _TAG_PART.sub("-", plan.name.lower()).strip("-._") or "workspace"
-    return f"bastion-{name[:60]}:{measurement[:12]}"
+    return f"bastion-{name[:60]}{suffix}:{measurement[:12]}"
 
 
 def write_context(options: DockerizeOptions) -> BuildContext:
@@ -90,14 +94,18 @@ def write_context(options: DockerizeOptions) -> BuildContext:
     plan = load_plan(workspace)
     members, signed = export_members(workspace)
     signer = _check_signed(workspace, plan, signed, options)
-    measurement = measure_workspace(workspace).measurement
+    # The measurement collaborators report: the manifest's (export_members checked that the
+    # files still match it), or, for an unmeasured development workspace, the files now.
+    has_manifest = (workspace / MANIFEST_FILE).is_file()
+    manifest = read_manifest(workspace)[0] if has_manifest else measure_workspace(workspace)
+    measurement = manifest.measurement
     resolution = resolve(workspace_roots(workspace))
     out.mkdir(parents=True, exist_ok=True)
     try:
         _copy_workspace(workspace, members, out / "workspace")
         wheels = fetch_wheels(resolution.pins, out / "wheels", find_links=options.find_links)
         (out / "requirements.lock").write_text(lock_text(resolution.pins, wheels))
-        tag = options.tag or default_tag(plan, measurement)
+        tag = options.tag or default_tag(plan, measurement, options.tag_suffix)
         writable = sorted(
             {f"{WORKSPACE}/{plan.output.checkpoints}", f"{WORKSPACE}/{plan.output.logs}"}
         )
@@ -124,6 +132,13 @@ def write_context(options: DockerizeOptions) -> BuildContext:
         shutil.rmtree(out, ignore_errors=True)
         raise
     return context
+
+
+def build(context: BuildContext, save: Path | None = None) -> None:
+    """Build the image with the local Docker engine, then ``docker save`` it if asked."""
+    build_image(context.directory, context.tag, context.build_args())
+    if save is not None:
+        save_image(context.tag, save)
 
 
 def _check_signed(

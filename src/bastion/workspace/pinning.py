@@ -67,7 +67,7 @@ def read_requirements(path: Path) -> list[Requirement]:
 
 def resolve(roots: list[Requirement]) -> Resolution:
     """Every installed distribution the roots need, with the installed version."""
-    environment: dict[str, str] = dict(default_environment())
+    environment = {key: str(value) for key, value in default_environment().items()}
     pins: dict[str, Pin] = {}
     done: set[tuple[str, frozenset[str]]] = set()
     resolution = Resolution(pins=[])

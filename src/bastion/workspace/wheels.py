@@ -44,7 +44,7 @@ def fetch_wheels(
         try:
             _pip(
                 ["download", "--no-deps", "--only-binary=:all:", "--dest", str(directory)]
-                + [arg for path in find_links for arg in ("--find-links", str(path))]
+                + _sources(find_links)
                 + ["--requirement", str(requirements)],
                 "download the pinned wheels",
             )
@@ -59,7 +59,7 @@ def _bastion_wheel(pin: Pin, directory: Path, find_links: Sequence[Path]) -> Non
     if source is None:
         _pip(
             ["download", "--no-deps", "--only-binary=:all:", "--dest", str(directory)]
-            + [arg for path in find_links for arg in ("--find-links", str(path))]
+            + _sources(find_links)
             + [pin.line()],
             f"download {pin.line()}",
         )
@@ -78,6 +78,13 @@ def _bastion_wheel(pin: Pin, directory: Path, find_links: Sequence[Path]) -> Non
             + [str(copy)],
             f"build the {BASTION_DISTRIBUTION} wheel from {source}",
         )
+
+
+def _sources(find_links: Sequence[Path]) -> list[str]:
+    """Local wheel directories replace the index (an air-gapped build must not hang on it)."""
+    if not find_links:
+        return []
+    return ["--no-index"] + [arg for path in find_links for arg in ("--find-links", str(path))]
 
 
 def _editable_source() -> Path | None:

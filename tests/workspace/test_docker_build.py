@@ -1,0 +1,155 @@
+"""A real `bastion workspace dockerize` build, then the federation run from the image.
+
+Runs with `make test-docker` (root, Debian's docker.io and debootstrap): a private dockerd,
+a Debian base image made offline with debootstrap, the image built from the generated
+context with `docker build`, and the aggregator and two collaborators run as containers on
+the host network with their PKI mounted read-only at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.docker import REPO, Docker, import_base_image, private_daemon, unavailable
+from support.workspaces import make_workspace
+
+from bastion.workspace.docker_files import IMAGE_UID
+
+SKIP = unavailable()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
+
+TAG = "bastion-e2e:test"
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+
+
+@pytest.fixture(scope="module")
+def docker() -> Iterator[Docker]:
+    with private_daemon() as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def built(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A signed workspace, dockerized and built for real (and saved with --save)."""
+    root = tmp_path_factory.mktemp("dockerized")
+    workspace = make_workspace(root, collaborators=2, rounds=2)
+    base = import_base_image(docker)
+    links = ["--find-links", str(WHEELHOUSE)] if WHEELHOUSE.is_dir() else []
+    saved = root / "image.tar"
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion", "workspace", "dockerize", str(root / "context"),
+         "--workspace", str(workspace), "--base-image", base, "--tag", TAG, *links,
+         "--build", "--save", str(saved)],
+        env={**docker.env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"built image {TAG}, saved to {saved}" in result.stdout
+    return {"workspace": workspace, "context": root / "context", "saved": saved, "root": root}
+
+
+def pki_for_containers(workspace: Path, target: Path, names: list[str]) -> Path:
+    """What each host mounts: ca.crt and its own key pair, readable by the image's user."""
+    target.mkdir(mode=0o700)
+    for name in ("ca.crt", *(f"{n}.{ext}" for n in names for ext in ("crt", "key"))):
+        shutil.copy2(workspace / "pki" / name, target / name)
+    for path in (target, *target.iterdir()):
+        os.chown(path, IMAGE_UID, IMAGE_UID)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_context_builds_and_saves_an_image_without_keys(
+    docker: Docker, built: dict[str, Path]
+) -> None:
+    with tarfile.open(built["saved"]) as saved:
+        assert "manifest.json" in saved.getnames()
+    assert docker.run("run", "--rm", "--entrypoint", "id", TAG, "-u").stdout.strip() == str(
+        IMAGE_UID
+    )
+    listing = docker.run(
+        "run", "--rm", "--entrypoint", "/bin/sh", TAG, "-c",
+        "cd /workspace && find . -type f | sort && "
+        "! grep -rl 'PRIVATE KEY' /workspace /opt/bastion/entrypoint.sh /opt/bastion/healthcheck.py",
+    ).stdout.split()  # fmt: skip
+    assert listing == sorted(
+        [
+            "./plan.yaml",
+            "./requirements.txt",
+            "./save/initial.safetensors",
+            "./task.py",
+            "./workspace.manifest.json",
+            "./workspace.manifest.sig",
+        ]
+    )
+    base = docker.run("inspect", "--format", "{{.Config.Healthcheck.Test}}", TAG).stdout
+    assert "/opt/bastion/healthcheck.py" in base
+
+
+def test_the_image_verifies_its_workspace_and_refuses_a_tampered_one(
+    docker: Docker, built: dict[str, Path]
+) -> None:
+    pki = pki_for_containers(built["workspace"], built["root"] / "pki-verify", ["site-1"])
+    mount = f"{pki}:/workspace/pki:ro"
+    verified = docker.run("run", "--rm", "-v", mount, TAG, "workspace", "verify")
+    assert "verified: 3 files match the manifest signed by model-owner" in verified.stdout
+    tampered = docker.run(
+        "run", "--rm", "--network", "none", "--user", "0", "-v", mount,
+        "--entrypoint", "/bin/sh", TAG, "-c",
+        "echo '# changed' >> /workspace/task.py && "
+        "exec /opt/bastion/entrypoint.sh collaborator site-1 --aggregator 127.0.0.1:9",
+        check=False,
+    )  # fmt: skip
+    assert tampered.returncode == 2, tampered.stdout + tampered.stderr
+    assert "task.py differs" in tampered.stderr
+
+
+def test_aggregator_and_collaborators_run_the_federation_from_the_image(
+    docker: Docker, built: dict[str, Path]
+) -> None:
+    names = ["site-1", "site-2"]
+    pki = pki_for_containers(built["workspace"], built["root"] / "pki-run", ["aggregator", *names])
+    mount = f"{pki}:/workspace/pki:ro"
+    port = free_port()
+    containers = ["e2e-aggregator", *(f"e2e-{name}" for name in names)]
+    try:
+        docker.run(
+            "run", "-d", "--name", "e2e-aggregator", "--network", "host", "-v", mount,
+            TAG, "aggregator", "--port", str(port),
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while docker.run(
+            "exec", "e2e-aggregator", "python", "/opt/bastion/healthcheck.py", check=False
+        ).returncode:
+            state = docker.run("inspect", "--format", "{{.State.Status}}", "e2e-aggregator")
+            logs = docker.run("logs", "e2e-aggregator", check=False)
+            assert state.stdout.strip() == "running", logs.stdout + logs.stderr
+            assert time.monotonic() < deadline, "the aggregator never became healthy"
+            time.sleep(1)
+        for name in names:
+            docker.run(
+                "run", "-d", "--name", f"e2e-{name}", "--network", "host", "-v", mount,
+                TAG, "collaborator", name, "--aggregator", f"127.0.0.1:{port}",
+            )  # fmt: skip
+        codes = {name: docker.run("wait", name, timeout=600).stdout.strip() for name in containers}
+        logs = {name: docker.run("logs", name, check=False) for name in containers}
+        assert codes == dict.fromkeys(containers, "0"), {
+            name: (log.stdout + log.stderr)[-3000:] for name, log in logs.items()
+        }
+        aggregator_log = logs["e2e-aggregator"].stdout + logs["e2e-aggregator"].stderr
+        assert "federation finished after 2 rounds" in aggregator_log, aggregator_log[-3000:]
+    finally:
+        docker.run("rm", "-f", *containers, check=False)
