@@ -97,6 +97,22 @@ def flatten(tree: PyTree) -> tuple[dict[str, jax.Array], Any]:
     return named, treedef
 
 
+def resolve_device(device: str) -> jax.Device:
+    """``auto`` is JAX's default device (a GPU when jaxlib has CUDA and sees one), else
+    ``cpu`` or ``cuda[:N]``/``gpu[:N]``."""
+    if device == "auto":
+        return jax.devices()[0]
+    kind, _, index = device.partition(":")
+    platform = "gpu" if kind in ("cuda", "gpu") else kind
+    try:
+        return jax.devices(platform)[int(index or 0)]
+    except (RuntimeError, IndexError, ValueError):
+        raise BastionError(
+            f"task_runner.args.device: JAX has no device {device!r} here "
+            f"(it sees {', '.join(str(d) for d in jax.devices())}); use auto or cpu"
+        ) from None
+
+
 class JaxRunner:
     """A ``TaskRunner`` for classifiers written as JAX pytrees and pure functions."""
 
@@ -117,7 +133,7 @@ class JaxRunner:
         device: str = "auto",
         seed: int = 0,
     ) -> None:
-        self.device = jax.devices()[0] if device == "auto" else jax.devices(device)[0]
+        self.device = resolve_device(device)
         tree = {"params": params, "state": state if state is not None else {}}
         self._tree = jax.device_put(tree, self.device)
         leaves, self._treedef = flatten(self._tree)
@@ -178,8 +194,8 @@ class JaxRunner:
                 if max_batches is not None and batches >= max_batches:
                     break
                 index = order[start : start + int(batch_size)]
-                x = jnp.asarray(data.x_train[index])
-                y = jnp.asarray(data.y_train[index])
+                x = jax.device_put(data.x_train[index], self.device)
+                y = jax.device_put(data.y_train[index], self.device)
                 params, state, opt_state, loss, hits = self._train_step(
                     params, state, opt_state, x, y
                 )
@@ -197,8 +213,8 @@ class JaxRunner:
     def validate(self, data: DataShard, batch_size: int = 1000, **_: Any) -> TaskResult:
         total_loss, correct = 0.0, 0
         for start in range(0, data.valid_count, int(batch_size)):
-            x = jnp.asarray(data.x_valid[start : start + int(batch_size)])
-            y = jnp.asarray(data.y_valid[start : start + int(batch_size)])
+            x = jax.device_put(data.x_valid[start : start + int(batch_size)], self.device)
+            y = jax.device_put(data.y_valid[start : start + int(batch_size)], self.device)
             loss, hits = self._evaluate(self.params, self.state, x, y)
             total_loss += float(loss) * len(y)
             correct += int(hits)

@@ -155,10 +155,10 @@ class LightningRunner:
     # ------------------------------------------------------------------ helpers
 
     def _trainer(self, **task_args: Any) -> pl.Trainer:
-        accelerator = "gpu" if self.device.type == "cuda" else "cpu"
+        cuda = self.device.type == "cuda"
         args: dict[str, Any] = {
-            "accelerator": accelerator,
-            "devices": 1,
+            "accelerator": "gpu" if cuda else "cpu",
+            "devices": [self.device.index or 0] if cuda else 1,
             "logger": False,
             "enable_checkpointing": False,
             "enable_progress_bar": False,

@@ -30,7 +30,8 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without mxnet
     raise MissingDependency("mxnet", "mxnet", "the MXNet task runner") from exc
 
-#: dtypes Gluon trains in (MXNet 1.9 has no bfloat16 outside oneDNN's AMP).
+#: dtypes Gluon keeps parameters in (MXNet 1.9 has no bfloat16 outside oneDNN's AMP); its
+#: CPU build runs float16 dense layers only with cuDNN, i.e. on a GPU.
 DTYPES = ("float16", "float32", "float64")
 
 
@@ -111,9 +112,7 @@ class MxnetRunner:
 
     # ------------------------------------------------------------------ tasks
 
-    def train(
-        self, data: DataShard, epochs: int = 1, batch_size: int = 32, **_: Any
-    ) -> TaskResult:
+    def train(self, data: DataShard, epochs: int = 1, batch_size: int = 32, **_: Any) -> TaskResult:
         """Local epochs of mini-batch training under ``autograd.record``."""
         if self._trainer is None or self.optimizer_state == "reset":
             self._trainer = gluon.Trainer(

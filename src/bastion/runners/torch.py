@@ -2,8 +2,10 @@
 
 Parameters and buffers (BatchNorm statistics) travel as named NumPy arrays in the
 module's own order; ``local_buffers=True`` keeps buffers on the site instead.
-Training loops over NumPy shards in seeded mini-batches; the optimizer is created
-per task (its state is reset each round, the usual federated default).
+Training loops over NumPy shards in seeded mini-batches. ``optimizer_state: reset``
+(the usual federated default) creates the optimizer afresh for every training task;
+``keep`` keeps it, and its momentum, on the site across rounds. bfloat16 and float8
+tensors travel as float32 and come back exact (``bastion.runners.wire_dtypes``).
 
 Client-side regularizers (``task_runner.args``; a train task's ``args`` may override
 the coefficients for that task):
@@ -19,6 +21,7 @@ the coefficients for that task):
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -31,6 +34,8 @@ from bastion.algorithms.fedcurv import fedcurv_tensors, split_fedcurv
 from bastion.data.types import DataShard
 from bastion.errors import BastionError, MissingDependency, PlanError
 from bastion.runners.base import TaskResult
+from bastion.runners.options import optimizer_state_policy
+from bastion.runners.torch_state import resolve_device, tensor_to_numpy
 from bastion.tensors import Weights
 
 try:
@@ -81,6 +86,7 @@ class TorchClientState:
     accepted_round: int | None
     current_round: int | None
     local_dp_history: list[tuple[float, float, int]] | None = None
+    optimizer: dict[str, Any] | None = None
 
 
 class TorchRunner:
@@ -99,6 +105,7 @@ class TorchRunner:
         device: str = "auto",
         threads: int | None = None,
         local_buffers: bool = False,
+        optimizer_state: str = "reset",
         seed: int = 0,
         proximal_mu: float = 0.0,
         fedcurv_lambda: float | None = None,
@@ -106,15 +113,15 @@ class TorchRunner:
     ) -> None:
         if threads:
             torch.set_num_threads(int(threads))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.lr = lr
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self._optimizer_factory = optimizer_factory or _default_optimizer(
             optimizer, momentum, weight_decay
         )
+        self.optimizer_state = optimizer_state_policy(optimizer_state)
+        self._optimizer: torch.optim.Optimizer | None = None
         buffers = {name for name, _ in model.named_buffers()}
         self._federated = [
             name for name in model.state_dict() if not (local_buffers and name in buffers)
@@ -195,7 +202,7 @@ class TorchRunner:
 
     def get_weights(self) -> Weights:
         state = self.model.state_dict()
-        weights = {name: state[name].detach().cpu().numpy().copy() for name in self._federated}
+        weights = {name: tensor_to_numpy(name, state[name]) for name in self._federated}
         weights.update({name: array.copy() for name, array in self._fisher_slots.items()})
         return weights
 
@@ -275,7 +282,7 @@ class TorchRunner:
             return train_private(self, data, optimizer, epochs, batch_size, max_batches)
         self.prepare_penalty(proximal_mu=mu, fedcurv_lambda=lam)
         self.model.train()
-        optimizer = self._optimizer_factory(list(self.model.parameters()), lr or self.lr)
+        optimizer = self._optimizer_for_task(lr or self.lr)
         x_all = torch.from_numpy(np.ascontiguousarray(data.x_train))
         y_all = torch.from_numpy(np.ascontiguousarray(data.y_train)).long()
         total_loss, correct, seen, batches = 0.0, 0, 0, 0
@@ -309,6 +316,15 @@ class TorchRunner:
             self._fisher_terms = (own_u, own_v)
         # Example count is the shard size, the weight FedAvg uses (n_k in McMahan et al.).
         return TaskResult(data.train_count, metrics)
+
+    def _optimizer_for_task(self, lr: float) -> torch.optim.Optimizer:
+        """A fresh optimizer (``reset``), or the site's previous one at this task's lr (``keep``)."""
+        if self._optimizer is None or self.optimizer_state == "reset":
+            self._optimizer = self._optimizer_factory(list(self.model.parameters()), lr)
+        else:
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
+        return self._optimizer
 
     @torch.no_grad()
     def validate(self, data: DataShard, batch_size: int = 512, **_: Any) -> TaskResult:
@@ -482,6 +498,11 @@ class TorchRunner:
             accepted_round=self._accepted_round,
             current_round=self._current_round,
             local_dp_history=self.local_dp.history() if self.local_dp else None,
+            optimizer=(
+                copy.deepcopy(self._optimizer.state_dict())
+                if self.optimizer_state == "keep" and self._optimizer is not None
+                else None
+            ),
         )
 
     def load_client_state(self, state: object | None) -> None:
@@ -508,3 +529,7 @@ class TorchRunner:
         self._current_round = state.current_round
         if self.local_dp is not None:  # each simulated client has its own privacy spend
             self.local_dp.load_history(state.local_dp_history or [])
+        self._optimizer = None
+        if state.optimizer is not None:
+            self._optimizer = self._optimizer_factory(list(self.model.parameters()), self.lr)
+            self._optimizer.load_state_dict(copy.deepcopy(state.optimizer))

@@ -43,7 +43,7 @@ class ModuleState:
 
     def read(self) -> Weights:
         state = self.module.state_dict()
-        return {name: _to_numpy(name, state[name]) for name in self.names}
+        return {name: tensor_to_numpy(name, state[name]) for name in self.names}
 
     def write(self, weights: Weights) -> None:
         check_incoming(weights, self.shapes)
@@ -60,7 +60,8 @@ class ModuleState:
         return [p for name, p in self.module.named_parameters() if name in wanted]
 
 
-def _to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
+def tensor_to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
+    """A copy on the CPU in a dtype the wire carries (bfloat16/float8 widened to float32)."""
     tensor = tensor.detach()
     if tensor.dtype in (torch.bfloat16, *_FLOAT8):
         tensor = tensor.float()  # exact: every bfloat16/float8 value is a float32 value

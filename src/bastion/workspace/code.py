@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import PlanError
+from bastion.errors import MissingDependency, PlanError
+from bastion.runners.extras import missing_framework
 
 #: Workspace roots task code was imported from in this process (tests, in-process simulation).
 _IMPORTED_FROM: set[Path] = set()
@@ -33,7 +34,14 @@ def import_callable(spec: str, workspace: Path, key: str) -> Callable[..., Any]:
             raise PlanError(
                 f"key '{key}': no module {module_name!r} in workspace {workspace} or installed packages"
             ) from None
+        hint = missing_framework(exc, f"key '{key}': module {module_name!r}")
+        if hint is not None:
+            raise hint from None
         raise PlanError(f"key '{key}': importing {module_name!r} failed: {exc}") from None
+    except MissingDependency as exc:  # a Bastion adapter whose framework is absent
+        raise MissingDependency(
+            exc.package, exc.extra, f"key '{key}': module {module_name!r}"
+        ) from None
     except Exception as exc:
         raise PlanError(
             f"key '{key}': importing {module_name!r} failed: {type(exc).__name__}: {exc}"

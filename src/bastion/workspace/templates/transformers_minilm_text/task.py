@@ -17,6 +17,9 @@ def build_runner(
     federate: Sequence[str] = ("classifier.*",),
     train_local: bool = False,
     lr: float = 5e-4,
+    max_length: int = 64,
+    optimizer_state: str = "reset",
+    device: str = "auto",
     threads: int | None = None,
     seed: int = 0,
 ) -> TransformersRunner:
@@ -26,6 +29,9 @@ def build_runner(
         federate=federate,
         train_local=train_local,
         lr=lr,
+        max_length=max_length,
+        optimizer_state=optimizer_state,
+        device=device,
         threads=threads,
         seed=seed,
     )
