@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.workspaces import make_workspace
+from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.tee.gramine import ManifestOptions, render_manifest
 
@@ -75,4 +75,46 @@ def test_files_opened_by_the_entrypoint_are_trusted_or_allowed(
     entries = manifest["sgx"]["trusted_files"] + manifest["sgx"]["allowed_files"]
     # A failed open of a file that does not exist (e.g. pythonXY.zip) needs no manifest entry.
     uncovered = sorted(p for p in opened if os.path.exists(p) and not covered(p, entries))
+    assert uncovered == []
+
+
+def test_a_collaborator_starting_in_the_enclave_opens_only_covered_files(tmp_path: Path) -> None:
+    """The real start path: verify the signed workspace, read the sealed PKI, import the task
+    code, load the data, dial the aggregator (absent here, so it gives up after a second)."""
+    workspace = make_workspace(tmp_path, collaborators=1)
+    edit_plan(workspace, {"timeouts": {"reconnect_give_up_seconds": 1}})
+    sign_workspace(workspace)
+    options = ManifestOptions(
+        workspace=workspace,
+        role="collaborator",
+        args=("collaborator", "start", "site-1", "--aggregator", "127.0.0.1:9"),
+        seal_checkpoints=False,
+    )
+    manifest: dict[str, Any] = tomllib.loads(render_manifest(options))
+    env = dict(manifest["loader"]["env"])
+    env["HOME"] = str(tmp_path / "home")
+    log = tmp_path / "opened.txt"
+    cwd = manifest["fs"]["start_dir"]
+    result = subprocess.run(
+        [manifest["libos"]["entrypoint"], "-c", WRAPPER, str(log), *manifest["loader"]["argv"][3:]],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "unreachable" in result.stderr, result.stderr[-3000:]
+
+    opened = {os.path.normpath(os.path.join(cwd, p)) for p in log.read_text().splitlines()}
+    for expected in ("plan.yaml", "task.py", "workspace.manifest.sig", "pki/site-1.key"):
+        assert str(workspace / expected) in opened, f"the hook did not see {expected} opened"
+    assert any(p.endswith("digits.csv.gz") for p in opened), "the data was not loaded"
+    entries = manifest["sgx"]["trusted_files"] + manifest["sgx"]["allowed_files"]
+    sealed = [m["path"] + "/" for m in manifest["fs"]["mounts"] if m.get("type") == "encrypted"]
+    uncovered = sorted(
+        p
+        for p in opened
+        if os.path.exists(p) and not covered(p, entries) and not p.startswith(tuple(sealed))
+    )
     assert uncovered == []

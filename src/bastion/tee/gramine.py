@@ -351,9 +351,12 @@ def _write_toml(
     template: bool,
 ) -> str:
     arch = python.arch_libdir
-    ld_path = ["/lib", arch, f"/usr{arch}"]
-    if python.libpython is not None and str(python.libpython.parent) not in ld_path:
-        ld_path.append(str(python.libpython.parent))
+    system = [arch, f"/usr{arch}"]
+    # "/lib" (Gramine's patched glibc) always first; then the interpreter's own libpython
+    # before the system directories, where a libpython of another patch release would
+    # otherwise shadow it (its extension modules need that one's symbols).
+    libdir = str(python.libpython.parent) if python.libpython is not None else None
+    ld_path = ["/lib", *([libdir] if libdir and libdir not in ("/lib", *system) else []), *system]
     env = {
         "LD_LIBRARY_PATH": ":".join(ld_path),
         "PYTHONPATH": ":".join(str(p) for p in python.path_entries),
