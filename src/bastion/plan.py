@@ -309,7 +309,13 @@ class Plan(_Strict):
         )
         if problem is None:
             problem = secure_aggregation_problem(
-                self.aggregation.strategy, self.secure_aggregation, len(names)
+                self.aggregation.strategy,
+                self.secure_aggregation,
+                len(names),
+                compression=self.compression is not None,
+                train_tasks=None
+                if self.task_groups or self.assigner
+                else sum(t.kind == "train" for t in self.tasks),
             )
         if problem is None and self.compression is not None:
             problem = check_plan_composition(

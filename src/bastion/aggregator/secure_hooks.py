@@ -53,6 +53,11 @@ class SecureAggregationHooks:
     def _check_roster(self, collaborator: str) -> None:  # provided by Aggregator
         raise NotImplementedError
 
+    @property
+    def secure_session(self) -> SecureRound | None:
+        """The current (or last) round's secure aggregation session, for audits and status."""
+        return self._secure
+
     # ------------------------------------------------------------------ round life
 
     def _open_secure_session(self, progress: RoundProgress) -> None:

@@ -124,6 +124,11 @@ class SecureUpdate:
     def finished(self) -> bool:
         return self.contributed or self.error is not None
 
+    @property
+    def awaiting(self) -> Step:
+        """The stage whose closing answer the next ``step()`` fetches (then it sends the next)."""
+        return self._next
+
     # ------------------------------------------------------------------ driving
 
     def step(self) -> float | None:

@@ -87,11 +87,30 @@ def weighting_for(strategy: str) -> Literal["examples", "unit"]:
 
 
 def secure_aggregation_problem(
-    strategy: str, spec: SecureAggregationSpec | None, roster_size: int
+    strategy: str,
+    spec: SecureAggregationSpec | None,
+    roster_size: int,
+    compression: bool = False,
+    train_tasks: int | None = None,
 ) -> str | None:
-    """Why the plan's secure aggregation cannot run, or None when it can."""
+    """Why the plan's secure aggregation cannot run, or None when it can.
+
+    ``train_tasks`` is how many train tasks every collaborator runs per round (None when
+    task groups or an assigner decide; the aggregator then checks each round).
+    """
     if spec is None or not spec.enabled:
         return None
+    if train_tasks is not None and train_tasks > 1:
+        return (
+            f"tasks: {train_tasks} train tasks per round; secure aggregation sums one update "
+            "per collaborator per round, so keep one train task"
+        )
+    if compression and strategy in UNIT_SUM_STRATEGIES:
+        return (
+            f"compression: with secure_aggregation and {strategy!r}, clients clip the update "
+            "they send, and decompressing the sum could exceed the clip norm the noise is "
+            "calibrated to; drop compression or secure aggregation for central DP"
+        )
     if strategy in _REFUSED:
         usable = ", ".join(WEIGHTED_SUM_STRATEGIES + UNIT_SUM_STRATEGIES)
         return (
