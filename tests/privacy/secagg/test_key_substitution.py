@@ -91,7 +91,7 @@ def test_unknown_identity_is_refused() -> None:
         raise LookupError(f"no certificate for {peer}")
 
     client = SecAggClient(name, clients[name].config, federation.identities[name], verifier)
-    with pytest.raises(KeySubstitutionDetected, match="no identity key"):
+    with pytest.raises(KeySubstitutionDetected, match="does not prove its identity"):
         client.share_keys(KeyRoster((client.advertise_keys(), *roster.keys[1:])))
 
 

@@ -201,7 +201,8 @@ class SecAggClient:
             identity = self._verifier(entry.client, entry.credential)
         except Exception as exc:  # the verifier is the caller's code; any failure is a refusal
             raise KeySubstitutionDetected(
-                f"no identity key to verify {entry.client!r}'s advertised keys: {exc}"
+                f"the credential advertised for {entry.client!r} does not prove its identity "
+                f"({exc}): the server or a third party substituted its keys; aborting the round"
             ) from None
         payload = keys.advertisement_payload(
             self.config.session_id,
