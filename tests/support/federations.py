@@ -30,7 +30,7 @@ class FederationRun:
         """One row of the framework table the issue's closing note reports."""
         return (
             f"{self.framework} {self.version} | {self.template} | {len(self.accuracy) - 1} rounds"
-            f" | accuracy {self.accuracy[0]:.3f} -> {self.accuracy[-1]:.3f} | {self.seconds:.1f}s"
+            f" | accuracy {' -> '.join(f'{a:.3f}' for a in self.accuracy)} | {self.seconds:.1f}s"
         )
 
 
