@@ -16,8 +16,9 @@ from bastion.errors import BastionError
 from bastion.runners.jax import JaxRunner, flatten
 from bastion.tensors import Weights
 
-#: float64 exists in JAX only with jax_enable_x64, which the test turns on for itself.
-JAX_DTYPES = ["float16", "bfloat16", "float32", "float64"]
+#: float64 exists in JAX only with jax_enable_x64, which the test turns on for itself;
+#: bfloat16 and the float8 formats travel widened to float32.
+JAX_DTYPES = ["float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"]
 
 
 def random_tree(dtype: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:

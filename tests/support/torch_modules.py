@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Every floating dtype a CPU torch keeps parameters in; bfloat16 travels widened to float32.
-TORCH_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+#: Every floating dtype a CPU torch keeps parameters in; bfloat16 and the float8 formats
+#: (storage only: quantized checkpoints) travel widened to float32.
+TORCH_DTYPES = [
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    *(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)),
+]
 
 #: The devices the tests run on here: always the CPU, and CUDA where it exists.
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
