@@ -141,7 +141,7 @@ def test_a_curious_aggregator_cannot_recover_one_collaborators_update(
     raw = b"".join(v.tobytes() for v in masked.values())
     assert _uniform(raw) > 1e-4
     # ...which looks nothing like what a plain quantized update looks like,
-    info = SessionInfo(1, 0, tuple(names))
+    info = SessionInfo(1, session["attempt"], tuple(names))
     codec = UpdateCodec(
         start, quantizer_for(plan.secure_aggregation, len(names), 1.0), "examples", 1e6
     )  # type: ignore[arg-type]
@@ -153,7 +153,7 @@ def test_a_curious_aggregator_cannot_recover_one_collaborators_update(
         plan.secure_aggregation,
         info.participants,
         1,
-        0,
+        info.attempt,
         codec.vector_length,
         plan.canonical_hash(),  # type: ignore[arg-type]
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,9 @@ class SecureAggregationHooks:
             for name, tasks in progress.assignments.items()
         }
         participants = sorted(name for name, names in trains.items() if names)
-        attempt = self._secure_attempts.get(progress.number, -1) + 1
+        # Wall-clock seconds, so a restarted aggregator never reuses a session id (clients
+        # only join increasing attempts, and a reused id would let old signed keys replay).
+        attempt = max(self._secure_attempts.get(progress.number, -1) + 1, int(time.time()))
         self._secure_attempts[progress.number] = attempt
         strategy = secure_sum_strategy(self.strategy)
         session = SecureRound(

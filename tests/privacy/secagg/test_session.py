@@ -170,3 +170,10 @@ def test_a_collaborator_checks_the_announced_session_and_says_why_it_leaves(
     assert update.error is not None and message in update.error
     assert [step for step, _ in transport.sent] == [Step.ABORT]
     assert message in transport.sent[0][1].decode()
+
+
+def test_masked_input_size_is_counted_without_serializing() -> None:
+    from bastion.privacy.secagg.messages import MaskedInput
+
+    message = MaskedInput("site-é", np.arange(1000, dtype=np.uint32))
+    assert message.encoded_size() == len(message.to_bytes())

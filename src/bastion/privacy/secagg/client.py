@@ -23,7 +23,7 @@ import numpy as np
 from bastion.privacy.errors import KeySubstitutionDetected, SecAggAborted, SecAggError
 from bastion.privacy.secagg import keys
 from bastion.privacy.secagg.config import SecAggConfig
-from bastion.privacy.secagg.masking import add_pairwise, pairwise_mask, self_mask
+from bastion.privacy.secagg.masking import add_pairwise, pairwise_mask, scratch, self_mask
 from bastion.privacy.secagg.messages import (
     AdvertiseKeys,
     EncryptedShares,
@@ -261,7 +261,8 @@ class SecAggClient:
                 f"fewer than the threshold {self.config.threshold}"
             )
         masked = words.astype(self.config.dtype, copy=True)
-        masked += self_mask(self.config, self._self_mask_seed)
+        buffer = scratch(self.config)
+        masked += self_mask(self.config, self._self_mask_seed, buffer)
         for peer in sorted(shares.ciphertexts):
             seed = keys.pairwise_seed(
                 self._keys.s_private,
@@ -271,10 +272,10 @@ class SecAggClient:
                 self.name,
                 peer,
             )
-            add_pairwise(masked, pairwise_mask(self.config, seed), self.name, peer)
+            add_pairwise(masked, pairwise_mask(self.config, seed, buffer), self.name, peer)
         self._self_mask_seed = b""
         message = MaskedInput(self.name, masked)
-        self.stats.sent(Stage.MASKED_INPUT, len(message.to_bytes()))
+        self.stats.sent(Stage.MASKED_INPUT, message.encoded_size())
         self._state = ClientState.UNMASKING
         return message
 

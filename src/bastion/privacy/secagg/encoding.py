@@ -18,7 +18,7 @@ import numpy as np
 
 from bastion.privacy.errors import SecAggError
 from bastion.privacy.secagg.quantize import FixedPointQuantizer
-from bastion.tensors import Weights
+from bastion.tensors import Weights, blocks
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,16 @@ class WeightedUpdateEncoder:
 
     def encode(self, update: Mapping[str, np.ndarray], weight: float) -> np.ndarray:
         """The client's ring vector: quantized ``(weight / max_weight) * update``; weight last."""
+        return self.encode_counting(update, weight)[0]
+
+    def encode_counting(
+        self, update: Mapping[str, np.ndarray], weight: float
+    ) -> tuple[np.ndarray, int]:
+        """``encode``, and how many values the clip range ``[-C, C]`` cut short.
+
+        Works block by block into the output vector, so its temporaries are a few MiB
+        whatever the model's size.
+        """
         if not 0 < weight <= self.max_weight:
             raise SecAggError(
                 f"weight {weight} must be positive and at most max_weight={self.max_weight}"
@@ -64,20 +74,28 @@ class WeightedUpdateEncoder:
         if set(update) != set(self._shapes):
             raise SecAggError("the update's tensor names differ from the model's")
         scaled = weight / self.max_weight
-        parts = []
+        vector = np.empty(self.vector_length, dtype=self.quantizer.dtype)
+        offset, clipped, clip = 0, 0, self.quantizer.clip
         for name, shape in self._shapes.items():
-            array = np.asarray(update[name], dtype=np.float64)
+            array = np.asarray(update[name])
             if array.shape != shape:
                 raise SecAggError(f"tensor {name!r} has shape {array.shape}, expected {shape}")
-            parts.append(self.quantizer.quantize(scaled * array.reshape(-1)))
-        parts.append(self.weight_quantizer.quantize(np.array([scaled])))
-        return np.concatenate(parts)
+            flat = array.reshape(-1)
+            for part in blocks(flat):
+                values = flat[part].astype(np.float64) * scaled
+                clipped += int(np.count_nonzero((values > clip) | (values < -clip)))
+                start = offset + part.start
+                self.quantizer.quantize(values, out=vector[start : offset + part.stop])
+            offset += flat.size
+        self.weight_quantizer.quantize(np.array([scaled]), out=vector[-1:])
+        return vector, clipped
 
     def decode(self, total: np.ndarray, count: int) -> WeightedSum:
         """``sum w_i x_i`` (float64) and ``sum w_i`` from the ring sum of ``count`` vectors."""
         if total.shape != (self.vector_length,):
             raise SecAggError(f"expected a sum of length {self.vector_length}, got {total.shape}")
-        values = self.quantizer.dequantize_sum(total[:-1], count) * self.max_weight
+        values = self.quantizer.dequantize_sum(total[:-1], count)
+        values *= self.max_weight
         weight = float(self.weight_quantizer.dequantize_sum(total[-1:], count)[0]) * self.max_weight
         out: Weights = {}
         offset = 0

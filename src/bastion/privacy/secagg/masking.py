@@ -12,7 +12,8 @@ from bastion.privacy.secagg.config import SecAggConfig
 from bastion.privacy.secagg.prg import MaskPurpose, expand_mask
 
 
-def self_mask(config: SecAggConfig, seed: bytes) -> np.ndarray:
+def self_mask(config: SecAggConfig, seed: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    """PRG(b_u): the self-mask of a client, into ``out`` when given (a reusable scratch buffer)."""
     return expand_mask(
         seed,
         config.vector_length,
@@ -20,10 +21,12 @@ def self_mask(config: SecAggConfig, seed: bytes) -> np.ndarray:
         MaskPurpose.SELF,
         config.session_id,
         config.round_number,
+        out,
     )
 
 
-def pairwise_mask(config: SecAggConfig, seed: bytes) -> np.ndarray:
+def pairwise_mask(config: SecAggConfig, seed: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    """PRG(s_uv): the mask two clients share, into ``out`` when given."""
     return expand_mask(
         seed,
         config.vector_length,
@@ -31,7 +34,13 @@ def pairwise_mask(config: SecAggConfig, seed: bytes) -> np.ndarray:
         MaskPurpose.PAIRWISE,
         config.session_id,
         config.round_number,
+        out,
     )
+
+
+def scratch(config: SecAggConfig) -> np.ndarray:
+    """One reusable buffer for expanding masks of this session."""
+    return np.empty(config.vector_length, dtype=config.dtype)
 
 
 def add_pairwise(total: np.ndarray, mask: np.ndarray, owner: str, peer: str) -> None:

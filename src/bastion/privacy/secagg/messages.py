@@ -188,6 +188,10 @@ class MaskedInput:
         writer.blob(self.vector.astype(_RING_DTYPES[bits], copy=False).tobytes())
         return writer.getvalue()
 
+    def encoded_size(self) -> int:
+        """``len(self.to_bytes())`` without building it (the vector is model-sized)."""
+        return 4 + len(self.KIND) + 4 + len(self.client.encode()) + 8 + 4 + self.vector.nbytes
+
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:
         reader = _open(data, cls.KIND, "MaskedInput")

@@ -9,6 +9,7 @@ the same seed never yields the same keystream for two purposes or two rounds.
 from __future__ import annotations
 
 import enum
+import sys
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -72,13 +73,33 @@ def expand_mask(
     purpose: MaskPurpose,
     session_id: bytes,
     round_number: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``length`` uniformly random ring words of ``dtype`` derived from a 256-bit ``seed``."""
+    """``length`` uniformly random ring words of ``dtype`` derived from a 256-bit ``seed``.
+
+    The keystream is written straight into ``out`` (or a new array), read as little-endian
+    words; passing the same scratch array for every mask keeps a client's memory at a
+    couple of model-sized buffers however many peers it masks with.
+    """
     if length < 0:
         raise SecAggError(f"mask length must be non-negative, got {length}")
     word = np.dtype(dtype)
     if word.kind != "u":
         raise SecAggError(f"masks are unsigned ring words, got dtype {word}")
+    if out is None:
+        out = np.empty(length, dtype=word)
+    elif out.shape != (length,) or out.dtype != word or not out.flags.c_contiguous:
+        raise SecAggError(f"mask buffer must be a contiguous {word} vector of length {length}")
+    nbytes = length * word.itemsize
+    if nbytes > _CHACHA_MAX_BLOCKS * _CHACHA_BLOCK_BYTES:
+        raise SecAggError(f"a mask of {nbytes} bytes exceeds one ChaCha20 stream (256 GiB)")
     key = derive_stream_key(seed, purpose, session_id, round_number)
-    stream = keystream(key, length * word.itemsize)
-    return np.frombuffer(stream, dtype=word.newbyteorder("<")).astype(word, copy=True)
+    encryptor = Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor()
+    view = memoryview(out).cast("B")
+    zeros = bytes(min(nbytes, _CHUNK_BYTES))
+    for offset in range(0, nbytes, _CHUNK_BYTES):
+        size = min(_CHUNK_BYTES, nbytes - offset)
+        encryptor.update_into(zeros[:size], view[offset : offset + size])
+    if sys.byteorder == "big":  # the stream is defined as little-endian words
+        out.byteswap(inplace=True)
+    return out

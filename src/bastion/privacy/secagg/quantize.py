@@ -87,13 +87,22 @@ class FixedPointQuantizer:
         """Largest per-coordinate error of a dequantized sum of ``count`` clipped inputs."""
         return count / (2.0 * self.scale)
 
-    def quantize(self, values: np.ndarray) -> np.ndarray:
-        """Clip and quantize a float vector to ring elements (one word per value)."""
-        array = np.asarray(values, dtype=np.float64)
+    def quantize(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Clip and quantize a float vector to ring elements (one word per value).
+
+        Works in place on one float64 copy; ``out`` (ring words) receives the result.
+        """
+        array = np.array(values, dtype=np.float64)
         if not np.isfinite(array).all():
             raise SecAggError("cannot quantize NaN or infinite values for secure aggregation")
-        clipped = np.clip(array, -self.clip, self.clip)
-        return np.rint((clipped + self.clip) * self.scale).astype(self.dtype)
+        np.clip(array, -self.clip, self.clip, out=array)
+        array += self.clip
+        array *= self.scale
+        np.rint(array, out=array)
+        if out is None:
+            return array.astype(self.dtype)
+        np.copyto(out, array, casting="unsafe")
+        return out
 
     def dequantize_sum(self, total: np.ndarray, count: int) -> np.ndarray:
         """The float sum of ``count`` clipped inputs from their ring sum (undoes ``count * C``)."""
@@ -103,4 +112,7 @@ class FixedPointQuantizer:
         words = np.asarray(total)
         if words.dtype != self.dtype:
             raise SecAggError(f"expected a {self.dtype} ring sum, got {words.dtype}")
-        return words.astype(np.float64) / self.scale - count * self.clip
+        values = words.astype(np.float64)
+        values /= self.scale
+        values -= count * self.clip
+        return values

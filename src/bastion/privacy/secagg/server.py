@@ -24,7 +24,7 @@ from bastion.errors import ProtocolError
 from bastion.privacy.errors import SecAggAborted
 from bastion.privacy.secagg import keys
 from bastion.privacy.secagg.config import SecAggConfig
-from bastion.privacy.secagg.masking import pairwise_mask, remove_pairwise, self_mask
+from bastion.privacy.secagg.masking import pairwise_mask, remove_pairwise, scratch, self_mask
 from bastion.privacy.secagg.messages import (
     AdvertiseKeys,
     EncryptedShares,
@@ -247,7 +247,7 @@ class SecAggServer:
                 f"{sender!r} sent a masked input of {vector.dtype} {vector.shape}, expected "
                 f"{self.config.dtype} ({self.config.vector_length},)"
             )
-        self.stats.received(Stage.MASKED_INPUT, len(message.to_bytes()))
+        self.stats.received(Stage.MASKED_INPUT, message.encoded_size())
         self._total += vector
         self._masked_senders.append(sender)
 
@@ -341,19 +341,20 @@ class SecAggServer:
                 f"clients {short[:5]} lack {t} shares, so nothing was unmasked"
             )
         total = self._total.copy()
+        buffer = scratch(self.config)
         try:
             for owner in sorted(self._survivors):
                 seed = combine(list(self._mask_shares[owner].values()), t)
                 self._recovered_masks.add(owner)
-                total -= self_mask(self.config, seed)
+                total -= self_mask(self.config, seed, buffer)
             for owner in sorted(self._needed_keys()):
-                self._remove_dropped_masks(total, owner)
+                self._remove_dropped_masks(total, owner, buffer)
         except ShamirError as exc:
             raise self.abort(f"shares do not reconstruct: {exc}") from None
         self._state = ServerState.DONE
         return SecAggResult(total, tuple(sorted(self._survivors)))
 
-    def _remove_dropped_masks(self, total: np.ndarray, owner: str) -> None:
+    def _remove_dropped_masks(self, total: np.ndarray, owner: str, buffer: np.ndarray) -> None:
         raw = combine(list(self._key_shares[owner].values()), self.config.threshold)
         private = keys.load_private(raw)
         if keys.public_bytes(private) != self._advertised[owner].s_public:
@@ -368,4 +369,4 @@ class SecAggServer:
                 owner,
                 peer,
             )
-            remove_pairwise(total, pairwise_mask(self.config, seed), peer, owner)
+            remove_pairwise(total, pairwise_mask(self.config, seed, buffer), peer, owner)

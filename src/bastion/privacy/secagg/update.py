@@ -89,12 +89,7 @@ class UpdateCodec:
                 self.max_weight,
             )
             weight = self.max_weight
-        scaled = weight / self.max_weight
-        clipped = sum(
-            int(np.count_nonzero(np.abs(scaled * np.asarray(d, np.float64)) > self.quantizer.clip))
-            for d in delta.values()
-        )
-        vector = self._encoder.encode(delta, weight)
+        vector, clipped = self._encoder.encode_counting(delta, weight)
         if self.weighting == "unit":
             flag = self._flag.quantize(np.array([1.0 if within_clip else 0.0]))
             vector = np.concatenate([vector, flag])
