@@ -95,7 +95,7 @@ def expand_mask(
         raise SecAggError(f"a mask of {nbytes} bytes exceeds one ChaCha20 stream (256 GiB)")
     key = derive_stream_key(seed, purpose, session_id, round_number)
     encryptor = Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor()
-    view = memoryview(out).cast("B")
+    view = out.data.cast("B")
     zeros = bytes(min(nbytes, _CHUNK_BYTES))
     for offset in range(0, nbytes, _CHUNK_BYTES):
         size = min(_CHUNK_BYTES, nbytes - offset)
