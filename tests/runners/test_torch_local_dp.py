@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,19 @@ def test_local_dp_sgd_reports_the_epsilon_opacus_accounts(tmp_path: Path) -> Non
             assert epsilon == pytest.approx(direct.get_epsilon(DELTA), rel=1e-9)
     accuracy = [r["tasks"]["validate_global"]["accuracy"] for r in round_summaries(records)]
     assert accuracy[-1] > accuracy[0] + 0.1  # noisy, but it learns
+
+    largest = max(
+        r["metrics"]["dp_epsilon"] for r in records if r["event"] == "task" and r["task"] == "train"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "bastion", "status", "--workspace", str(workspace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"local DP-SGD: epsilon up to {largest:.4g}" in shown.stdout
 
 
 def test_local_dp_needs_the_pytorch_runner(tmp_path: Path) -> None:
