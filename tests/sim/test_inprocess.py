@@ -155,11 +155,17 @@ def test_a_malformed_update_is_rejected_and_the_federation_goes_on(tmp_path: Pat
     assert [s["accepted"] for s in rounds] == [2, 2]
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    [{}, {"momentum": 0.9, "optimizer_state": "keep"}],
+    ids=["fresh-optimizer", "kept-momentum"],
+)
 def test_a_shared_torch_runner_gives_the_same_models_as_one_runner_per_client(
-    tmp_path: Path,
+    tmp_path: Path, optimizer: dict[str, object]
 ) -> None:
+    """With optimizer_state: keep, each client's momentum must survive the swaps as well."""
     changes = {
-        "task_runner": {"path": "mlp:build_runner", "args": {"seed": 0, "lr": 0.1}},
+        "task_runner": {"path": "mlp:build_runner", "args": {"seed": 0, "lr": 0.1, **optimizer}},
         "tasks": [
             {"name": "train", "kind": "train", "args": {"epochs": 2, "batch_size": 16}},
             {"name": "validate_global", "kind": "validate"},
