@@ -7,41 +7,17 @@ then be a trusted or allowed file, or sit under such a directory, or Gramine wou
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.audit import WRAPPER, opened_paths, uncovered
 from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.tee.gramine import ManifestOptions, render_manifest
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
-
-#: Installs the audit hook before anything else is imported, then runs ``-m bastion``.
-WRAPPER = r"""
-import sys
-log = open(sys.argv[1], "w", encoding="utf-8", errors="surrogateescape", buffering=1)
-
-def record(event, args):
-    if event == "open" and isinstance(args[0], (str, bytes)):
-        path = args[0].decode("utf-8", "surrogateescape") if isinstance(args[0], bytes) else args[0]
-        log.write(path + "\n")
-
-sys.addaudithook(record)
-import runpy
-sys.argv = ["bastion", *sys.argv[2:]]
-runpy.run_module("bastion", run_name="__main__", alter_sys=True)
-"""
-
-
-def covered(path: str, entries: list[str]) -> bool:
-    for entry in entries:
-        target = entry.removeprefix("file:")
-        if (target.endswith("/") and path.startswith(target)) or path == target:
-            return True
-    return False
 
 
 @pytest.mark.parametrize(
@@ -70,12 +46,10 @@ def test_files_opened_by_the_entrypoint_are_trusted_or_allowed(
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    opened = {os.path.normpath(os.path.join(cwd, p)) for p in log.read_text().splitlines()}
+    opened = opened_paths(log.read_text(), cwd)
     assert any(must_open in p for p in opened), f"the hook did not see {must_open} opened"
-    entries = manifest["sgx"]["trusted_files"] + manifest["sgx"]["allowed_files"]
     # A failed open of a file that does not exist (e.g. pythonXY.zip) needs no manifest entry.
-    uncovered = sorted(p for p in opened if os.path.exists(p) and not covered(p, entries))
-    assert uncovered == []
+    assert uncovered(opened, manifest) == []
 
 
 def test_a_collaborator_starting_in_the_enclave_opens_only_covered_files(tmp_path: Path) -> None:
@@ -106,15 +80,8 @@ def test_a_collaborator_starting_in_the_enclave_opens_only_covered_files(tmp_pat
     assert result.returncode == 2, result.stderr[-3000:]
     assert "unreachable" in result.stderr, result.stderr[-3000:]
 
-    opened = {os.path.normpath(os.path.join(cwd, p)) for p in log.read_text().splitlines()}
+    opened = opened_paths(log.read_text(), cwd)
     for expected in ("plan.yaml", "task.py", "workspace.manifest.sig", "pki/site-1.key"):
         assert str(workspace / expected) in opened, f"the hook did not see {expected} opened"
     assert any(p.endswith("digits.csv.gz") for p in opened), "the data was not loaded"
-    entries = manifest["sgx"]["trusted_files"] + manifest["sgx"]["allowed_files"]
-    sealed = [m["path"] + "/" for m in manifest["fs"]["mounts"] if m.get("type") == "encrypted"]
-    uncovered = sorted(
-        p
-        for p in opened
-        if os.path.exists(p) and not covered(p, entries) and not p.startswith(tuple(sealed))
-    )
-    assert uncovered == []
+    assert uncovered(opened, manifest) == []

@@ -8,6 +8,7 @@ the host network with their PKI mounted read-only at run time.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.audit import WRAPPER, uncovered
 from support.docker import REPO, Docker, import_base_image, private_daemon, unavailable
 from support.workspaces import make_workspace
 
+from bastion.tee.signing_key import generate_enclave_key
 from bastion.workspace.docker_files import IMAGE_UID
 
 SKIP = unavailable()
@@ -41,7 +44,11 @@ def docker() -> Iterator[Docker]:
 def built(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A signed workspace, dockerized and built for real (and saved with --save)."""
     root = tmp_path_factory.mktemp("dockerized")
-    workspace = make_workspace(root, collaborators=2, rounds=2)
+    # A collaborator that cannot reach the aggregator gives up after 5 s (the enclave audit
+    # below runs one without an aggregator).
+    workspace = make_workspace(
+        root, collaborators=2, rounds=2, plan_changes={"timeouts": {"reconnect_give_up_seconds": 5}}
+    )
     base = import_base_image(docker)
     links = ["--find-links", str(WHEELHOUSE)] if WHEELHOUSE.is_dir() else []
     saved = root / "image.tar"
@@ -153,3 +160,80 @@ def test_aggregator_and_collaborators_run_the_federation_from_the_image(
         assert "federation finished after 2 rounds" in aggregator_log, aggregator_log[-3000:]
     finally:
         docker.run("rm", "-f", *containers, check=False)
+
+
+#: Runs in the image: the collaborator enclave's entrypoint as its manifest says (interpreter,
+#: environment, working directory) under the audit hook, and reports what it opened.
+ENCLAVE_AUDIT = r"""
+import json, os, subprocess, sys, tomllib
+manifests = {}
+for role in ("aggregator", "collaborator", "seal"):
+    with open(f"/opt/bastion/enclave/{role}/bastion.manifest.template") as handle:
+        text = handle.read()
+    text = text.replace("{{ gramine.libos }}", "/gramine/libsysdb.so")
+    manifests[role] = tomllib.loads(text.replace("{{ gramine.runtimedir() }}", "/gramine/rt"))
+manifest = manifests["collaborator"]
+env = {k: v for k, v in manifest["loader"]["env"].items() if isinstance(v, str)}
+env.update({k: os.environ[k] for k, v in manifest["loader"]["env"].items()
+            if isinstance(v, dict) and k in os.environ})
+argv, cwd = manifest["loader"]["argv"], manifest["fs"]["start_dir"]
+with open("/out/wrapper.py") as handle:
+    wrapper = handle.read()
+run = subprocess.run([argv[0], "-c", wrapper, "/out/raw.txt", *argv[3:]], env=env, cwd=cwd,
+                     capture_output=True, text=True, timeout=300)
+with open("/out/raw.txt") as handle:
+    opened = {os.path.normpath(os.path.join(cwd, line)) for line in handle.read().splitlines()}
+with open("/out/result.json", "w") as handle:
+    json.dump({"returncode": run.returncode, "stderr": run.stderr[-4000:], "manifests": manifests,
+               "opened": sorted(p for p in opened if os.path.exists(p))}, handle)
+"""
+
+
+def test_graminized_context_renders_its_enclaves_inside_the_image(
+    docker: Docker, built: dict[str, Path], tmp_path: Path
+) -> None:
+    """Up to the Gramine stage (Gramine's package repository is not reachable here): the
+    templates are rendered by the image's own Python and cover what a collaborator opens."""
+    key = tmp_path / "enclave-key.pem"
+    generate_enclave_key(key)
+    context = tmp_path / "sgx-context"
+    links = ["--find-links", str(WHEELHOUSE)] if WHEELHOUSE.is_dir() else []
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion", "workspace", "graminize", str(context),
+         "--workspace", str(built["workspace"]), "--signing-key", str(key),
+         "--base-image", "bastion-test-base:bookworm", *links, "--no-build"],
+        env={**docker.env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    tag = "bastion-e2e-sgx:templates"
+    docker.run("build", "--target", "enclave-templates", "--tag", tag, str(context), timeout=1800)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wrapper.py").write_text(WRAPPER)
+    (out / "audit.py").write_text(ENCLAVE_AUDIT)
+    os.chown(out, IMAGE_UID, IMAGE_UID)
+    pki = pki_for_containers(built["workspace"], tmp_path / "pki", ["site-1"])
+    docker.run(
+        "run", "--rm", "--network", "none", "--user", str(IMAGE_UID),
+        "-v", f"{pki}:/workspace/pki:ro", "-v", f"{out}:/out",
+        "-e", "BASTION_COLLABORATOR_NAME=site-1", "-e", "BASTION_AGGREGATOR=127.0.0.1:9",
+        "--entrypoint", "python3", tag, "/out/audit.py",
+    )  # fmt: skip
+
+    report = json.loads((out / "result.json").read_text())
+    assert report["returncode"] == 2 and "unreachable" in report["stderr"], report["stderr"]
+    manifests = report["manifests"]
+    for manifest in manifests.values():
+        assert manifest["libos"]["entrypoint"] == "/usr/bin/python3.11"  # Debian's, not ours
+        assert manifest["loader"]["env"]["PYTHONPATH"] == (
+            "/opt/bastion/venv/lib/python3.11/site-packages"
+        )
+        assert manifest["sgx"]["debug"] is False
+        assert manifest["fs"]["start_dir"] == "/workspace"
+    assert "file:/opt/bastion/initial/" in manifests["seal"]["sgx"]["trusted_files"]
+    opened = report["opened"]
+    for expected in ("/workspace/plan.yaml", "/workspace/task.py", "/workspace/pki/site-1.key"):
+        assert expected in opened
+    assert any(path.endswith("digits.csv.gz") for path in opened)
+    assert uncovered(opened, manifests["collaborator"], exists=lambda _: True) == []

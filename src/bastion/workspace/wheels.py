@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -102,9 +103,15 @@ def _editable_source() -> Path | None:
     return path if (path / "pyproject.toml").is_file() else None
 
 
+#: Fixed zip timestamps (1980-01-01, the zip epoch): the same source builds the same wheel,
+#: so the same workspace gives the same requirements.lock and Docker reuses its layers.
+_REPRODUCIBLE = {"SOURCE_DATE_EPOCH": "315532800"}
+
+
 def _pip(args: list[str], what: str) -> None:
     command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = {**os.environ, **_REPRODUCIBLE}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
         raise WheelError(f"pip could not {what}: {tail}")
