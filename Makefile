@@ -49,11 +49,11 @@ test: $(STAMP) $(MXNET_STAMP)
 	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
 	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
 
-# A real `bastion workspace dockerize` build run as containers, and the graminized image up to
-# its Gramine stage (tests/workspace/test_docker_build.py). Needs root: installs Debian's
-# docker.io and debootstrap when absent, starts a private dockerd, and builds the base image
-# offline from a debootstrap root file system (cached in .cache/docker). Not part of `make
-# test`: about 7 minutes cold, 5 warm, on 2 cores.
+# Real `bastion workspace dockerize` / `graminize` builds, and a federation run from the image
+# (tests/workspace/test_docker_build.py). Needs root: installs Debian's docker.io and
+# debootstrap when absent, starts a private dockerd, and builds the base image offline from a
+# debootstrap root file system (cached in .cache/docker). Not part of `make test`: about 7
+# minutes cold, 4-5 warm, on 2 cores.
 test-docker: $(STAMP)
 	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }

@@ -28,6 +28,8 @@ BASE_PACKAGES = "python3,python3-venv"
 BASE_IMAGE = "bastion-test-base:bookworm"
 #: Upper bound of the in-memory data root (the test's images take about 1.5 GiB).
 DATA_ROOT_TMPFS = "6g"
+#: The private daemon's bridge (link-local to this host: no NAT, no outside traffic).
+BRIDGE_ADDRESS = "172.31.213.1/24"
 #: Set by `make test-docker`: the build test needs root, dockerd, debootstrap and minutes.
 ENABLE_VARIABLE = "BASTION_TEST_DOCKER"
 
@@ -83,6 +85,7 @@ def private_daemon() -> Iterator[Docker]:
         check=False, capture_output=True,
     )  # fmt: skip
     log = (root / "dockerd.log").open("wb")
+    bridge = _make_bridge()
     process = subprocess.Popen(
         [
             "dockerd",
@@ -90,8 +93,9 @@ def private_daemon() -> Iterator[Docker]:
             "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "dockerd.pid"),
             "--host", f"unix://{socket}",
-            # No bridge, no iptables: containers use --network host, builds need no network.
-            "--bridge", "none",
+            # Our own bridge (BuildKit runs build steps on it) and no iptables rules: build
+            # steps need no outside network, containers use --network host.
+            "--bridge", bridge or "none",
             "--iptables=false",
             "--ip-masq=false",
         ],
@@ -117,6 +121,27 @@ def private_daemon() -> Iterator[Docker]:
         log.close()
         _unmount_below(root)
         subprocess.run(["rm", "-rf", str(root)], check=False, timeout=600)
+        if bridge is not None:
+            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
+
+
+def _make_bridge() -> str | None:
+    """A bridge of our own for the daemon (removed after), or None if it cannot be made."""
+    name = f"bastion{os.getpid() % 100000}"
+    steps = [
+        ["ip", "link", "add", name, "type", "bridge"],
+        ["ip", "addr", "add", BRIDGE_ADDRESS, "dev", name],
+        ["ip", "link", "set", name, "up"],
+    ]
+    for step in steps:
+        try:
+            made = subprocess.run(step, check=False, capture_output=True).returncode == 0
+        except OSError:
+            made = False
+        if not made:
+            subprocess.run(["ip", "link", "delete", name], check=False, capture_output=True)
+            return None
+    return name
 
 
 def _unmount_below(root: Path) -> None:

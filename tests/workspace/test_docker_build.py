@@ -24,7 +24,7 @@ from support.audit import WRAPPER, uncovered
 from support.docker import REPO, Docker, import_base_image, private_daemon, unavailable
 from support.workspaces import make_workspace
 
-from bastion.tee.signing_key import generate_enclave_key
+from bastion.tee.signing_key import generate_enclave_key, mrsigner_of
 from bastion.workspace.docker_files import IMAGE_UID
 
 SKIP = unavailable()
@@ -237,3 +237,97 @@ def test_graminized_context_renders_its_enclaves_inside_the_image(
         assert expected in opened
     assert any(path.endswith("digits.csv.gz") for path in opened)
     assert uncovered(opened, manifests["collaborator"], exists=lambda _: True) == []
+
+
+# TEST DOUBLES of Gramine's two build tools, installed in a base image so the graminized
+# Dockerfile skips installing Gramine (its package repository is unreachable here). They take
+# the real tools' arguments and write the real outputs; the SIGSTRUCT is genuine and signed
+# with the key, only its MRENCLAVE is a hash of the manifest rather than of enclave pages.
+FAKE_GRAMINE_MANIFEST = """\
+#!/bin/sh
+set -eu
+sed -e 's|{{ gramine.libos }}|/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so|' \\
+    -e 's|{{ gramine.runtimedir() }}|/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc|' "$1" > "$2"
+"""
+FAKE_GRAMINE_SGX_SIGN = """\
+#!/opt/bastion/venv/bin/python
+import argparse, hashlib, shutil, tomllib
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from bastion.tee.sigstruct import build_sigstruct
+parser = argparse.ArgumentParser()
+for option in ("--manifest", "--output", "--key"):
+    parser.add_argument(option, required=True)
+args = parser.parse_args()
+raw = Path(args.manifest).read_bytes()
+sgx = tomllib.loads(raw.decode())["sgx"]
+key = serialization.load_pem_private_key(Path(args.key).read_bytes(), password=None)
+sig = build_sigstruct(key, mrenclave=hashlib.sha256(raw).digest(), isv_prod_id=sgx["isvprodid"],
+                      isv_svn=sgx["isvsvn"], debug=sgx["debug"])
+shutil.copyfile(args.manifest, args.output)
+Path(args.output).parent.joinpath("bastion.sig").write_bytes(sig)
+"""
+
+
+def buildkit_env(docker: Docker) -> dict[str, str] | None:
+    """An environment whose `docker` builds with BuildKit: the default client with buildx,
+    or Debian's 20.10 client (BuildKit built in) when a newer one without buildx is first."""
+    if docker.run("buildx", "version", check=False).returncode == 0:
+        return docker.env
+    debian = Path("/usr/bin/docker")
+    if debian.is_file() and shutil.which("docker") != str(debian):
+        return {**docker.env, "PATH": f"/usr/bin:{os.environ['PATH']}"}
+    return None
+
+
+def test_graminize_builds_signs_with_a_build_secret_and_bakes_no_key(
+    docker: Docker, built: dict[str, Path], tmp_path: Path
+) -> None:
+    env = buildkit_env(docker)
+    if env is None:
+        pytest.skip("no docker client with BuildKit (install docker-buildx)")
+    tools = tmp_path / "fake-gramine"
+    tools.mkdir()
+    (tools / "gramine-manifest").write_text(FAKE_GRAMINE_MANIFEST)
+    (tools / "gramine-sgx-sign").write_text(FAKE_GRAMINE_SGX_SIGN)
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    (tools / "Dockerfile").write_text(
+        "FROM bastion-test-base:bookworm\nCOPY gramine-manifest gramine-sgx-sign /usr/local/bin/\n"
+    )
+    docker.run("build", "--tag", "bastion-test-base:fake-gramine", str(tools))
+
+    key = tmp_path / "enclave-key.pem"
+    mrsigner = mrsigner_of(generate_enclave_key(key).public_key()).hex()
+    context, saved = tmp_path / "sgx", tmp_path / "sgx.tar"
+    links = ["--find-links", str(WHEELHOUSE)] if WHEELHOUSE.is_dir() else []
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion", "workspace", "graminize", str(context),
+         "--workspace", str(built["workspace"]), "--signing-key", str(key),
+         "--base-image", "bastion-test-base:fake-gramine", "--tag", "bastion-e2e-sgx:test",
+         "--isv-prod-id", "5", "--isv-svn", "2", *links, "--build", "--save", str(saved)],
+        env={**env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for role in ("aggregator", "collaborator", "seal"):
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(role))
+        assert f"MRSIGNER {mrsigner} isv_prod_id 5 isv_svn 2 debug no" in line
+        assert (context / "sigstructs" / f"{role}.sig").is_file()
+    inspected = docker.run(
+        "run", "--rm", "bastion-e2e-sgx:test", "tee", "inspect", "--json",
+        "/opt/bastion/enclave/collaborator/bastion.sig",
+    )  # fmt: skip
+    assert json.loads(inspected.stdout)["mrsigner"] == mrsigner
+    assert docker.run(
+        "run", "--rm", "--entrypoint", "id", "bastion-e2e-sgx:test", "-u"
+    ).stdout.strip() == str(IMAGE_UID)
+
+    # The key was a build secret: no layer of the saved image holds any of it.
+    pem_lines = [line for line in key.read_text().splitlines() if not line.startswith("-----")]
+    with tarfile.open(saved) as image:
+        for member in image.getmembers():
+            handle = image.extractfile(member)
+            if handle is None:
+                continue
+            data = handle.read()
+            assert not any(line.encode() in data for line in pem_lines[1:4]), member.name
