@@ -61,7 +61,7 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     }
     venv = root / "venv"
     run([sys.executable, "-m", "venv", str(venv)], root, env)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index"]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--no-compile"]
     run([*pip, "--find-links", str(WHEELHOUSE), str(source)], root, env, timeout=600)
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
     return venv, env
