@@ -1,5 +1,7 @@
 """Central DP on MNIST over real processes: the aggregator and 3 collaborators, mutual TLS.
 
+Collaborators send their deltas float16-compressed; the aggregator decodes them first.
+
 DP-FedAvg noises the average of clipped deltas; the accountant's epsilon lands in the
 metrics log every round, and the plan's budget stops training after round 3 of 5 with
 a clean final evaluation. Three sites give user-level DP little room (the noise is
@@ -44,6 +46,8 @@ def test_central_dp_on_mnist_over_processes_stops_at_the_budget(tmp_path: Path) 
                 "args": {"noise_multiplier": Z, "clip_norm": CLIP},
             },
             "differential_privacy": {"delta": DELTA, "epsilon_budget": budget},
+            # Deltas travel as float16 over gRPC; the aggregator decodes before clipping.
+            "compression": {"stages": [{"stage": "float16"}]},
             "tasks": [
                 {"name": "validate_global", "kind": "validate"},
                 {
@@ -66,7 +70,7 @@ def test_central_dp_on_mnist_over_processes_stops_at_the_budget(tmp_path: Path) 
     training = [s for s in summaries if not s["final_evaluation"]]
     assert [s["round"] for s in training] == [1, 2, 3]
     for summary in training:
-        assert summary["accepted"] == 3
+        assert summary["accepted"] == 3 and not summary["rejected"]
         assert summary["privacy"]["epsilon"] == pytest.approx(_epsilon(summary["round"]), rel=1e-12)
     final = summaries[-1]
     assert final["final_evaluation"] and final["model_round"] == 3
