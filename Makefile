@@ -52,8 +52,8 @@ test: $(STAMP) $(MXNET_STAMP)
 # Real `bastion workspace dockerize` / `graminize` builds, and a federation run from the image
 # (tests/workspace/test_docker_build.py). Needs root: installs Debian's docker.io and
 # debootstrap when absent, starts a private dockerd, and builds the base image offline from a
-# debootstrap root file system (cached in .cache/docker). Not part of `make test`: about 7
-# minutes cold, 4-5 warm, on 2 cores.
+# debootstrap root file system (cached in .cache/docker). Not part of `make test`: about 5
+# minutes cold (2 of them debootstrap), 2.5 warm, on 2 cores.
 test-docker: $(STAMP)
 	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }

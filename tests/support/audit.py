@@ -25,10 +25,12 @@ runpy.run_module("bastion", run_name="__main__", alter_sys=True)
 """
 
 
-def covered(path: str, entries: Iterable[str]) -> bool:
-    """Whether a trusted/allowed entry (``file:`` URI, a directory ends with ``/``) covers it."""
+def covered(path: str, entries: Iterable[str | dict[str, str]]) -> bool:
+    """Whether a trusted/allowed entry (``file:`` URI, a directory ends with ``/``; or a
+    ``{uri, sha256}`` table) covers it."""
     for entry in entries:
-        target = entry.removeprefix("file:")
+        uri = entry["uri"] if isinstance(entry, dict) else entry
+        target = uri.removeprefix("file:")
         if (target.endswith("/") and path.startswith(target)) or path == target:
             return True
     return False

@@ -22,6 +22,7 @@ from bastion.tee.gramine import HOST_ENV_ALLOWED, ManifestError, ManifestOptions
 from bastion.tee.gramine_image import EnclaveOptions, render_image_templates
 from bastion.tee.runtime import PythonRuntime
 from bastion.tee.seal import SealError, seal
+from bastion.workspace.manifest import read_manifest
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
 
@@ -65,6 +66,7 @@ def test_three_enclaves_with_production_settings(
 ) -> None:
     workspace, initial = image_workspace
     manifests = render(workspace, initial, runtime, tmp_path, enclave_size="16G", max_threads=32)
+    signed, _ = read_manifest(workspace)
     assert sorted(manifests) == ["aggregator", "collaborator", "seal"]
     for manifest in manifests.values():
         sgx = manifest["sgx"]
@@ -77,9 +79,13 @@ def test_three_enclaves_with_production_settings(
         assert mounts["/tmp"]["type"] == "tmpfs"
         assert mounts[str(workspace / "pki")]["type"] == "encrypted"
         assert mounts[str(workspace / "save")]["type"] == "encrypted"
-        assert f"file:{workspace / 'plan.yaml'}" in sgx["trusted_files"]
-        assert f"file:{workspace / 'task.py'}" in sgx["trusted_files"]
-        for entry in sgx["trusted_files"] + sgx["allowed_files"]:
+        # The workspace files are trusted at the hashes of the signed manifest.
+        pinned = {e["uri"]: e["sha256"] for e in sgx["trusted_files"] if isinstance(e, dict)}
+        for name, digest in signed.files.items():
+            assert pinned[f"file:{workspace / name}"] == digest.sha256
+        assert f"file:{workspace / 'workspace.manifest.sig'}" in sgx["trusted_files"]
+        uris = [e["uri"] if isinstance(e, dict) else e for e in sgx["trusted_files"]]
+        for entry in uris + sgx["allowed_files"]:
             # Keys reach an enclave only through the sealed mount (the seal enclave reads
             # them once from /pki-in, checked below).
             assert str(workspace / "pki") not in entry, entry

@@ -27,6 +27,7 @@ from bastion.aggregator.checkpoint import INITIAL
 from bastion.plan import load_plan
 from bastion.tee.gramine import HOST_ENV_ALLOWED, ManifestOptions, Role, render_manifest_template
 from bastion.tee.gramine_build import MANIFEST_NAME, build_steps
+from bastion.tee.pinned_workspace import has_manifest
 from bastion.tee.runtime import PythonRuntime
 
 ENCLAVE_DIR = Path("/opt/bastion/enclave")
@@ -89,6 +90,9 @@ def role_options(
         isv_svn=options.isv_svn,
         data_dir=Path(options.data_dir) if options.data_dir else None,
         seal_checkpoints=options.seal_checkpoints,
+        # MRENCLAVE commits to exactly the hashes the model owner signed (refused if the
+        # image's copy differs); an unsigned development image trusts the files as they are.
+        pin_workspace_manifest=has_manifest(workspace),
         python=python,
     )
     if role == "aggregator":

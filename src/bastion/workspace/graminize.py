@@ -113,13 +113,21 @@ def write_enclave_context(options: GraminizeOptions) -> EnclaveContext:
 def build_enclave_image(enclave: EnclaveContext, save: Path | None = None) -> list[Sigstruct]:
     """Build with BuildKit (the key as a secret), save if asked, and read back each SIGSTRUCT."""
     context = enclave.context
-    build_image(
-        context.directory,
-        context.tag,
-        context.build_args(),
-        extra=["--secret", f"id={KEY_SECRET},src={enclave.signing_key.resolve()}"],
-        env={"DOCKER_BUILDKIT": "1"},
-    )
+    try:
+        build_image(
+            context.directory,
+            context.tag,
+            context.build_args(),
+            extra=["--secret", f"id={KEY_SECRET},src={enclave.signing_key.resolve()}"],
+            env={"DOCKER_BUILDKIT": "1"},
+        )
+    except DockerError as exc:
+        if "buildx" not in str(exc):
+            raise
+        raise GraminizeError(
+            f"{exc}. The enclave image needs BuildKit (the key is a build secret): install "
+            "Docker's buildx plugin (package docker-buildx-plugin or docker-buildx)"
+        ) from None
     sigstructs = extract_sigstructs(context.tag, context.directory / "sigstructs")
     for sig in sigstructs:
         if sig.mrsigner.hex() != enclave.mrsigner:
