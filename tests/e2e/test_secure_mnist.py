@@ -26,7 +26,7 @@ def test_secure_aggregation_on_mnist_over_processes(tmp_path: Path) -> None:
         collaborators=len(SITES),
         rounds=3,
         plan_changes={
-            "secure_aggregation": {"stage_seconds": 60},
+            "secure_aggregation": {"stage_seconds": 180},
             "timeouts": {"poll_seconds": 0.1},
             "tasks": [
                 {"name": "validate_global", "kind": "validate"},
