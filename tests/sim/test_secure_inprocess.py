@@ -9,7 +9,7 @@ from support.simulation import plain_workspace
 
 from bastion.metrics.log import read_metrics
 from bastion.sim.inprocess import InProcessFederation, simulate_in_process
-from bastion.tensors import Weights
+from bastion.tensors import Weights, load_checkpoint
 
 
 def _first_round_model(workspace: Path) -> Weights:
@@ -48,3 +48,28 @@ def test_secure_rounds_give_plain_fedavg_within_the_quantization_bound(tmp_path:
     # The train task's example total is the unmasked weight sum, equal to the plain one.
     assert rounds[0]["tasks"]["train"]["examples"] == plain_rounds[0]["tasks"]["train"]["examples"]
     assert rounds[0]["accepted"] == 4
+
+
+def test_randomk_compression_composes_with_secure_aggregation(tmp_path: Path) -> None:
+    changes = {
+        "secure_aggregation": {},
+        "compression": {"stages": [{"stage": "randomk", "fraction": 0.5, "seed": 3}]},
+    }
+    workspace = plain_workspace(tmp_path, collaborators=3, rounds=2, plan_changes=changes)
+    start = {
+        k: v.copy()
+        for k, v in load_checkpoint(workspace / "save" / "initial.safetensors")[0].items()
+    }
+    aggregator = simulate_in_process(workspace)
+    sessions = [
+        r
+        for r in read_metrics(workspace / "logs" / "metrics.jsonl")
+        if r["event"] == "secure_aggregation"
+    ]
+    assert [s["outcome"] for s in sessions] == ["ok", "ok"]
+    changed = np.mean([not np.array_equal(aggregator.model[k], start[k]) for k in start])
+    assert changed == 1.0
+    rounds = [
+        r for r in read_metrics(workspace / "logs" / "metrics.jsonl") if r["event"] == "round"
+    ]
+    assert rounds[-1]["tasks"]["validate_global"]["accuracy"] > 0.5
