@@ -39,8 +39,8 @@ def _draw(seed: int, stage: Step | None) -> tuple[int, dict, dict[str, Step]]:
     return n, spec, stages
 
 
-CASES = [(seed, stage) for seed, stage in zip(range(4), STAGES, strict=True)]
-CASES += [(seed, None) for seed in range(4, 8)]
+CASES = [(seed, stage) for seed, stage in enumerate(STAGES)]
+CASES += [(seed, None) for seed in range(len(STAGES), len(STAGES) + 4)]
 
 
 @pytest.mark.parametrize(("seed", "stage"), CASES, ids=lambda v: getattr(v, "value", str(v)))

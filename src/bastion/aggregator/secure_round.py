@@ -5,8 +5,10 @@ message, then *polls* until the aggregator closes the stage and has its answer. 
 closes as soon as everyone still expected has sent, or at its deadline with whoever did
 (the protocol tolerates up to n - t dropouts per neighbourhood): the advertise stage waits
 for training, until ``timeouts.round_seconds`` after the round started; each later stage
-waits ``secure_aggregation.stage_seconds``. Masked inputs are added to one running sum as
-they arrive, so memory is O(model). The session ends with a ``SecureSum`` or a failure;
+waits ``secure_aggregation.stage_seconds``. A collaborator that goes silent in the
+consistency check counts as one that dropped after its masked input: its input stays in
+the sum and its self-mask is removed with its peers' shares. Masked inputs are added to
+one running sum as they arrive, so memory is O(model). The session ends with a ``SecureSum`` or a failure;
 on failure nothing was unmasked and the round's training counts for nothing.
 """
 
@@ -25,6 +27,7 @@ from bastion.privacy.errors import SecAggAborted, SecAggError
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     EncryptedShares,
     MaskedInput,
     SharesForClient,
@@ -44,7 +47,13 @@ from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")
 
-_ORDER = [Step.ADVERTISE_KEYS, Step.SHARE_KEYS, Step.MASKED_INPUT, Step.UNMASKING]
+_ORDER = [
+    Step.ADVERTISE_KEYS,
+    Step.SHARE_KEYS,
+    Step.MASKED_INPUT,
+    Step.CONSISTENCY_CHECK,
+    Step.UNMASKING,
+]
 _SMALL_MESSAGE = 64 * 1024
 _PER_PEER_BYTES = 4096
 MAX_METRICS = 64
@@ -87,7 +96,8 @@ class SecureRound:
         self._expected: set[str] = set(self.info.participants)
         self._roster_bytes = b""
         self._shares: dict[str, SharesForClient] = {}
-        self._request_bytes = b""
+        self._survivor_bytes = b""
+        self._requests: dict[str, bytes] = {}
         self._model = model
         self._pipeline = pipeline
         like = pipeline.secure_aggregation_like(model) if pipeline is not None else model
@@ -180,7 +190,7 @@ class SecureRound:
             return StageReply("aborted", reason=self.failure)
         if name in self.gone:
             return StageReply("aborted", reason=f"{name} left the session: {self.gone[name]}")
-        if step not in _ORDER[:3]:
+        if step not in _ORDER[:-1]:
             return StageReply("aborted", reason=f"nothing to fetch for stage {step.value}")
         if _ORDER.index(self._stage) <= _ORDER.index(step):
             return StageReply("wait", retry_after=self._poll)
@@ -189,7 +199,9 @@ class SecureRound:
         if step is Step.SHARE_KEYS and name in self._shares:
             return StageReply("ready", self._shares[name].to_bytes())
         if step is Step.MASKED_INPUT and name in self._sent[Step.MASKED_INPUT]:
-            return StageReply("ready", self._request_bytes)
+            return StageReply("ready", self._survivor_bytes)
+        if step is Step.CONSISTENCY_CHECK and name in self._requests:
+            return StageReply("ready", self._requests[name])
         return StageReply(
             "aborted", reason=f"the {step.value} stage closed without {name}'s message"
         )
@@ -257,6 +269,8 @@ class SecureRound:
             checked = _checked_metrics(metrics)
             server.receive_masked_input(name, MaskedInput.from_bytes(payload))
             self.metrics[name] = checked
+        elif step is Step.CONSISTENCY_CHECK:
+            server.receive_signature(name, ConsistencySignature.from_bytes(payload))
         elif step is Step.UNMASKING:
             checked = _checked_metrics(metrics)
             server.receive_unmasking(name, UnmaskingResponse.from_bytes(payload))
@@ -282,7 +296,10 @@ class SecureRound:
                         f"only {len(senders)} collaborators sent masked input, fewer than "
                         f"timeouts.min_results={self._min_contributors}; nothing was unmasked"
                     )
-                self._request_bytes = server.close_masked_inputs().to_bytes()
+                self._survivor_bytes = server.close_masked_inputs().to_bytes()
+            elif stage is Step.CONSISTENCY_CHECK:
+                requests = server.close_consistency()
+                self._requests = {name: r.to_bytes() for name, r in requests.items()}
             else:
                 self._finalize()
                 return
@@ -298,6 +315,8 @@ class SecureRound:
     def _next_expected(self, closed: Step) -> set[str]:
         if closed is Step.SHARE_KEYS:
             return set(self._shares)
+        if closed is Step.CONSISTENCY_CHECK:
+            return set(self._requests)
         return set(self._sent[closed])
 
     def _finalize(self) -> None:

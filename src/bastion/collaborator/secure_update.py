@@ -30,7 +30,12 @@ from bastion.privacy.dp.clipping import clip_by_global_norm
 from bastion.privacy.errors import SecAggError
 from bastion.privacy.secagg.client import SecAggClient
 from bastion.privacy.secagg.identity import SigningIdentity
-from bastion.privacy.secagg.messages import KeyRoster, SharesForClient, UnmaskingRequest
+from bastion.privacy.secagg.messages import (
+    KeyRoster,
+    SharesForClient,
+    SurvivorList,
+    UnmaskingRequest,
+)
 from bastion.privacy.secagg.session import (
     SessionInfo,
     StageReply,
@@ -174,6 +179,10 @@ class SecureUpdate:
             masked = self._client.masked_input(SharesForClient.from_bytes(payload), vector)
             self._send(Step.MASKED_INPUT, masked.to_bytes(), self._metrics, then=Step.MASKED_INPUT)
         elif self._next is Step.MASKED_INPUT:
+            assert self._client is not None
+            signed = self._client.consistency_check(SurvivorList.from_bytes(payload))
+            self._send(Step.CONSISTENCY_CHECK, signed.to_bytes(), {}, then=Step.CONSISTENCY_CHECK)
+        elif self._next is Step.CONSISTENCY_CHECK:
             assert self._client is not None
             response = self._client.unmask(UnmaskingRequest.from_bytes(payload))
             total = self._client.stats.total

@@ -15,6 +15,7 @@ from bastion.privacy.secagg.protocol import (
     SecAggResult,
     SecAggServer,
     Stage,
+    UnmaskingRequest,
     session_id_for,
 )
 
@@ -71,7 +72,7 @@ def play(
     inputs: Mapping[str, np.ndarray],
     drop_before: Mapping[Stage, set[str]] | None = None,
 ) -> Round:
-    """Drive all four rounds; a client in ``drop_before[stage]`` goes silent from that stage on."""
+    """Drive all five rounds; a client in ``drop_before[stage]`` goes silent from that stage on."""
     drop_before = drop_before or {}
     server, clients = state.server, state.clients
     gone: set[str] = set()
@@ -92,11 +93,24 @@ def play(
         message = clients[name].masked_input(per_client[name], inputs[name])
         state.masked[name] = message.vector
         server.receive_masked_input(name, message)
-    request = server.close_masked_inputs()
-    for name in speakers(Stage.UNMASKING, list(request.survivors)):
-        server.receive_unmasking(name, clients[name].unmask(request))
+    survivors = server.close_masked_inputs()
+    for name in speakers(Stage.CONSISTENCY_CHECK, list(survivors.survivors)):
+        server.receive_signature(name, clients[name].consistency_check(survivors))
+    requests = server.close_consistency()
+    for name in speakers(Stage.UNMASKING, list(requests)):
+        server.receive_unmasking(name, clients[name].unmask(requests[name]))
     state.result = server.finalize()
     return state
+
+
+def signed_requests(
+    server: SecAggServer, clients: Mapping[str, SecAggClient]
+) -> dict[str, UnmaskingRequest]:
+    """Close the masked-input stage and run an honest ConsistencyCheck with every survivor."""
+    survivors = server.close_masked_inputs()
+    for name in survivors.survivors:
+        server.receive_signature(name, clients[name].consistency_check(survivors))
+    return server.close_consistency()
 
 
 def run_round(

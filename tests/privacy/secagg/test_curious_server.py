@@ -8,10 +8,15 @@ from scipy.stats import chisquare
 
 from bastion.errors import ProtocolError
 from bastion.privacy.errors import SecAggAborted
-from bastion.privacy.secagg.protocol import SecAggClient, SecAggServer, UnmaskingRequest
-from bastion.privacy.secagg.shamir import ShamirError, Share, combine
+from bastion.privacy.secagg.protocol import (
+    SecAggClient,
+    SecAggServer,
+    SurvivorList,
+    UnmaskingRequest,
+)
+from bastion.privacy.secagg.shamir import Share
 
-from .driver import Federation, make_federation, run_round
+from .driver import Federation, make_federation, run_round, signed_requests
 
 
 def _byte_counts(vector: np.ndarray) -> np.ndarray:
@@ -58,68 +63,78 @@ def _ask(client: SecAggClient, request: UnmaskingRequest) -> tuple[dict, dict] |
 
 @pytest.mark.parametrize("told_dropped_count", [1, 2, 3, 4, 5, 6])
 def test_lying_about_dropouts_never_yields_both_secrets(told_dropped_count: int) -> None:
-    """The server tells some clients that the target dropped and the rest that it survived."""
+    """The server tells some clients that the target dropped and the rest that it survived,
+    then hands each client the signatures over its own view (its best chance)."""
     federation = make_federation(7)
     config, server, clients = _through_masked_input(federation, threshold=4)
     target = federation.names[0]
     others = federation.names[1:]
     everyone = tuple(federation.names)
     told_dropped = set(others[:told_dropped_count])
+    views = {
+        name: tuple(n for n in everyone if n != target) if name in told_dropped else everyone
+        for name in everyone
+    }
+    signatures = {
+        name: clients[name].consistency_check(SurvivorList(views[name])).signature
+        for name in everyone
+    }
     collected_mask: dict[str, list[Share]] = {n: [] for n in everyone}
     collected_key: dict[str, list[Share]] = {n: [] for n in everyone}
+    answered = set()
     for name in everyone:
-        if name in told_dropped:
-            survivors = tuple(n for n in everyone if n != target)
-            request = UnmaskingRequest(survivors, (target,))
-        else:
-            request = UnmaskingRequest(everyone, ())
-        answer = _ask(clients[name], request)
-        assert answer is not None
+        alike = {n: sig for n, sig in signatures.items() if views[n] == views[name]}
+        answer = _ask(clients[name], UnmaskingRequest(views[name], alike))
+        if answer is None:
+            continue
+        answered.add(name)
         for owner, share in answer[0].items():
             collected_mask[owner].append(Share.from_bytes(share))
         for owner, share in answer[1].items():
             collected_key[owner].append(Share.from_bytes(share))
     t = config.threshold
+    # Only the group whose view t clients signed answers; the other refuses outright.
+    majority = told_dropped if len(told_dropped) >= t else set(everyone) - told_dropped
+    assert answered == majority
     for name in everyone:
         assert not (len(collected_mask[name]) >= t and len(collected_key[name]) >= t)
-    assert len(collected_key[target]) == told_dropped_count
-    assert len(collected_mask[target]) == len(everyone) - told_dropped_count
     short = collected_key[target] if told_dropped_count < t else collected_mask[target]
-    with pytest.raises(ShamirError):
-        combine(short, t)
+    assert len(short) == 0
     # A second request to the same clients is refused: one answer per round.
     for name in everyone:
-        assert _ask(clients[name], UnmaskingRequest(tuple(others), (target,))) is None
+        assert _ask(clients[name], UnmaskingRequest(views[name], signatures)) is None
 
 
-def test_client_refuses_a_request_for_both_secrets_of_one_client() -> None:
+def test_client_refuses_an_unmasking_request_for_another_survivor_set() -> None:
     federation = make_federation(5)
-    _, _, clients = _through_masked_input(federation, threshold=3)
+    _, server, clients = _through_masked_input(federation, threshold=3)
     names = tuple(federation.names)
-    with pytest.raises(SecAggAborted, match="both secrets"):
-        clients[names[0]].unmask(UnmaskingRequest(names, (names[1],)))
+    requests = signed_requests(server, clients)
+    smaller = UnmaskingRequest(names[:-1], requests[names[0]].signatures)
+    with pytest.raises(SecAggAborted, match="another survivor set than the one we signed"):
+        clients[names[0]].unmask(smaller)
 
 
-def test_client_refuses_to_reveal_its_own_key_share() -> None:
+def test_client_refuses_a_survivor_set_without_itself() -> None:
     federation = make_federation(5)
     _, _, clients = _through_masked_input(federation, threshold=3)
     names = tuple(federation.names)
     with pytest.raises(SecAggAborted, match="sent no masked input"):
-        clients[names[0]].unmask(UnmaskingRequest(names[1:], (names[0],)))
+        clients[names[0]].consistency_check(SurvivorList(names[1:]))
 
 
 def test_server_refuses_to_store_shares_of_the_other_kind() -> None:
     federation = make_federation(5)
     config, server, clients = _through_masked_input(federation, threshold=3)
-    request = server.close_masked_inputs()
-    assert request.dropped == ()
+    requests = signed_requests(server, clients)
     # A client that (wrongly) volunteers key shares of survivors is rejected outright.
-    honest = clients[federation.names[0]].unmask(request)
+    first = federation.names[0]
+    honest = clients[first].unmask(requests[first])
     forged = type(honest)(honest.client, honest.self_mask_shares, dict(honest.self_mask_shares))
     with pytest.raises(ProtocolError, match="did not drop"):
         server.receive_unmasking(honest.client, forged)
     for name in federation.names[1:]:
-        server.receive_unmasking(name, clients[name].unmask(request))
+        server.receive_unmasking(name, clients[name].unmask(requests[name]))
         for held in server.held_secrets().values():
             assert not (held.self_mask_shares >= 3 and held.key_shares >= 3)
     server.finalize()
@@ -142,9 +157,9 @@ def test_invariant_holds_at_every_step_of_rounds_with_dropouts() -> None:
     for name in senders:
         vector = np.zeros(8, dtype=np.uint32)
         server.receive_masked_input(name, clients[name].masked_input(per_client[name], vector))
-    request = server.close_masked_inputs()
-    assert set(request.dropped) == set(federation.names[6:])
-    for name in request.survivors:
+    requests = signed_requests(server, clients)
+    assert set(requests) == set(senders)
+    for name, request in requests.items():
         server.receive_unmasking(name, clients[name].unmask(request))
         for held in server.held_secrets().values():
             assert not (held.self_mask_shares >= 5 and held.key_shares >= 5)

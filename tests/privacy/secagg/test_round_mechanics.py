@@ -12,11 +12,13 @@ from bastion.privacy.errors import SecAggAborted, SecAggError
 from bastion.privacy.secagg.encoding import WeightedUpdateEncoder
 from bastion.privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MaskedInput,
     Message,
     SharesForClient,
+    SurvivorList,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -93,7 +95,9 @@ def test_every_message_survives_its_byte_codec() -> None:
         EncryptedShares("a", {"b": b"ct1", "c": b"ct2"}),
         SharesForClient("b", {"a": b"ct1"}),
         MaskedInput("a", np.arange(5, dtype=np.uint64)),
-        UnmaskingRequest(("a", "b"), ("c",)),
+        SurvivorList(("a", "b", "c")),
+        ConsistencySignature("a", b"signature"),
+        UnmaskingRequest(("a", "b"), {"a": b"sig-a", "b": b"sig-b"}),
         UnmaskingResponse("a", {"b": b"share"}, {"c": b"share2"}),
     ]
     for message in messages:
@@ -163,7 +167,7 @@ def test_out_of_order_and_impersonating_messages_are_refused() -> None:
     server = SecAggServer(config)
     a, b = federation.names[:2]
     with pytest.raises(SecAggAborted, match="out-of-order"):
-        clients[a].unmask(UnmaskingRequest((a, b), ()))
+        clients[a].unmask(UnmaskingRequest((a, b), {}))
     with pytest.raises(SecAggAborted, match="already aborted"):
         clients[a].advertise_keys()
     advertisement = clients[b].advertise_keys()

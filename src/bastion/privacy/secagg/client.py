@@ -5,10 +5,12 @@ signature to a request that would reveal both secrets of a client, aborts the cl
 for this round (``SecAggAborted``) and it answers nothing more.
 
 The invariant the client enforces: in Unmasking it reveals, for each client u, either
-the share of u's self-mask seed b_u (u sent masked input) or the share of u's pairwise
-secret key s_u (u dropped), never both, answers only once, and never reveals its own
-key share (it knows it sent masked input). With ``2t > holders``, no lie about dropouts
-lets the server collect t shares of both secrets of any client.
+the share of u's self-mask seed b_u (u is in the survivor set U3 it signed) or the share
+of u's pairwise secret key s_u (u shared keys but is not in U3), never both, answers only
+once, never reveals its own key share (it knows it sent masked input), and reveals
+nothing unless t of u's share holders signed the same U3 (``consistency``). With
+``2t > holders``, no lie about dropouts lets the server collect t shares of both secrets
+of any client, nor one client's self-mask seed next to the keys of all its mask peers.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from typing import TypeVar
 import numpy as np
 
 from bastion.privacy.errors import KeySubstitutionDetected, SecAggAborted, SecAggError
-from bastion.privacy.secagg import keys
+from bastion.privacy.secagg import consistency, keys
 from bastion.privacy.secagg.config import SecAggConfig
 from bastion.privacy.secagg.masking import add_pairwise, pairwise_mask, scratch, self_mask
 from bastion.privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MaskedInput,
     SharesForClient,
+    SurvivorList,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -45,6 +49,7 @@ class ClientState(enum.Enum):
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASKING = "unmasking"
     DONE = "done"
     ABORTED = "aborted"
@@ -72,6 +77,8 @@ class SecAggClient:
         self._state = ClientState.ADVERTISE_KEYS
         self._keys = keys.RoundKeys.generate()
         self._roster: dict[str, AdvertiseKeys] = {}
+        self._identities: dict[str, keys.IdentityPublicKey] = {}  # verified at advertisement
+        self._survivors: frozenset[str] = frozenset()  # the U3 we signed
         self._own_shares: tuple[Share, Share] | None = None  # (key share, self-mask share)
         self._held: dict[str, tuple[Share, Share]] = {}  # owner -> (key share, self-mask share)
         self._self_mask_seed = b""
@@ -216,6 +223,7 @@ class SecAggClient:
                 f"the keys advertised for {entry.client!r} are not signed by its identity key: "
                 "the server or a third party substituted them; aborting the round"
             )
+        self._identities[entry.client] = identity
 
     def _share_key(self, peer: str) -> bytes:
         return keys.share_key(
@@ -276,7 +284,7 @@ class SecAggClient:
         self._self_mask_seed = b""
         message = MaskedInput(self.name, masked)
         self.stats.sent(Stage.MASKED_INPUT, message.encoded_size())
-        self._state = ClientState.UNMASKING
+        self._state = ClientState.CONSISTENCY_CHECK
         return message
 
     def _open_shares(self, sender: str, ciphertext: bytes) -> tuple[Share, Share]:
@@ -300,43 +308,52 @@ class SecAggClient:
 
     # ------------------------------------------------------------------ round 3
 
+    def consistency_check(self, survivors: SurvivorList) -> ConsistencySignature:
+        """Round 3: check the announced survivor set U3, then sign it with the identity key."""
+        return self._run(
+            ClientState.CONSISTENCY_CHECK,
+            Stage.CONSISTENCY_CHECK,
+            lambda: self._sign_survivors(survivors),
+        )
+
+    def _sign_survivors(self, message: SurvivorList) -> ConsistencySignature:
+        self.stats.received(Stage.CONSISTENCY_CHECK, len(message.to_bytes()))
+        self._survivors = consistency.check_survivors(
+            self.config, self.name, self._roster.keys(), self._held.keys(), message.survivors
+        )
+        payload = keys.consistency_payload(
+            self.config.session_id, self.config.round_number, self.name, self._survivors
+        )
+        signed = ConsistencySignature(self.name, keys.sign(self._identity_key, payload))
+        self.stats.sent(Stage.CONSISTENCY_CHECK, len(signed.to_bytes()))
+        self._state = ClientState.UNMASKING
+        return signed
+
+    # ------------------------------------------------------------------ round 4
+
     def unmask(self, request: UnmaskingRequest) -> UnmaskingResponse:
-        """Round 3: reveal one share per client — self-mask for survivors, key for the dropped."""
+        """Round 4: once t holders signed our U3, reveal one share per client we hold shares
+        of: self-mask for those in U3, pairwise key for those who shared keys but are not."""
         return self._run(ClientState.UNMASKING, Stage.UNMASKING, lambda: self._unmask(request))
 
     def _unmask(self, request: UnmaskingRequest) -> UnmaskingResponse:
         self.stats.received(Stage.UNMASKING, len(request.to_bytes()))
-        survivors, dropped = set(request.survivors), set(request.dropped)
-        if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
-            raise SecAggAborted("the unmasking request lists a client twice")
-        both = survivors & dropped
-        if both:
+        survivors = self._survivors
+        if len(request.survivors) != len(survivors) or set(request.survivors) != survivors:
             raise SecAggAborted(
-                f"the server asked for both secrets of {sorted(both)}: refusing, that would "
-                "unmask their inputs"
+                "the unmasking request names another survivor set than the one we signed: "
+                "refusing to reveal any share"
             )
-        if self.name in dropped or self.name not in survivors:
-            raise SecAggAborted(
-                f"the server claims {self.name!r} sent no masked input, but it did: refusing "
-                "to reveal shares of its pairwise key"
-            )
-        unknown = (survivors | dropped) - set(self.config.clients)
-        if unknown:
-            raise SecAggAborted(f"the unmasking request names unknown clients {sorted(unknown)}")
-        surviving_holders = survivors & self.config.holders_of(self.name)
-        if len(surviving_holders) < self.config.threshold:
-            raise SecAggAborted(
-                f"only {len(surviving_holders)} of {self.name!r}'s holders sent masked input, "
-                f"fewer than the threshold {self.config.threshold}: the round cannot finish"
-            )
-        neighbours = self.config.neighbours_of(self.name)
-        unshared = (survivors & neighbours) - self._held.keys()
-        if unshared:
-            raise SecAggAborted(
-                f"the server lists {sorted(unshared)} as survivors, but they never shared keys"
-            )
-        mask_shares = {o: s[1].to_bytes() for o, s in self._held.items() if o in survivors}
-        key_shares = {o: s[0].to_bytes() for o, s in self._held.items() if o in dropped}
+        signers = consistency.verified_signers(
+            self.config, survivors, request.signatures, self._identities
+        )
+        mask_owners = self._held.keys() & survivors
+        key_owners = self._held.keys() - survivors
+        consistency.check_signers(self.config, signers, mask_owners | key_owners)
+        if mask_owners & key_owners or self.name in key_owners:
+            raise SecAggAborted("refusing to reveal both secrets of a client, or our own key")
+        mask_shares = {o: self._held[o][1].to_bytes() for o in sorted(mask_owners)}
+        key_shares = {o: self._held[o][0].to_bytes() for o in sorted(key_owners)}
         response = UnmaskingResponse(self.name, mask_shares, key_shares)
         self.stats.sent(Stage.UNMASKING, len(response.to_bytes()))
         self._held.clear()

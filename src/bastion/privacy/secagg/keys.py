@@ -3,7 +3,8 @@
 Each client makes two X25519 key pairs per round: ``c`` to agree AEAD keys for the
 shares it sends other clients through the server, ``s`` to agree pairwise mask seeds.
 Both public keys are signed with the client's long-term identity key (the key of its
-mTLS certificate), so a server that substitutes keys to sit in the middle is caught.
+mTLS certificate), so a server that substitutes keys to sit in the middle is caught;
+the same key signs the survivor set in ConsistencyCheck.
 Every derived key goes through HKDF-SHA256 with its purpose, session, round and the two
 names in ``info``.
 """
@@ -173,6 +174,20 @@ def advertisement_payload(
         client.encode(),
         c_public,
         s_public,
+    )
+
+
+def consistency_payload(
+    session_id: bytes, round_number: int, signer: str, survivors: frozenset[str]
+) -> bytes:
+    """The exact bytes a client signs in ConsistencyCheck: the set U3 it was told, sorted."""
+    return join_fields(
+        _DOMAIN,
+        b"consistency",
+        session_id,
+        str(round_number).encode(),
+        signer.encode(),
+        join_fields(*(name.encode() for name in sorted(survivors))),
     )
 
 

@@ -1,4 +1,4 @@
-"""The messages of the four secure aggregation rounds, as plain dataclasses with a byte codec.
+"""The messages of the five secure aggregation rounds, as plain dataclasses with a byte codec.
 
 Bonawitz et al. 2017, Figure 4. The protocol objects exchange these and nothing else,
 so any transport can carry them: ``to_bytes()`` gives a self-describing, length-prefixed
@@ -17,6 +17,7 @@ from bastion.privacy.secagg.wire import Reader, Writer
 
 _RING_DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 MAX_CREDENTIAL_BYTES = 16 * 1024
+MAX_SIGNATURE_BYTES = 1024
 
 
 def _write_names(writer: Writer, names: tuple[str, ...]) -> None:
@@ -86,7 +87,7 @@ class AdvertiseKeys:
             reader.text(),
             reader.blob(64),
             reader.blob(64),
-            reader.blob(1024),
+            reader.blob(MAX_SIGNATURE_BYTES),
             reader.blob(MAX_CREDENTIAL_BYTES),
         )
         reader.finish()
@@ -209,11 +210,61 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskingRequest:
-    """Round 3, server to each survivor: who sent masked input (U3), who dropped after sharing."""
+class SurvivorList:
+    """Round 3 (ConsistencyCheck), server to each survivor: who sent masked input (U3)."""
 
     survivors: tuple[str, ...]
-    dropped: tuple[str, ...]
+
+    KIND: ClassVar[bytes] = b"secagg/survivor-list"
+
+    def to_bytes(self) -> bytes:
+        writer = Writer()
+        writer.blob(self.KIND)
+        _write_names(writer, self.survivors)
+        return writer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SurvivorList:
+        reader = _open(data, cls.KIND, "SurvivorList")
+        message = cls(_read_names(reader))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Round 3, client to server: its identity key's signature over (session, round, U3)."""
+
+    client: str
+    signature: bytes
+
+    KIND: ClassVar[bytes] = b"secagg/consistency-signature"
+
+    def to_bytes(self) -> bytes:
+        writer = Writer()
+        writer.blob(self.KIND)
+        writer.text(self.client)
+        writer.blob(self.signature)
+        return writer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConsistencySignature:
+        reader = _open(data, cls.KIND, "ConsistencySignature")
+        message = cls(reader.text(), reader.blob(MAX_SIGNATURE_BYTES))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
+class UnmaskingRequest:
+    """Round 4, server to each client that signed: U3 again, and the signatures over it.
+
+    ``signatures`` maps signer to signature; with SecAgg+ only those of signers the
+    recipient needs (the holders of its neighbours' shares) are forwarded.
+    """
+
+    survivors: tuple[str, ...]
+    signatures: dict[str, bytes] = field(hash=False)
 
     KIND: ClassVar[bytes] = b"secagg/unmasking-request"
 
@@ -221,20 +272,24 @@ class UnmaskingRequest:
         writer = Writer()
         writer.blob(self.KIND)
         _write_names(writer, self.survivors)
-        _write_names(writer, self.dropped)
+        _write_map(writer, self.signatures)
         return writer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskingRequest:
         reader = _open(data, cls.KIND, "UnmaskingRequest")
-        message = cls(_read_names(reader), _read_names(reader))
+        message = cls(_read_names(reader), _read_map(reader, "UnmaskingRequest"))
         reader.finish()
+        if any(len(s) > MAX_SIGNATURE_BYTES for s in message.signatures.values()):
+            raise ProtocolError(
+                f"UnmaskingRequest: a signature exceeds {MAX_SIGNATURE_BYTES} bytes"
+            )
         return message
 
 
 @dataclass(frozen=True)
 class UnmaskingResponse:
-    """Round 3, client to server: self-mask shares of survivors, key shares of dropped clients."""
+    """Round 4, client to server: self-mask shares of survivors, key shares of dropped clients."""
 
     client: str
     self_mask_shares: dict[str, bytes] = field(hash=False)
@@ -267,6 +322,8 @@ Message = (
     | EncryptedShares
     | SharesForClient
     | MaskedInput
+    | SurvivorList
+    | ConsistencySignature
     | UnmaskingRequest
     | UnmaskingResponse
 )

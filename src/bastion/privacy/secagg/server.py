@@ -1,10 +1,11 @@
 """The server side of secure aggregation (Bonawitz et al. 2017, Figure 4), as a state machine.
 
 The server relays keys and encrypted shares, sums masked inputs as they arrive (memory
-O(vector), not O(clients x vector)), and in Unmasking asks survivors for the self-mask
-shares of those who sent input and the key shares of those who dropped after sharing.
-It checks that the round can finish *before* it reconstructs anything: when too many
-clients dropped it aborts with ``SecAggAborted`` and has unmasked nothing.
+O(vector), not O(clients x vector)), announces who sent one (U3) and relays the clients'
+signatures over that set (ConsistencyCheck), and in Unmasking collects the self-mask
+shares of those in U3 and the key shares of those who dropped after sharing. It checks
+that the round can finish *before* it reconstructs anything: when too many clients
+dropped it aborts with ``SecAggAborted`` and has unmasked nothing.
 
 ``receive_*`` methods take the sender's authenticated name (from its mTLS certificate)
 and refuse a message that claims another. A malformed message from one client raises
@@ -24,13 +25,16 @@ from bastion.errors import ProtocolError
 from bastion.privacy.errors import SecAggAborted
 from bastion.privacy.secagg import keys
 from bastion.privacy.secagg.config import SecAggConfig
+from bastion.privacy.secagg.consistency import is_valid, signers_needed_by
 from bastion.privacy.secagg.masking import pairwise_mask, remove_pairwise, scratch, self_mask
 from bastion.privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MaskedInput,
     SharesForClient,
+    SurvivorList,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -45,6 +49,7 @@ class ServerState(enum.Enum):
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASKING = "unmasking"
     DONE = "done"
     ABORTED = "aborted"
@@ -80,11 +85,14 @@ class SecAggServer:
         self._state = ServerState.ADVERTISE_KEYS
         self._abort_reason = ""
         self._advertised: dict[str, AdvertiseKeys] = {}
+        self._identities: dict[str, keys.IdentityPublicKey] = {}
         self._shares: dict[str, EncryptedShares] = {}
         self._masked_senders: list[str] = []
         self._total = np.zeros(config.vector_length, dtype=config.dtype)
         self._survivors: frozenset[str] = frozenset()
         self._dropped: frozenset[str] = frozenset()
+        self._signatures: dict[str, bytes] = {}
+        self._signers: frozenset[str] = frozenset()
         self._responders: set[str] = set()
         self._mask_shares: dict[str, dict[str, Share]] = {name: {} for name in config.clients}
         self._key_shares: dict[str, dict[str, Share]] = {name: {} for name in config.clients}
@@ -166,6 +174,7 @@ class SecAggServer:
                 raise ProtocolError(f"no identity key for {sender!r}: {exc}") from None
             if not keys.verify(identity, message.signature, payload):
                 raise ProtocolError(f"{sender!r} advertised keys with an invalid signature")
+            self._identities[sender] = identity
         self.stats.received(Stage.ADVERTISE_KEYS, len(message.to_bytes()))
         self._advertised[sender] = message
 
@@ -251,19 +260,20 @@ class SecAggServer:
         self._total += vector
         self._masked_senders.append(sender)
 
-    def close_masked_inputs(self) -> UnmaskingRequest:
-        """End round 2: the request to send every client that sent masked input (U3)."""
+    def close_masked_inputs(self) -> SurvivorList:
+        """End round 2: the survivor set U3 to send every client that sent masked input."""
         return self._run(ServerState.MASKED_INPUT, Stage.MASKED_INPUT, self._close_masked)
 
-    def _close_masked(self) -> UnmaskingRequest:
+    def _close_masked(self) -> SurvivorList:
         self._survivors = frozenset(self._masked_senders)
         self._dropped = frozenset(self._shares) - self._survivors
         self._need_at_least(self._survivors, "sent masked input")
         self._check_recoverable(self._survivors, "sent masked input")
-        request = UnmaskingRequest(tuple(sorted(self._survivors)), tuple(sorted(self._dropped)))
-        self.stats.sent(Stage.UNMASKING, len(request.to_bytes()) * len(self._survivors))
-        self._state = ServerState.UNMASKING
-        return request
+        announcement = SurvivorList(tuple(sorted(self._survivors)))
+        sent = len(announcement.to_bytes()) * len(self._survivors)
+        self.stats.sent(Stage.CONSISTENCY_CHECK, sent)
+        self._state = ServerState.CONSISTENCY_CHECK
+        return announcement
 
     def _check_recoverable(self, answering: frozenset[str] | set[str], what: str) -> None:
         """Abort unless each secret we must rebuild has at least t holders among ``answering``."""
@@ -284,13 +294,58 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ round 3
 
+    def receive_signature(self, sender: str, message: ConsistencySignature) -> None:
+        self._run(
+            ServerState.CONSISTENCY_CHECK,
+            Stage.CONSISTENCY_CHECK,
+            lambda: self._receive_signature(sender, message),
+        )
+
+    def _receive_signature(self, sender: str, message: ConsistencySignature) -> None:
+        self._check_sender(sender, message.client, self._survivors - self._signatures.keys())
+        identity = self._identities.get(sender)  # refuse a bad signature before peers see it
+        if identity is not None and not is_valid(
+            self.config, self._survivors, sender, message.signature, identity
+        ):
+            raise ProtocolError(f"{sender!r} did not sign the survivor set it was sent")
+        self.stats.received(Stage.CONSISTENCY_CHECK, len(message.to_bytes()))
+        self._signatures[sender] = message.signature
+
+    def close_consistency(self) -> dict[str, UnmaskingRequest]:
+        """End round 3: for each client that signed U3, U3 and the signatures it must check."""
+        return self._run(
+            ServerState.CONSISTENCY_CHECK, Stage.CONSISTENCY_CHECK, self._close_consistency
+        )
+
+    def _close_consistency(self) -> dict[str, UnmaskingRequest]:
+        signers = frozenset(self._signatures)
+        self._need_at_least(signers, "signed the survivor set")
+        self._check_recoverable(signers, "signed the survivor set")
+        self._signers = signers
+        survivors = tuple(sorted(self._survivors))
+        requests = {
+            name: UnmaskingRequest(
+                survivors,
+                {
+                    s: self._signatures[s]
+                    for s in sorted(signers & signers_needed_by(self.config, name))
+                },
+            )
+            for name in sorted(signers)
+        }
+        self.stats.sent(Stage.UNMASKING, sum(len(r.to_bytes()) for r in requests.values()))
+        self._state = ServerState.UNMASKING
+        return requests
+
+    # ------------------------------------------------------------------ round 4
+
     def receive_unmasking(self, sender: str, message: UnmaskingResponse) -> None:
         self._run(
             ServerState.UNMASKING, Stage.UNMASKING, lambda: self._receive_unmasking(sender, message)
         )
 
     def _receive_unmasking(self, sender: str, message: UnmaskingResponse) -> None:
-        self._check_sender(sender, message.client, set(self._survivors) - self._responders)
+        self._check_sender(sender, message.client, self._signers - self._responders)
         holds_for = self.config.holders_of(sender)
         if not set(message.self_mask_shares) <= self._survivors & holds_for:
             raise ProtocolError(f"{sender!r} sent self-mask shares of clients that did not survive")
@@ -328,7 +383,7 @@ class SecAggServer:
                 raise self.abort(f"refusing to hold both secrets of {name!r}")
 
     def finalize(self) -> SecAggResult:
-        """End round 3: unmask the survivors' sum, or abort having unmasked nothing."""
+        """End round 4: unmask the survivors' sum, or abort having unmasked nothing."""
         return self._run(ServerState.UNMASKING, Stage.UNMASKING, self._finalize)
 
     def _finalize(self) -> SecAggResult:

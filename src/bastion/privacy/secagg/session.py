@@ -33,14 +33,16 @@ class Step(enum.Enum):
 
     A collaborator *sends* its message of a stage and then *fetches* the aggregator's
     answer that closes it: ``SESSION`` → SessionInfo, ``ADVERTISE_KEYS`` → KeyRoster,
-    ``SHARE_KEYS`` → SharesForClient, ``MASKED_INPUT`` → UnmaskingRequest. ``ABORT`` is
-    sent by a collaborator that gives up (with its reason), so nobody waits for it.
+    ``SHARE_KEYS`` → SharesForClient, ``MASKED_INPUT`` → SurvivorList,
+    ``CONSISTENCY_CHECK`` → UnmaskingRequest. ``ABORT`` is sent by a collaborator that
+    gives up (with its reason), so nobody waits for it.
     """
 
     SESSION = "session"
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASKING = "unmasking"
     ABORT = "abort"
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 
 class Stage(enum.Enum):
-    """The four rounds of Bonawitz et al. 2017, Figure 4 (consistency check omitted)."""
+    """The five rounds of Bonawitz et al. 2017, Figure 4 (malicious-server version)."""
 
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASKING = "unmasking"
 
 
