@@ -1,5 +1,6 @@
 """Secure aggregation over real gRPC with mutual TLS: a curious aggregator learns nothing about
-one collaborator from what it receives, and one that substitutes keys is caught."""
+one collaborator from what it receives, and one that substitutes keys or shows collaborators
+different survivor sets is caught."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ from bastion.pki import load_private_key, tls_files_for
 from bastion.privacy.secagg.identity import identity_from_tls
 from bastion.privacy.secagg.keys import RoundKeys, advertisement_payload, sign
 from bastion.privacy.secagg.masking import self_mask
-from bastion.privacy.secagg.messages import KeyRoster, MaskedInput, UnmaskingResponse
+from bastion.privacy.secagg.messages import (
+    KeyRoster,
+    MaskedInput,
+    SurvivorList,
+    UnmaskingRequest,
+    UnmaskingResponse,
+)
 from bastion.privacy.secagg.server import SecAggServer
 from bastion.privacy.secagg.session import (
     SessionInfo,
@@ -239,3 +246,81 @@ def test_keys_substituted_by_the_aggregator_are_detected_and_the_round_aborted(
         np.testing.assert_array_equal(final[key], start[key])
     # Nobody sent shares or a masked input once the substitution was seen.
     assert not any(Step.SHARE_KEYS in r or Step.MASKED_INPUT in r for r in received.values())
+
+
+class _SplitView:
+    """A malicious aggregator: it tells site-3 and site-4 that site-1 sent no masked input and
+    the others that it did, skips its own check of the signatures, and forwards to each
+    collaborator its own survivor set with ``forward`` signatures ("all" or "alike")."""
+
+    told_dropped = ("site-3", "site-4")
+
+    def __init__(self, forward: str) -> None:
+        self.forward = forward
+        self.session: SecureRound | None = None
+
+    def view(self, name: str, survivors: tuple[str, ...]) -> tuple[str, ...]:
+        return (
+            tuple(n for n in survivors if n != "site-1") if name in self.told_dropped else survivors
+        )
+
+    def __call__(self, original):  # noqa: ANN001, ANN204
+        split = self
+
+        def fetch(session: SecureRound, name: str, step: Step) -> StageReply:
+            split.session = session
+            reply = original(session, name, step)
+            if reply.status != "ready":
+                return reply
+            if step is Step.MASKED_INPUT:
+                survivors = SurvivorList.from_bytes(reply.payload).survivors
+                lie = SurvivorList(split.view(name, survivors))
+                return dataclasses.replace(reply, payload=lie.to_bytes())
+            if step is Step.CONSISTENCY_CHECK:
+                request = UnmaskingRequest.from_bytes(reply.payload)
+                mine = split.view(name, request.survivors)
+                signatures = {
+                    n: s
+                    for n, s in request.signatures.items()
+                    if split.forward == "all" or split.view(n, request.survivors) == mine
+                }
+                lie = UnmaskingRequest(mine, signatures)
+                return dataclasses.replace(reply, payload=lie.to_bytes())
+            return reply
+
+        return fetch
+
+
+@pytest.mark.parametrize("forward", ["all", "alike"])
+def test_an_aggregator_showing_different_survivor_sets_gets_no_share(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, forward: str
+) -> None:
+    received = _tap(monkeypatch)
+    split = _SplitView(forward)
+    monkeypatch.setattr(SecureRound, "fetch", split(SecureRound.fetch))
+    # A malicious aggregator does not refuse signatures over the sets it lied about.
+    monkeypatch.setattr("bastion.privacy.secagg.server.is_valid", lambda *args: True)
+    with served_aggregator(workspace) as served:
+        start = {k: v.copy() for k, v in served.aggregator.model.items()}
+        _run_collaborators(served)
+        assert served.aggregator.finished.wait(60)
+        final = served.aggregator.model
+    assert split.session is not None and split.session.server is not None
+    held = split.session.server.held_secrets()
+    (record,) = [
+        r
+        for r in read_metrics(workspace / "logs" / "metrics.jsonl")
+        if r["event"] == "secure_aggregation"
+    ]
+    assert record["outcome"] == "aborted" and record["contributors"] == []
+    assert "nothing was unmasked" in record["reason"]
+    reasons = " ".join(record["dropped"].values())
+    expected = "not its identity key's signature" if forward == "all" else "fewer than"
+    assert expected in reasons and len(record["dropped"]) == COLLABORATORS
+    for key in start:
+        np.testing.assert_array_equal(final[key], start[key])
+    # Everyone signed the set it was told, and then nobody revealed a single share.
+    assert all(Step.CONSISTENCY_CHECK in r for r in received.values())
+    assert not any(Step.UNMASKING in r for r in received.values())
+    assert all(h.self_mask_shares == h.key_shares == 0 for h in held.values())
+    assert not any(h.self_mask_recovered or h.key_recovered for h in held.values())
