@@ -299,7 +299,9 @@ class SecureRound:
                 self._survivor_bytes = server.close_masked_inputs().to_bytes()
             elif stage is Step.CONSISTENCY_CHECK:
                 requests = server.close_consistency()
-                self._requests = {name: r.to_bytes() for name, r in requests.items()}
+                distinct = {id(r): r for r in requests.values()}  # often one, shared by all
+                encoded = {key: r.to_bytes() for key, r in distinct.items()}
+                self._requests = {name: encoded[id(r)] for name, r in requests.items()}
             else:
                 self._finalize()
                 return

@@ -323,17 +323,17 @@ class SecAggServer:
         self._check_recoverable(signers, "signed the survivor set")
         self._signers = signers
         survivors = tuple(sorted(self._survivors))
-        requests = {
-            name: UnmaskingRequest(
-                survivors,
-                {
-                    s: self._signatures[s]
-                    for s in sorted(signers & signers_needed_by(self.config, name))
-                },
-            )
-            for name in sorted(signers)
-        }
-        self.stats.sent(Stage.UNMASKING, sum(len(r.to_bytes()) for r in requests.values()))
+        # Clients that check the same signers share one request (all of them, on the complete graph).
+        distinct: dict[frozenset[str], UnmaskingRequest] = {}
+        requests: dict[str, UnmaskingRequest] = {}
+        for name in sorted(signers):
+            needed = signers & signers_needed_by(self.config, name)
+            if needed not in distinct:
+                chosen = {s: self._signatures[s] for s in sorted(needed)}
+                distinct[needed] = UnmaskingRequest(survivors, chosen)
+            requests[name] = distinct[needed]
+        sizes = {id(r): len(r.to_bytes()) for r in distinct.values()}
+        self.stats.sent(Stage.UNMASKING, sum(sizes[id(r)] for r in requests.values()))
         self._state = ServerState.UNMASKING
         return requests
 
