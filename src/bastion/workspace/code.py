@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,10 +70,13 @@ def _forget_other_workspaces(workspace: Path) -> None:
     ]
     if not others:
         return
+    # Modules imported through the resolved sys.path entry carry it as their path prefix.
+    prefixes = tuple(f"{root}{os.sep}" for root in others)
     for name, module in list(sys.modules.items()):
         origin = getattr(module, "__file__", None)
-        if origin and any(Path(origin).resolve().is_relative_to(root) for root in others):
+        if isinstance(origin, str) and origin.startswith(prefixes):
             del sys.modules[name]
+    _IMPORTED_FROM.difference_update(others)
 
 
 def _forget_foreign_module(module_name: str, workspace: Path) -> None:
