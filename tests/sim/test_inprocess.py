@@ -123,8 +123,8 @@ def test_120_clients_sampled_at_ten_percent_share_one_runner(tmp_path: Path) -> 
         assert trained == sorted(expected) and len(trained) == 12
     built = sys.modules["counting_task"].BUILT  # the workspace's module, as the simulation ran it
     assert built == [0], "one runner, built once, serves all 120 clients"
+    # Speed targets live in benchmarks/, not in assertions: this only reports the figure.
     print(f"120 clients, {rounds} rounds of 12: {elapsed:.2f}s")
-    assert elapsed < 20
 
 
 class WrongShapeClient(InProcessClient):
