@@ -44,6 +44,19 @@ def test_index_shards_equal_the_shards_each_process_loads(tmp_path: Path, partit
             np.testing.assert_array_equal(getattr(got, part), getattr(expected, part))
 
 
+def test_stop_from_the_round_callback_ends_the_run_after_that_round(tmp_path: Path) -> None:
+    workspace = plain_workspace(tmp_path, collaborators=3, rounds=5)
+
+    def stop_after_two(number: int, federation: InProcessFederation) -> None:
+        if number == 2:
+            federation.stop()
+
+    aggregator = InProcessFederation(workspace, on_round=stop_after_two).run()
+    assert aggregator.state.round_completed == 2 and not aggregator.finished.is_set()
+    _, metadata = load_checkpoint(workspace / "save" / "last.safetensors")
+    assert json.loads(metadata["bastion.state"])["round_completed"] == 2  # resumable from here
+
+
 def test_checkpoints_and_metrics_land_in_the_workspace_as_with_processes(tmp_path: Path) -> None:
     rounds = 3
     workspace = plain_workspace(

@@ -155,6 +155,11 @@ class InProcessFederation:
         self._states: dict[str, object] = {}
         self._encoders: dict[str, UpdateEncoder] = {}
         self._shared: TaskRunner | None = None
+        self._stop_requested = False
+
+    def stop(self) -> None:
+        """End ``run`` after the round in progress (e.g. from ``on_round`` once a target is met)."""
+        self._stop_requested = True
 
     def client(self, name: str) -> AggregatorClient:
         if name not in self._clients:
@@ -174,10 +179,10 @@ class InProcessFederation:
     def run(self) -> Aggregator:
         """Run every round and the final evaluation; returns the finished aggregator."""
         roster = self.plan.collaborator_names()
-        while not self.aggregator.finished.is_set():
+        while not (self.aggregator.finished.is_set() or self._stop_requested):
             progressed = False
             for name in roster:
-                if self.aggregator.finished.is_set():
+                if self.aggregator.finished.is_set() or self._stop_requested:
                     break
                 assignment = self.client(name).get_tasks()
                 if assignment.action != "run":
@@ -190,7 +195,7 @@ class InProcessFederation:
                 before = self.aggregator.state.round_completed
                 self._drive_secure_updates()
                 self._report_rounds(before)
-            if not progressed and not self.aggregator.finished.is_set():
+            if not (progressed or self.aggregator.finished.is_set() or self._stop_requested):
                 raise BastionError(
                     f"in-process simulation stalled in round {self.aggregator.current_round}: "
                     "no collaborator has a task left, yet the round did not complete"
