@@ -32,6 +32,7 @@ def attempt(pki, data: bytes) -> None:
 
 
 def test_the_unmutated_quote_verifies(pki, good_quote) -> None:
+    assert good_quote[FIXED_PART:].startswith(b"-----BEGIN CERTIFICATE-----")
     assert (
         verify_quote(good_quote, POLICY, REPORT_DATA, pki.root, pki.now).mr_enclave == b"\xaa" * 32
     )
@@ -72,14 +73,40 @@ def test_insertions_in_the_fixed_part(pki, good_quote, position: int, junk: byte
     attempt(pki, good_quote[:position] + junk + good_quote[position:])
 
 
+#: Header, report body, signatures, keys, QE report, QE auth data and the certification data's
+#: type and size: every byte up to the PEM chain is signed, bound or checked exactly.
+FIXED_PART = 1052
+
+
 @FUZZ
-@given(position=st.integers(min_value=0, max_value=1100))
+@given(position=st.integers(min_value=0, max_value=FIXED_PART - 1))
 def test_signed_region_flips_are_always_refused(pki, good_quote, position: int) -> None:
     """Any change to bytes covered by a signature or the key binding must be refused."""
     raw = bytearray(good_quote)
     raw[position] ^= 0x01
     with pytest.raises(AttestationError):
         verify_quote(bytes(raw), POLICY, REPORT_DATA, pki.root, pki.now)
+
+
+@FUZZ
+@given(offset=st.integers(min_value=0, max_value=1500))
+def test_pem_flips_are_refused_unless_the_certificates_are_unchanged(
+    pki, good_quote, offset: int
+) -> None:
+    """The PEM chain is protected by its certificates' signatures, not byte for byte: a flip
+    either breaks verification or only touches PEM whitespace, leaving the same DER."""
+    position = FIXED_PART + offset % (len(good_quote) - FIXED_PART)
+    raw = bytearray(good_quote)
+    raw[position] ^= 0x01
+    try:
+        verify_quote(bytes(raw), POLICY, REPORT_DATA, pki.root, pki.now)
+    except AttestationError:
+        return
+    original = load_pem_chain(good_quote[FIXED_PART:], "chain")
+    accepted = load_pem_chain(bytes(raw[FIXED_PART:]), "chain")
+    assert [c.tbs_certificate_bytes for c in accepted] == [
+        c.tbs_certificate_bytes for c in original
+    ]
 
 
 @settings(max_examples=150, deadline=None)

@@ -7,7 +7,7 @@ Specification" (the SGX extension 1.2.840.113741.1.13.1 and its TCB, PCE-ID and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -70,14 +70,19 @@ def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
 def _parse_fields(certificate: x509.Certificate, what: str) -> None:
     """Decode now the fields verification reads: ``cryptography`` parses them lazily, so a
     malformed name or extension would otherwise surface later as a bare ValueError."""
-    try:
-        _ = (certificate.issuer, certificate.subject, certificate.extensions)
-        _ = (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
-        certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise QuoteFormatError(
-            f"a certificate in the {what} is malformed: {exc}", reason="pck_chain"
-        ) from None
+    parts: list[tuple[str, Callable[[], object]]] = [
+        ("names", lambda: (certificate.issuer, certificate.subject)),
+        ("extensions", lambda: certificate.extensions),
+        ("validity", lambda: (certificate.not_valid_before_utc, certificate.not_valid_after_utc)),
+        ("public key", certificate.public_key),
+    ]
+    for part, read in parts:
+        try:
+            read()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise CertificateChainError(
+                f"a certificate in the {what} has malformed {part}: {exc}"
+            ) from None
 
 
 def verify_chain(
