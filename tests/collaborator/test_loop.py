@@ -141,11 +141,21 @@ def test_attests_before_the_first_model_and_again_after_a_reconnect() -> None:
 
     train_only = (TaskSpec(name="train", kind="train"),)
     aggregator = Tracing(
-        [Assignment("run", 1, train_only), Assignment("run", 2, train_only), Down("restarting"),
-         Assignment("run", 3, train_only), Assignment("done")]
+        [
+            Assignment("run", 1, train_only),
+            Assignment("run", 2, train_only),
+            Down("restarting"),
+            Assignment("run", 3, train_only),
+            Assignment("done"),
+        ]
     )
     collaborator = Collaborator(
-        "a", aggregator, RecordingRunner(), SHARD, retryable=(Down,), sleep=lambda s: None,
+        "a",
+        aggregator,
+        RecordingRunner(),
+        SHARD,
+        retryable=(Down,),
+        sleep=lambda s: None,
         attest=lambda: events.append("attest"),
     )
     collaborator.run()
@@ -160,7 +170,9 @@ def test_failed_attestation_stops_before_any_model() -> None:
         raise Untrusted("aggregator attestation failed")
 
     aggregator = ScriptedAggregator([Assignment("run", 1, TASKS)])
-    collaborator = Collaborator("a", aggregator, RecordingRunner(), SHARD, retryable=(Down,), attest=refuse)
+    collaborator = Collaborator(
+        "a", aggregator, RecordingRunner(), SHARD, retryable=(Down,), attest=refuse
+    )
     with pytest.raises(Untrusted):
         collaborator.run()
     assert aggregator.sent == []

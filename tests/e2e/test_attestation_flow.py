@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.metrics.log import read_metrics
 from bastion.sim.processes import LocalFederation
 from bastion.tee.attestation import build_simulated_hierarchy
 from bastion.tee.attestation.parties import SIMULATED_MRSIGNER_ENV, SIMULATED_SIGNER_LABEL
 from bastion.workspace.initialize import initialize_plan
-from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 FEDERATION_SIGNER = hashlib.sha256(SIMULATED_SIGNER_LABEL).hexdigest()
 ROGUE_SIGNER = "ab" * 32
@@ -66,7 +66,10 @@ def test_federation_runs_when_every_party_satisfies_the_policy(tmp_path: Path) -
     assert any(r["event"] == "finished" for r in records)
     status = subprocess.run(
         [sys.executable, "-m", "bastion", "status", "--workspace", str(workspace)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert status.returncode == 0
     assert status.stdout.count("SIMULATED ok") == 2

@@ -65,7 +65,12 @@ class AttestationGate:
         return evidence, self._nonces.issue(collaborator)
 
     def admit(
-        self, collaborator: str, certificate: x509.Certificate, kind: str, quote: bytes, nonce: bytes
+        self,
+        collaborator: str,
+        certificate: x509.Certificate,
+        kind: str,
+        quote: bytes,
+        nonce: bytes,
     ) -> Admission:
         """Verify a collaborator's evidence; raises ``AttestationError`` and logs why if it fails."""
         try:
@@ -73,13 +78,19 @@ class AttestationGate:
             verified = self._party.verify(kind, quote, certificate, nonce)
         except AttestationError as exc:
             log.warning("attestation of %s failed: %s", collaborator, exc)
-            self._metrics.write("attestation", collaborator=collaborator, accepted=False, reason=str(exc))
+            self._metrics.write(
+                "attestation", collaborator=collaborator, accepted=False, reason=str(exc)
+            )
             with self._lock:
                 self._admitted.pop(collaborator, None)
             self._report(collaborator, {"accepted": False, "reason": str(exc), "at": time.time()})
             raise
         admission = Admission(
-            fingerprint_of(certificate), verified.mr_enclave.hex(), verified.simulated, verified.tcb_status, time.time()
+            fingerprint_of(certificate),
+            verified.mr_enclave.hex(),
+            verified.simulated,
+            verified.tcb_status,
+            time.time(),
         )
         with self._lock:
             self._admitted[collaborator] = admission
@@ -112,8 +123,14 @@ class AttestationGate:
         """Refuse a collaborator that has not attested with the certificate it uses now."""
         with self._lock:
             admission = self._admitted.get(collaborator)
-        if admission is None or certificate is None or admission.fingerprint != fingerprint_of(certificate):
-            raise NotAttested(f"{collaborator} has not proven its enclave; attest before fetching or sending")
+        if (
+            admission is None
+            or certificate is None
+            or admission.fingerprint != fingerprint_of(certificate)
+        ):
+            raise NotAttested(
+                f"{collaborator} has not proven its enclave; attest before fetching or sending"
+            )
 
     def admitted(self) -> dict[str, Admission]:
         with self._lock:

@@ -33,7 +33,9 @@ class AttestationRefused(BastionError):
 class MutualAttestation:
     """Callable run by the collaborator loop before it fetches a model."""
 
-    def __init__(self, party: AttestationParty, client: GrpcAggregatorClient, target: str, tls: TLSFiles) -> None:
+    def __init__(
+        self, party: AttestationParty, client: GrpcAggregatorClient, target: str, tls: TLSFiles
+    ) -> None:
         self._party = party
         self._client = client
         self._target = target
@@ -48,12 +50,18 @@ class MutualAttestation:
         try:
             verified = self._party.verify(reply.kind, reply.quote, claimed, nonce)
         except AttestationError as exc:
-            raise AggregatorNotTrusted(f"aggregator attestation failed, nothing was sent: {exc}") from None
+            raise AggregatorNotTrusted(
+                f"aggregator attestation failed, nothing was sent: {exc}"
+            ) from None
         log.info(
-            "aggregator attested: mrenclave %s%s", verified.mr_enclave.hex()[:16], " (SIMULATED)" if verified.simulated else ""
+            "aggregator attested: mrenclave %s%s",
+            verified.mr_enclave.hex()[:16],
+            " (SIMULATED)" if verified.simulated else "",
         )
         evidence = self._party.evidence(self._own, reply.nonce)
-        accepted, reason = self._client.attest_collaborator(evidence.kind, evidence.quote, reply.nonce)
+        accepted, reason = self._client.attest_collaborator(
+            evidence.kind, evidence.quote, reply.nonce
+        )
         if not accepted:
             raise AttestationRefused(f"the aggregator refused our attestation: {reason}")
 
@@ -62,7 +70,9 @@ class MutualAttestation:
             claimed = x509.load_pem_x509_certificate(pem)
             verify_identity(claimed, self._ca, Role.AGGREGATOR)
         except (ValueError, BastionError) as exc:
-            raise AggregatorNotTrusted(f"the aggregator's attestation certificate is not trusted: {exc}") from None
+            raise AggregatorNotTrusted(
+                f"the aggregator's attestation certificate is not trusted: {exc}"
+            ) from None
         presented = presented_certificate(self._target, self._tls)
         if presented != claimed:
             raise AggregatorNotTrusted(

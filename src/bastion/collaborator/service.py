@@ -75,7 +75,9 @@ def run_collaborator(
         if insecure:
             raise PlanError("attestation binds evidence to TLS keys; it cannot run with --insecure")
         spec = plan.attestation
-        party = build_party(spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash())
+        party = build_party(
+            spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash()
+        )
         attest = MutualAttestation(party, client, target, files)
     secure = None
     if plan.uses_secure_aggregation:

@@ -33,12 +33,15 @@ def presented_certificate(target: str, tls: TLSFiles, timeout: float = 10.0) -> 
         context.load_cert_chain(certfile=str(tls.cert), keyfile=str(key_file))
     context.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as raw, context.wrap_socket(
-            raw, server_hostname=host
-        ) as connection:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as connection,
+        ):
             der = connection.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
-        raise BastionError(f"cannot read the certificate aggregator {target} presents: {exc}") from None
+        raise BastionError(
+            f"cannot read the certificate aggregator {target} presents: {exc}"
+        ) from None
     if der is None:
         raise BastionError(f"aggregator {target} presented no certificate")
     return x509.load_der_x509_certificate(der)
