@@ -16,7 +16,8 @@ the coefficients for that task):
   al. 2019; see ``bastion.algorithms.fedcurv``) and makes the model carry the
   ``fedcurv/u/*`` and ``fedcurv/v/*`` tensors: zeros in the initial model, then after
   each training the diagonal Fisher information u = F of the local training data and
-  v = F ⊙ w. Use it with ``aggregation.strategy: fedcurv``.
+  v = F ⊙ w. Use it with ``aggregation.strategy: fedcurv``. The Fisher terms travel in
+  float32 for half-precision and float8 models (float64 for float64 ones).
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without 
 log = logging.getLogger("bastion.runners.torch")
 
 OptimizerFactory = Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
+
+
+def curvature_dtype(parameter_dtype: torch.dtype) -> torch.dtype:
+    """FedCurv's Fisher terms and penalty: float64 for float64 parameters, else float32.
+
+    Half-precision and float8 parameters would overflow or flush the summed squared
+    gradients, and NumPy (the wire) has no bfloat16 or float8.
+    """
+    return torch.float64 if parameter_dtype == torch.float64 else torch.float32
+
 
 #: Examples per vectorized per-example-gradient pass when computing the Fisher diagonal.
 FISHER_CHUNK = 64
@@ -239,8 +250,12 @@ class TorchRunner:
             self._global_sums = (u_sum, v_sum)
 
     def _parameter_arrays(self) -> Weights:
+        """The curved parameters in their curvature dtype (see :func:`curvature_dtype`)."""
         state = self.model.state_dict()
-        return {name: state[name].detach().cpu().numpy().copy() for name in self._curved}
+        return {
+            name: state[name].detach().to(curvature_dtype(state[name].dtype)).cpu().numpy()
+            for name in self._curved
+        }
 
     # ------------------------------------------------------------------ tasks
 
@@ -381,7 +396,7 @@ class TorchRunner:
             if own is not None:
                 u = u - own[0][name]
                 v = v - own[1][name]
-            dtype = parameters[name].dtype
+            dtype = curvature_dtype(parameters[name].dtype)
             others_u[name] = torch.from_numpy(u).to(self.device, dtype)
             others_v[name] = torch.from_numpy(v).to(self.device, dtype)
         return others_u, others_v
@@ -398,7 +413,9 @@ class TorchRunner:
 
     def penalty(self) -> torch.Tensor:
         """The regularizers' loss term for the current weights: FedProx plus FedCurv, else zero."""
-        total = torch.zeros((), device=self.device)
+        # float64 models get a float64 penalty (its gradient in float32 would round λ).
+        wide = any(p.dtype == torch.float64 for p in self.model.parameters())
+        total = torch.zeros((), device=self.device, dtype=torch.float64 if wide else torch.float32)
         if self._anchor is not None:
             total = total + self._proximal_term()
         if self._curvature is not None:
@@ -406,15 +423,11 @@ class TorchRunner:
             parameters = dict(self.model.named_parameters())
             curvature = sum(
                 (
-                    (
-                        parameters[n] * parameters[n] * others_u[n]
-                        - 2.0 * parameters[n] * others_v[n]
-                    )
-                    .sum()
-                    .to(total.dtype)
+                    (w * w * others_u[n] - 2.0 * w * others_v[n]).sum().to(total.dtype)
                     for n in self._curved
+                    for w in (parameters[n].to(others_u[n].dtype),)
                 ),
-                torch.zeros((), device=self.device),
+                torch.zeros((), device=self.device, dtype=total.dtype),
             )
             total = total + lam * curvature
         return total
@@ -451,7 +464,8 @@ class TorchRunner:
         finally:
             self.model.train(was_training)
         return {
-            n: (t / max(count, 1)).to(parameters[n].dtype).cpu().numpy() for n, t in totals.items()
+            n: (t / max(count, 1)).to(curvature_dtype(parameters[n].dtype)).cpu().numpy()
+            for n, t in totals.items()
         }
 
     def _squared_gradients(
