@@ -14,12 +14,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
 from bastion.aggregator.checkpoint import CheckpointStore, RoundState
+from bastion.aggregator.local_privacy import LocalPrivacyHooks, LocalPrivacyTracker
 from bastion.aggregator.secure_hooks import SecureAggregationHooks
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.base import Strategy
@@ -72,9 +73,21 @@ class RoundProgress:
     started: float
     results: dict[str, list[TaskRecord]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    declined: dict[str, str] = field(default_factory=dict)
 
 
-class Aggregator(SecureAggregationHooks):
+def check_metrics(metrics: Mapping[str, float]) -> None:
+    """Raise ``UpdateRejected`` for too many metrics, bad names, or values that are not finite."""
+    if len(metrics) > MAX_METRICS:
+        raise UpdateRejected(f"{len(metrics)} metrics sent; at most {MAX_METRICS} allowed")
+    for key, value in metrics.items():
+        if not key or len(key) > 128:
+            raise UpdateRejected("metric names must be 1..128 characters")
+        if not math.isfinite(value):
+            raise UpdateRejected(f"metric {key!r} is not finite ({value})")
+
+
+class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
     """Owns the global model and drives the rounds of one federation."""
 
     def __init__(
@@ -100,6 +113,7 @@ class Aggregator(SecureAggregationHooks):
         self._attestations: dict[str, dict[str, object]] = {}
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
         self.privacy = PrivacyLedger.for_plan(plan)
+        self.local_privacy = LocalPrivacyTracker.for_plan(plan)
         self._compression = plan.compression.pipeline() if plan.compression else None
         # Secure aggregation (secure_hooks): the open session, attempts per round, and the
         # check of the certificates collaborators advertise with their keys.
@@ -263,13 +277,7 @@ class Aggregator(SecureAggregationHooks):
     def _validate_result(
         self, task: TaskSpec, example_count: int, metrics: dict[str, float], weights: Weights | None
     ) -> None:
-        if len(metrics) > MAX_METRICS:
-            raise UpdateRejected(f"{len(metrics)} metrics sent; at most {MAX_METRICS} allowed")
-        for key, value in metrics.items():
-            if not key or len(key) > 128:
-                raise UpdateRejected("metric names must be 1..128 characters")
-            if not math.isfinite(value):
-                raise UpdateRejected(f"metric {key!r} is not finite ({value})")
+        check_metrics(metrics)
         if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
             raise UpdateRejected(f"example count {example_count} out of range")
         if task.kind == "train":
@@ -409,6 +417,7 @@ class Aggregator(SecureAggregationHooks):
                     self.plan.timeouts.min_results,
                 )
             self.state.round_completed = number
+            self._observe_local_privacy(progress)
         else:
             self.state.finished = True
         seconds = round(self._clock() - progress.started, 3)
@@ -421,6 +430,7 @@ class Aggregator(SecureAggregationHooks):
             tasks=summary,
             accepted=accepted,
             rejected=progress.rejected,
+            declined=progress.declined,
             timed_out=timed_out,
             seconds=seconds,
             **self._privacy_fields(progress),
@@ -439,6 +449,8 @@ class Aggregator(SecureAggregationHooks):
     def _over_privacy_budget(self, number: int) -> bool:
         """Whether training round ``number`` would overspend the plan's epsilon budget."""
         reason = self.privacy.stop_reason(number) if self.privacy else None
+        if reason is None and self.local_privacy is not None and number <= self.plan.rounds:
+            reason = self.local_privacy.stop_reason()
         if reason is None:
             return False
         log.warning("%s; running the final evaluation now", reason)
@@ -446,9 +458,12 @@ class Aggregator(SecureAggregationHooks):
         return True
 
     def _privacy_fields(self, progress: RoundProgress) -> dict[str, object]:
-        """The round's privacy report for the metrics log (central DP only)."""
+        """The round's privacy report for the metrics log (central DP, local DP per site)."""
+        local: dict[str, object] = (
+            {"local_privacy": self.local_privacy.report()} if self.local_privacy else {}
+        )
         if self.privacy is None:
-            return {}
+            return local
         report = self.privacy.report(self.state.round_completed)
         if not progress.final_evaluation:
             log.info(
@@ -457,7 +472,7 @@ class Aggregator(SecureAggregationHooks):
                 report["epsilon"],
                 report["delta"],
             )
-        return {"privacy": report}
+        return {"privacy": report, **local}
 
     def _aggregate_metrics(self, progress: RoundProgress) -> dict[str, dict[str, float]]:
         rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}
@@ -509,7 +524,7 @@ class Aggregator(SecureAggregationHooks):
             log.info("federation finished after %d rounds", self.state.round_completed)
             stopped = (
                 self.privacy.stop_reason(self.state.round_completed + 1) if self.privacy else None
-            )
+            ) or (self.local_privacy.stop_reason() if self.local_privacy else None)
             self.metrics.write(
                 "finished",
                 rounds=self.state.round_completed,
@@ -539,6 +554,7 @@ class Aggregator(SecureAggregationHooks):
                 "privacy": self.privacy.report(self.state.round_completed)
                 if self.privacy
                 else None,
+                "local_privacy": self.local_privacy.report() if self.local_privacy else None,
                 "updated": time.time(),
             }
         )

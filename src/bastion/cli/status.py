@@ -42,13 +42,10 @@ def status(workspace: Path = WorkspaceOption) -> None:
     if privacy:
         console.print(_privacy_line(privacy))
     records = read_metrics(_metrics_path(workspace, plan))
-    local_dp = _local_epsilons(records)
+    local = summary.get("local_privacy") or {}
+    local_dp = local.get("epsilon") or _local_epsilons(records)
     if local_dp:
-        worst = max(local_dp, key=lambda name: local_dp[name])
-        console.print(
-            f"local DP-SGD: epsilon up to {local_dp[worst]:.4g} ({worst}) at delta="
-            f"{plan.differential_privacy.delta if plan.differential_privacy else 1e-5:g}"
-        )
+        console.print(_local_privacy_line(local_dp, local, plan))
     best = summary.get("best") or {}
     if best.get("value") is not None:
         console.print(f"best model: round {best['round']}, {best['metric']} = {best['value']:.4f}")
@@ -96,6 +93,22 @@ def _privacy_line(privacy: dict) -> str:
         line += f"; budget epsilon {budget:g}"
     if privacy.get("stopped"):
         line += f"\n[bold yellow]stopped early[/]: {privacy['stopped']}"
+    return line
+
+
+def _local_privacy_line(epsilons: dict[str, float], local: dict, plan: Plan) -> str:
+    """Local DP-SGD: the largest epsilon a site reported, each site's, its budget, the stop."""
+    delta = plan.differential_privacy.delta if plan.differential_privacy else 1e-5
+    worst = max(epsilons, key=lambda name: epsilons[name])
+    line = f"local DP-SGD: epsilon up to {epsilons[worst]:.4g} ({worst}) at delta={delta:g}"
+    if len(epsilons) > 1:
+        line += " (" + ", ".join(f"{n} {e:.4g}" for n, e in sorted(epsilons.items())) + ")"
+    if local.get("epsilon_budget") is not None:
+        line += f"; budget epsilon {local['epsilon_budget']:g} per site"
+    if local.get("declined"):
+        line += f"; declined training: {', '.join(local['declined'])}"
+    if local.get("stopped"):
+        line += f"\n[bold yellow]stopped early[/]: {local['stopped']}"
     return line
 
 

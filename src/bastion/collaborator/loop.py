@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
+from bastion.privacy.dp.site_budget import LocalPrivacyGuard, Refusal
 from bastion.runners.base import TaskResult, TaskRunner
 from bastion.tensors import Weights
 
@@ -40,6 +41,10 @@ class AggregatorClient(Protocol):
         example_count: int,
         metrics: dict[str, float],
         weights: Weights | None,
+    ) -> tuple[bool, str]: ...
+
+    def decline_task(
+        self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
     ) -> tuple[bool, str]: ...
 
 
@@ -93,6 +98,7 @@ class Collaborator:
         attest: Callable[[], None] | None = None,
         encoder: UpdateEncoder | None = None,
         secure: SecureAggregation | None = None,
+        privacy: LocalPrivacyGuard | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -106,6 +112,7 @@ class Collaborator:
         self._attested = False
         self._encoder = encoder  # the plan's update compression; kept across rounds
         self._secure = secure  # set when the plan turns secure aggregation on
+        self._privacy = privacy  # local DP: the site's ledger and budget
         self.rounds_run = 0
 
     def run(self) -> None:
@@ -174,6 +181,10 @@ class Collaborator:
             if task.kind == "validate" and task.model == "global" and not holds_global:
                 self._runner.set_weights(global_weights)
                 holds_global = True
+            refusal = self._privacy_refusal(round_number, task)
+            if refusal is not None:
+                self._decline(round_number, task, refusal)
+                break
             result, weights = self._run_task(task)
             if task.kind == "train" and self._secure is not None and weights is not None:
                 holds_global = False
@@ -224,10 +235,30 @@ class Collaborator:
             retryable=self._retryable,
         )
 
+    def _privacy_refusal(self, round_number: int, task: TaskSpec) -> Refusal | None:
+        if task.kind != "train" or self._privacy is None:
+            return None
+        return self._privacy.refusal(self._data, round_number, task)
+
+    def _decline(self, round_number: int, task: TaskSpec, refusal: Refusal) -> None:
+        """Skip the rest of the round and say so, so the aggregator does not wait for us."""
+        log.warning("%s", refusal.message)
+        accepted, reason = self._client.decline_task(
+            round_number, task.name, refusal.reason, refusal.metrics
+        )
+        if not accepted:
+            log.warning(
+                "%s: aggregator refused our decline of %s: %s", self.name, task.name, reason
+            )
+
     def _run_task(self, task: TaskSpec) -> tuple[TaskResult, Weights | None]:
         started = time.monotonic()
         if task.kind == "train":
-            result = self._runner.train(self._data, **task.args)
+            try:
+                result = self._runner.train(self._data, **task.args)
+            finally:  # what training spent is on disk before any update leaves the site
+                if self._privacy is not None:
+                    self._privacy.record()
             weights: Weights | None = self._runner.get_weights()
         else:
             result = self._runner.validate(self._data, **task.args)

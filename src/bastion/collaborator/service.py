@@ -12,6 +12,8 @@ from bastion.compression.wire import UpdateEncoder
 from bastion.errors import PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.plan import load_plan
+from bastion.privacy.dp.site_budget import LocalPrivacyGuard
+from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.privacy.secagg.identity import identity_from_tls
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
@@ -54,6 +56,10 @@ def run_collaborator(
     ignore_workspace_bytecode()
     shard = load_shard(plan, name, workspace)
     runner = build_runner(plan, workspace)
+    # Local DP: continue from what this site's records already spent (before any training).
+    privacy = LocalPrivacyGuard.for_plan(
+        plan, name, runner, SiteLedger.for_workspace(workspace, plan, name)
+    )
     log.info(
         "%s: %d training and %d validation examples; aggregator %s",
         name,
@@ -97,6 +103,7 @@ def run_collaborator(
         attest=attest,
         encoder=UpdateEncoder(plan.compression) if plan.compression else None,
         secure=secure,
+        privacy=privacy,
     )
     try:
         collaborator.run()

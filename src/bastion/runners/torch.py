@@ -209,6 +209,12 @@ class TorchRunner:
             accountant=accountant,
         )
 
+    def local_dp_steps(self, data: DataShard, **task_args: Any) -> tuple[float, int]:
+        """(sample rate, DP-SGD steps) a train task with ``task_args`` will charge (local DP)."""
+        from bastion.runners.torch_dp import private_round_steps
+
+        return private_round_steps(data, **task_args)
+
     # ------------------------------------------------------------------ weights
 
     def get_weights(self) -> Weights:

@@ -3,7 +3,8 @@
 A round's training is Opacus's DP-SGD (Abadi et al. 2016): Poisson batches of expected
 size ``batch_size``, each example's gradient clipped to ``max_grad_norm``, Gaussian noise
 on every step. The accountant lives in ``LocalDPTrainer`` and spans rounds; its epsilon
-is reported with the training metrics as ``dp_epsilon``.
+is reported with the training metrics as ``dp_epsilon``. ``private_round_steps`` says how
+many steps a task will charge before it runs, for the site's budget check.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
+from bastion.privacy.dp.local import poisson_schedule, round_steps
 from bastion.runners.base import TaskResult
 
 if TYPE_CHECKING:
@@ -41,6 +43,13 @@ def train_private(
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size))
     hooks, private_optimizer, loader = trainer.attach(runner.model, optimizer, loader)
     sample_rate = 1 / len(loader)
+    if (sample_rate, len(loader)) != poisson_schedule(len(dataset), int(batch_size)):
+        trainer.detach(hooks)
+        raise BastionError(
+            f"Opacus made {len(loader)} Poisson batches per epoch of {len(dataset)} examples, "
+            "not the count Bastion's privacy budget check predicts: this Opacus version "
+            "samples differently from 1.6; install opacus 1.6"
+        )
     total_loss, correct, seen, batches = 0.0, 0, 0, 0
     try:
         for _epoch in range(int(epochs)):
@@ -70,3 +79,18 @@ def train_private(
         "dp_epsilon": trainer.epsilon(),
     }
     return TaskResult(data.train_count, metrics)
+
+
+def private_round_steps(
+    data: DataShard,
+    epochs: int = 1,
+    batch_size: int = 32,
+    max_batches: int | None = None,
+    **_: object,
+) -> tuple[float, int]:
+    """(sample rate, steps) ``train_private`` will charge for a train task with these args.
+
+    The defaults are ``TorchRunner.train``'s. Every Poisson batch is a step, empty or not,
+    and ``max_batches`` caps the steps over all epochs, as the loop above counts them.
+    """
+    return round_steps(data.train_count, epochs, batch_size, max_batches)

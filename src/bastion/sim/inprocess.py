@@ -30,6 +30,7 @@ from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, ProtocolError
 from bastion.plan import Plan, load_plan
+from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.privacy.secagg.identity import simulated_identities
 from bastion.privacy.secagg.session import StageReply, Step
 from bastion.runners.base import TaskRunner
@@ -95,6 +96,13 @@ class InProcessClient:
             int(example_count),
             {key: float(value) for key, value in metrics.items()},
             received if spec.kind == "train" or received else None,
+        )
+
+    def decline_task(
+        self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
+    ) -> tuple[bool, str]:
+        return self.aggregator.decline_task(
+            self.name, round_number, task, reason, {k: float(v) for k, v in metrics.items()}
         )
 
     def secagg_send(
@@ -219,6 +227,8 @@ class InProcessFederation:
             retryable=(),
             encoder=self._encoders.get(name),
             secure=self._secure.get(name),
+            # Local DP budget on the client's own history (swapped in above); kept in memory.
+            privacy=LocalPrivacyGuard.for_plan(self.plan, name, runner),
         )
         update = collaborator.run_tasks(assignment)
         if update is not None:

@@ -161,7 +161,7 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("round", "task", "example_count", "metrics")
+    __slots__ = ("round", "task", "example_count", "metrics", "declined")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,11 +173,13 @@ class ResultHeader(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     EXAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    DECLINED_FIELD_NUMBER: _ClassVar[int]
     round: int
     task: str
     example_count: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., example_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    declined: str
+    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., example_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., declined: _Optional[str] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "tensor")

@@ -129,6 +129,21 @@ class GrpcAggregatorClient:
             raise self._translate(exc, f"the {task!r} result of round {round_number}") from None
         return ack.accepted, ack.reason
 
+    def decline_task(
+        self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
+    ) -> tuple[bool, str]:
+        """Tell the aggregator we will not run ``task`` (our local DP budget), so it stops waiting."""
+        header = pb.ResultHeader(
+            round=round_number, task=task, metrics=dict(metrics), declined=reason
+        )
+        try:
+            ack = self._stub.SendResult(
+                iter([pb.ResultChunk(header=header)]), metadata=self._metadata, timeout=60
+            )
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"declining {task!r} in round {round_number}") from None
+        return ack.accepted, ack.reason
+
     def secagg_send(
         self,
         round_number: int,

@@ -192,6 +192,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         assert first is not None  # abort() raised otherwise
         header = first.header
         self._require_attested(name, context)
+        if header.declined:
+            return self._decline(name, header, request_iterator, context)
         try:
             task = self._aggregator.check_result_allowed(name, header.round, header.task)
         except (UnknownCollaborator, NotAssigned) as exc:
@@ -221,6 +223,25 @@ class FederationServicer(pb_grpc.FederationServicer):
             except NotAssigned as exc:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             del weights, received
+        return pb.ResultAck(accepted=accepted, reason=reason)
+
+    def _decline(
+        self,
+        name: str,
+        header: pb.ResultHeader,
+        rest: Iterator[pb.ResultChunk],
+        context: grpc.ServicerContext,
+    ) -> pb.ResultAck:
+        """A collaborator declines its train task: a header alone, with the reason."""
+        if next(rest, None) is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a declined task carries no tensors")
+        try:
+            accepted, reason = self._aggregator.decline_task(
+                name, header.round, header.task, header.declined, dict(header.metrics)
+            )
+        except (UnknownCollaborator, NotAssigned) as exc:
+            log.warning("refused a decline from %s: %s", name, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return pb.ResultAck(accepted=accepted, reason=reason)
 
     def SecAggSend(

@@ -135,3 +135,49 @@ def test_poisson_sampling_draws_each_collaborator_with_probability_q() -> None:
     # Not a function of the public seed: the same round number draws different samples.
     draws = {tuple(sample_collaborators(roster, 1, plan.participation)) for _ in range(50)}
     assert len(draws) > 1
+
+
+LOCAL = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+
+
+def test_a_local_dp_budget_is_per_site_and_works_without_central_dp() -> None:
+    plan = _plan(
+        {
+            "aggregation": {"strategy": "fedavg", "args": {}},
+            "differential_privacy": {"local": {**LOCAL, "epsilon_budget": 4}},
+        }
+    )
+    assert plan.differential_privacy is not None and plan.differential_privacy.local is not None
+    assert plan.differential_privacy.local.epsilon_budget == 4.0
+    assert plan.differential_privacy.epsilon_budget is None
+
+
+@pytest.mark.parametrize(
+    ("budget", "problem"),
+    [
+        (0, "Input should be greater than 0 (got 0)"),
+        (-2.5, "Input should be greater than 0 (got -2.5)"),
+        (float("inf"), "Input should be a finite number (got inf)"),
+        (float("nan"), "Input should be a finite number (got nan)"),
+        (True, "Input should be a valid number (got True)"),
+        ("3", "Input should be a valid number (got '3')"),
+    ],
+)
+def test_a_bad_local_dp_budget_is_one_plan_error_naming_the_key(budget: Any, problem: str) -> None:
+    with pytest.raises(PlanError) as caught:
+        _plan({"differential_privacy": {"local": {**LOCAL, "epsilon_budget": budget}}})
+    assert str(caught.value) == (
+        f"plan.yaml: key 'differential_privacy.local.epsilon_budget': {problem}"
+    )
+
+
+def test_the_central_budget_without_dp_fedavg_points_to_the_local_one() -> None:
+    with pytest.raises(PlanError) as caught:
+        _plan(
+            {
+                "aggregation": {"strategy": "fedavg", "args": {}},
+                "differential_privacy": {"epsilon_budget": 3, "local": LOCAL},
+            }
+        )
+    assert "\n" not in str(caught.value)
+    assert "differential_privacy.local.epsilon_budget" in str(caught.value)

@@ -8,6 +8,8 @@ the ``torchcsprng`` package; we pass the flag through and say so when it is miss
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,57 @@ from typing import Any
 from bastion.errors import BastionError, MissingDependency
 
 _PURPOSE = "local differential privacy (DP-SGD)"
+
+#: One accountant entry: (noise multiplier, sample rate, steps), as Opacus keeps them.
+HistoryEntry = tuple[float, float, int]
+
+
+def poisson_schedule(examples: int, batch_size: int) -> tuple[float, int]:
+    """(sample rate, steps per epoch) Opacus accounts for one pass over ``examples``.
+
+    Mirrors ``PrivacyEngine.make_private`` with Poisson sampling: the loader's
+    ceil(n / batch_size) batches give rate 1/L; its sampler draws int(1 / (1/L)) batches
+    and the accountant charges each at 1 / that count.
+    """
+    if examples < 1 or batch_size < 1:
+        raise BastionError(
+            f"DP-SGD needs at least one example and a batch size >= 1, got {examples} and "
+            f"{batch_size}"
+        )
+    steps = int(1 / (1 / math.ceil(examples / batch_size)))
+    return 1 / steps, steps
+
+
+def round_steps(
+    examples: int, epochs: int, batch_size: int, max_batches: int | None
+) -> tuple[float, int]:
+    """(sample rate, DP-SGD steps) of one training task: every Poisson batch counts, empty or not."""
+    rate, per_epoch = poisson_schedule(examples, int(batch_size))
+    steps = int(epochs) * per_epoch
+    return rate, steps if max_batches is None else min(steps, max(int(max_batches), 0))
+
+
+def check_history(entries: object) -> list[HistoryEntry]:
+    """Accountant entries from a file or another process, checked; raises ``BastionError``."""
+    if not isinstance(entries, list):
+        raise BastionError("the accountant history must be a list of [z, q, steps] entries")
+    checked: list[HistoryEntry] = []
+    for entry in entries:
+        if not (isinstance(entry, list | tuple) and len(entry) == 3):
+            raise BastionError(f"accountant entry {entry!r} is not [z, q, steps]")
+        z, q, steps = entry
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (z, q))
+        if not (numbers and math.isfinite(z) and z > 0 and 0 < q <= 1):
+            raise BastionError(
+                f"accountant entry {list(entry)!r}: need a noise multiplier > 0 and a sample "
+                "rate in (0, 1]"
+            )
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise BastionError(
+                f"accountant entry {list(entry)!r}: steps must be a whole number >= 1"
+            )
+        checked.append((float(z), float(q), int(steps)))
+    return checked
 
 
 @dataclass
@@ -148,9 +201,24 @@ class LocalDPTrainer:
             return 0.0
         return float(self.engine.get_epsilon(self.delta))
 
-    def history(self) -> list[tuple[float, float, int]]:
-        """The accountant's (noise multiplier, sample rate, steps) entries, to save per client."""
-        return [tuple(entry) for entry in self.engine.accountant.history]
+    def epsilon_after(self, sample_rate: float, steps: int) -> float:
+        """Epsilon at ``delta`` once ``steps`` more DP-SGD steps at ``sample_rate`` are spent.
 
-    def load_history(self, history: list[tuple[float, float, int]]) -> None:
-        self.engine.accountant.history = [tuple(entry) for entry in history]
+        The same accountant class over a copy of the history, stepped exactly as the
+        optimizer hook and ``count_empty_step`` step it while training: the prediction is
+        the epsilon training that round will report.
+        """
+        accountant = copy.deepcopy(self.engine.accountant)
+        for _ in range(int(steps)):
+            accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
+        if not len(accountant):
+            return 0.0
+        return float(accountant.get_epsilon(self.delta))
+
+    def history(self) -> list[HistoryEntry]:
+        """The accountant's (noise multiplier, sample rate, steps) entries, to save per client."""
+        return [(float(z), float(q), int(n)) for z, q, n in self.engine.accountant.history]
+
+    def load_history(self, history: list[HistoryEntry]) -> None:
+        """Continue from a saved history (checked first): what this site has already spent."""
+        self.engine.accountant.history = check_history(list(history))

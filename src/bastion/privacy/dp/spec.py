@@ -29,6 +29,17 @@ class LocalDPSpec(BaseModel):
     secure_mode: bool = Field(
         default=False, description="CSPRNG noise in Opacus (needs the torchcsprng package)"
     )
+    epsilon_budget: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description=(
+            "each site's own budget at differential_privacy.delta, over every round its "
+            "records train in (kept in its local DP ledger across restarts): a site declines "
+            "a train task whose DP-SGD steps would take it past the budget"
+        ),
+    )
 
 
 class DifferentialPrivacySpec(BaseModel):
@@ -41,7 +52,9 @@ class DifferentialPrivacySpec(BaseModel):
     )
     delta: float = Field(default=1e-5, gt=0, lt=1, description="delta of the reported epsilon")
     epsilon_budget: float | None = Field(
-        default=None, gt=0, description="stop before the round that would spend more"
+        default=None,
+        gt=0,
+        description="central DP (dp_fedavg): stop before the round that would spend more",
     )
     local: LocalDPSpec | None = None
 
@@ -66,8 +79,8 @@ def central_dp_problem(
         if spec is not None and spec.epsilon_budget is not None:
             return (
                 "differential_privacy.epsilon_budget: the budget is spent by central DP; set "
-                f"aggregation.strategy: {CENTRAL_STRATEGY} (local DP reports its epsilon "
-                "per collaborator in the task metrics)"
+                f"aggregation.strategy: {CENTRAL_STRATEGY}, or for local DP-SGD give each "
+                "site's budget as differential_privacy.local.epsilon_budget"
             )
         return None
     if fraction < 1 and sampling != "poisson":

@@ -1,0 +1,187 @@
+"""The aggregator's side of local DP budgets, mixed into ``Aggregator``.
+
+With ``differential_privacy.local`` each site accounts its own DP-SGD and, given
+``local.epsilon_budget``, declines a train task whose steps would take it past that
+budget (``decline_task``): the round stops waiting for it at once. The aggregator keeps
+each site's latest epsilon (from its training metrics or its decline) for the metrics
+log and ``bastion status``, and once every collaborator that can train has declined,
+the next round is the final evaluation, as when central DP's budget runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bastion.aggregator.assignment import group_members
+from bastion.errors import UpdateRejected
+from bastion.metrics.log import MetricsLog
+from bastion.plan import Plan
+
+if TYPE_CHECKING:
+    from bastion.aggregator.core import RoundProgress
+
+log = logging.getLogger("bastion.aggregator")
+
+#: Metrics a site reports with local DP: spent so far, and what a declined task would reach.
+SPENT, NEXT = "dp_epsilon", "dp_epsilon_next"
+MAX_REASON = 1000
+
+
+def potential_trainers(plan: Plan) -> set[str]:
+    """Collaborators the plan may ever give a train task (static groups fix who trains)."""
+    roster = plan.collaborator_names()
+    groups = plan.task_groups
+    if groups is None or plan.assigner is not None or groups.mode != "static":
+        return set(roster)
+    kinds = {t.name: t.kind for t in plan.tasks}
+    training = {g.name for g in groups.groups if any(kinds.get(t) == "train" for t in g.tasks)}
+    return {name for name, group in group_members(groups, roster, 1).items() if group in training}
+
+
+class LocalPrivacyTracker:
+    """Each site's reported local DP epsilon, who declined training, and when training ends."""
+
+    def __init__(self, plan: Plan) -> None:
+        spec = plan.differential_privacy
+        assert spec is not None and spec.local is not None
+        self.delta = spec.delta
+        self.budget = spec.local.epsilon_budget
+        self.trainers = potential_trainers(plan)
+        self.epsilon: dict[str, float] = {}
+        self.exhausted: dict[str, float] = {}  # site -> the epsilon its declined task would reach
+
+    @classmethod
+    def for_plan(cls, plan: Plan) -> LocalPrivacyTracker | None:
+        """A tracker when the plan trains with local DP-SGD, else None."""
+        spec = plan.differential_privacy
+        return cls(plan) if spec is not None and spec.local is not None else None
+
+    def trained(self, collaborator: str, metrics: Mapping[str, float]) -> None:
+        if isinstance(metrics.get(SPENT), int | float):
+            self.epsilon[collaborator] = float(metrics[SPENT])
+        self.exhausted.pop(collaborator, None)
+
+    def declined(self, collaborator: str, metrics: Mapping[str, float]) -> None:
+        if isinstance(metrics.get(SPENT), int | float):
+            self.epsilon[collaborator] = float(metrics[SPENT])
+        self.exhausted[collaborator] = float(metrics.get(NEXT, math.nan))
+
+    def stop_reason(self) -> str | None:
+        """Why training is over, once every collaborator that can train has declined."""
+        if not self.trainers or not self.trainers <= set(self.exhausted):
+            return None
+        spent = ", ".join(
+            f"{name} {self.epsilon[name]:.4g}" for name in sorted(self.trainers & set(self.epsilon))
+        )
+        return (
+            f"local privacy budget: every collaborator declined training, its next round would "
+            f"pass differential_privacy.local.epsilon_budget={self.budget:g} at delta="
+            f"{self.delta:g} (epsilon spent: {spent or 'not reported'})"
+        )
+
+    def report(self) -> dict[str, Any]:
+        """What the metrics log and ``bastion status`` show of local DP."""
+        return {
+            "mechanism": "dp_sgd",
+            "delta": self.delta,
+            "epsilon_budget": self.budget,
+            "epsilon": dict(sorted(self.epsilon.items())),
+            "declined": sorted(self.exhausted),
+            "stopped": self.stop_reason(),
+        }
+
+
+class LocalPrivacyHooks:
+    """Declined train tasks; ``Aggregator`` provides the attributes."""
+
+    plan: Plan
+    metrics: MetricsLog
+    local_privacy: LocalPrivacyTracker | None
+    _round: RoundProgress | None
+    _lock: threading.RLock
+
+    def _maybe_complete(self) -> None:  # provided by Aggregator
+        raise NotImplementedError
+
+    def _check_roster(self, collaborator: str) -> None:  # provided by Aggregator
+        raise NotImplementedError
+
+    def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
+        raise NotImplementedError  # provided by Aggregator
+
+    def _secure_exclude(self, collaborator: str, reason: str) -> None:
+        raise NotImplementedError  # provided by SecureAggregationHooks
+
+    def _observe_local_privacy(self, progress: RoundProgress) -> None:
+        """Each site's epsilon after this round's training, from its train task's metrics."""
+        if self.local_privacy is None:
+            return
+        trains = {t.name for t in self.plan.tasks if t.kind == "train"}
+        for task, records in progress.results.items():
+            for record in records if task in trains else ():
+                self.local_privacy.trained(record.collaborator, record.metrics)
+        if self.local_privacy.epsilon:
+            log.info(
+                "round %d: local DP epsilon per site at delta %g: %s",
+                progress.number,
+                self.local_privacy.delta,
+                ", ".join(f"{n} {e:.4g}" for n, e in sorted(self.local_privacy.epsilon.items())),
+            )
+
+    def decline_task(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        reason: str,
+        metrics: Mapping[str, float],
+    ) -> tuple[bool, str]:
+        """``collaborator`` will not run its train task ``task_name`` (its privacy budget).
+
+        The rest of its round is dropped with it (a local model it did not train cannot be
+        validated), so the round completes without waiting for it.
+        """
+        from bastion.aggregator.core import NotAssigned, check_metrics
+
+        self._check_roster(collaborator)
+        with self._lock:
+            progress = self._require_assigned(collaborator, round_number)
+            spec = next(
+                (t for t in progress.assignments[collaborator] if t.name == task_name), None
+            )
+            if spec is None or task_name not in progress.pending[collaborator]:
+                raise NotAssigned(
+                    f"{collaborator} has no pending task {task_name!r} in round {round_number}"
+                )
+            try:
+                if spec.kind != "train":
+                    raise UpdateRejected(
+                        f"only a train task may be declined, and {task_name!r} validates"
+                    )
+                if not reason.strip() or len(reason) > MAX_REASON:
+                    raise UpdateRejected(f"a decline needs a reason of 1..{MAX_REASON} characters")
+                check_metrics(metrics)
+            except UpdateRejected as exc:
+                return False, str(exc)
+            progress.declined[collaborator] = f"{task_name}: {reason}"
+            progress.pending[collaborator] = []
+            self._secure_exclude(collaborator, f"it declined {task_name}: {reason}")
+            if self.local_privacy is not None:
+                self.local_privacy.declined(collaborator, metrics)
+            log.warning(
+                "%s declined %s in round %d: %s", collaborator, task_name, round_number, reason
+            )
+            self.metrics.write(
+                "declined",
+                round=round_number,
+                collaborator=collaborator,
+                task=task_name,
+                reason=reason,
+                metrics=dict(metrics),
+            )
+            self._maybe_complete()
+        return True, ""
