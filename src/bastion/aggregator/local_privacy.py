@@ -32,14 +32,23 @@ MAX_REASON = 1000
 
 
 def potential_trainers(plan: Plan) -> set[str]:
-    """Collaborators the plan may ever give a train task (static groups fix who trains)."""
+    """Collaborators the plan may ever give a train task.
+
+    Everyone, unless task groups keep some out of training: members named in a group
+    without a train task, and with ``static`` groups whoever the seed put in one.
+    """
     roster = plan.collaborator_names()
     groups = plan.task_groups
-    if groups is None or plan.assigner is not None or groups.mode != "static":
+    if groups is None or plan.assigner is not None:
         return set(roster)
     kinds = {t.name: t.kind for t in plan.tasks}
     training = {g.name for g in groups.groups if any(kinds.get(t) == "train" for t in g.tasks)}
-    return {name for name, group in group_members(groups, roster, 1).items() if group in training}
+    if groups.mode == "static":
+        members = group_members(groups, roster, 1)
+        return {name for name, group in members.items() if group in training}
+    named = {name: g.name for g in groups.groups for name in g.collaborators or []}
+    drawn = any(g.name in training for g in groups.groups if g.collaborators is None)
+    return {name for name in roster if (named[name] in training if name in named else drawn)}
 
 
 class LocalPrivacyTracker:
