@@ -244,6 +244,47 @@ def verify_command(
         _say(f"  note: {note}")
 
 
+@app.command("simulated-keys")
+def simulated_keys(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Where to write them, inside the workspace (e.g. pki/attestation-sim)."
+        ),
+    ] = Path("pki/attestation-sim"),
+    force: Annotated[bool, typer.Option(help="Replace keys already there.")] = False,
+) -> None:
+    """DEVELOPMENT ONLY: keys that sign simulated quotes, and the policy that accepts them."""
+    from bastion.tee.attestation import build_simulated_hierarchy
+    from bastion.tee.attestation.parties import simulated_identity
+
+    if directory.exists() and any(directory.iterdir()) and not force:
+        raise BastionError(
+            f"{directory} already holds files: every party of a federation must use the same "
+            "simulated keys, so copy that folder instead, or pass --force to replace it"
+        )
+    build_simulated_hierarchy().save(directory)
+    _, mr_signer = simulated_identity("")
+    _say(f"wrote simulated attestation keys to {directory} (private keys mode 0600)")
+    _say("SIMULATED evidence proves nothing about hardware: never allow it in production.")
+    _say(
+        "Keep it under the plan's pki_dir (never measured or exported), copy it to every "
+        "party, and set in plan.yaml:"
+    )
+    _say(
+        "  attestation:\n"
+        "    provider: simulated\n"
+        f"    simulated_dir: {directory.as_posix()}\n"
+        "    policy:\n"
+        "      required: true\n"
+        f"      mrsigner: {mr_signer}\n"
+        "      isv_prod_id: 0\n"
+        "      min_isv_svn: 0\n"
+        "      allow_simulated: true\n"
+        "      collateral: none"
+    )
+
+
 def _sigstruct_table(sig: Sigstruct, source: Path, *, verified: bool) -> Table:
     table = Table(title=escape(f"SIGSTRUCT {source}"), show_header=False)
     table.add_column("field", style="bold")
