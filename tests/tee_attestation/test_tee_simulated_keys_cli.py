@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from support.cli import run_bastion
 
 from bastion.pki import Role, init_ca, issue, load_certificate
 from bastion.plan import AttestationSpec
@@ -19,14 +18,7 @@ KEYS = "pki/attestation-sim"
 
 
 def simulated_keys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", "tee", "simulated-keys", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_bastion("tee", "simulated-keys", *args, cwd=cwd)
 
 
 def printed_plan_section(stdout: str) -> dict:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from support.cli import run_bastion
 
 from bastion.pki import Role, init_ca, issue, load_certificate
 from bastion.tee.attestation import SimulatedProvider, build_simulated_hierarchy
@@ -22,14 +21,7 @@ MRSIGNER = "bb" * 32
 
 
 def bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", "tee", "verify", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_bastion("tee", "verify", *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
