@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,14 +46,8 @@ class LedgerCheckingAggregator:
     def get_model(self, round_number: int) -> Weights:
         return {"weight": np.zeros((2, 4), np.float32), "bias": np.zeros(2, np.float32)}
 
-    def send_result(
-        self,
-        round_number: int,
-        task: str,
-        example_count: int,
-        metrics: dict[str, float],
-        weights: Weights | None,
-    ) -> tuple[bool, str]:
+    def send_result(self, round_number: int, task: str, *result: Any) -> tuple[bool, str]:
+        _examples, metrics, weights = result
         if task == "train":
             saved = json.loads(self.ledger.read_text())["epsilon"]
             self.on_disk.append((saved, metrics["dp_epsilon"]))

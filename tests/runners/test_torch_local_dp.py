@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.simulation import TORCH_MLP_TASK, plain_workspace
+from support.status import bastion_status
 
 from bastion.errors import PlanError
 from bastion.metrics.log import read_metrics, round_summaries
@@ -74,15 +73,8 @@ def test_local_dp_sgd_reports_the_epsilon_opacus_accounts(tmp_path: Path) -> Non
     largest = max(
         r["metrics"]["dp_epsilon"] for r in records if r["event"] == "task" and r["task"] == "train"
     )
-    shown = subprocess.run(
-        [sys.executable, "-m", "bastion", "status", "--workspace", str(workspace)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert f"local DP-SGD: epsilon up to {largest:.4g}" in shown.stdout
+    shown = bastion_status(workspace, columns=200)
+    assert f"local DP-SGD: epsilon up to {largest:.4g}" in shown
 
 
 def test_local_dp_needs_the_pytorch_runner(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ as a user reads them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import dp_accounting
 import pytest
 from dp_accounting import rdp
 from support.simulation import plain_workspace
+from support.status import bastion_status
 
 from bastion.aggregator.service import build_aggregator
 from bastion.metrics.log import read_metrics
@@ -89,16 +88,9 @@ def test_training_stops_before_the_round_that_would_exceed_the_budget(tmp_path: 
     assert summary["privacy"]["epsilon"] == pytest.approx(_direct_epsilon(3), rel=1e-12)
     assert "round 4 would bring epsilon" in summary["privacy"]["stopped"]
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "bastion", "status", "--workspace", str(workspace)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert f"epsilon {_direct_epsilon(3):.4g} at delta=0.001 after 3 rounds" in shown.stdout
-    assert "stopped early" in shown.stdout and "round 4 would bring epsilon" in shown.stdout
+    shown = bastion_status(workspace, columns=400)
+    assert f"epsilon {_direct_epsilon(3):.4g} at delta=0.001 after 3 rounds" in shown
+    assert "stopped early" in shown and "round 4 would bring epsilon" in shown
 
     # Starting the aggregator again does not train past the budget.
     again = build_aggregator(load_plan(workspace), workspace)
