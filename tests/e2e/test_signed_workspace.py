@@ -7,7 +7,6 @@ workspace imported at each site runs the federation.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.cli import run_bastion
 from support.workspaces import MODEL_OWNER, make_workspace
 
 from bastion.pki import Role, init_ca, issue
@@ -26,15 +26,7 @@ MARKING_LINE = "\nimport pathlib; pathlib.Path({marker!r}).write_text('task code
 
 
 def bastion(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "400", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_bastion(*args, cwd=cwd, columns=400, timeout=timeout)
 
 
 def start_site(workspace: Path, name: str, port: int) -> subprocess.CompletedProcess[str]:

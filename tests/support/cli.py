@@ -18,5 +18,5 @@ def run_bastion(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": str(columns)},
+        env={**os.environ, "COLUMNS": str(columns), "PYTHONUNBUFFERED": "1"},
     )
