@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from support.cli import run_bastion
 
 
 def bastion_status(workspace: Path, columns: int = 250) -> str:
     """The command's output; it must exit 0."""
-    shown = subprocess.run(
-        [sys.executable, "-m", "bastion", "status", "--workspace", str(workspace)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"COLUMNS": str(columns), "PATH": "/usr/bin:/bin"},
-    )
+    shown = run_bastion("status", "--workspace", str(workspace), columns=columns)
     assert shown.returncode == 0, shown.stderr
     return shown.stdout
