@@ -162,3 +162,40 @@ def test_two_train_tasks_per_round_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PlanError, match="one train task"):
         parse_plan(plan)
+
+
+def test_a_site_that_declines_training_is_left_out_of_the_secure_sum(tmp_path: Path) -> None:
+    """A local-DP decline before key advertisement: the others' sum is recovered without it."""
+    harness = make_harness(tmp_path, 4)
+    decliner, *others = harness.names
+    aggregator = harness.aggregator
+    number = aggregator.current_round
+    reason = "local DP budget: epsilon spent 1.9, this round would bring it to 2.3"
+    assert aggregator.decline_task(decliner, number, "train", reason, {"dp_epsilon": 1.9}) == (
+        True,
+        "",
+    )
+    assert aggregator.get_tasks(decliner).action == "wait"
+
+    start = dict(aggregator.model)
+    for name in others:
+        collaborator = harness.collaborators[name]
+        update = collaborator.run_tasks(collaborator._client.get_tasks())
+        assert update is not None
+        harness.updates[name] = update
+        harness.local[name] = collaborator._runner.get_weights()
+    harness.start_model = start
+    session = aggregator.secure_session
+    assert session is not None
+    harness.drive()
+
+    assert session.outcome is not None, session.failure
+    assert list(session.contributors) == sorted(others)
+    expected = harness.expected_average(sorted(others))
+    bound = session.outcome.error_bound / session.outcome.total_weight
+    for key, value in aggregator.model.items():
+        assert np.max(np.abs(value.astype(np.float64) - expected[key])) <= bound + 1e-5
+    [declined] = harness.events("declined")
+    assert declined["collaborator"] == decliner and declined["reason"] == reason
+    [event] = harness.events("secure_aggregation")
+    assert event["outcome"] == "ok" and event["contributors"] == sorted(others)
