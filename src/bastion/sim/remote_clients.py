@@ -1,0 +1,182 @@
+"""The client side of a Ray simulation: one worker runs many simulated clients in turn.
+
+A ``ClientWorker`` (a Ray actor in ``bastion.sim.ray_backend``; a plain class here, so it
+needs no Ray) builds the plan's runner once and loads and partitions the dataset once.
+For each client it is handed the client's assignment, the round's global model and the
+client's saved state, and runs the real ``Collaborator.run_tasks`` against a
+``RecordingTransport``: the results and declines the client would send are recorded, to
+be replayed into the aggregator by the driver. The client's state (the runner's
+``client_state()``, the compression residual) goes back with them, so it follows the
+client to whichever worker runs it next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bastion.aggregator.core import MAX_EXAMPLE_COUNT, Assignment, check_metrics
+from bastion.collaborator.loop import Collaborator
+from bastion.compression.wire import UpdateEncoder, decode_update
+from bastion.errors import BastionError, ProtocolError, UpdateRejected
+from bastion.plan import Plan, TaskSpec, load_plan
+from bastion.privacy.dp.site_budget import LocalPrivacyGuard
+from bastion.sim.inprocess import ClientStateRunner
+from bastion.sim.shards import ShardIndex, load_plan_dataset
+from bastion.tensors import FrameAssembler, Weights, iter_frames, spec_of, validate_update
+from bastion.workspace.tasks import build_runner
+
+log = logging.getLogger("bastion.sim")
+
+
+@dataclass
+class ClientState:
+    """What one simulated client keeps between its rounds, whichever worker runs it."""
+
+    runner: object | None = None  # runner.client_state(): RNG, local tensors, local DP history
+    residual: Weights | None = None  # compression error feedback: what was not sent yet
+
+
+@dataclass
+class SentMessage:
+    """One result (or, with ``declined`` set, one decline) a client sent in its round."""
+
+    task: str
+    example_count: int
+    metrics: dict[str, float]
+    weights: Weights | None = None
+    declined: str | None = None
+
+
+@dataclass
+class ClientRound:
+    """What a client sent in one round, in the order it sent it."""
+
+    name: str
+    round: int
+    messages: list[SentMessage] = field(default_factory=list)
+
+
+class RecordingTransport:
+    """An ``AggregatorClient`` that serves the round's model and records what is sent.
+
+    Each result gets the answer the aggregator will give it as far as its content decides
+    (size limit, compressed payload, metrics, shapes): a client whose update will be
+    rejected stops its round and does not hear "accepted", exactly as over a network. The
+    driver still applies every check itself when it replays the result.
+    """
+
+    def __init__(self, plan: Plan, name: str, assignment: Assignment, model: Weights) -> None:
+        self.name = name
+        self.sent = ClientRound(name, assignment.round)
+        self._tasks = {t.name: t for t in assignment.tasks}
+        self._model = model
+        self._spec = spec_of(model)
+        self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
+        self._max_bytes = int(plan.network.max_update_mib * 1024 * 1024)
+        self._pipeline = plan.compression.pipeline() if plan.compression else None
+
+    def get_tasks(self) -> Assignment:
+        raise BastionError(f"{self.name}: a simulated client is handed its assignment")
+
+    def get_model(self, round_number: int) -> Weights:
+        """A private copy of the round's model, rebuilt from wire frames as the transports do."""
+        if round_number != self.sent.round:
+            raise BastionError(f"{self.name} asked for round {round_number}, not {self.sent.round}")
+        assembler = FrameAssembler(self._max_bytes)
+        for frame in iter_frames(self._model, self._chunk_bytes):
+            assembler.add(frame)
+        return assembler.result()
+
+    def send_result(
+        self,
+        round_number: int,
+        task: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> tuple[bool, str]:
+        metrics = {key: float(value) for key, value in metrics.items()}
+        self.sent.messages.append(SentMessage(task, int(example_count), metrics, weights))
+        try:
+            self._check(self._tasks[task], int(example_count), metrics, weights)
+        except (ProtocolError, UpdateRejected) as exc:
+            return False, str(exc)
+        return True, ""
+
+    def decline_task(
+        self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
+    ) -> tuple[bool, str]:
+        metrics = {key: float(value) for key, value in metrics.items()}
+        self.sent.messages.append(SentMessage(task, 0, metrics, declined=reason))
+        return True, ""
+
+    def _check(
+        self, task: TaskSpec, example_count: int, metrics: dict[str, float], weights: Weights | None
+    ) -> None:
+        """The aggregator's content checks (``Aggregator.submit_result``), without its state."""
+        assembler = FrameAssembler(self._max_bytes)
+        for frame in iter_frames(weights or {}, self._chunk_bytes):
+            assembler.add(frame)
+        received = assembler.result()
+        if task.kind == "train" and received and self._pipeline is not None:
+            received = decode_update(self._pipeline, received, self._model, self.sent.round)
+        check_metrics(metrics)
+        if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
+            raise UpdateRejected(f"example count {example_count} out of range")
+        if task.kind != "train":
+            if received:
+                raise UpdateRejected(f"validation task {task.name!r} must not send weights")
+            return
+        if weights is None or example_count <= 0:
+            raise UpdateRejected(f"training task {task.name!r} sent no weights or no examples")
+        validate_update(self._spec, received)
+
+
+class ClientWorker:
+    """Runs simulated clients one after another with one runner and one loaded dataset."""
+
+    def __init__(self, workspace: str, plan_hash: str) -> None:
+        self.plan = load_plan(Path(workspace))
+        if self.plan.canonical_hash() != plan_hash:
+            raise BastionError(
+                f"the plan in {workspace} changed after the simulation started; start it again"
+            )
+        root = Path(workspace)
+        self.runner = build_runner(self.plan, root)  # imports the task code from the workspace
+        self.shards = ShardIndex(self.plan, load_plan_dataset(self.plan, root))
+
+    def keeps_client_state(self) -> bool:
+        """Whether the runner hands over per-client state (else it carries it across clients)."""
+        return isinstance(self.runner, ClientStateRunner)
+
+    def run_client(
+        self, name: str, assignment: Assignment, model: Weights, state: ClientState | None
+    ) -> tuple[ClientRound, ClientState]:
+        """Run ``name``'s tasks of the round as its collaborator loop would; record its sends."""
+        state = state or ClientState()
+        runner = self.runner
+        if isinstance(runner, ClientStateRunner):
+            runner.load_client_state(state.runner)
+        encoder = UpdateEncoder(self.plan.compression) if self.plan.compression else None
+        if encoder is not None and encoder.feedback is not None:
+            encoder.feedback.load_state_dict(state.residual or {})
+        transport = RecordingTransport(self.plan, name, assignment, model)
+        collaborator = Collaborator(
+            name,
+            transport,
+            runner,
+            self.shards.shard(name),
+            retryable=(),
+            encoder=encoder,
+            # Local DP budget on the client's own accountant history, loaded with its state.
+            privacy=LocalPrivacyGuard.for_plan(self.plan, name, runner),
+        )
+        collaborator.run_tasks(assignment)
+        kept = ClientState(
+            runner.client_state() if isinstance(runner, ClientStateRunner) else None,
+            encoder.feedback.state_dict() if encoder and encoder.feedback else None,
+        )
+        return transport.sent, kept
