@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +16,18 @@ from bastion.errors import BastionError
 from bastion.metrics.log import METRICS_FILE, read_metrics, round_summaries
 from bastion.metrics.plot import metric_series, plot_metric
 from bastion.plan import Plan, load_plan
+
+if TYPE_CHECKING:
+    from bastion.sim.inprocess import InProcessFederation
+    from bastion.sim.ray_backend import RayFederation
+
+
+class Backend(str, Enum):
+    """Where the collaborators run."""
+
+    processes = "processes"
+    in_process = "in-process"
+    ray = "ray"
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +47,18 @@ def simulate(
         False,
         "--in-process",
         help="Run every role in this process (no network, no certificates): fast, and cheap "
-        "for hundreds of simulated collaborators.",
+        "for hundreds of simulated collaborators (short for --backend in-process).",
+    ),
+    backend: Backend | None = typer.Option(
+        None,
+        help="processes (default), in-process, or ray: the aggregator here and the "
+        "collaborators on Ray actors, for thousands of simulated clients.",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="--backend ray: Ray actors running clients (default: one per CPU)."
+    ),
+    address: str | None = typer.Option(
+        None, help="--backend ray: join this Ray cluster instead of starting one here."
     ),
     insecure: bool = InsecureOption,
 ) -> None:
@@ -43,20 +67,27 @@ def simulate(
     By default each role is a separate process (the real `bastion aggregator start` /
     `bastion collaborator start` over mutual TLS on 127.0.0.1; logs go to the workspace's
     logs/ folder): issue certificates and run `bastion plan initialize` first. With
-    --in-process the same aggregator and collaborator code runs in this process.
+    --in-process the same aggregator and collaborator code runs in this process; with
+    --backend ray the aggregator runs here and the collaborators on Ray actors.
     """
-    if in_process:
+    if in_process and backend not in (None, Backend.in_process):
+        raise BastionError(f"--in-process and --backend {backend.value} disagree; give one")
+    chosen = Backend.in_process if in_process else backend or Backend.processes
+    if chosen is not Backend.ray and (workers is not None or address is not None):
+        raise BastionError("--workers and --address apply only to --backend ray")
+    if chosen is not Backend.processes:
         if insecure:
-            console.print("[yellow]--insecure has no effect with --in-process (no network)[/]")
-        plan, metrics_path = _run_in_process(workspace)
+            console.print(f"[yellow]--insecure has no effect with --backend {chosen.value}[/]")
+        plan, metrics_path = _run_in_process(workspace, chosen, workers, address)
     else:
         plan, metrics_path = _run_processes(workspace, timeout, insecure)
     _report(plan, metrics_path, plot, require_improvement)
 
 
-def _run_in_process(workspace: Path) -> tuple[Plan, Path]:
-    from bastion.sim.inprocess import InProcessFederation
-
+def _run_in_process(
+    workspace: Path, backend: Backend, workers: int | None, address: str | None
+) -> tuple[Plan, Path]:
+    """The aggregator in this process; the collaborators here too, or on Ray actors."""
     plan = load_plan(workspace)
     metrics_path = Path(workspace).resolve() / plan.output.logs / METRICS_FILE
     shown = len(round_summaries(read_metrics(metrics_path)))
@@ -69,10 +100,20 @@ def _run_in_process(workspace: Path) -> tuple[Plan, Path]:
             console.print(_describe(summary, task, metric))
         shown = len(summaries)
 
-    federation = InProcessFederation(workspace, on_round=show)
+    federation: InProcessFederation | RayFederation
+    if backend is Backend.ray:
+        from bastion.sim.ray_backend import RayFederation  # needs bastion-fl[ray]
+
+        federation = RayFederation(workspace, workers=workers, address=address, on_round=show)
+        where = f"on Ray ({workers} workers)" if workers else "on Ray (a worker per CPU)"
+    else:
+        from bastion.sim.inprocess import InProcessFederation
+
+        federation = InProcessFederation(workspace, on_round=show)
+        where = "in this process"
     console.print(
-        f"federation [bold]{plan.name}[/]: {len(plan.collaborators)} collaborators in this "
-        f"process, {plan.rounds} rounds; metrics in {metrics_path}"
+        f"federation [bold]{plan.name}[/]: {len(plan.collaborators)} collaborators {where}, "
+        f"{plan.rounds} rounds; metrics in {metrics_path}"
     )
     federation.run()
     show()  # the final evaluation
