@@ -48,6 +48,9 @@ log = logging.getLogger("bastion.sim")
 #: Results each actor may have queued or waiting to be replayed (bounds the object store).
 QUEUED_PER_WORKER = 2
 
+#: Ray's longest socket path below its temp folder is about 77 bytes (session name, pid).
+MAX_TEMP_PARENT = 28
+
 RayRoundCallback = Callable[[int, "RayFederation"], None]
 
 
@@ -62,6 +65,16 @@ def refuse_unsupported(plan: Plan) -> None:
         )
 
 
+def _temp_parent() -> str:
+    """Where Ray's session folder goes: $RAY_TMPDIR or the system's temporary folder, or /tmp
+    when that path is too long for the Unix sockets Ray makes inside it (107 bytes at most)."""
+    parent = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    if len(parent) > MAX_TEMP_PARENT and Path("/tmp").is_dir():
+        return "/tmp"
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return parent
+
+
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Ray for the simulation: the caller's if already initialized, else started (or joined at
@@ -74,12 +87,11 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     temp_dir: str | None = None
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:  # a local instance: never under $HOME, no dashboard
-        parent = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-        temp_dir = tempfile.mkdtemp(prefix="bastion-ray-", dir=parent)
+        temp_dir = tempfile.mkdtemp(prefix="bastion-ray-", dir=_temp_parent())
         options.update(include_dashboard=False, _temp_dir=temp_dir)
     try:
         ray.init(address=address, **options)
-    except (RayError, ConnectionError, ValueError) as exc:
+    except (RayError, OSError, ValueError) as exc:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
         where = f"at {address}" if address else "on this machine"
