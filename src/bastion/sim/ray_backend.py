@@ -84,6 +84,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A failed client ends the run with one line; the results in flight with it stay unread.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     temp_dir: str | None = None
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:  # a local instance: never under $HOME, no dashboard
