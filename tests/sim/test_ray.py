@@ -64,6 +64,8 @@ PER_CLIENT_PLAN = {
     "task_runner": {"path": "per_client:build_runner", "args": {"seed": 0}},
     "participation": {"fraction": 0.5, "seed": 4},
     "data": {"partition": {"method": "dirichlet", "alpha": 0.5, "seed": 2}},
+    # Top-k with error feedback: each client's residual must follow it too.
+    "compression": {"stages": [{"stage": "topk", "fraction": 0.3}], "error_feedback": True},
 }
 
 
@@ -112,7 +114,8 @@ def per_client_runs(
 def test_the_final_model_is_bit_for_bit_the_in_process_one(
     per_client_runs: tuple[Path, Path],
 ) -> None:
-    """Clients are replayed in the in-process visiting order, so even the float sums agree."""
+    """Clients are replayed in the in-process visiting order, so even the float sums agree;
+    a runner state or compression residual left behind on a worker would break this."""
     in_process, on_ray = per_client_runs
     expected, got = _final_model(in_process), _final_model(on_ray)
     assert list(expected) == list(got)
