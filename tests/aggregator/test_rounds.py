@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,34 @@ def test_restart_resumes_after_the_last_round(tmp_path: Path) -> None:
     np.testing.assert_allclose(resumed.model["w"], 5.0)
     with pytest.raises(Exception, match="different plan"):
         _aggregator(tmp_path, rounds=7)
+
+
+def test_first_contacts_refresh_the_status_file_at_most_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of simulated sites connecting must not rewrite a growing file each time."""
+    roster = [f"site-{i}" for i in range(300)]
+    aggregator = _aggregator(tmp_path, collaborators=roster)
+    writes: list[int] = []
+    original = aggregator.store.write_summary
+
+    def counting(summary: dict) -> None:
+        writes.append(len(summary["collaborators_seen"]))
+        original(summary)
+
+    monkeypatch.setattr(aggregator.store, "write_summary", counting)
+    now = [time.monotonic() + 1000.0]  # well after the round-start write
+    monkeypatch.setattr("bastion.aggregator.core.time.monotonic", lambda: now[0])
+    for name in roster:
+        aggregator.get_tasks(name)
+    assert writes == [1]  # the first contact wrote at once; the other 299 waited
+
+    now[0] += 1.0
+    aggregator.get_tasks(roster[0])  # a later poll, a second on: every site is in the file
+    assert writes == [1, 300]
+    summary = aggregator.store.read_summary()
+    assert summary is not None and len(summary["collaborators_seen"]) == 300
+
+    now[0] += 5.0
+    aggregator.get_tasks(roster[1])  # nothing new: no write
+    assert writes == [1, 300]

@@ -36,6 +36,8 @@ log = logging.getLogger("bastion.aggregator")
 
 MAX_METRICS = 64
 MAX_EXAMPLE_COUNT = 10**12
+#: First contacts refresh the status file at most this often.
+SUMMARY_INTERVAL_SECONDS = 1.0
 
 
 class UnknownCollaborator(BastionError):
@@ -110,6 +112,8 @@ class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
         self.finished = threading.Event()
         self._roster = plan.collaborator_names()
         self._last_seen: dict[str, float] = {}
+        self._summary_written = -math.inf  # time.monotonic() of the last status write
+        self._summary_stale = False
         self._attestations: dict[str, dict[str, object]] = {}
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
         self.privacy = PrivacyLedger.for_plan(plan)
@@ -160,6 +164,12 @@ class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
             self._last_seen[collaborator] = time.time()
             if first_contact:
                 log.info("collaborator %s connected", collaborator)
+                self._summary_stale = True
+            # Each write lists every site seen, so thousands of first contacts (a simulation)
+            # would cost O(n^2) if each wrote at once; one write a second keeps status fresh.
+            if self._summary_stale and time.monotonic() - self._summary_written >= (
+                SUMMARY_INTERVAL_SECONDS
+            ):
                 self._write_summary()
             if self.finished.is_set() or self._round is None:
                 return Assignment("done", total_rounds=self.plan.rounds)
@@ -534,6 +544,8 @@ class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
         self.finished.set()
 
     def _write_summary(self) -> None:
+        self._summary_written = time.monotonic()
+        self._summary_stale = False
         progress = self._round
         self.store.write_summary(
             {
