@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -87,6 +87,31 @@ def check_metrics(metrics: Mapping[str, float]) -> None:
             raise UpdateRejected("metric names must be 1..128 characters")
         if not math.isfinite(value):
             raise UpdateRejected(f"metric {key!r} is not finite ({value})")
+
+
+def validate_result(
+    task: TaskSpec,
+    example_count: int,
+    metrics: Mapping[str, float],
+    weights: Weights | None,
+    model_spec: Sequence[TensorSpec],
+) -> None:
+    """A result's content checks, needing no round state: an ``UpdateRejected`` if it fails.
+
+    ``weights`` is the decoded update (after decompression) and ``model_spec`` the global
+    model's tensor specs; the aggregator and the Ray simulation's workers both call this.
+    """
+    check_metrics(metrics)
+    if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
+        raise UpdateRejected(f"example count {example_count} out of range")
+    if task.kind == "train":
+        if weights is None:
+            raise UpdateRejected(f"training task {task.name!r} sent no weights")
+        if example_count <= 0:
+            raise UpdateRejected("a training result must report a positive example count")
+        validate_update(model_spec, weights)
+    elif weights:
+        raise UpdateRejected(f"validation task {task.name!r} must not send weights")
 
 
 class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
@@ -258,7 +283,7 @@ class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
             if task.kind == "train" and weights is not None and self._compression is not None:
                 # The payload is a compressed delta against this round's global model.
                 weights = decode_update(self._compression, weights, self.model, round_number)
-            self._validate_result(task, example_count, metrics, weights)
+            validate_result(task, example_count, metrics, weights, self.spec)
         except UpdateRejected as exc:
             return self.reject_result(collaborator, round_number, task_name, str(exc))
         with self._lock:
@@ -283,21 +308,6 @@ class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
             )
             self._maybe_complete()
         return True, ""
-
-    def _validate_result(
-        self, task: TaskSpec, example_count: int, metrics: dict[str, float], weights: Weights | None
-    ) -> None:
-        check_metrics(metrics)
-        if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
-            raise UpdateRejected(f"example count {example_count} out of range")
-        if task.kind == "train":
-            if weights is None:
-                raise UpdateRejected(f"training task {task.name!r} sent no weights")
-            if example_count <= 0:
-                raise UpdateRejected("a training result must report a positive example count")
-            validate_update(self.spec, weights)
-        elif weights:
-            raise UpdateRejected(f"validation task {task.name!r} must not send weights")
 
     def reject_result(
         self, collaborator: str, round_number: int, task: str, reason: str

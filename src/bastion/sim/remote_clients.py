@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bastion.aggregator.core import MAX_EXAMPLE_COUNT, Assignment, check_metrics
+from bastion.aggregator.core import Assignment, validate_result
 from bastion.collaborator.loop import Collaborator
 from bastion.compression.wire import UpdateEncoder, decode_update
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
@@ -25,7 +25,7 @@ from bastion.plan import Plan, TaskSpec, load_plan
 from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.sim.inprocess import ClientStateRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
-from bastion.tensors import FrameAssembler, Weights, iter_frames, spec_of, validate_update
+from bastion.tensors import FrameAssembler, Weights, iter_frames, spec_of
 from bastion.workspace.tasks import build_runner
 
 log = logging.getLogger("bastion.sim")
@@ -123,16 +123,13 @@ class RecordingTransport:
         received = assembler.result()
         if task.kind == "train" and received and self._pipeline is not None:
             received = decode_update(self._pipeline, received, self._model, self.sent.round)
-        check_metrics(metrics)
-        if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
-            raise UpdateRejected(f"example count {example_count} out of range")
-        if task.kind != "train":
-            if received:
-                raise UpdateRejected(f"validation task {task.name!r} must not send weights")
-            return
-        if weights is None or example_count <= 0:
-            raise UpdateRejected(f"training task {task.name!r} sent no weights or no examples")
-        validate_update(self._spec, received)
+        validate_result(
+            task,
+            example_count,
+            metrics,
+            received if task.kind == "train" or received else None,
+            self._spec,
+        )
 
 
 class ClientWorker:
