@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.torch_modules import DEVICES
 from torch import nn
 
 from bastion.algorithms.fedcurv import U_PREFIX, V_PREFIX, split_fedcurv
@@ -32,16 +33,18 @@ def reference_fisher(model: nn.Module, shard: DataShard) -> dict[str, np.ndarray
     model.eval()
     for xi, yi in zip(shard.x_train, shard.y_train, strict=True):
         model.zero_grad()
-        x = torch.from_numpy(xi[None]).to(next(model.parameters()).dtype)
-        loss_fn(model(x), torch.tensor([int(yi)])).backward()
+        first = next(model.parameters())
+        x = torch.from_numpy(xi[None]).to(first.device, first.dtype)
+        loss_fn(model(x), torch.tensor([int(yi)], device=first.device)).backward()
         for n, p in model.named_parameters():
             assert p.grad is not None
-            sums[n] += p.grad.detach().double().numpy() ** 2
+            sums[n] += p.grad.detach().double().cpu().numpy() ** 2
     return {n: s / len(shard.y_train) for n, s in sums.items()}
 
 
-def test_fisher_diagonal_is_the_mean_of_squared_per_example_gradients() -> None:
-    runner = TorchRunner(tiny_model(), fedcurv_lambda=0.1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fisher_diagonal_is_the_mean_of_squared_per_example_gradients(device: str) -> None:
+    runner = TorchRunner(tiny_model(), fedcurv_lambda=0.1, device=device)
     shard = tiny_shard()
     fisher = runner.fisher_diagonal(shard.x_train, shard.y_train)
     expected = reference_fisher(runner.model, shard)
@@ -50,8 +53,9 @@ def test_fisher_diagonal_is_the_mean_of_squared_per_example_gradients() -> None:
         np.testing.assert_allclose(fisher[name], value, rtol=1e-10, atol=1e-14)
 
 
-def test_initial_model_carries_zero_fisher_tensors_for_every_parameter() -> None:
-    runner = TorchRunner(tiny_model(), fedcurv_lambda=0.1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_initial_model_carries_zero_fisher_tensors_for_every_parameter(device: str) -> None:
+    runner = TorchRunner(tiny_model(), fedcurv_lambda=0.1, device=device)
     weights = runner.get_weights()
     params, u, v = split_fedcurv(weights)
     assert set(u) == set(v) == {n for n, _ in runner.model.named_parameters()}
@@ -59,8 +63,9 @@ def test_initial_model_carries_zero_fisher_tensors_for_every_parameter() -> None
     assert all(u[n].shape == params[n].shape for n in u)
 
 
-def test_training_sends_u_equal_fisher_and_v_equal_fisher_times_weights() -> None:
-    runner = TorchRunner(tiny_model(), fedcurv_lambda=0.1, lr=0.05)
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_sends_u_equal_fisher_and_v_equal_fisher_times_weights(device: str) -> None:
+    runner = TorchRunner(tiny_model(), fedcurv_lambda=0.1, lr=0.05, device=device)
     shard = tiny_shard()
     runner.train(shard, epochs=1, batch_size=8)
     expected = reference_fisher(runner.model, shard)
@@ -71,10 +76,11 @@ def test_training_sends_u_equal_fisher_and_v_equal_fisher_times_weights() -> Non
         np.testing.assert_allclose(weights[V_PREFIX + name], fisher * theta, rtol=1e-10, atol=1e-14)
 
 
-def test_penalty_and_its_gradient_match_the_papers_formula_without_own_terms() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_penalty_and_its_gradient_match_the_papers_formula_without_own_terms(device: str) -> None:
     """λ Σ [θ²(U − u_s) − 2θ(V − v_s)], with u_s, v_s this site's terms of the previous round."""
     lam = 0.7
-    runner = TorchRunner(tiny_model(), fedcurv_lambda=lam)
+    runner = TorchRunner(tiny_model(), fedcurv_lambda=lam, device=device)
     runner.begin_round(1)
     runner.train(tiny_shard(seed=1), epochs=1, batch_size=8)
     runner.update_accepted(1)
@@ -102,13 +108,14 @@ def test_penalty_and_its_gradient_match_the_papers_formula_without_own_terms() -
         expected_value += lam * float(np.sum(theta**2 * others_u - 2 * theta * others_v))
         expected_grad = 2 * lam * (theta * others_u - others_v)
         assert p.grad is not None
-        np.testing.assert_allclose(p.grad.numpy(), expected_grad, rtol=1e-10, atol=1e-12)
-    assert float(value) == pytest.approx(expected_value, rel=1e-10)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), expected_grad, rtol=1e-10, atol=1e-12)
+    assert float(value.detach()) == pytest.approx(expected_value, rel=1e-10)
 
 
-def test_own_terms_stay_in_the_sums_when_the_previous_update_was_not_accepted() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_own_terms_stay_in_the_sums_when_the_previous_update_was_not_accepted(device: str) -> None:
     lam = 0.5
-    runner = TorchRunner(tiny_model(), fedcurv_lambda=lam)
+    runner = TorchRunner(tiny_model(), fedcurv_lambda=lam, device=device)
     runner.begin_round(1)
     runner.train(tiny_shard(), epochs=1, batch_size=8)  # never accepted
     global_weights = runner.get_weights()
@@ -123,12 +130,15 @@ def test_own_terms_stay_in_the_sums_when_the_previous_update_was_not_accepted() 
             2 * lam * (theta * global_weights[U_PREFIX + name] - global_weights[V_PREFIX + name])
         )
         assert p.grad is not None
-        np.testing.assert_allclose(p.grad.numpy(), expected, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_a_strong_penalty_holds_the_weights_at_the_other_sites_optimum() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_strong_penalty_holds_the_weights_at_the_other_sites_optimum(device: str) -> None:
     """With a large λ the minimiser of the penalty, θ* = (V − v_s)/(U − u_s), dominates."""
-    runner = TorchRunner(tiny_model(), fedcurv_lambda=50.0, lr=0.002, optimizer="sgd")
+    runner = TorchRunner(
+        tiny_model(), fedcurv_lambda=50.0, lr=0.002, optimizer="sgd", device=device
+    )
     weights = runner.get_weights()
     params, _, _ = split_fedcurv(weights)
     rng = np.random.default_rng(5)
@@ -156,8 +166,9 @@ class CastingModel(nn.Module):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_models_keep_fisher_terms_in_float32(dtype: torch.dtype) -> None:
-    runner = TorchRunner(CastingModel(dtype), fedcurv_lambda=0.1, lr=0.05)
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_precision_models_keep_fisher_terms_in_float32(dtype: torch.dtype, device: str) -> None:
+    runner = TorchRunner(CastingModel(dtype), fedcurv_lambda=0.1, lr=0.05, device=device)
     _, u, v = split_fedcurv(runner.get_weights())
     assert {a.dtype for a in [*u.values(), *v.values()]} == {np.dtype(np.float32)}
 
