@@ -35,7 +35,7 @@ PER_ROUND = 100
 ROUNDS = 3
 
 
-def build_workspace(root: Path, clients: int) -> Path:
+def build_workspace(root: Path, clients: int, epochs: int | None = None) -> Path:
     workspace = create_workspace(
         root / "ws", "numpy_logreg_digits", collaborators=clients, rounds=ROUNDS
     )
@@ -45,15 +45,19 @@ def build_workspace(root: Path, clients: int) -> Path:
         {"name": f"site-{i}", "shard": (i - 1) % SHARDS} for i in range(1, clients + 1)
     ]
     plan["participation"] = {"fraction": PER_ROUND / clients, "seed": 1}
+    if epochs is not None:  # more local work per client, where parallel workers can pay off
+        for task in plan["tasks"]:
+            if task["kind"] == "train":
+                task.setdefault("args", {})["epochs"] = epochs
     plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
     initialize_plan(workspace)
     return workspace
 
 
-def run_one(clients: int, backend: str, workers: int) -> dict[str, Any]:
+def run_one(clients: int, backend: str, workers: int, epochs: int | None) -> dict[str, Any]:
     """One federation in this process; returns its timings and this process's peak RSS."""
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as folder:
-        workspace = build_workspace(Path(folder), clients)
+        workspace = build_workspace(Path(folder), clients, epochs)
         marks: list[float] = []
 
         def on_round(_number: int, _federation: object) -> None:
@@ -76,6 +80,7 @@ def run_one(clients: int, backend: str, workers: int) -> dict[str, Any]:
     trained = [r for r in records if r["event"] == "task" and r["task"] == "train"]
     return {
         "clients": clients,
+        "epochs": epochs,
         "backend": backend if backend != "ray" else f"ray ({workers} workers)",
         "round_seconds": [round(s, 2) for s in rounds],
         "steady_round_seconds": round(sum(rounds[1:]) / max(1, len(rounds) - 1), 2),
@@ -91,24 +96,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="local epochs per train task (template: 2)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--one", choices=["in-process", "ray"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # a child run: one configuration, its figures as JSON on stdout
-        print(json.dumps(run_one(args.clients[0], args.one, args.workers)))
+        print(json.dumps(run_one(args.clients[0], args.one, args.workers, args.epochs)))
         return
     rows = []
     for clients in args.clients:
         for backend in ("in-process", "ray"):
             command = [sys.executable, __file__, "--one", backend, "--clients", str(clients)]
             command += ["--workers", str(args.workers)]
+            command += ["--epochs", str(args.epochs)] if args.epochs else []
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 sys.exit(f"{backend} with {clients} clients failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"done: {clients} clients, {backend}", file=sys.stderr)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    RESULTS.write_text(json.dumps({"machine": machine, "rounds": ROUNDS, "runs": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine, "rounds": ROUNDS, "runs": rows}, indent=2))
     header = (
         f"{'clients':>7} {'backend':<16} {'round 1 s':>9} {'rounds 2-3 s':>12} "
         f"{'final eval s':>12} {'total s':>8} {'trained/round':>13} {'driver RSS MB':>13}"
@@ -120,7 +128,7 @@ def main() -> None:
             f"{r['steady_round_seconds']:>12.2f} {r['final_evaluation_seconds']:>12.2f} "
             f"{r['total_seconds']:>8.2f} {r['trained_per_round']:>13} {r['driver_peak_rss_mb']:>13}"
         )
-    print(f"written to {RESULTS}")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
