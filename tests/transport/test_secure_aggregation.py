@@ -148,7 +148,7 @@ def test_a_curious_aggregator_cannot_recover_one_collaborators_update(
     # Everything the aggregator received about site-1's update: its masked input...
     masked = {n: MaskedInput.from_bytes(received[n][Step.MASKED_INPUT]).vector for n in names}
     raw = b"".join(v.tobytes() for v in masked.values())
-    assert _uniform(raw) > 1e-4
+    assert _uniform(raw) > 1e-6  # uniform under the null: fails one run in a million
     # ...which looks nothing like what a plain quantized update looks like,
     info = SessionInfo(1, session["attempt"], tuple(names))
     codec = UpdateCodec(
@@ -174,7 +174,7 @@ def test_a_curious_aggregator_cannot_recover_one_collaborators_update(
     ]
     seed = combine(shares, config.threshold)
     remainder = masked["site-1"] - self_mask(config, seed)
-    assert _uniform(remainder.tobytes()) > 1e-4
+    assert _uniform(remainder.tobytes()) > 1e-6
     # No train result ever travelled on its own.
     assert all(Step.MASKED_INPUT in received[n] for n in names)
 

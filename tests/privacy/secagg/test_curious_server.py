@@ -33,7 +33,7 @@ def test_masked_input_is_indistinguishable_from_uniform() -> None:
     plain = _byte_counts(inputs[federation.names[0]])
     masked = _byte_counts(state.masked[federation.names[0]])
     assert masked.sum() >= 100_000
-    assert chisquare(masked).pvalue > 0.001
+    assert chisquare(masked).pvalue > 1e-6  # uniform under the null: fails one run in a million
     assert chisquare(plain).pvalue < 1e-12  # the test does tell non-uniform bytes apart
 
 
