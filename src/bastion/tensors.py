@@ -236,6 +236,14 @@ class FrameAssembler:
         return self._weights
 
 
+def assemble_frames(frames: Iterable[Frame], max_total_bytes: int) -> Weights:
+    """Rebuild weights from an untrusted sequence of frames (sizes checked before allocation)."""
+    assembler = FrameAssembler(max_total_bytes)
+    for frame in frames:
+        assembler.add(frame)
+    return assembler.result()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -35,7 +35,7 @@ from bastion.privacy.secagg.identity import simulated_identities
 from bastion.privacy.secagg.session import StageReply, Step
 from bastion.runners.base import TaskRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
-from bastion.tensors import FrameAssembler, Weights, iter_frames
+from bastion.tensors import Weights, assemble_frames, iter_frames
 from bastion.workspace.tasks import build_runner
 
 log = logging.getLogger("bastion.sim")
@@ -68,10 +68,9 @@ class InProcessClient:
         return self.aggregator.get_tasks(self.name)
 
     def get_model(self, round_number: int) -> Weights:
-        assembler = FrameAssembler(self._max_bytes)
-        for frame in self.aggregator.model_frames(self.name, round_number):
-            assembler.add(frame)
-        return assembler.result()
+        return assemble_frames(
+            self.aggregator.model_frames(self.name, round_number), self._max_bytes
+        )
 
     def send_result(
         self,
@@ -83,10 +82,9 @@ class InProcessClient:
     ) -> tuple[bool, str]:
         spec = self.aggregator.check_result_allowed(self.name, round_number, task)
         try:
-            assembler = FrameAssembler(self.aggregator.max_update_bytes)
-            for frame in iter_frames(weights or {}, self._chunk_bytes):
-                assembler.add(frame)
-            received = assembler.result()
+            received = assemble_frames(
+                iter_frames(weights or {}, self._chunk_bytes), self.aggregator.max_update_bytes
+            )
         except ProtocolError as exc:
             return self.aggregator.reject_result(self.name, round_number, task, str(exc))
         return self.aggregator.submit_result(

@@ -25,7 +25,7 @@ from bastion.plan import Plan, TaskSpec, load_plan
 from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.sim.inprocess import ClientStateRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
-from bastion.tensors import FrameAssembler, Weights, iter_frames, spec_of
+from bastion.tensors import Weights, assemble_frames, iter_frames, spec_of
 from bastion.workspace.tasks import build_runner
 
 log = logging.getLogger("bastion.sim")
@@ -85,10 +85,7 @@ class RecordingTransport:
         """A private copy of the round's model, rebuilt from wire frames as the transports do."""
         if round_number != self.sent.round:
             raise BastionError(f"{self.name} asked for round {round_number}, not {self.sent.round}")
-        assembler = FrameAssembler(self._max_bytes)
-        for frame in iter_frames(self._model, self._chunk_bytes):
-            assembler.add(frame)
-        return assembler.result()
+        return assemble_frames(iter_frames(self._model, self._chunk_bytes), self._max_bytes)
 
     def send_result(
         self,
@@ -117,10 +114,7 @@ class RecordingTransport:
         self, task: TaskSpec, example_count: int, metrics: dict[str, float], weights: Weights | None
     ) -> None:
         """The aggregator's content checks (``Aggregator.submit_result``), without its state."""
-        assembler = FrameAssembler(self._max_bytes)
-        for frame in iter_frames(weights or {}, self._chunk_bytes):
-            assembler.add(frame)
-        received = assembler.result()
+        received = assemble_frames(iter_frames(weights or {}, self._chunk_bytes), self._max_bytes)
         if task.kind == "train" and received and self._pipeline is not None:
             received = decode_update(self._pipeline, received, self._model, self.sent.round)
         validate_result(

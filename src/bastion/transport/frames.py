@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from bastion.tensors import Frame, FrameAssembler, Weights
+from bastion.tensors import Frame, Weights, assemble_frames
 from bastion.transport import bastion_pb2 as pb
 
 
@@ -20,10 +20,7 @@ def from_chunk(chunk: pb.TensorChunk) -> Frame:
 
 def assemble(chunks: Iterable[pb.TensorChunk], max_total_bytes: int) -> Weights:
     """Rebuild weights from an untrusted stream of chunks (sizes checked before allocation)."""
-    assembler = FrameAssembler(max_total_bytes)
-    for chunk in chunks:
-        assembler.add(from_chunk(chunk))
-    return assembler.result()
+    return assemble_frames((from_chunk(chunk) for chunk in chunks), max_total_bytes)
 
 
 def chunks_of(frames: Iterable[Frame]) -> Iterator[pb.TensorChunk]:
