@@ -14,13 +14,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Iterator
 
-from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
+from bastion.aggregator.assignment import Assigner, SampledAssigner, final_evaluation
 from bastion.aggregator.checkpoint import CheckpointStore, RoundState
 from bastion.aggregator.local_privacy import LocalPrivacyHooks, LocalPrivacyTracker
+from bastion.aggregator.records import (
+    Assignment,
+    NotAssigned,
+    RoundProgress,
+    TaskRecord,
+    UnknownCollaborator,
+    validate_result,
+)
 from bastion.aggregator.secure_hooks import SecureAggregationHooks
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.base import Strategy
@@ -30,88 +36,12 @@ from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.privacy.dp.ledger import PrivacyLedger
 from bastion.privacy.secagg.keys import IdentityVerifier
-from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of, validate_update
+from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
 
 log = logging.getLogger("bastion.aggregator")
 
-MAX_METRICS = 64
-MAX_EXAMPLE_COUNT = 10**12
 #: First contacts refresh the status file at most this often.
 SUMMARY_INTERVAL_SECONDS = 1.0
-
-
-class UnknownCollaborator(BastionError):
-    """The caller's certified name is not on the plan's roster."""
-
-
-class NotAssigned(BastionError):
-    """The caller asked for a round or task it was not assigned."""
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """The answer to "what should I do now?"."""
-
-    action: Literal["run", "wait", "done"]
-    round: int = 0
-    tasks: tuple[TaskSpec, ...] = ()
-    retry_after: float = 0.5
-    total_rounds: int = 0
-
-
-@dataclass
-class TaskRecord:
-    collaborator: str
-    example_count: int
-    metrics: dict[str, float]
-
-
-@dataclass
-class RoundProgress:
-    number: int
-    final_evaluation: bool
-    assignments: Assignments
-    pending: dict[str, list[str]]
-    started: float
-    results: dict[str, list[TaskRecord]] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)
-    declined: dict[str, str] = field(default_factory=dict)
-
-
-def check_metrics(metrics: Mapping[str, float]) -> None:
-    """Raise ``UpdateRejected`` for too many metrics, bad names, or values that are not finite."""
-    if len(metrics) > MAX_METRICS:
-        raise UpdateRejected(f"{len(metrics)} metrics sent; at most {MAX_METRICS} allowed")
-    for key, value in metrics.items():
-        if not key or len(key) > 128:
-            raise UpdateRejected("metric names must be 1..128 characters")
-        if not math.isfinite(value):
-            raise UpdateRejected(f"metric {key!r} is not finite ({value})")
-
-
-def validate_result(
-    task: TaskSpec,
-    example_count: int,
-    metrics: Mapping[str, float],
-    weights: Weights | None,
-    model_spec: Sequence[TensorSpec],
-) -> None:
-    """A result's content checks, needing no round state: an ``UpdateRejected`` if it fails.
-
-    ``weights`` is the decoded update (after decompression) and ``model_spec`` the global
-    model's tensor specs; the aggregator and the Ray simulation's workers both call this.
-    """
-    check_metrics(metrics)
-    if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
-        raise UpdateRejected(f"example count {example_count} out of range")
-    if task.kind == "train":
-        if weights is None:
-            raise UpdateRejected(f"training task {task.name!r} sent no weights")
-        if example_count <= 0:
-            raise UpdateRejected("a training result must report a positive example count")
-        validate_update(model_spec, weights)
-    elif weights:
-        raise UpdateRejected(f"validation task {task.name!r} must not send weights")
 
 
 class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):

@@ -14,15 +14,13 @@ import logging
 import math
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bastion.aggregator.assignment import group_members
+from bastion.aggregator.records import NotAssigned, RoundProgress, check_metrics
 from bastion.errors import UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan
-
-if TYPE_CHECKING:
-    from bastion.aggregator.core import RoundProgress
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -154,8 +152,6 @@ class LocalPrivacyHooks:
         The rest of its round is dropped with it (a local model it did not train cannot be
         validated), so the round completes without waiting for it.
         """
-        from bastion.aggregator.core import NotAssigned, check_metrics
-
         self._check_roster(collaborator)
         with self._lock:
             progress = self._require_assigned(collaborator, round_number)

@@ -13,8 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
+from bastion.aggregator.records import RoundProgress, TaskRecord
 from bastion.aggregator.secure_round import SecureRound, fold_in
 from bastion.algorithms.base import Strategy
 from bastion.algorithms.secure_sum import secure_sum_strategy
@@ -26,9 +26,6 @@ from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.privacy.secagg.session import StageReply, Step
 from bastion.privacy.secagg.spec import weighting_for
 from bastion.tensors import Weights
-
-if TYPE_CHECKING:
-    from bastion.aggregator.core import RoundProgress
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -138,8 +135,6 @@ class SecureAggregationHooks:
         self.metrics.write("secure_aggregation", **session.report())
 
     def _record_secure_results(self, progress: RoundProgress, session: SecureRound) -> None:
-        from bastion.aggregator.core import TaskRecord
-
         task = next((t.name for t in self.plan.tasks if t.kind == "train"), "train")
         for name in session.contributors:
             trained = [t.name for t in progress.assignments.get(name, ()) if t.kind == "train"]

@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from bastion.aggregator.core import Aggregator, Assignment
+from bastion.aggregator.core import Aggregator
+from bastion.aggregator.records import Assignment
 from bastion.aggregator.service import build_aggregator
 from bastion.collaborator.loop import AggregatorClient, Collaborator
 from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate

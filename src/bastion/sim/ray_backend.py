@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bastion.aggregator.core import Aggregator, Assignment
+from bastion.aggregator.core import Aggregator
+from bastion.aggregator.records import Assignment
 from bastion.aggregator.service import build_aggregator
 from bastion.errors import BastionError, MissingDependency
 from bastion.plan import Plan, load_plan

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bastion.aggregator.core import Assignment, validate_result
+from bastion.aggregator.records import Assignment, validate_result
 from bastion.collaborator.loop import Collaborator
 from bastion.compression.wire import UpdateEncoder, decode_update
 from bastion.errors import BastionError, ProtocolError, UpdateRejected

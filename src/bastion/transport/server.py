@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import grpc
 
 from bastion.aggregator.attestation import AttestationGate, NotAttested
-from bastion.aggregator.core import Aggregator, NotAssigned, UnknownCollaborator
+from bastion.aggregator.core import Aggregator
+from bastion.aggregator.records import NotAssigned, UnknownCollaborator
 from bastion.errors import BastionError, ProtocolError
 from bastion.privacy.secagg.session import Step
 from bastion.tee.attestation import AttestationError
