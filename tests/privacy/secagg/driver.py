@@ -103,6 +103,16 @@ def play(
     return state
 
 
+def share_all_keys(server: SecAggServer, clients: Mapping[str, SecAggClient]) -> dict:
+    """Every client advertises its keys and shares them; what the server delivers to each."""
+    for name, client in clients.items():
+        server.receive_advertise(name, client.advertise_keys())
+    roster = server.close_advertise()
+    for name, client in clients.items():
+        server.receive_shares(name, client.share_keys(roster))
+    return server.close_shares()
+
+
 def signed_requests(
     server: SecAggServer, clients: Mapping[str, SecAggClient]
 ) -> dict[str, UnmaskingRequest]:

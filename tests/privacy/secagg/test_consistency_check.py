@@ -28,7 +28,7 @@ from bastion.privacy.secagg.protocol import (
 )
 from bastion.privacy.secagg.shamir import Share, combine
 
-from .driver import Federation, make_federation, new_round, play, signed_requests
+from .driver import Federation, make_federation, new_round, play, share_all_keys, signed_requests
 
 VECTOR = 16
 
@@ -60,7 +60,7 @@ def _masked(
     inputs = {n: rng.integers(0, 1000, VECTOR).astype(np.uint32) for n in federation.names}
     for name, client in clients.items():
         server.receive_advertise(name, client.advertise_keys())
-    roster = server.close_advertise()
+    roster = server.close_advertise()  # the test keeps each client's advertised s key
     for name, client in clients.items():
         server.receive_shares(name, client.share_keys(roster))
     per_client = server.close_shares()
@@ -448,12 +448,7 @@ def test_a_server_with_a_verifier_refuses_a_signature_over_another_set() -> None
     config = federation.config(3, VECTOR)
     server = SecAggServer(config, identity_verifier=federation.verifier)
     clients = federation.clients(config)
-    for name, client in clients.items():
-        server.receive_advertise(name, client.advertise_keys())
-    roster = server.close_advertise()
-    for name, client in clients.items():
-        server.receive_shares(name, client.share_keys(roster))
-    per_client = server.close_shares()
+    per_client = share_all_keys(server, clients)
     for name, client in clients.items():
         server.receive_masked_input(
             name, client.masked_input(per_client[name], np.zeros(VECTOR, np.uint32))

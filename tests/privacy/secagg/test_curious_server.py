@@ -16,7 +16,7 @@ from bastion.privacy.secagg.protocol import (
 )
 from bastion.privacy.secagg.shamir import Share
 
-from .driver import Federation, make_federation, run_round, signed_requests
+from .driver import Federation, make_federation, run_round, share_all_keys, signed_requests
 
 
 def _byte_counts(vector: np.ndarray) -> np.ndarray:
@@ -41,12 +41,7 @@ def _through_masked_input(federation: Federation, threshold: int) -> tuple:
     config = federation.config(threshold=threshold, vector_length=8)
     server = SecAggServer(config)
     clients = federation.clients(config)
-    for name, client in clients.items():
-        server.receive_advertise(name, client.advertise_keys())
-    roster = server.close_advertise()
-    for name, client in clients.items():
-        server.receive_shares(name, client.share_keys(roster))
-    per_client = server.close_shares()
+    per_client = share_all_keys(server, clients)
     for name, client in clients.items():
         vector = np.full(8, 42, dtype=np.uint32)
         server.receive_masked_input(name, client.masked_input(per_client[name], vector))
@@ -147,12 +142,7 @@ def test_invariant_holds_at_every_step_of_rounds_with_dropouts() -> None:
     config = federation.config(threshold=5, vector_length=8)
     server = SecAggServer(config)
     clients = federation.clients(config)
-    for name, client in clients.items():
-        server.receive_advertise(name, client.advertise_keys())
-    roster = server.close_advertise()
-    for name, client in clients.items():
-        server.receive_shares(name, client.share_keys(roster))
-    per_client = server.close_shares()
+    per_client = share_all_keys(server, clients)
     senders = federation.names[:6]  # two drop after sharing keys
     for name in senders:
         vector = np.zeros(8, dtype=np.uint32)

@@ -25,7 +25,7 @@ from bastion.privacy.secagg.messages import (
 from bastion.privacy.secagg.protocol import SecAggConfig, SecAggServer, Stage
 from bastion.privacy.secagg.quantize import FixedPointQuantizer
 
-from .driver import make_federation, run_round
+from .driver import make_federation, run_round, share_all_keys
 
 NAMES = tuple(f"c{i}" for i in range(10))
 
@@ -185,12 +185,7 @@ def test_tampered_share_ciphertext_aborts_the_recipient() -> None:
     config = federation.config(2, 4)
     clients = federation.clients(config)
     server = SecAggServer(config)
-    for name, client in clients.items():
-        server.receive_advertise(name, client.advertise_keys())
-    roster = server.close_advertise()
-    for name, client in clients.items():
-        server.receive_shares(name, client.share_keys(roster))
-    per_client = server.close_shares()
+    per_client = share_all_keys(server, clients)
     a, b = federation.names[:2]
     delivered = per_client[a]
     ciphertext = delivered.ciphertexts[b]
