@@ -42,26 +42,14 @@ from bastion.tensors import Weights
 try:
     import torch
     from torch import nn
-    from torch.func import functional_call, grad, vmap
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without torch
     raise MissingDependency("torch", "torch", "the PyTorch task runner") from exc
+
+from bastion.runners.torch_fisher import curvature_dtype, fisher_diagonal  # noqa: E402 (needs torch)
 
 log = logging.getLogger("bastion.runners.torch")
 
 OptimizerFactory = Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
-
-
-def curvature_dtype(parameter_dtype: torch.dtype) -> torch.dtype:
-    """FedCurv's Fisher terms and penalty: float64 for float64 parameters, else float32.
-
-    Half-precision and float8 parameters would overflow or flush the summed squared
-    gradients, and NumPy (the wire) has no bfloat16 or float8.
-    """
-    return torch.float64 if parameter_dtype == torch.float64 else torch.float32
-
-
-#: Examples per vectorized per-example-gradient pass when computing the Fisher diagonal.
-FISHER_CHUNK = 64
 
 
 def _default_optimizer(name: str, momentum: float, weight_decay: float) -> OptimizerFactory:
@@ -449,51 +437,10 @@ class TorchRunner:
         return 0.5 * mu * squared
 
     def fisher_diagonal(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        """Empirical Fisher diagonal: the mean over examples of each squared per-example gradient.
-
-        Of the loss at the current weights, over the first ``fisher_samples`` examples
-        (all by default), with the model in eval mode (no dropout, running BatchNorm stats).
-        """
-        count = len(y) if self.fisher_samples is None else min(len(y), self.fisher_samples)
-        x_all = torch.from_numpy(np.ascontiguousarray(x[:count]))
-        y_all = torch.from_numpy(np.ascontiguousarray(y[:count])).long()
-        was_training = self.model.training
-        self.model.eval()
-        parameters = {n: p.detach() for n, p in self.model.named_parameters() if n in self._curved}
-        totals = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in parameters.items()}
-        try:
-            for start in range(0, count, FISHER_CHUNK):
-                xb = x_all[start : start + FISHER_CHUNK].to(self.device)
-                yb = y_all[start : start + FISHER_CHUNK].to(self.device)
-                for name, squares in self._squared_gradients(parameters, xb, yb).items():
-                    totals[name] += squares.to(torch.float64)
-        finally:
-            self.model.train(was_training)
-        return {
-            n: (t / max(count, 1)).to(curvature_dtype(parameters[n].dtype)).cpu().numpy()
-            for n, t in totals.items()
-        }
-
-    def _squared_gradients(
-        self, parameters: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Σ over the batch of each example's squared gradient (vectorized where torch can)."""
-
-        def example_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> Any:
-            return self.loss_fn(functional_call(self.model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
-
-        try:
-            per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))(parameters, x, y)
-            return {n: (g * g).sum(dim=0) for n, g in per_example.items()}
-        except RuntimeError as exc:  # a module torch.func cannot vectorize: one example at a time
-            log.debug("per-example gradients without vmap: %s", exc)
-        sums = {n: torch.zeros_like(p) for n, p in parameters.items()}
-        for xi, yi in zip(x, y, strict=True):
-            live = {n: p.clone().requires_grad_(True) for n, p in parameters.items()}
-            grads = torch.autograd.grad(example_loss(live, xi, yi), list(live.values()))
-            for name, g in zip(live, grads, strict=True):
-                sums[name] += g * g
-        return sums
+        """FedCurv's empirical Fisher diagonal of the curved parameters on (x, y)."""
+        return fisher_diagonal(
+            self.model, self.loss_fn, self._curved, x, y, self.device, self.fisher_samples
+        )
 
     # ------------------------------------------------------------------ round hooks
 
