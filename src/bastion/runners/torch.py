@@ -161,6 +161,7 @@ class TorchRunner:
         self._accepted_round: int | None = None
         self._current_round: int | None = None
         self._anchor: tuple[float, dict[str, torch.Tensor]] | None = None
+        self._penalty_dtype = torch.float32  # set with the anchors by prepare_penalty
         self._curvature: tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = (
             None
         )
@@ -306,7 +307,8 @@ class TorchRunner:
                 optimizer.zero_grad(set_to_none=True)
                 logits = self.model(x)
                 data_loss = self.loss_fn(logits, y)
-                (data_loss + self.penalty()).backward()
+                regularized = self._anchor is not None or self._curvature is not None
+                (data_loss + self.penalty() if regularized else data_loss).backward()
                 optimizer.step()
                 total_loss += float(data_loss.detach()) * len(y)
                 correct += int((logits.argmax(dim=1) == y).sum())
@@ -361,6 +363,9 @@ class TorchRunner:
         self._anchor = None
         self._curvature = None
         parameters = dict(self.model.named_parameters())
+        # float64 models get a float64 penalty (its gradient in float32 would round λ).
+        wide = any(p.dtype == torch.float64 for p in parameters.values())
+        self._penalty_dtype = torch.float64 if wide else torch.float32
         if proximal_mu > 0:
             anchor = {n: p.detach().clone() for n, p in parameters.items() if p.requires_grad}
             self._anchor = (proximal_mu, anchor)
@@ -407,9 +412,7 @@ class TorchRunner:
 
     def penalty(self) -> torch.Tensor:
         """The regularizers' loss term for the current weights: FedProx plus FedCurv, else zero."""
-        # float64 models get a float64 penalty (its gradient in float32 would round λ).
-        wide = any(p.dtype == torch.float64 for p in self.model.parameters())
-        total = torch.zeros((), device=self.device, dtype=torch.float64 if wide else torch.float32)
+        total = torch.zeros((), device=self.device, dtype=self._penalty_dtype)
         if self._anchor is not None:
             total = total + self._proximal_term()
         if self._curvature is not None:
