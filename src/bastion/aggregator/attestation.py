@@ -16,17 +16,13 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from bastion.errors import BastionError
+from bastion.protocol import NotAttested
 from bastion.metrics.log import MetricsLog
 from bastion.tee.attestation import AttestationError, NonceRegistry
 from bastion.tee.attestation.parties import AttestationParty
 from bastion.tee.attestation.providers import Evidence
 
 log = logging.getLogger("bastion.aggregator")
-
-
-class NotAttested(BastionError):
-    """A collaborator asked for the model or sent a result before proving its enclave."""
 
 
 @dataclass(frozen=True)

@@ -10,34 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+
 
 from bastion.aggregator.assignment import Assignments
-from bastion.errors import BastionError, UpdateRejected
+from bastion.errors import UpdateRejected
+from bastion.protocol import Assignment, NotAssigned, UnknownCollaborator
 from bastion.plan import TaskSpec
 from bastion.tensors import TensorSpec, Weights, validate_update
 
 MAX_METRICS = 64
 MAX_EXAMPLE_COUNT = 10**12
-
-
-class UnknownCollaborator(BastionError):
-    """The caller's certified name is not on the plan's roster."""
-
-
-class NotAssigned(BastionError):
-    """The caller asked for a round or task it was not assigned."""
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """The answer to "what should I do now?"."""
-
-    action: Literal["run", "wait", "done"]
-    round: int = 0
-    tasks: tuple[TaskSpec, ...] = ()
-    retry_after: float = 0.5
-    total_rounds: int = 0
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from bastion.aggregator.records import Assignment
+from bastion.protocol import Assignment
 from bastion.collaborator.secure_update import SecureAggregation, SecureTransport, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 
 import grpc
 
-from bastion.aggregator.records import Assignment
+from bastion.protocol import Assignment
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import StageReply, Step

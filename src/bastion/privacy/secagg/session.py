@@ -16,10 +16,11 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from bastion.errors import ProtocolError
 from bastion.privacy.errors import SecAggError
+from bastion.protocol import StageReply
 from bastion.privacy.secagg.config import SecAggConfig, session_id_for
 from bastion.privacy.secagg.quantize import FixedPointQuantizer
 from bastion.privacy.secagg.spec import SecureAggregationSpec
@@ -45,16 +46,6 @@ class Step(enum.Enum):
     CONSISTENCY_CHECK = "consistency_check"
     UNMASKING = "unmasking"
     ABORT = "abort"
-
-
-@dataclass(frozen=True)
-class StageReply:
-    """The aggregator's answer to a fetch: the payload, "wait and ask again", or "aborted"."""
-
-    status: Literal["ready", "wait", "aborted"]
-    payload: bytes = b""
-    retry_after: float = 0.5
-    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,181 @@
+"""The port between one federation and every transport that reaches it.
+
+gRPC, the in-process simulation and Ray all speak to the aggregator through
+``FederationPort`` with the messages and typed refusals defined here, so no transport
+imports the aggregator, and a result is taken in by one function, ``take_result``,
+whichever way its bytes arrived. Each transport maps the refusals to its own terms
+(the gRPC server through one table of status codes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol
+
+from bastion.errors import BastionError, ProtocolError
+from bastion.plan import TaskSpec
+from bastion.tensors import Frame, Weights, assemble_frames
+
+# --------------------------------------------------------------------------- refusals
+
+
+class Refused(BastionError):
+    """The aggregator refuses a caller's request; the message says why and what to do."""
+
+
+class Unauthenticated(Refused):
+    """The caller's identity could not be established (no or wrong certificate)."""
+
+
+class UnknownCollaborator(Refused):
+    """The caller's certified name is not on the plan's roster."""
+
+
+class NotAssigned(Refused):
+    """The caller asked for a round or task it was not assigned."""
+
+
+class NotAttested(Refused):
+    """A collaborator asked for the model or sent a result before proving its enclave."""
+
+
+class PlanMismatch(Refused):
+    """The caller runs another plan or workspace than the aggregator."""
+
+
+class NotConfigured(Refused):
+    """The caller asked for a feature this federation's plan does not use."""
+
+
+class CannotServe(Refused):
+    """The aggregator cannot answer now for a reason of its own (e.g. no evidence)."""
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The answer to "what should I do now?"."""
+
+    action: Literal["run", "wait", "done"]
+    round: int = 0
+    tasks: tuple[TaskSpec, ...] = ()
+    retry_after: float = 0.5
+    total_rounds: int = 0
+
+
+@dataclass(frozen=True)
+class ResultHeader:
+    """What comes before a result's tensors: which task of which round, and its figures.
+
+    ``declined`` carries the reason when the collaborator will not run the task (its local
+    privacy budget); such a result has no tensors.
+    """
+
+    round: int
+    task: str
+    example_count: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    declined: str | None = None
+
+
+class Ack(NamedTuple):
+    """The aggregator's answer to a result or a protocol message."""
+
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StageReply:
+    """The answer to a poll in an interactive round protocol (secure aggregation's stages):
+    the payload, "wait and ask again", or "aborted" with the reason."""
+
+    status: Literal["ready", "wait", "aborted"]
+    payload: bytes = b""
+    retry_after: float = 0.5
+    reason: str = ""
+
+
+# --------------------------------------------------------------------------- the port
+
+
+class FederationPort(Protocol):
+    """The aggregator-side operations a transport may call, with the caller's certified name."""
+
+    @property
+    def max_update_bytes(self) -> int: ...
+
+    def get_tasks(self, collaborator: str) -> Assignment: ...
+
+    def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]: ...
+
+    def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec: ...
+
+    def submit_result(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> Ack: ...
+
+    def reject_result(
+        self, collaborator: str, round_number: int, task: str, reason: str
+    ) -> Ack: ...
+
+    def decline_task(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        reason: str,
+        metrics: Mapping[str, float],
+    ) -> Ack: ...
+
+    def stage_payload_limit(
+        self, collaborator: str, round_number: int, attempt: int, step: str
+    ) -> int: ...
+
+    def stage_send(
+        self,
+        collaborator: str,
+        round_number: int,
+        attempt: int,
+        step: str,
+        payload: bytes,
+        metrics: Mapping[str, float],
+    ) -> Ack: ...
+
+    def stage_fetch(
+        self, collaborator: str, round_number: int, attempt: int, step: str
+    ) -> StageReply: ...
+
+
+def take_result(
+    port: FederationPort, collaborator: str, header: ResultHeader, frames: Iterable[Frame]
+) -> Ack:
+    """Take one result in: refuse it before reading if it is not expected, rebuild its
+    tensors from untrusted frames within the size limit, then hand it to the federation.
+
+    Every transport calls this; a malformed stream is a rejected result (the round goes
+    on), a result the caller may not send is a ``Refused`` raised before any tensor is read.
+    """
+    metrics = {str(key): float(value) for key, value in header.metrics.items()}
+    if header.declined is not None:
+        if next(iter(frames), None) is not None:
+            raise ProtocolError("a declined task carries no tensors")
+        return port.decline_task(collaborator, header.round, header.task, header.declined, metrics)
+    task = port.check_result_allowed(collaborator, header.round, header.task)
+    try:
+        received = assemble_frames(frames, port.max_update_bytes)
+    except ProtocolError as exc:
+        return port.reject_result(collaborator, header.round, header.task, str(exc))
+    weights = received if task.kind == "train" or received else None
+    return port.submit_result(
+        collaborator, header.round, header.task, int(header.example_count), metrics, weights
+    )
