@@ -101,6 +101,16 @@ class NetworkSpec(_Strict):
         default=2, ge=1, description="updates assembled at once; bounds aggregator memory"
     )
 
+    @property
+    def chunk_bytes(self) -> int:
+        """``chunk_mib`` in bytes: the size of one wire frame."""
+        return int(self.chunk_mib * 1024 * 1024)
+
+    @property
+    def max_update_bytes(self) -> int:
+        """``max_update_mib`` in bytes: the most one update or model may take on the wire."""
+        return int(self.max_update_mib * 1024 * 1024)
+
 
 class AggregationSpec(_Strict):
     strategy: str = "fedavg"
@@ -117,6 +127,13 @@ class ParticipationSpec(_Strict):
         default="fixed",
         description="fixed: ceil(fraction x roster) from the seed; poisson: each independently "
         "with probability fraction, from the OS CSPRNG (what DP accounting assumes)",
+    )
+    max_empty_rounds: int | None = Field(
+        default=None,
+        ge=0,
+        description="consecutive rounds that assign nobody (an assigner returning nobody, a "
+        "Poisson sample of nobody) before training ends and the final evaluation runs; each is "
+        "skipped with the model unchanged. Unset: skip them for as long as rounds remain",
     )
 
 

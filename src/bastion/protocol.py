@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from bastion.errors import BastionError, ProtocolError
 from bastion.plan import TaskSpec
@@ -102,15 +102,13 @@ class StageReply:
 # --------------------------------------------------------------------------- the port
 
 
-class FederationPort(Protocol):
-    """The aggregator-side operations a transport may call, with the caller's certified name."""
+class ResultSink(Protocol):
+    """What ``take_result`` needs: the aggregator's result operations and its size limit."""
 
     @property
-    def max_update_bytes(self) -> int: ...
-
-    def get_tasks(self, collaborator: str) -> Assignment: ...
-
-    def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]: ...
+    def max_update_bytes(self) -> int:
+        """The most bytes one update may take on the wire."""
+        ...
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec: ...
 
@@ -137,6 +135,19 @@ class FederationPort(Protocol):
         metrics: Mapping[str, float],
     ) -> Ack: ...
 
+
+class FederationPort(ResultSink, Protocol):
+    """The aggregator-side operations a transport may call, with the caller's certified name."""
+
+    @property
+    def chunk_bytes(self) -> int:
+        """The size of one wire frame."""
+        ...
+
+    def get_tasks(self, collaborator: str) -> Assignment: ...
+
+    def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]: ...
+
     def stage_payload_limit(
         self, collaborator: str, round_number: int, attempt: int, step: str
     ) -> int: ...
@@ -156,8 +167,28 @@ class FederationPort(Protocol):
     ) -> StageReply: ...
 
 
+class AttestationPort(Protocol):
+    """The aggregator's attestation gate as transports see it (``aggregator/attestation.py``)."""
+
+    certificate_pem: bytes
+
+    def prove(self, collaborator: str, nonce: bytes) -> tuple[Any, bytes]:
+        """Our evidence over the caller's nonce, and a fresh nonce for the caller's evidence."""
+        ...
+
+    def admit(
+        self, collaborator: str, certificate: Any, kind: str, quote: bytes, nonce: bytes
+    ) -> object:
+        """Verify the caller's evidence; raises a ``BastionError`` saying why it failed."""
+        ...
+
+    def require(self, collaborator: str, certificate: Any) -> None:
+        """Raise ``NotAttested`` unless the caller attested with the certificate it uses now."""
+        ...
+
+
 def take_result(
-    port: FederationPort, collaborator: str, header: ResultHeader, frames: Iterable[Frame]
+    port: ResultSink, collaborator: str, header: ResultHeader, frames: Iterable[Frame]
 ) -> Ack:
     """Take one result in: refuse it before reading if it is not expected, rebuild its
     tensors from untrusted frames within the size limit, then hand it to the federation.

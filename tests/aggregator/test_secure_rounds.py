@@ -12,12 +12,12 @@ import pytest
 from support.secure_rounds import STAGES, make_harness
 from support.simulation import plain_workspace
 
-from bastion.aggregator.core import NotAssigned
 from bastion.errors import PlanError
 from bastion.plan import load_plan
 from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
 from bastion.privacy.secagg.session import Step, neighbours_for, threshold_for
 from bastion.privacy.secagg.spec import SecureAggregationSpec
+from bastion.protocol import NotAssigned
 
 
 def _draw(seed: int, stage: Step | None) -> tuple[int, dict, dict[str, Step]]:
@@ -185,7 +185,7 @@ def test_a_site_that_declines_training_is_left_out_of_the_secure_sum(tmp_path: P
         harness.updates[name] = update
         harness.local[name] = collaborator._runner.get_weights()
     harness.start_model = start
-    session = aggregator.secure_session
+    session = aggregator.round_protocol.session  # type: ignore[union-attr]
     assert session is not None
     harness.drive()
 

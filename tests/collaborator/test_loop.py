@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bastion.aggregator.core import Assignment
 from bastion.collaborator.loop import Backoff, Collaborator, GaveUp
 from bastion.data.types import DataShard
 from bastion.plan import TaskSpec
+from bastion.protocol import Assignment
 from bastion.runners.base import TaskResult
 from bastion.tensors import Weights
 

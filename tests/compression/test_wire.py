@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from support.simulation import Recorder, plain_workspace
 
-from bastion.aggregator.core import Aggregator
+from bastion.aggregator.engine import Aggregator
 from bastion.compression.spec import CompressionSpec
 from bastion.compression.wire import UpdateEncoder, decode_update
 from bastion.errors import UpdateRejected

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bastion.aggregator.checkpoint import CheckpointStore
-from bastion.aggregator.core import Aggregator
+from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.collaborator.loop import Collaborator
@@ -64,14 +64,14 @@ class SecureHarness:
             self.updates[name] = update
             self.local[name] = collaborator._runner.get_weights()
         self.start_model = global_model
-        session = self.aggregator.secure_session
+        session = self.aggregator.round_protocol.session  # type: ignore[union-attr]
         assert session is not None
         return session
 
     def drive(self, drop_before: dict[str, Step] | None = None) -> None:
         """Step everyone until the session is settled; silenced ones stop before their stage."""
         drop_before = drop_before or {}
-        session = self.aggregator.secure_session
+        session = self.aggregator.round_protocol.session  # type: ignore[union-attr]
         assert session is not None
         plan = self.aggregator.plan
         assert plan.secure_aggregation is not None

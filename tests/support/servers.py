@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from bastion.aggregator.core import Aggregator
+from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.service import build_aggregator
 from bastion.pki import tls_files_for
 from bastion.plan import Plan, load_plan

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from bastion.aggregator.core import Aggregator, Assignment
+from bastion.aggregator.engine import Aggregator
+from bastion.protocol import Assignment
 from bastion.sim.inprocess import InProcessClient
 from bastion.tensors import Weights
 from bastion.workspace.initialize import initialize_plan

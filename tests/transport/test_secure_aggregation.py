@@ -35,13 +35,13 @@ from bastion.privacy.secagg.messages import (
 from bastion.privacy.secagg.server import SecAggServer
 from bastion.privacy.secagg.session import (
     SessionInfo,
-    StageReply,
     Step,
     quantizer_for,
     session_config,
 )
 from bastion.privacy.secagg.shamir import Share, combine
 from bastion.privacy.secagg.update import UpdateCodec
+from bastion.protocol import StageReply
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.server import FederationServicer

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from bastion.protocol import NotAttested
 from bastion.metrics.log import MetricsLog
+from bastion.protocol import NotAttested
 from bastion.tee.attestation import AttestationError, NonceRegistry
 from bastion.tee.attestation.parties import AttestationParty
 from bastion.tee.attestation.providers import Evidence

@@ -1,25 +1,22 @@
-"""The aggregator's side of local DP budgets, mixed into ``Aggregator``.
+"""The aggregator's account of local DP budgets.
 
 With ``differential_privacy.local`` each site accounts its own DP-SGD and, given
 ``local.epsilon_budget``, declines a train task whose steps would take it past that
-budget (``decline_task``): the round stops waiting for it at once. The aggregator keeps
-each site's latest epsilon (from its training metrics or its decline) for the metrics
-log and ``bastion status``, and once every collaborator that can train has declined,
-the next round is the final evaluation, as when central DP's budget runs out.
+budget: the round stops waiting for it at once. The tracker keeps each site's latest
+epsilon (from its training metrics or its decline) for the metrics log and ``bastion
+status``, and once every collaborator that can train has declined, the next round is
+the final evaluation, as when central DP's budget runs out
+(``bastion.aggregator.privacy_observers``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from bastion.aggregator.assignment import group_members
-from bastion.aggregator.records import NotAssigned, RoundProgress, check_metrics
-from bastion.errors import UpdateRejected
-from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan
 
 log = logging.getLogger("bastion.aggregator")
@@ -100,93 +97,3 @@ class LocalPrivacyTracker:
             "declined": sorted(self.exhausted),
             "stopped": self.stop_reason(),
         }
-
-
-class LocalPrivacyHooks:
-    """Declined train tasks; ``Aggregator`` provides the attributes."""
-
-    plan: Plan
-    metrics: MetricsLog
-    local_privacy: LocalPrivacyTracker | None
-    _round: RoundProgress | None
-    _lock: threading.RLock
-
-    def _maybe_complete(self) -> None:  # provided by Aggregator
-        raise NotImplementedError
-
-    def _check_roster(self, collaborator: str) -> None:  # provided by Aggregator
-        raise NotImplementedError
-
-    def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
-        raise NotImplementedError  # provided by Aggregator
-
-    def _secure_exclude(self, collaborator: str, reason: str) -> None:
-        raise NotImplementedError  # provided by SecureAggregationHooks
-
-    def _observe_local_privacy(self, progress: RoundProgress) -> None:
-        """Each site's epsilon after this round's training, from its train task's metrics."""
-        if self.local_privacy is None:
-            return
-        trains = {t.name for t in self.plan.tasks if t.kind == "train"}
-        for task, records in progress.results.items():
-            for record in records if task in trains else ():
-                self.local_privacy.trained(record.collaborator, record.metrics)
-        if self.local_privacy.epsilon:
-            log.info(
-                "round %d: local DP epsilon per site at delta %g: %s",
-                progress.number,
-                self.local_privacy.delta,
-                ", ".join(f"{n} {e:.4g}" for n, e in sorted(self.local_privacy.epsilon.items())),
-            )
-
-    def decline_task(
-        self,
-        collaborator: str,
-        round_number: int,
-        task_name: str,
-        reason: str,
-        metrics: Mapping[str, float],
-    ) -> tuple[bool, str]:
-        """``collaborator`` will not run its train task ``task_name`` (its privacy budget).
-
-        The rest of its round is dropped with it (a local model it did not train cannot be
-        validated), so the round completes without waiting for it.
-        """
-        self._check_roster(collaborator)
-        with self._lock:
-            progress = self._require_assigned(collaborator, round_number)
-            spec = next(
-                (t for t in progress.assignments[collaborator] if t.name == task_name), None
-            )
-            if spec is None or task_name not in progress.pending[collaborator]:
-                raise NotAssigned(
-                    f"{collaborator} has no pending task {task_name!r} in round {round_number}"
-                )
-            try:
-                if spec.kind != "train":
-                    raise UpdateRejected(
-                        f"only a train task may be declined, and {task_name!r} validates"
-                    )
-                if not reason.strip() or len(reason) > MAX_REASON:
-                    raise UpdateRejected(f"a decline needs a reason of 1..{MAX_REASON} characters")
-                check_metrics(metrics)
-            except UpdateRejected as exc:
-                return False, str(exc)
-            progress.declined[collaborator] = f"{task_name}: {reason}"
-            progress.pending[collaborator] = []
-            self._secure_exclude(collaborator, f"it declined {task_name}: {reason}")
-            if self.local_privacy is not None:
-                self.local_privacy.declined(collaborator, metrics)
-            log.warning(
-                "%s declined %s in round %d: %s", collaborator, task_name, round_number, reason
-            )
-            self.metrics.write(
-                "declined",
-                round=round_number,
-                collaborator=collaborator,
-                task=task_name,
-                reason=reason,
-                metrics=dict(metrics),
-            )
-            self._maybe_complete()
-        return True, ""

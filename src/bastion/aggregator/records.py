@@ -1,20 +1,18 @@
 """What a round is made of, and what a collaborator's result must satisfy.
 
-Plain records and stateless checks, shared by the aggregator's state machine, its
-secure-aggregation and local-privacy hooks, the transports and the Ray simulation's
-workers, so none of them has to import the state machine to check a result.
+Plain records and stateless checks, shared by the round engine, its round protocols
+and observers, and the Ray simulation's workers, so none of them has to import the
+engine to check a result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-
 
 from bastion.aggregator.assignment import Assignments
 from bastion.errors import UpdateRejected
-from bastion.protocol import Assignment, NotAssigned, UnknownCollaborator
 from bastion.plan import TaskSpec
 from bastion.tensors import TensorSpec, Weights, validate_update
 
@@ -39,6 +37,42 @@ class RoundProgress:
     results: dict[str, list[TaskRecord]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
+
+    def hand_in(self, collaborator: str, kind: str) -> None:
+        """``collaborator``'s pending tasks of ``kind`` no longer come as results."""
+        pending = self.pending.get(collaborator)
+        if pending:
+            kinds = {t.name for t in self.assignments.get(collaborator, ()) if t.kind == kind}
+            self.pending[collaborator] = [task for task in pending if task not in kinds]
+
+    def waiting_for(self) -> list[str]:
+        """Collaborators with tasks still to hand in, sorted."""
+        return sorted(name for name, tasks in self.pending.items() if tasks)
+
+
+def summarize_metrics(
+    progress: RoundProgress, rules: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Each task's metrics over its results, combined by the task's ``metrics_aggregation``."""
+    summary: dict[str, dict[str, float]] = {}
+    for task, records in progress.results.items():
+        total = sum(r.example_count for r in records)
+        names = sorted({k for r in records for k in r.metrics})
+        out: dict[str, float] = {"examples": float(total)}
+        for name in names:
+            pairs = [(r.metrics[name], r.example_count) for r in records if name in r.metrics]
+            rule = rules.get(task, "weighted_mean")
+            values = [v for v, _ in pairs]
+            if rule == "weighted_mean" and sum(n for _, n in pairs) > 0:
+                out[name] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+            elif rule == "min":
+                out[name] = min(values)
+            elif rule == "max":
+                out[name] = max(values)
+            else:
+                out[name] = sum(values) / len(values)
+        summary[task] = out
+    return summary
 
 
 def check_metrics(metrics: Mapping[str, float]) -> None:
@@ -75,3 +109,25 @@ def validate_result(
         validate_update(model_spec, weights)
     elif weights:
         raise UpdateRejected(f"validation task {task.name!r} must not send weights")
+
+
+def checked_content(
+    task: TaskSpec,
+    example_count: int,
+    metrics: Mapping[str, float],
+    payload: Weights | None,
+    model: Weights,
+    model_spec: Sequence[TensorSpec],
+    round_number: int,
+    decode: Callable[[Weights, Weights, int], Weights],
+) -> Weights | None:
+    """A result's update after decoding its training payload, once every content check passed.
+
+    Raises ``UpdateRejected``. The engine and the Ray simulation's workers both call this,
+    so a simulated client hears the answer the aggregator will give it.
+    """
+    weights = payload
+    if task.kind == "train" and payload is not None:
+        weights = decode(payload, model, round_number)
+    validate_result(task, example_count, metrics, weights, model_spec)
+    return weights

@@ -36,13 +36,13 @@ from bastion.privacy.secagg.messages import (
 from bastion.privacy.secagg.server import SecAggServer
 from bastion.privacy.secagg.session import (
     SessionInfo,
-    StageReply,
     Step,
     quantizer_for,
     session_config,
 )
 from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.update import SecureSum, UpdateCodec, Weighting
+from bastion.protocol import StageReply
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")

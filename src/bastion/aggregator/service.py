@@ -6,12 +6,15 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bastion.aggregator.attestation import AttestationGate
 from bastion.aggregator.checkpoint import CheckpointStore
-from bastion.aggregator.core import Aggregator
+from bastion.aggregator.engine import Aggregator
+from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import pin_mmap_threshold
+from bastion.aggregator.round_protocol import ProtocolFactory
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.algorithms.secure_sum import secure_sum_strategy
 from bastion.errors import PKIError, PlanError
@@ -36,16 +39,32 @@ DONE_GRACE_SECONDS = 15.0
 
 
 def build_aggregator(
-    plan: Plan, workspace: Path, secure_verifier: IdentityVerifier | None = None
+    plan: Plan,
+    workspace: Path,
+    secure_verifier: IdentityVerifier | None = None,
+    protocol: ProtocolFactory | None = None,
+    observers: Sequence[RoundObserver] = (),
 ) -> Aggregator:
-    """``secure_verifier`` checks the certificates collaborators advertise with their
-    secure aggregation keys (they check each other's too; this refuses bad ones early)."""
+    """The round engine of a workspace: its strategy, checkpoints and metrics log.
+
+    ``secure_verifier`` checks the certificates collaborators advertise with their secure
+    aggregation keys (they check each other's too; this refuses bad ones early).
+    ``protocol`` and ``observers`` plug in a round protocol and observers of your own.
+    """
     strategy = create_plan_strategy(plan)
     if plan.uses_secure_aggregation:
         secure_sum_strategy(strategy)  # refuse a rule that needs single updates, up front
     store = CheckpointStore(workspace / plan.output.checkpoints, plan.canonical_hash())
     metrics = MetricsLog(workspace / plan.output.logs / METRICS_FILE)
-    return Aggregator(plan, strategy, store, metrics, secure_verifier=secure_verifier)
+    return Aggregator(
+        plan,
+        strategy,
+        store,
+        metrics,
+        secure_verifier=secure_verifier,
+        protocol=protocol,
+        observers=observers,
+    )
 
 
 def run_aggregator(
@@ -55,6 +74,8 @@ def run_aggregator(
     insecure: bool = False,
     port_file: Path | None = None,
     allow_unsigned_workspace: bool = False,
+    protocol: ProtocolFactory | None = None,
+    observers: Sequence[RoundObserver] = (),
 ) -> Aggregator:
     """Serve the federation until every round is done; returns the finished aggregator.
 
@@ -87,7 +108,9 @@ def run_aggregator(
                 "it cannot run with --insecure"
             )
         verifier = certificate_verifier(tls)
-    aggregator = build_aggregator(plan, workspace, secure_verifier=verifier)
+    aggregator = build_aggregator(
+        plan, workspace, secure_verifier=verifier, protocol=protocol, observers=observers
+    )
     gate = None
     if plan.attestation is not None:
         if insecure:
@@ -99,7 +122,6 @@ def run_aggregator(
         gate = AttestationGate(
             party, load_certificate(tls.cert), aggregator.metrics, aggregator.record_attestation
         )
-    chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
     server = start_server(
         aggregator,
         plan.canonical_hash(),
@@ -107,9 +129,10 @@ def run_aggregator(
         port,
         credentials,
         identify,
-        chunk_bytes,
+        plan.network.chunk_bytes,
         gate=gate,
         workspace_measurement=verified.measurement,
+        max_concurrent_uploads=plan.network.max_concurrent_uploads,
     )
     log.info(
         "aggregator for plan %r listening on %s:%d (%s)",

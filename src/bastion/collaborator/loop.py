@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from bastion.protocol import Assignment
 from bastion.collaborator.secure_update import SecureAggregation, SecureTransport, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
 from bastion.privacy.dp.site_budget import LocalPrivacyGuard, Refusal
+from bastion.protocol import Assignment
 from bastion.runners.base import TaskResult, TaskRunner
 from bastion.tensors import Weights
 

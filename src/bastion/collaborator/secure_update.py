@@ -38,13 +38,13 @@ from bastion.privacy.secagg.messages import (
 )
 from bastion.privacy.secagg.session import (
     SessionInfo,
-    StageReply,
     Step,
     quantizer_for,
     session_config,
 )
 from bastion.privacy.secagg.spec import weighting_for
 from bastion.privacy.secagg.update import UpdateCodec
+from bastion.protocol import StageReply
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")

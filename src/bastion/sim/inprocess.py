@@ -23,17 +23,24 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from bastion.aggregator.core import Aggregator
-from bastion.aggregator.records import Assignment
+from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.service import build_aggregator
 from bastion.collaborator.loop import AggregatorClient, Collaborator
 from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
-from bastion.errors import BastionError, ProtocolError
+from bastion.errors import BastionError
 from bastion.plan import Plan, load_plan
 from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.privacy.secagg.identity import simulated_identities
-from bastion.privacy.secagg.session import StageReply, Step
+from bastion.privacy.secagg.session import Step
+from bastion.protocol import (
+    Ack,
+    Assignment,
+    FederationPort,
+    ResultHeader,
+    StageReply,
+    take_result,
+)
 from bastion.runners.base import TaskRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
 from bastion.tensors import Weights, assemble_frames, iter_frames
@@ -54,23 +61,22 @@ class ClientStateRunner(Protocol):
 class InProcessClient:
     """The collaborator's side of the in-process transport: an ``AggregatorClient``.
 
-    Like the gRPC servicer, it refuses a result before reading it when it is not
-    expected, and rebuilds every tensor from wire frames with the plan's size limit.
+    Like the gRPC servicer, it hands each result to ``take_result`` as wire frames, so
+    it is refused before it is read when it is not expected and every tensor is rebuilt
+    with the plan's size limit.
     """
 
-    def __init__(self, aggregator: Aggregator, name: str) -> None:
+    def __init__(self, aggregator: FederationPort, name: str) -> None:
         self.aggregator = aggregator
         self.name = name
-        plan = aggregator.plan
-        self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
-        self._max_bytes = int(plan.network.max_update_mib * 1024 * 1024)
 
     def get_tasks(self) -> Assignment:
         return self.aggregator.get_tasks(self.name)
 
     def get_model(self, round_number: int) -> Weights:
         return assemble_frames(
-            self.aggregator.model_frames(self.name, round_number), self._max_bytes
+            self.aggregator.model_frames(self.name, round_number),
+            self.aggregator.max_update_bytes,
         )
 
     def send_result(
@@ -80,29 +86,16 @@ class InProcessClient:
         example_count: int,
         metrics: dict[str, float],
         weights: Weights | None,
-    ) -> tuple[bool, str]:
-        spec = self.aggregator.check_result_allowed(self.name, round_number, task)
-        try:
-            received = assemble_frames(
-                iter_frames(weights or {}, self._chunk_bytes), self.aggregator.max_update_bytes
-            )
-        except ProtocolError as exc:
-            return self.aggregator.reject_result(self.name, round_number, task, str(exc))
-        return self.aggregator.submit_result(
-            self.name,
-            round_number,
-            task,
-            int(example_count),
-            {key: float(value) for key, value in metrics.items()},
-            received if spec.kind == "train" or received else None,
-        )
+    ) -> Ack:
+        header = ResultHeader(round_number, task, int(example_count), metrics)
+        frames = iter_frames(weights or {}, self.aggregator.chunk_bytes)
+        return take_result(self.aggregator, self.name, header, frames)
 
     def decline_task(
         self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
-    ) -> tuple[bool, str]:
-        return self.aggregator.decline_task(
-            self.name, round_number, task, reason, {k: float(v) for k, v in metrics.items()}
-        )
+    ) -> Ack:
+        header = ResultHeader(round_number, task, 0, metrics, declined=reason)
+        return take_result(self.aggregator, self.name, header, ())
 
     def secagg_send(
         self,
@@ -111,16 +104,19 @@ class InProcessClient:
         step: Step,
         payload: bytes,
         metrics: Mapping[str, float],
-    ) -> tuple[bool, str]:
-        limit = self.aggregator.secure_payload_limit(self.name, round_number, attempt, step)
+    ) -> Ack:
+        port = self.aggregator
+        limit = port.stage_payload_limit(self.name, round_number, attempt, step.value)
         if len(payload) > limit:
-            return False, f"a secure aggregation message of {len(payload)} bytes exceeds {limit}"
-        return self.aggregator.secure_send(
-            self.name, round_number, attempt, step, bytes(payload), dict(metrics)
+            return Ack(
+                False, f"a secure aggregation message of {len(payload)} bytes exceeds {limit}"
+            )
+        return port.stage_send(
+            self.name, round_number, attempt, step.value, bytes(payload), dict(metrics)
         )
 
     def secagg_fetch(self, round_number: int, attempt: int, step: Step) -> StageReply:
-        return self.aggregator.secure_fetch(self.name, round_number, attempt, step)
+        return self.aggregator.stage_fetch(self.name, round_number, attempt, step.value)
 
 
 ClientFactory = Callable[[Aggregator, str], AggregatorClient]

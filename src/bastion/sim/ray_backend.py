@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bastion.aggregator.core import Aggregator
-from bastion.aggregator.records import Assignment
+from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.service import build_aggregator
 from bastion.errors import BastionError, MissingDependency
 from bastion.plan import Plan, load_plan
+from bastion.protocol import Assignment
 from bastion.sim.inprocess import InProcessClient
 from bastion.sim.remote_clients import ClientRound, ClientWorker
 

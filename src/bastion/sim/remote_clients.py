@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bastion.aggregator.records import Assignment, validate_result
+from bastion.aggregator.plugins import update_decoder
+from bastion.aggregator.records import checked_content
 from bastion.collaborator.loop import Collaborator
-from bastion.compression.wire import UpdateEncoder, decode_update
-from bastion.errors import BastionError, ProtocolError, UpdateRejected
+from bastion.compression.wire import UpdateEncoder
+from bastion.errors import BastionError, UpdateRejected
 from bastion.plan import Plan, TaskSpec, load_plan
 from bastion.privacy.dp.site_budget import LocalPrivacyGuard
+from bastion.protocol import Ack, Assignment, NotAssigned, ResultHeader, take_result
 from bastion.sim.inprocess import ClientStateRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
 from bastion.tensors import Weights, assemble_frames, iter_frames, spec_of
@@ -59,24 +61,79 @@ class ClientRound:
     messages: list[SentMessage] = field(default_factory=list)
 
 
+class ContentCheckPort:
+    """A stateless stand-in for the aggregator's port: the content checks of a result, no round.
+
+    A simulated client's result goes through the same ``take_result`` against it, so the
+    client hears the answer the aggregator will give as far as the result's content
+    decides (size limit, compressed payload, metrics, shapes).
+    """
+
+    def __init__(self, plan: Plan, assignment: Assignment, model: Weights) -> None:
+        self._tasks = {t.name: t for t in assignment.tasks}
+        self._model = model
+        self._spec = spec_of(model)
+        self._decode = update_decoder(plan)
+        self.chunk_bytes = plan.network.chunk_bytes
+        self.max_update_bytes = plan.network.max_update_bytes
+
+    def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
+        if task not in self._tasks:
+            raise NotAssigned(f"{collaborator} was not assigned task {task!r}")
+        return self._tasks[task]
+
+    def submit_result(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> Ack:
+        task = self._tasks[task_name]
+        try:
+            checked_content(
+                task,
+                example_count,
+                metrics,
+                weights,
+                self._model,
+                self._spec,
+                round_number,
+                self._decode,
+            )
+        except UpdateRejected as exc:
+            return Ack(False, str(exc))
+        return Ack(True, "")
+
+    def reject_result(self, collaborator: str, round_number: int, task: str, reason: str) -> Ack:
+        return Ack(False, reason)
+
+    def decline_task(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        reason: str,
+        metrics: Mapping[str, float],
+    ) -> Ack:
+        return Ack(True, "")
+
+
 class RecordingTransport:
     """An ``AggregatorClient`` that serves the round's model and records what is sent.
 
-    Each result gets the answer the aggregator will give it as far as its content decides
-    (size limit, compressed payload, metrics, shapes): a client whose update will be
-    rejected stops its round and does not hear "accepted", exactly as over a network. The
-    driver still applies every check itself when it replays the result.
+    Each result gets the answer the aggregator will give it as far as its content decides:
+    a client whose update will be rejected stops its round and does not hear "accepted",
+    exactly as over a network. The driver still applies every check when it replays it.
     """
 
     def __init__(self, plan: Plan, name: str, assignment: Assignment, model: Weights) -> None:
         self.name = name
         self.sent = ClientRound(name, assignment.round)
-        self._tasks = {t.name: t for t in assignment.tasks}
         self._model = model
-        self._spec = spec_of(model)
-        self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
-        self._max_bytes = int(plan.network.max_update_mib * 1024 * 1024)
-        self._pipeline = plan.compression.pipeline() if plan.compression else None
+        self._checks = ContentCheckPort(plan, assignment, model)
 
     def get_tasks(self) -> Assignment:
         raise BastionError(f"{self.name}: a simulated client is handed its assignment")
@@ -85,7 +142,10 @@ class RecordingTransport:
         """A private copy of the round's model, rebuilt from wire frames as the transports do."""
         if round_number != self.sent.round:
             raise BastionError(f"{self.name} asked for round {round_number}, not {self.sent.round}")
-        return assemble_frames(iter_frames(self._model, self._chunk_bytes), self._max_bytes)
+        checks = self._checks
+        return assemble_frames(
+            iter_frames(self._model, checks.chunk_bytes), checks.max_update_bytes
+        )
 
     def send_result(
         self,
@@ -94,36 +154,19 @@ class RecordingTransport:
         example_count: int,
         metrics: dict[str, float],
         weights: Weights | None,
-    ) -> tuple[bool, str]:
+    ) -> Ack:
         metrics = {key: float(value) for key, value in metrics.items()}
         self.sent.messages.append(SentMessage(task, int(example_count), metrics, weights))
-        try:
-            self._check(self._tasks[task], int(example_count), metrics, weights)
-        except (ProtocolError, UpdateRejected) as exc:
-            return False, str(exc)
-        return True, ""
+        header = ResultHeader(round_number, task, int(example_count), metrics)
+        frames = iter_frames(weights or {}, self._checks.chunk_bytes)
+        return take_result(self._checks, self.name, header, frames)
 
     def decline_task(
         self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
-    ) -> tuple[bool, str]:
+    ) -> Ack:
         metrics = {key: float(value) for key, value in metrics.items()}
         self.sent.messages.append(SentMessage(task, 0, metrics, declined=reason))
-        return True, ""
-
-    def _check(
-        self, task: TaskSpec, example_count: int, metrics: dict[str, float], weights: Weights | None
-    ) -> None:
-        """The aggregator's content checks (``Aggregator.submit_result``), without its state."""
-        received = assemble_frames(iter_frames(weights or {}, self._chunk_bytes), self._max_bytes)
-        if task.kind == "train" and received and self._pipeline is not None:
-            received = decode_update(self._pipeline, received, self._model, self.sent.round)
-        validate_result(
-            task,
-            example_count,
-            metrics,
-            received if task.kind == "train" or received else None,
-            self._spec,
-        )
+        return Ack(True, "")
 
 
 class ClientWorker:

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Mapping
 
 import grpc
 
-from bastion.protocol import Assignment
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
-from bastion.privacy.secagg.session import StageReply, Step
+from bastion.privacy.secagg.session import Step
+from bastion.protocol import Assignment, StageReply
 from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc

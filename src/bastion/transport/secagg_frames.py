@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from bastion.errors import ProtocolError
-from bastion.privacy.secagg.session import StageReply, Step
+from bastion.privacy.secagg.session import Step
+from bastion.protocol import StageReply
 from bastion.transport import bastion_pb2 as pb
 
 

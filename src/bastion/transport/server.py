@@ -1,8 +1,9 @@
 """The aggregator's gRPC server: mutual TLS, identity from the client certificate.
 
-The servicer is a thin edge over ``bastion.aggregator.core.Aggregator``: it names
-the caller from its verified certificate (never from the request), checks the plan
-hash, streams the model out in chunks and assembles results with size limits.
+The servicer is a thin edge over a ``bastion.protocol.FederationPort``: it names the
+caller from its verified certificate (never from the request), checks the plan hash
+and workspace measurement, streams the model out in chunks and hands each result to
+``take_result``. Every refusal the port raises becomes a gRPC status through one table.
 """
 
 from __future__ import annotations
@@ -17,26 +18,63 @@ from dataclasses import dataclass
 
 import grpc
 
-from bastion.aggregator.attestation import AttestationGate, NotAttested
-from bastion.aggregator.core import Aggregator
-from bastion.aggregator.records import NotAssigned, UnknownCollaborator
-from bastion.errors import BastionError, ProtocolError
-from bastion.privacy.secagg.session import Step
+from bastion.errors import BastionError, PKIError, ProtocolError
+from bastion.protocol import (
+    AttestationPort,
+    CannotServe,
+    FederationPort,
+    NotAssigned,
+    NotAttested,
+    NotConfigured,
+    PlanMismatch,
+    Refused,
+    ResultHeader,
+    Unauthenticated,
+    UnknownCollaborator,
+    take_result,
+)
 from bastion.tee.attestation import AttestationError
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.frames import assemble, to_chunk
+from bastion.transport.frames import from_chunk, to_chunk
 from bastion.transport.identity import Identify, peer_certificate
-from bastion.transport.secagg_frames import (
-    first_header,
-    parse_step,
-    read_payload,
-    reply_parts,
-)
+from bastion.transport.secagg_frames import first_header, read_payload, reply_parts
 
 log = logging.getLogger("bastion.transport")
 
 _ACTIONS = {"run": pb.TasksReply.RUN, "wait": pb.TasksReply.WAIT, "done": pb.TasksReply.DONE}
+
+#: The one mapping from the port's typed refusals (and bad input) to gRPC status codes.
+STATUS_FOR: tuple[tuple[type[BastionError], grpc.StatusCode], ...] = (
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PKIError, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownCollaborator, grpc.StatusCode.PERMISSION_DENIED),
+    (NotAssigned, grpc.StatusCode.PERMISSION_DENIED),
+    (NotAttested, grpc.StatusCode.PERMISSION_DENIED),
+    (PlanMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    (CannotServe, grpc.StatusCode.UNAVAILABLE),
+    (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
+    (Refused, grpc.StatusCode.PERMISSION_DENIED),
+)
+
+
+def status_for(error: BastionError) -> grpc.StatusCode | None:
+    """The gRPC status a refusal maps to; None for an error that is not a refusal."""
+    return next((code for kind, code in STATUS_FOR if isinstance(error, kind)), None)
+
+
+@contextlib.contextmanager
+def answering(context: grpc.ServicerContext, name: str, what: str) -> Iterator[None]:
+    """Turn a refusal raised while serving ``what`` into its status code, logged once."""
+    try:
+        yield
+    except BastionError as exc:
+        code = status_for(exc)
+        if code is None:
+            raise
+        log.warning("refused %s by %s: %s", what, name, exc)
+        context.abort(code, str(exc))
 
 
 def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
@@ -54,19 +92,22 @@ def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
         self,
-        aggregator: Aggregator,
+        port: FederationPort,
         plan_hash: str,
         identify: Identify,
-        gate: AttestationGate | None = None,
+        chunk_bytes: int,
+        max_concurrent_uploads: int = 2,
+        gate: AttestationPort | None = None,
         workspace_measurement: str | None = None,
     ) -> None:
-        self._aggregator = aggregator
+        self._port = port
         self._gate = gate
         self._workspace_measurement = workspace_measurement
         # Uploads beyond this wait in gRPC flow control, so memory is O(model), not O(clients).
-        self._uploads = threading.BoundedSemaphore(aggregator.plan.network.max_concurrent_uploads)
+        self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
         self._plan_hash = plan_hash
         self._identify = identify
+        self._chunk_bytes = chunk_bytes
         self.told_done: set[str] = set()
 
     def _caller(self, context: grpc.ServicerContext) -> str:
@@ -79,19 +120,9 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def GetTasks(self, request: pb.TasksRequest, context: grpc.ServicerContext) -> pb.TasksReply:
         name = self._caller(context)
-        if request.plan_hash != self._plan_hash:
-            log.warning("refused %s: its plan differs from the aggregator's", name)
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"plan mismatch: the aggregator runs plan {self._plan_hash[:12]}…, "
-                f"{name} has {request.plan_hash[:12] or 'none'}…; use the federation's plan.yaml",
-            )
-        self._check_workspace(name, request.workspace_measurement, context)
-        try:
-            assignment = self._aggregator.get_tasks(name)
-        except UnknownCollaborator as exc:
-            log.warning("refused %s: %s", name, exc)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        with answering(context, name, "a task request"):
+            self._check_plan(name, request.plan_hash, request.workspace_measurement)
+            assignment = self._port.get_tasks(name)
         if assignment.action == "done":
             self.told_done.add(name)
         return pb.TasksReply(
@@ -105,65 +136,64 @@ class FederationServicer(pb_grpc.FederationServicer):
             total_rounds=assignment.total_rounds,
         )
 
-    def _check_workspace(self, name: str, reported: str, context: grpc.ServicerContext) -> None:
-        """Refuse a collaborator whose workspace measurement differs from ours.
+    def _check_plan(self, name: str, plan_hash: str, reported: str) -> None:
+        """Refuse a collaborator whose plan or workspace measurement differs from ours.
 
         The measurement is the collaborator's own report: it stops an honest site running a
         stale or altered workspace; only attestation proves what code a site really runs.
         """
+        if plan_hash != self._plan_hash:
+            log.warning("refused %s: its plan differs from the aggregator's", name)
+            raise PlanMismatch(
+                f"plan mismatch: the aggregator runs plan {self._plan_hash[:12]}…, "
+                f"{name} has {plan_hash[:12] or 'none'}…; use the federation's plan.yaml"
+            )
         expected = self._workspace_measurement
         if expected is None or reported == expected:
             return
         log.warning("refused %s: its workspace measurement differs from the aggregator's", name)
         theirs = f"{reported[:16]}…" if reported else "no measurement (an older Bastion?)"
-        context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise PlanMismatch(
             f"workspace mismatch: the aggregator runs workspace measurement {expected[:16]}…, "
             f"{name} reports {theirs}; both must run the same signed workspace (compare "
-            "`bastion workspace verify` on both hosts)",
+            "`bastion workspace verify` on both hosts)"
         )
 
     def GetModel(
         self, request: pb.ModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TensorChunk]:
         name = self._caller(context)
-        self._require_attested(name, context)
-        try:
-            frames = self._aggregator.model_frames(name, request.round)
-        except (UnknownCollaborator, NotAssigned) as exc:
-            log.warning("refused model download by %s: %s", name, exc)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        with answering(context, name, "a model download"):
+            self._require_attested(name, context)
+            frames = self._port.model_frames(name, request.round)
         log.info("sending the round %d model to %s", request.round, name)
         for frame in frames:
             yield to_chunk(frame)
 
     def _require_attested(self, name: str, context: grpc.ServicerContext) -> None:
-        if self._gate is None:
-            return
-        try:
+        if self._gate is not None:
             self._gate.require(name, peer_certificate(context))
-        except NotAttested as exc:
-            log.warning("refused %s: %s", name, exc)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+    def _attestation_gate(self) -> AttestationPort:
+        if self._gate is None:
+            raise NotConfigured("this federation's plan has no attestation")
+        return self._gate
 
     def AttestAggregator(
         self, request: pb.AggregatorChallenge, context: grpc.ServicerContext
     ) -> pb.AggregatorEvidence:
         name = self._caller(context)
-        if self._gate is None:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation"
-            )
-        assert self._gate is not None
-        try:
-            evidence, challenge = self._gate.prove(name, request.nonce)
-        except BastionError as exc:
-            log.error("cannot produce attestation evidence for %s: %s", name, exc)
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"aggregator cannot attest: {exc}")
+        with answering(context, name, "an attestation challenge"):
+            gate = self._attestation_gate()
+            try:
+                evidence, challenge = gate.prove(name, request.nonce)
+            except BastionError as exc:
+                log.error("cannot produce attestation evidence for %s: %s", name, exc)
+                raise CannotServe(f"aggregator cannot attest: {exc}") from None
         return pb.AggregatorEvidence(
             kind=evidence.kind,
             quote=evidence.quote,
-            certificate=self._gate.certificate_pem,
+            certificate=gate.certificate_pem,
             nonce=challenge,
         )
 
@@ -172,120 +202,74 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.AttestationAck:
         name = self._caller(context)
         certificate = peer_certificate(context)
-        if self._gate is None or certificate is None:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "this federation's plan has no attestation"
-            )
-        assert self._gate is not None and certificate is not None
-        try:
-            self._gate.admit(name, certificate, request.kind, request.quote, request.nonce)
-        except AttestationError as exc:
-            return pb.AttestationAck(accepted=False, reason=str(exc))
+        with answering(context, name, "attestation evidence"):
+            gate = self._attestation_gate()
+            if certificate is None:
+                raise NotConfigured("attestation needs the caller's TLS certificate")
+            try:
+                gate.admit(name, certificate, request.kind, request.quote, request.nonce)
+            except AttestationError as exc:
+                return pb.AttestationAck(accepted=False, reason=str(exc))
         return pb.AttestationAck(accepted=True)
 
     def SendResult(
         self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext
     ) -> pb.ResultAck:
         name = self._caller(context)
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a result must start with its header")
-        assert first is not None  # abort() raised otherwise
-        header = first.header
-        self._require_attested(name, context)
-        if header.declined:
-            return self._decline(name, header, request_iterator, context)
-        try:
-            task = self._aggregator.check_result_allowed(name, header.round, header.task)
-        except (UnknownCollaborator, NotAssigned) as exc:
-            log.warning("refused a result from %s: %s", name, exc)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        with self._uploads:
-            weights = None
-            try:
-                chunks = (_tensor_part(message) for message in request_iterator)
-                received = assemble(chunks, self._aggregator.max_update_bytes)
-                if task.kind == "train" or received:
-                    weights = received
-            except ProtocolError as exc:
-                accepted, reason = self._aggregator.reject_result(
-                    name, header.round, header.task, str(exc)
-                )
-                return pb.ResultAck(accepted=accepted, reason=reason)
-            try:
-                accepted, reason = self._aggregator.submit_result(
-                    name,
-                    header.round,
-                    header.task,
-                    int(header.example_count),
-                    dict(header.metrics),
-                    weights,
-                )
-            except NotAssigned as exc:
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-            del weights, received
-        return pb.ResultAck(accepted=accepted, reason=reason)
-
-    def _decline(
-        self,
-        name: str,
-        header: pb.ResultHeader,
-        rest: Iterator[pb.ResultChunk],
-        context: grpc.ServicerContext,
-    ) -> pb.ResultAck:
-        """A collaborator declines its train task: a header alone, with the reason."""
-        if next(rest, None) is not None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a declined task carries no tensors")
-        try:
-            accepted, reason = self._aggregator.decline_task(
-                name, header.round, header.task, header.declined, dict(header.metrics)
+        with answering(context, name, "a result"):
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise ProtocolError("a result must start with its header")
+            message = first.header
+            self._require_attested(name, context)
+            header = ResultHeader(
+                message.round,
+                message.task,
+                int(message.example_count),
+                dict(message.metrics),
+                message.declined or None,
             )
-        except (UnknownCollaborator, NotAssigned) as exc:
-            log.warning("refused a decline from %s: %s", name, exc)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        return pb.ResultAck(accepted=accepted, reason=reason)
+            frames = (from_chunk(_tensor_part(part)) for part in request_iterator)
+            if header.declined is not None:
+                ack = take_result(self._port, name, header, frames)
+            else:
+                self._port.check_result_allowed(name, header.round, header.task)
+                with self._uploads:
+                    ack = take_result(self._port, name, header, frames)
+        return pb.ResultAck(accepted=ack.accepted, reason=ack.reason)
 
     def SecAggSend(
         self, request_iterator: Iterator[pb.SecAggPart], context: grpc.ServicerContext
     ) -> pb.SecAggAck:
         name = self._caller(context)
-        self._require_attested(name, context)
-        try:
+        with answering(context, name, "a secure aggregation message"):
+            self._require_attested(name, context)
             header = first_header(request_iterator)
-            step = parse_step(header.step)
-            limit = self._aggregator.secure_payload_limit(name, header.round, header.attempt, step)
-        except UnknownCollaborator as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except ProtocolError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            limit = self._port.stage_payload_limit(name, header.round, header.attempt, header.step)
         if limit == 0:
             return pb.SecAggAck(accepted=False, reason="no secure aggregation session is open")
-        # A masked input is model-sized: it waits for an upload slot like a plain result.
-        with self._uploads if step is Step.MASKED_INPUT else contextlib.nullcontext():
+        # A large message (a masked model) waits for an upload slot like a plain result.
+        large = header.total_bytes > self._chunk_bytes
+        with self._uploads if large else contextlib.nullcontext():
             try:
                 payload = read_payload(request_iterator, header.total_bytes, limit)
             except ProtocolError as exc:
                 log.warning("refused %s's secure aggregation message: %s", name, exc)
                 return pb.SecAggAck(accepted=False, reason=str(exc))
-            accepted, reason = self._aggregator.secure_send(
-                name, header.round, header.attempt, step, payload, dict(header.metrics)
-            )
-        return pb.SecAggAck(accepted=accepted, reason=reason)
+            with answering(context, name, "a secure aggregation message"):
+                ack = self._port.stage_send(
+                    name, header.round, header.attempt, header.step, payload, dict(header.metrics)
+                )
+        return pb.SecAggAck(accepted=ack.accepted, reason=ack.reason)
 
     def SecAggFetch(
         self, request: pb.SecAggPoll, context: grpc.ServicerContext
     ) -> Iterator[pb.SecAggPart]:
         name = self._caller(context)
-        self._require_attested(name, context)
-        try:
-            step = parse_step(request.step)
-            reply = self._aggregator.secure_fetch(name, request.round, request.attempt, step)
-        except UnknownCollaborator as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except ProtocolError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        chunk_bytes = int(self._aggregator.plan.network.chunk_mib * 1024 * 1024)
-        yield from reply_parts(reply, chunk_bytes)
+        with answering(context, name, "a secure aggregation poll"):
+            self._require_attested(name, context)
+            reply = self._port.stage_fetch(name, request.round, request.attempt, request.step)
+        yield from reply_parts(reply, self._chunk_bytes)
 
 
 def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:
@@ -305,7 +289,7 @@ class RunningServer:
 
 
 def start_server(
-    aggregator: Aggregator,
+    port_impl: FederationPort,
     plan_hash: str,
     host: str,
     port: int,
@@ -314,15 +298,24 @@ def start_server(
     chunk_bytes: int,
     max_workers: int = 32,
     on_start: Callable[[int], None] | None = None,
-    gate: AttestationGate | None = None,
+    gate: AttestationPort | None = None,
     workspace_measurement: str | None = None,
+    max_concurrent_uploads: int = 2,
 ) -> RunningServer:
     """Bind and start the server; ``credentials=None`` means plain text (``--insecure``)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bastion-rpc"),
         options=channel_options(chunk_bytes),
     )
-    servicer = FederationServicer(aggregator, plan_hash, identify, gate, workspace_measurement)
+    servicer = FederationServicer(
+        port_impl,
+        plan_hash,
+        identify,
+        chunk_bytes,
+        max_concurrent_uploads,
+        gate,
+        workspace_measurement,
+    )
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:

@@ -19,7 +19,6 @@ from bastion.privacy.secagg.config import session_id_for
 from bastion.privacy.secagg.identity import simulated_identities
 from bastion.privacy.secagg.session import (
     SessionInfo,
-    StageReply,
     Step,
     neighbours_for,
     quantizer_for,
@@ -28,6 +27,7 @@ from bastion.privacy.secagg.session import (
 )
 from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.update import UpdateCodec
+from bastion.protocol import StageReply
 
 
 def test_session_info_round_trips_and_refuses_garbage() -> None:

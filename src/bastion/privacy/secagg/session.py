@@ -20,7 +20,6 @@ from typing import ClassVar
 
 from bastion.errors import ProtocolError
 from bastion.privacy.errors import SecAggError
-from bastion.protocol import StageReply
 from bastion.privacy.secagg.config import SecAggConfig, session_id_for
 from bastion.privacy.secagg.quantize import FixedPointQuantizer
 from bastion.privacy.secagg.spec import SecureAggregationSpec

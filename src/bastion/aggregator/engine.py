@@ -1,0 +1,650 @@
+"""The round engine: one federation's rounds, independent of any transport.
+
+Rounds 1..R train; round R+1 only validates the final global model. A round moves
+through phases — assigning, collecting, closing — to the next, then the final
+evaluation, then finished. ``_advance`` moves it as far as it can go after every
+event, in a loop that never recurses, so any number of empty rounds (nobody assigned,
+nobody sampled) pass in constant stack depth. How results are collected is the
+round's ``RoundProtocol``; who reacts to what happens is a list of ``RoundObserver``;
+the engine knows neither secure aggregation nor differential privacy.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
+from bastion.aggregator.checkpoint import CheckpointStore, RoundState
+from bastion.aggregator.events import (
+    AttestationVerdict,
+    Checkpointed,
+    FederationFinished,
+    ResultAccepted,
+    ResultRejected,
+    RoundClosed,
+    RoundEvent,
+    RoundObserver,
+    RoundReported,
+    RoundRestarted,
+    RoundSkipped,
+    RoundStarted,
+    TaskDeclined,
+    TrainingStop,
+    TrainingStopped,
+    publish,
+)
+from bastion.aggregator.local_privacy import MAX_REASON
+from bastion.aggregator.plugins import (
+    UpdateDecoder,
+    standard_observers,
+    standard_protocol,
+    update_decoder,
+)
+from bastion.aggregator.records import (
+    RoundProgress,
+    TaskRecord,
+    check_metrics,
+    checked_content,
+    summarize_metrics,
+)
+from bastion.aggregator.round_protocol import (
+    InteractiveRound,
+    ProtocolFactory,
+    RoundContext,
+    RoundProtocol,
+)
+from bastion.algorithms.base import Strategy
+from bastion.errors import BastionError, UpdateRejected
+from bastion.metrics.log import MetricsLog
+from bastion.plan import Plan, TaskSpec
+from bastion.privacy.secagg.keys import IdentityVerifier
+from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
+from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
+
+log = logging.getLogger("bastion.aggregator")
+
+#: First contacts refresh the status file at most this often.
+SUMMARY_INTERVAL_SECONDS = 1.0
+
+EMPTY_ROUND_LIMIT = "empty_round_limit"
+
+
+class Phase(enum.Enum):
+    ASSIGNING = "assigning"
+    COLLECTING = "collecting"
+    FINAL_EVALUATION = "final_evaluation"
+    FINISHED = "finished"
+
+
+class Aggregator:
+    """Owns the global model and drives the rounds of one federation (the port's far side).
+
+    ``protocol`` opens each round's ``RoundProtocol`` (default: the plan's); ``observers``
+    are added to the plan's own (metrics log, DP ledgers, attestation status).
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        strategy: Strategy,
+        store: CheckpointStore,
+        metrics: MetricsLog,
+        assigner: Assigner | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        secure_verifier: IdentityVerifier | None = None,
+        protocol: ProtocolFactory | None = None,
+        observers: Sequence[RoundObserver] = (),
+    ) -> None:
+        self.plan = plan
+        self.strategy = strategy
+        self.store = store
+        self.metrics = metrics
+        self.assigner = assigner or SampledAssigner(plan)
+        self.observers: list[RoundObserver] = [*standard_observers(plan, metrics), *observers]
+        self._open_protocol = protocol or standard_protocol(plan, secure_verifier)
+        self._decode: UpdateDecoder = update_decoder(plan)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.finished = threading.Event()
+        self._roster = plan.collaborator_names()
+        self._last_seen: dict[str, float] = {}
+        self._summary_written = -math.inf  # time.monotonic() of the last status write
+        self._summary_stale = False
+        self.chunk_bytes = plan.network.chunk_bytes
+        self.max_update_bytes = plan.network.max_update_bytes
+
+        resumed = store.load()
+        self.model: Weights = resumed.model
+        self.spec: list[TensorSpec] = spec_of(self.model)
+        self.strategy.load_state_dict(resumed.strategy_state)
+        self.state: RoundState = resumed.state
+        if self.state.round_completed:
+            log.info(
+                "resuming from %s: %d of %d rounds complete",
+                resumed.source,
+                self.state.round_completed,
+                plan.rounds,
+            )
+        self.phase = Phase.ASSIGNING
+        self._round: RoundProgress | None = None
+        self.round_protocol: RoundProtocol | None = None  # the current (or last) round's
+        self._stopped: TrainingStop | None = None
+        self._empty_streak = 0
+        with self._lock:
+            self._advance()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def current_round(self) -> int:
+        with self._lock:
+            return self._round.number if self._round else self.plan.rounds + 1
+
+    def _check_roster(self, collaborator: str) -> None:
+        if collaborator not in self._roster:
+            raise UnknownCollaborator(f"{collaborator!r} is not on the plan's roster")
+
+    def get_tasks(self, collaborator: str) -> Assignment:
+        """What ``collaborator`` should do now."""
+        self._check_roster(collaborator)
+        with self._lock:
+            first_contact = collaborator not in self._last_seen
+            self._last_seen[collaborator] = time.time()
+            if first_contact:
+                log.info("collaborator %s connected", collaborator)
+                self._summary_stale = True
+            # Each write lists every site seen, so thousands of first contacts (a simulation)
+            # would cost O(n^2) if each wrote at once; one write a second keeps status fresh.
+            if self._summary_stale and time.monotonic() - self._summary_written >= (
+                SUMMARY_INTERVAL_SECONDS
+            ):
+                self._write_summary()
+            if self.finished.is_set() or self._round is None:
+                return Assignment("done", total_rounds=self.plan.rounds)
+            pending = self._round.pending.get(collaborator)
+            if not pending:
+                return Assignment(
+                    "wait",
+                    self._round.number,
+                    retry_after=self.plan.timeouts.poll_seconds,
+                    total_rounds=self.plan.rounds,
+                )
+            by_name = {t.name: t for t in self._round.assignments[collaborator]}
+            return Assignment(
+                "run",
+                self._round.number,
+                tuple(by_name[n] for n in pending),
+                total_rounds=self.plan.rounds,
+            )
+
+    def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]:
+        """The global model for ``round_number`` as wire frames, if the caller was assigned it.
+
+        Frames are cut lazily from the model of this instant (finalize replaces the dict,
+        never mutates it), so serving N collaborators holds no extra copy of the model.
+        """
+        self._check_roster(collaborator)
+        with self._lock:
+            self._require_assigned(collaborator, round_number)
+            return iter_frames(self.model, self.chunk_bytes)
+
+    def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
+        """Refuse a result before its tensors are read if the caller may not send it."""
+        self._check_roster(collaborator)
+        with self._lock:
+            progress = self._require_assigned(collaborator, round_number)
+            if task not in progress.pending[collaborator]:
+                assigned = [t.name for t in progress.assignments[collaborator]]
+                if task in assigned:
+                    raise NotAssigned(
+                        f"{collaborator} already sent {task!r} for round {round_number}"
+                    )
+                raise NotAssigned(
+                    f"{collaborator} was not assigned task {task!r} in round {round_number}; "
+                    f"assigned: {assigned}"
+                )
+            spec = next(t for t in progress.assignments[collaborator] if t.name == task)
+            assert self.round_protocol is not None
+            refusal = self.round_protocol.refusal(collaborator, spec)
+            if refusal is not None:
+                raise NotAssigned(refusal)
+            return spec
+
+    def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
+        progress = self._round
+        if progress is None or self.finished.is_set():
+            raise NotAssigned("the federation is finished")
+        if round_number != progress.number:
+            raise NotAssigned(
+                f"{collaborator} asked for round {round_number}, but the current round is {progress.number}"
+            )
+        if not progress.pending.get(collaborator):
+            raise NotAssigned(f"{collaborator} has no pending task in round {round_number}")
+        return progress
+
+    def record_attestation(self, collaborator: str, result: dict[str, object]) -> None:
+        """Remember a collaborator's latest attestation verdict, for ``bastion status``."""
+        with self._lock:
+            self._publish(AttestationVerdict(collaborator, result))
+            self._write_summary()
+
+    # ------------------------------------------------------------------ results
+
+    def submit_result(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        example_count: int,
+        metrics: dict[str, float],
+        weights: Weights | None,
+    ) -> Ack:
+        """Validate and fold in one result."""
+        task = self.check_result_allowed(collaborator, round_number, task_name)
+        try:
+            weights = checked_content(
+                task,
+                example_count,
+                metrics,
+                weights,
+                self.model,
+                self.spec,
+                round_number,
+                self._decode,
+            )
+        except UpdateRejected as exc:
+            return self.reject_result(collaborator, round_number, task_name, str(exc))
+        with self._lock:
+            # The round may have closed (timeout) while the tensors were in flight.
+            self.check_result_allowed(collaborator, round_number, task_name)
+            progress, protocol = self._round, self.round_protocol
+            assert progress is not None and protocol is not None
+            protocol.on_result(collaborator, task, example_count, weights)
+            progress.results.setdefault(task_name, []).append(
+                TaskRecord(collaborator, example_count, dict(metrics))
+            )
+            progress.pending[collaborator].remove(task_name)
+            self._publish(
+                ResultAccepted(
+                    round_number, collaborator, task_name, task.kind, example_count, metrics
+                )
+            )
+            self._advance()
+        return Ack(True, "")
+
+    def reject_result(self, collaborator: str, round_number: int, task: str, reason: str) -> Ack:
+        log.warning(
+            "rejected %s's %s result for round %d: %s", collaborator, task, round_number, reason
+        )
+        with self._lock:
+            progress, protocol = self._round, self.round_protocol
+            if progress is not None and protocol is not None and progress.number == round_number:
+                progress.rejected[collaborator] = f"{task}: {reason}"
+                # A collaborator whose update is bad has nothing trustworthy left to report.
+                progress.pending[collaborator] = []
+                protocol.exclude(collaborator, f"its {task} result was rejected: {reason}")
+                self._publish(ResultRejected(round_number, collaborator, task, reason))
+                self._advance()
+        return Ack(False, reason)
+
+    def decline_task(
+        self,
+        collaborator: str,
+        round_number: int,
+        task_name: str,
+        reason: str,
+        metrics: Mapping[str, float],
+    ) -> Ack:
+        """``collaborator`` will not run its train task ``task_name`` (its privacy budget).
+
+        The rest of its round is dropped with it (a local model it did not train cannot be
+        validated), so the round completes without waiting for it.
+        """
+        self._check_roster(collaborator)
+        with self._lock:
+            progress = self._require_assigned(collaborator, round_number)
+            spec = next(
+                (t for t in progress.assignments[collaborator] if t.name == task_name), None
+            )
+            if spec is None or task_name not in progress.pending[collaborator]:
+                raise NotAssigned(
+                    f"{collaborator} has no pending task {task_name!r} in round {round_number}"
+                )
+            try:
+                if spec.kind != "train":
+                    raise UpdateRejected(
+                        f"only a train task may be declined, and {task_name!r} validates"
+                    )
+                if not reason.strip() or len(reason) > MAX_REASON:
+                    raise UpdateRejected(f"a decline needs a reason of 1..{MAX_REASON} characters")
+                check_metrics(metrics)
+            except UpdateRejected as exc:
+                return Ack(False, str(exc))
+            progress.declined[collaborator] = f"{task_name}: {reason}"
+            progress.pending[collaborator] = []
+            assert self.round_protocol is not None
+            self.round_protocol.exclude(collaborator, f"it declined {task_name}: {reason}")
+            log.warning(
+                "%s declined %s in round %d: %s", collaborator, task_name, round_number, reason
+            )
+            self._publish(TaskDeclined(round_number, collaborator, task_name, reason, metrics))
+            self._advance()
+        return Ack(True, "")
+
+    # ------------------------------------------------------------------ stage messages
+
+    def _interactive(self, collaborator: str, round_number: int) -> InteractiveRound | str:
+        self._check_roster(collaborator)
+        protocol, progress = self.round_protocol, self._round
+        if (
+            progress is None
+            or progress.number != round_number
+            or not isinstance(protocol, InteractiveRound)
+        ):
+            return f"no interactive round protocol (secure aggregation) is open for round {round_number}"
+        return protocol
+
+    def stage_payload_limit(
+        self, collaborator: str, round_number: int, attempt: int, step: str
+    ) -> int:
+        """How many bytes the caller's stage message may have; 0 when it may send none now."""
+        with self._lock:
+            found = self._interactive(collaborator, round_number)
+            return (
+                0
+                if isinstance(found, str)
+                else found.stage_payload_limit(collaborator, attempt, step)
+            )
+
+    def stage_send(
+        self,
+        collaborator: str,
+        round_number: int,
+        attempt: int,
+        step: str,
+        payload: bytes,
+        metrics: Mapping[str, float],
+    ) -> Ack:
+        """Take the caller's message of ``step`` of the round's interactive protocol."""
+        with self._lock:
+            found = self._interactive(collaborator, round_number)
+            if isinstance(found, str):
+                return Ack(False, found)
+            ack = found.stage_send(collaborator, attempt, step, payload, metrics)
+            self._advance()
+            return ack
+
+    def stage_fetch(
+        self, collaborator: str, round_number: int, attempt: int, step: str
+    ) -> StageReply:
+        """The answer that closes ``step`` of the caller's interactive protocol."""
+        with self._lock:
+            found = self._interactive(collaborator, round_number)
+            if isinstance(found, str):
+                return StageReply("aborted", reason=found)
+            return found.stage_fetch(collaborator, attempt, step)
+
+    # ------------------------------------------------------------------ the round loop
+
+    def check_timeout(self) -> None:
+        """Close or restart the current round if it has run past ``timeouts.round_seconds``."""
+        with self._lock:
+            progress, protocol = self._round, self.round_protocol
+            if progress is None or protocol is None or self.finished.is_set():
+                return
+            if protocol.blocks_timeout():
+                self._advance()
+                return
+            self._advance()
+            if self._round is not progress:
+                return
+            if self._clock() - progress.started < self.plan.timeouts.round_seconds:
+                return
+            late = progress.waiting_for()
+            accepted = (
+                self.strategy.accepted if not progress.final_evaluation else len(progress.results)
+            )
+            closes = progress.final_evaluation or protocol.closes_late_round()
+            if closes or accepted >= self.plan.timeouts.min_results:
+                log.warning("round %d timed out; closing without %s", progress.number, late)
+                self._close_round(timed_out=late)
+            else:
+                log.warning(
+                    "round %d timed out with %d of %d required results; restarting it",
+                    progress.number,
+                    accepted,
+                    self.plan.timeouts.min_results,
+                )
+                self._publish(RoundRestarted(progress.number, tuple(late)))
+                self._round = None  # the next pass assigns the same round number afresh
+                self.phase = Phase.ASSIGNING
+            self._advance()
+
+    def _advance(self) -> None:
+        """Move the federation as far as it can go now: open, close, skip, finish. Iterative."""
+        while not self.finished.is_set():
+            progress, protocol = self._round, self.round_protocol
+            if progress is None:
+                self._open_next_round()
+            elif protocol is not None and protocol.is_settled() and not progress.waiting_for():
+                self._close_round(timed_out=[])
+            else:
+                return
+
+    def _open_next_round(self) -> None:
+        number = self.state.round_completed + 1
+        if self.state.finished or number > self.plan.rounds + 1:
+            self._finish()
+            return
+        final = number == self.plan.rounds + 1 or self._training_stopped(number)
+        if final:
+            assignments = final_evaluation(self.plan)
+            if not assignments:
+                self.state.finished = True
+                self._checkpoint()
+                self._finish()
+                return
+        else:
+            assignments = self.assigner.assign(self._roster, number)
+            unknown = sorted(set(assignments) - set(self._roster))
+            if unknown:
+                raise BastionError(
+                    f"the task assigner returned collaborators not on the roster: {unknown}"
+                )
+            if not any(assignments.values()):
+                self._skip_empty_round(number)
+                return
+        self._empty_streak = 0
+        self._open_round(number, final, assignments)
+
+    def _open_round(self, number: int, final: bool, assignments: Assignments) -> None:
+        self.phase = Phase.FINAL_EVALUATION if final else Phase.COLLECTING
+        progress = RoundProgress(
+            number=number,
+            final_evaluation=final,
+            assignments=assignments,
+            pending={name: [t.name for t in tasks] for name, tasks in assignments.items() if tasks},
+            started=self._clock(),
+        )
+        self._round = progress
+        if not final:
+            self.strategy.begin_round(self.model, number)
+        self.round_protocol = self._open_protocol(
+            RoundContext(self.plan, progress, self.model, self.strategy, self._clock, self._publish)
+        )
+        label = "final evaluation" if final else f"round {number}/{self.plan.rounds}"
+        log.info("%s: %d collaborators assigned", label, len(progress.pending))
+        self._publish(RoundStarted(number, final, tuple(sorted(progress.pending))))
+        self._write_summary()
+
+    def _skip_empty_round(self, number: int) -> None:
+        """Nobody was assigned: the round passes with the model unchanged, or training ends."""
+        self._empty_streak += 1
+        limit = self.plan.participation.max_empty_rounds
+        if limit is not None and self._empty_streak > limit:
+            self._stopped = TrainingStop(
+                EMPTY_ROUND_LIMIT,
+                f"{limit} consecutive rounds assigned nobody (participation.max_empty_rounds="
+                f"{limit}); training stopped after {self.state.round_completed} rounds",
+            )
+            return  # the next pass opens the final evaluation
+        reason = "no collaborator was assigned a task (the assigner or the sample chose nobody)"
+        if self._empty_streak == 1:
+            log.warning("round %d: %s; skipped with the model unchanged", number, reason)
+        self.state.round_completed = number
+        self._publish(RoundSkipped(number, reason))
+
+    def _training_stopped(self, number: int) -> bool:
+        """Whether training round ``number`` must not run (a budget, too many empty rounds)."""
+        stop = self._stopped or next(
+            (s for o in self.observers if (s := o.stop_training(number)) is not None), None
+        )
+        if stop is None:
+            return False
+        self._stopped = stop
+        log.warning("%s; running the final evaluation now", stop.reason)
+        self._publish(TrainingStopped(number, stop.record, stop.reason))
+        return True
+
+    def _close_round(self, timed_out: list[str]) -> None:
+        progress, protocol = self._round, self.round_protocol
+        assert progress is not None and protocol is not None
+        number = progress.number
+        rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}
+        summary = summarize_metrics(progress, rules)
+        protocol.close(summary)
+        self._update_best(summary, model_round=number - 1)
+        accepted = 0
+        if not progress.final_evaluation:
+            accepted = self._aggregate(progress)
+            self.state.round_completed = number
+        else:
+            self.state.finished = True
+        seconds = round(self._clock() - progress.started, 3)
+        closed = RoundClosed(
+            progress, self.state.round_completed, summary, accepted, tuple(timed_out), seconds
+        )
+        self._publish(closed)
+        self._checkpoint()
+        record: dict[str, object] = {
+            "round": number,
+            "final_evaluation": progress.final_evaluation,
+            "model_round": number - 1,
+            "tasks": summary,
+            "accepted": accepted,
+            "rejected": progress.rejected,
+            "declined": progress.declined,
+            "timed_out": timed_out,
+            "seconds": seconds,
+        }
+        for observer in self.observers:
+            record.update(observer.round_fields(closed))
+        self._publish(RoundReported(number, record))
+        described = ", ".join(
+            f"{task} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "examples")
+            for task, m in summary.items()
+        )
+        log.info("round %d complete in %.1fs: %s", number, seconds, described or "no metrics")
+        self._round = None
+        self.phase = Phase.ASSIGNING
+
+    def _aggregate(self, progress: RoundProgress) -> int:
+        """The new global model from the round's accepted training results, given a quorum."""
+        accepted = self.strategy.accepted
+        if accepted < self.plan.timeouts.min_results:
+            log.warning(
+                "round %d: %d accepted training results, %d required; the global model is unchanged",
+                progress.number,
+                accepted,
+                self.plan.timeouts.min_results,
+            )
+            return accepted
+        try:
+            self.model = self.strategy.finalize()
+        except BastionError as exc:
+            # e.g. Krum with fewer results than its f requires: keep the model, go on.
+            log.error(
+                "round %d: aggregation failed, the global model is unchanged: %s",
+                progress.number,
+                exc,
+            )
+            progress.rejected["aggregation"] = str(exc)
+        return accepted
+
+    def _update_best(self, summary: dict[str, dict[str, float]], model_round: int) -> None:
+        """Global validation in round r measured the model of round r-1: keep it if it is the best."""
+        task = self.plan.best_task()
+        metric = self.plan.best_model.metric
+        if task is None or metric not in summary.get(task, {}):
+            return
+        value = summary[task][metric]
+        best = self.state.best_value
+        better = best is None or (
+            value > best if self.plan.best_model.mode == "max" else value < best
+        )
+        if better:
+            self.state.best_value = value
+            self.state.best_round = model_round
+            self.store.save_best(self.model, model_round, value)
+
+    def _checkpoint(self) -> None:
+        self.store.save_round(self.model, self.strategy.state_dict(), self.state)
+        self._publish(Checkpointed(self.state.round_completed, self.state.finished))
+
+    def _finish(self) -> None:
+        self._round = None
+        self.phase = Phase.FINISHED
+        self.strategy.close()
+        self.state.finished = True
+        self._write_summary()
+        if not self.finished.is_set():
+            log.info("federation finished after %d rounds", self.state.round_completed)
+            stop = self._stopped or next(
+                (
+                    s
+                    for o in self.observers
+                    if (s := o.stop_training(self.state.round_completed + 1)) is not None
+                ),
+                None,
+            )
+            self._publish(
+                FederationFinished(
+                    self.state.round_completed,
+                    self.state.best_value,
+                    stop.reason if stop else None,
+                )
+            )
+        self.finished.set()
+
+    def _publish(self, event: RoundEvent) -> None:
+        publish(self.observers, event)
+
+    def _write_summary(self) -> None:
+        self._summary_written = time.monotonic()
+        self._summary_stale = False
+        progress = self._round
+        summary: dict[str, object] = {
+            "plan": self.plan.name,
+            "rounds": self.plan.rounds,
+            "round_completed": self.state.round_completed,
+            "current_round": progress.number if progress else None,
+            "phase": self.phase.value,
+            "final_evaluation": bool(progress and progress.final_evaluation),
+            "finished": self.state.finished,
+            "best": {
+                "round": self.state.best_round,
+                "value": self.state.best_value,
+                "metric": self.plan.best_model.metric,
+            },
+            "assigned": sorted(progress.pending) if progress else [],
+            "collaborators_seen": dict(sorted(self._last_seen.items())),
+        }
+        for observer in self.observers:
+            summary.update(observer.status_fields(self.state.round_completed))
+        summary["updated"] = time.time()
+        self.store.write_summary(summary)
