@@ -15,13 +15,6 @@ from bastion.protocol import StageReply
 from bastion.transport import bastion_pb2 as pb
 
 
-def parse_step(value: str) -> Step:
-    try:
-        return Step(value)
-    except ValueError:
-        raise ProtocolError(f"unknown secure aggregation step {value[:40]!r}") from None
-
-
 def payload_parts(
     header: pb.SecAggHeader, payload: bytes, chunk_bytes: int
 ) -> Iterator[pb.SecAggPart]:
