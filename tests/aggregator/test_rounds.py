@@ -186,7 +186,7 @@ def test_first_contacts_refresh_the_status_file_at_most_once_a_second(
 
     monkeypatch.setattr(aggregator.store, "write_summary", counting)
     now = [time.monotonic() + 1000.0]  # well after the round-start write
-    monkeypatch.setattr("bastion.aggregator.engine.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("bastion.aggregator.status.time.monotonic", lambda: now[0])
     for name in roster:
         aggregator.get_tasks(name)
     assert writes == [1]  # the first contact wrote at once; the other 299 waited

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from bastion.aggregator.round_protocol import (
     RoundContext,
     RoundProtocol,
 )
+from bastion.aggregator.status import StatusFile
 from bastion.algorithms.base import Strategy
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
@@ -67,9 +67,6 @@ from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCo
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
 
 log = logging.getLogger("bastion.aggregator")
-
-#: First contacts refresh the status file at most this often.
-SUMMARY_INTERVAL_SECONDS = 1.0
 
 EMPTY_ROUND_LIMIT = "empty_round_limit"
 
@@ -112,9 +109,7 @@ class Aggregator:
         self._lock = threading.RLock()
         self.finished = threading.Event()
         self._roster = plan.collaborator_names()
-        self._last_seen: dict[str, float] = {}
-        self._summary_written = -math.inf  # time.monotonic() of the last status write
-        self._summary_stale = False
+        self._status = StatusFile(store)
         self.chunk_bytes = plan.network.chunk_bytes
         self.max_update_bytes = plan.network.max_update_bytes
 
@@ -153,16 +148,9 @@ class Aggregator:
         """What ``collaborator`` should do now."""
         self._check_roster(collaborator)
         with self._lock:
-            first_contact = collaborator not in self._last_seen
-            self._last_seen[collaborator] = time.time()
-            if first_contact:
+            if self._status.contact(collaborator):
                 log.info("collaborator %s connected", collaborator)
-                self._summary_stale = True
-            # Each write lists every site seen, so thousands of first contacts (a simulation)
-            # would cost O(n^2) if each wrote at once; one write a second keeps status fresh.
-            if self._summary_stale and time.monotonic() - self._summary_written >= (
-                SUMMARY_INTERVAL_SECONDS
-            ):
+            if self._status.due():
                 self._write_summary()
             if self.finished.is_set() or self._round is None:
                 return Assignment("done", total_rounds=self.plan.rounds)
@@ -501,15 +489,22 @@ class Aggregator:
 
     def _training_stopped(self, number: int) -> bool:
         """Whether training round ``number`` must not run (a budget, too many empty rounds)."""
-        stop = self._stopped or next(
-            (s for o in self.observers if (s := o.stop_training(number)) is not None), None
-        )
+        stop = self._stop_reason(number)
         if stop is None:
             return False
         self._stopped = stop
         log.warning("%s; running the final evaluation now", stop.reason)
         self._publish(TrainingStopped(number, stop.record, stop.reason))
         return True
+
+    def _stop_reason(self, next_round: int) -> TrainingStop | None:
+        """The reason training has stopped, or an observer's reason it must not reach ``next_round``."""
+        if self._stopped is not None:
+            return self._stopped
+        return next(
+            (stop for o in self.observers if (stop := o.stop_training(next_round)) is not None),
+            None,
+        )
 
     def _close_round(self, timed_out: list[str]) -> None:
         progress, protocol = self._round, self.round_protocol
@@ -604,14 +599,7 @@ class Aggregator:
         self._write_summary()
         if not self.finished.is_set():
             log.info("federation finished after %d rounds", self.state.round_completed)
-            stop = self._stopped or next(
-                (
-                    s
-                    for o in self.observers
-                    if (s := o.stop_training(self.state.round_completed + 1)) is not None
-                ),
-                None,
-            )
+            stop = self._stop_reason(self.state.round_completed + 1)
             self._publish(
                 FederationFinished(
                     self.state.round_completed,
@@ -625,8 +613,6 @@ class Aggregator:
         publish(self.observers, event)
 
     def _write_summary(self) -> None:
-        self._summary_written = time.monotonic()
-        self._summary_stale = False
         progress = self._round
         summary: dict[str, object] = {
             "plan": self.plan.name,
@@ -642,9 +628,7 @@ class Aggregator:
                 "metric": self.plan.best_model.metric,
             },
             "assigned": sorted(progress.pending) if progress else [],
-            "collaborators_seen": dict(sorted(self._last_seen.items())),
         }
         for observer in self.observers:
             summary.update(observer.status_fields(self.state.round_completed))
-        summary["updated"] = time.time()
-        self.store.write_summary(summary)
+        self._status.write(summary)
