@@ -14,6 +14,8 @@ from bastion.protocol import Assignment, StageReply
 from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
+from bastion.transport.address import AddressError, parse_address
+from bastion.transport.diagnose import explain_unreachable
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
 from bastion.transport.secagg_frames import read_reply, send_parts
@@ -59,6 +61,8 @@ class GrpcAggregatorClient:
         self._chunk_bytes = chunk_bytes
         self._max_model_bytes = max_model_bytes
         self._timeout = timeout_seconds
+        self._ca = tls[0] if tls is not None else None
+        self._explained: dict[str, str] = {}
 
     def close(self) -> None:
         self._channel.close()
@@ -68,11 +72,22 @@ class GrpcAggregatorClient:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in _RETRYABLE:
             return AggregatorUnavailable(
-                f"aggregator at {self._target} unreachable ({what}): {details}"
+                f"aggregator at {self._target} unreachable ({what}): {self._explain(details)}"
             )
         return AggregatorRefused(
             f"aggregator refused {what}: {details} [{code.name if code else '?'}]"
         )
+
+    def _explain(self, details: str) -> str:
+        """What went wrong in the user's terms, once per kind of failure (it dials out to look)."""
+        if details in self._explained:
+            return self._explained[details]
+        try:
+            reason = explain_unreachable(parse_address(self._target, 0), self._ca)
+        except (AddressError, ValueError, OSError):
+            reason = ""
+        self._explained[details] = reason or _short(details)
+        return self._explained[details]
 
     def get_tasks(self) -> Assignment:
         try:
@@ -189,3 +204,9 @@ class GrpcAggregatorClient:
         except grpc.RpcError as exc:
             raise self._translate(exc, "our attestation evidence") from None
         return ack.accepted, ack.reason
+
+
+def _short(details: str) -> str:
+    """gRPC's own text without its C-core file names and error codes."""
+    first = details.strip().splitlines()[0] if details.strip() else "no details"
+    return first.split(": ")[0] if "ssl_transport_security" in first or "TSI_" in first else first

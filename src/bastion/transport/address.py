@@ -1,0 +1,92 @@
+"""Network addresses that mean what they say: ``HOST[:PORT]``, ports 1-65535, no schemes.
+
+gRPC would take ``127.0.0.1`` as port 443, ``https://host`` as a host name and port
+70000 modulo 65536; a site then retries the wrong thing for minutes. Every address a
+user types goes through ``parse_address`` first and is refused in one line if it is not
+a plain host with an optional port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from bastion.errors import BastionError
+
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+class AddressError(BastionError):
+    """An address or port a user gave cannot be used."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as gRPC dials it (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.target
+
+
+def check_port(port: int, what: str = "port", allow_zero: bool = False) -> int:
+    """``port`` if it is 1..65535 (0 too when the OS may pick one), else an ``AddressError``."""
+    low = 0 if allow_zero else 1
+    if not isinstance(port, int) or isinstance(port, bool) or not low <= port <= 65535:
+        pick = " (0 lets the system pick a free one)" if allow_zero else ""
+        raise AddressError(f"{what} {port!r} is not a TCP port: use {low}..65535{pick}")
+    return port
+
+
+def check_host(host: str, what: str = "host") -> str:
+    """A bare host name or IP address, refused with the fix if it is anything else."""
+    text = host.strip()
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise AddressError(
+            f"{what} {host!r} has a scheme ({scheme}://); give HOST or HOST:PORT only "
+            "(Bastion always speaks gRPC over mutual TLS)"
+        )
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOST.match(text) or "/" in text:
+        raise AddressError(f"{what} {host!r} is not a host name or IP address")
+    return text
+
+
+def parse_address(value: str, default_port: int, what: str = "address") -> Address:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; a missing port is ``default_port``."""
+    text = value.strip()
+    if not text:
+        raise AddressError(f"{what} is empty; give HOST or HOST:PORT")
+    if "://" in text:
+        check_host(text, what)
+    host, port_text = text, ""
+    if text.startswith("["):
+        closing = text.find("]")
+        if closing < 0:
+            raise AddressError(f"{what} {value!r}: an IPv6 address needs a closing ']'")
+        host, rest = text[: closing + 1], text[closing + 1 :]
+        if rest and not rest.startswith(":"):
+            raise AddressError(f"{what} {value!r}: expected ':PORT' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host = text
+    port = default_port
+    if port_text:
+        if not port_text.isdigit():
+            raise AddressError(f"{what} {value!r}: port {port_text!r} is not a number")
+        port = check_port(int(port_text), f"{what} {value!r}: port")
+    return Address(check_host(host, what), check_port(port, f"{what} {value!r}: port"))
