@@ -6,6 +6,7 @@ line and exit code 2; there is no logic here.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -22,6 +23,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bastion import __version__
+
+        console.print(f"bastion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Secure federated learning: workspaces, PKI, plans, aggregator, collaborators, enclaves."""
 
 
 def _register() -> None:
@@ -56,6 +74,10 @@ _GROUPS: list[tuple[str, str | None]] = [
 
 def main() -> None:
     """Entry point of the ``bastion`` console script."""
+    # gRPC's C core logs to stderr on its own (ssl_transport_security.cc, ...); it speaks
+    # only with --verbose. It reads this before its first import, so it is set here.
+    verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if verbose else "NONE")
     _register()
     try:
         app()
