@@ -205,6 +205,11 @@ class TimeoutSpec(_Strict):
     min_results: int = Field(default=1, ge=1, description="train results needed to close a round")
     poll_seconds: float = Field(default=0.5, gt=0)
     reconnect_give_up_seconds: float = Field(default=600.0, gt=0)
+    lost_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="a site silent this long (no poll, no heartbeat) is reported lost",
+    )
 
 
 class BestModelSpec(_Strict):

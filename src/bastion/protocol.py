@@ -71,7 +71,8 @@ class ResultHeader:
     """What comes before a result's tensors: which task of which round, and its figures.
 
     ``declined`` carries the reason when the collaborator will not run the task (its local
-    privacy budget); such a result has no tensors.
+    privacy budget), ``failed`` the error when the task raised at the site; neither has
+    tensors.
     """
 
     round: int
@@ -79,6 +80,7 @@ class ResultHeader:
     example_count: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
     declined: str | None = None
+    failed: str | None = None
 
 
 class Ack(NamedTuple):
@@ -135,6 +137,10 @@ class ResultSink(Protocol):
         metrics: Mapping[str, float],
     ) -> Ack: ...
 
+    def fail_task(self, collaborator: str, round_number: int, task_name: str, error: str) -> Ack:
+        """The task raised at the site: the round goes on without the rest of its work."""
+        ...
+
 
 class FederationPort(ResultSink, Protocol):
     """The aggregator-side operations a transport may call, with the caller's certified name."""
@@ -147,6 +153,10 @@ class FederationPort(ResultSink, Protocol):
     def get_tasks(self, collaborator: str) -> Assignment: ...
 
     def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]: ...
+
+    def heartbeat(self, collaborator: str, round_number: int) -> int:
+        """The site is alive (e.g. training); returns the current round."""
+        ...
 
     def stage_payload_limit(
         self, collaborator: str, round_number: int, attempt: int, step: str
@@ -197,6 +207,10 @@ def take_result(
     on), a result the caller may not send is a ``Refused`` raised before any tensor is read.
     """
     metrics = {str(key): float(value) for key, value in header.metrics.items()}
+    if header.failed is not None:
+        if next(iter(frames), None) is not None:
+            raise ProtocolError("a failed task carries no tensors")
+        return port.fail_task(collaborator, header.round, header.task, header.failed)
     if header.declined is not None:
         if next(iter(frames), None) is not None:
             raise ProtocolError("a declined task carries no tensors")

@@ -79,7 +79,9 @@ def test_an_image_folder_has_one_folder_per_class(tmp_path: Path) -> None:
     for label in ("cat", "dog"):
         (tmp_path / label).mkdir()
         for i in range(3):
-            Image.fromarray(np.full((4, 5, 3), 40 * i, np.uint8)).save(tmp_path / label / f"{i}.png")
+            Image.fromarray(np.full((4, 5, 3), 40 * i, np.uint8)).save(
+                tmp_path / label / f"{i}.png"
+            )
     shard = load_site_shard("image_folder", tmp_path, None, {"valid_fraction": 0.5})
     assert shard.train_count + shard.valid_count == 6 and shard.num_classes == 2
     assert shard.x_train.shape[1:] == (4, 5, 3) and shard.x_train.max() <= 1.0

@@ -32,7 +32,10 @@ from bastion.aggregator.events import (
     RoundRestarted,
     RoundSkipped,
     RoundStarted,
+    SiteBack,
+    SiteLost,
     TaskDeclined,
+    TaskFailed,
     TrainingStop,
     TrainingStopped,
     publish,
@@ -148,10 +151,7 @@ class Aggregator:
         """What ``collaborator`` should do now."""
         self._check_roster(collaborator)
         with self._lock:
-            if self._status.contact(collaborator):
-                log.info("collaborator %s connected", collaborator)
-            if self._status.due():
-                self._write_summary()
+            self._contact(collaborator)
             if self.finished.is_set() or self._round is None:
                 return Assignment("done", total_rounds=self.plan.rounds)
             pending = self._round.pending.get(collaborator)
@@ -169,6 +169,23 @@ class Aggregator:
                 tuple(by_name[n] for n in pending),
                 total_rounds=self.plan.rounds,
             )
+
+    def heartbeat(self, collaborator: str, round_number: int) -> int:
+        """``collaborator`` is alive (a long task runs); the current round."""
+        self._check_roster(collaborator)
+        with self._lock:
+            self._contact(collaborator)
+            return self._round.number if self._round else 0
+
+    def _contact(self, collaborator: str) -> None:
+        first, away = self._status.contact(collaborator)
+        if first:
+            log.info("collaborator %s connected", collaborator)
+        if away is not None:
+            log.info("%s is back after %.0fs without contact", collaborator, away)
+            self._publish(SiteBack(collaborator, round(away, 3)))
+        if away is not None or self._status.due():
+            self._write_summary()
 
     def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]:
         """The global model for ``round_number`` as wire frames, if the caller was assigned it.
@@ -324,6 +341,28 @@ class Aggregator:
             self._advance()
         return Ack(True, "")
 
+    def fail_task(self, collaborator: str, round_number: int, task_name: str, error: str) -> Ack:
+        """``collaborator``'s task raised: the rest of its round is dropped, the round goes on."""
+        self._check_roster(collaborator)
+        with self._lock:
+            progress = self._require_assigned(collaborator, round_number)
+            if task_name not in progress.pending[collaborator]:
+                raise NotAssigned(
+                    f"{collaborator} has no pending task {task_name!r} in round {round_number}"
+                )
+            error = " ".join(error.split())[:MAX_REASON] or "an unnamed error"
+            progress.failed[collaborator] = f"{task_name}: {error}"
+            progress.pending[collaborator] = []
+            assert self.round_protocol is not None
+            self.round_protocol.exclude(collaborator, f"its {task_name} task failed: {error}")
+            log.warning(
+                "%s: task %s failed in round %d: %s", collaborator, task_name, round_number, error
+            )
+            self._publish(TaskFailed(round_number, collaborator, task_name, error))
+            self._write_summary()
+            self._advance()
+        return Ack(True, "")
+
     # ------------------------------------------------------------------ stage messages
 
     def _interactive(self, collaborator: str, round_number: int) -> InteractiveRound | str:
@@ -382,6 +421,12 @@ class Aggregator:
     def check_timeout(self) -> None:
         """Close or restart the current round if it has run past ``timeouts.round_seconds``."""
         with self._lock:
+            lost = self._status.newly_lost(self.plan.timeouts.lost_seconds)
+            for name, silent in lost:
+                log.warning("%s lost: no contact for %.0fs", name, silent)
+                self._publish(SiteLost(name, round(silent, 3)))
+            if lost:
+                self._write_summary()
             progress, protocol = self._round, self.round_protocol
             if progress is None or protocol is None or self.finished.is_set():
                 return
@@ -534,6 +579,7 @@ class Aggregator:
             "accepted": accepted,
             "rejected": progress.rejected,
             "declined": progress.declined,
+            "failed": progress.failed,
             "timed_out": timed_out,
             "seconds": seconds,
         }

@@ -53,6 +53,32 @@ class TaskDeclined:
 
 
 @dataclass(frozen=True)
+class TaskFailed:
+    """A task raised at a site (``error``: its type and message); the round goes on."""
+
+    round: int
+    collaborator: str
+    task: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SiteLost:
+    """No contact from a site for longer than ``timeouts.lost_seconds``."""
+
+    collaborator: str
+    silent_seconds: float
+
+
+@dataclass(frozen=True)
+class SiteBack:
+    """A lost site is in contact again."""
+
+    collaborator: str
+    away_seconds: float
+
+
+@dataclass(frozen=True)
 class RoundRestarted:
     """A late round without a quorum starts again from its beginning."""
 
@@ -130,6 +156,9 @@ RoundEvent = (
     | ResultAccepted
     | ResultRejected
     | TaskDeclined
+    | TaskFailed
+    | SiteLost
+    | SiteBack
     | RoundRestarted
     | RoundSkipped
     | ProtocolReported
@@ -193,7 +222,10 @@ __all__ = [
     "RoundRestarted",
     "RoundSkipped",
     "RoundStarted",
+    "SiteBack",
+    "SiteLost",
     "TaskDeclined",
+    "TaskFailed",
     "TrainingStop",
     "TrainingStopped",
     "publish",

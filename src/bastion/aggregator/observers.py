@@ -16,7 +16,10 @@ from bastion.aggregator.events import (
     RoundRestarted,
     RoundSkipped,
     RoundStarted,
+    SiteBack,
+    SiteLost,
     TaskDeclined,
+    TaskFailed,
     TrainingStopped,
 )
 from bastion.metrics.log import MetricsLog
@@ -65,6 +68,18 @@ class MetricsRecorder(RoundObserver):
                 reason=event.reason,
                 metrics=dict(event.metrics),
             )
+        elif isinstance(event, TaskFailed):
+            write(
+                "failed",
+                round=event.round,
+                collaborator=event.collaborator,
+                task=event.task,
+                error=event.error,
+            )
+        elif isinstance(event, SiteLost):
+            write("site_lost", collaborator=event.collaborator, silent_seconds=event.silent_seconds)
+        elif isinstance(event, SiteBack):
+            write("site_back", collaborator=event.collaborator, away_seconds=event.away_seconds)
         elif isinstance(event, RoundRestarted):
             write("round_restart", round=event.round, late=list(event.late))
         elif isinstance(event, RoundSkipped):
@@ -92,3 +107,23 @@ class AttestationStatus(RoundObserver):
 
     def status_fields(self, round_completed: int) -> dict[str, Any]:
         return {"attestation": dict(sorted(self._verdicts.items()))}
+
+
+class SiteFailures(RoundObserver):
+    """Each site's failed tasks (how many, the last one), so repeated failures show in status."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, dict[str, object]] = {}
+
+    def notify(self, event: RoundEvent) -> None:
+        if isinstance(event, TaskFailed):
+            entry = self._failures.setdefault(event.collaborator, {"count": 0})
+            entry.update(
+                count=int(entry["count"]) + 1,  # type: ignore[call-overload]
+                round=event.round,
+                task=event.task,
+                error=event.error,
+            )
+
+    def status_fields(self, round_completed: int) -> dict[str, Any]:
+        return {"failures": dict(sorted(self._failures.items()))}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.local_privacy import LocalPrivacyTracker
-from bastion.aggregator.observers import AttestationStatus, MetricsRecorder
+from bastion.aggregator.observers import AttestationStatus, MetricsRecorder, SiteFailures
 from bastion.aggregator.privacy_observers import CentralPrivacyObserver, LocalPrivacyObserver
 from bastion.aggregator.round_protocol import ProtocolFactory, StreamingRound
 from bastion.aggregator.secure_protocol import SecureAggregationRounds
@@ -26,8 +26,8 @@ UpdateDecoder = Callable[[Weights, Weights, int], Weights]
 
 
 def standard_observers(plan: Plan, metrics: MetricsLog) -> list[RoundObserver]:
-    """The metrics log and attestation status always; DP ledgers when the plan uses DP."""
-    observers: list[RoundObserver] = [MetricsRecorder(metrics), AttestationStatus()]
+    """The metrics log, attestation status and site failures always; DP ledgers with DP."""
+    observers: list[RoundObserver] = [MetricsRecorder(metrics), AttestationStatus(), SiteFailures()]
     ledger = PrivacyLedger.for_plan(plan)
     if ledger is not None:
         observers.append(CentralPrivacyObserver(ledger))

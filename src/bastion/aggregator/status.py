@@ -24,13 +24,29 @@ class StatusFile:
         self.last_seen: dict[str, float] = {}
         self._written = -math.inf  # time.monotonic() of the last write
         self._stale = False
+        self.lost: dict[str, float] = {}  # site -> time.time() it was last heard of
 
-    def contact(self, collaborator: str) -> bool:
-        """Record a call from ``collaborator``; True on its first contact."""
+    def contact(self, collaborator: str) -> tuple[bool, float | None]:
+        """Record a call from ``collaborator``: (first contact?, seconds away if it was lost)."""
         first = collaborator not in self.last_seen
-        self.last_seen[collaborator] = time.time()
-        self._stale = self._stale or first
-        return first
+        now = time.time()
+        self.last_seen[collaborator] = now
+        away = self.lost.pop(collaborator, None)
+        self._stale = self._stale or first or away is not None
+        return first, None if away is None else now - away
+
+    def newly_lost(self, silent_seconds: float) -> list[tuple[str, float]]:
+        """Sites silent for longer than ``silent_seconds`` not yet reported: (site, silence)."""
+        now = time.time()
+        found = [
+            (name, now - seen)
+            for name, seen in self.last_seen.items()
+            if name not in self.lost and now - seen > silent_seconds
+        ]
+        for name, _ in found:
+            self.lost[name] = self.last_seen[name]
+        self._stale = self._stale or bool(found)
+        return found
 
     def due(self) -> bool:
         """Whether new contacts wait to be written and the last write is old enough."""
@@ -40,5 +56,6 @@ class StatusFile:
         self._written = time.monotonic()
         self._stale = False
         summary["collaborators_seen"] = dict(sorted(self.last_seen.items()))
+        summary["lost"] = sorted(self.lost)
         summary["updated"] = time.time()
         self._store.write_summary(summary)

@@ -97,6 +97,13 @@ class InProcessClient:
         header = ResultHeader(round_number, task, 0, metrics, declined=reason)
         return take_result(self.aggregator, self.name, header, ())
 
+    def fail_task(self, round_number: int, task: str, error: str) -> Ack:
+        header = ResultHeader(round_number, task, 0, {}, failed=error)
+        return take_result(self.aggregator, self.name, header, ())
+
+    def heartbeat(self, round_number: int) -> int:
+        return self.aggregator.heartbeat(self.name, round_number)
+
     def secagg_send(
         self,
         round_number: int,

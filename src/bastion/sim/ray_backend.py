@@ -243,7 +243,9 @@ class RayFederation:
             raise BastionError(f"{name}: its Ray worker failed: {_last_line(exc)}") from None
         client = InProcessClient(self.aggregator, name)
         for message in sent.messages:
-            if message.declined is not None:
+            if message.failed is not None:
+                accepted, reason = client.fail_task(sent.round, message.task, message.failed)
+            elif message.declined is not None:
                 accepted, reason = client.decline_task(
                     sent.round, message.task, message.declined, message.metrics
                 )

@@ -50,6 +50,7 @@ class SentMessage:
     metrics: dict[str, float]
     weights: Weights | None = None
     declined: str | None = None
+    failed: str | None = None
 
 
 @dataclass
@@ -120,6 +121,9 @@ class ContentCheckPort:
     ) -> Ack:
         return Ack(True, "")
 
+    def fail_task(self, collaborator: str, round_number: int, task_name: str, error: str) -> Ack:
+        return Ack(True, "")
+
 
 class RecordingTransport:
     """An ``AggregatorClient`` that serves the round's model and records what is sent.
@@ -167,6 +171,13 @@ class RecordingTransport:
         metrics = {key: float(value) for key, value in metrics.items()}
         self.sent.messages.append(SentMessage(task, 0, metrics, declined=reason))
         return Ack(True, "")
+
+    def fail_task(self, round_number: int, task: str, error: str) -> Ack:
+        self.sent.messages.append(SentMessage(task, 0, {}, failed=error))
+        return Ack(True, "")
+
+    def heartbeat(self, round_number: int) -> int:
+        return round_number
 
 
 class ClientWorker:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61stion/transport/bastion.proto\x12\nbastion.v1\":\n\nSecAggPoll\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\t\"\xf6\x01\n\x0cSecAggHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x36\n\x07metrics\x18\x05 \x03(\x0b\x32%.bastion.v1.SecAggHeader.MetricsEntry\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\nSecAggPart\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.bastion.v1.SecAggHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"-\n\tSecAggAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"$\n\x13\x41ggregatorChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"U\n\x12\x41ggregatorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"B\n\x14\x43ollaboratorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"2\n\x0e\x41ttestationAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0cTasksRequest\x12\x11\n\tplan_hash\x18\x01 \x01(\t\x12\x1d\n\x15workspace_measurement\x18\x02 \x01(\t\"D\n\x04Task\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\targs_json\x18\x04 \x01(\t\"\xdd\x01\n\nTasksReply\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.bastion.v1.TasksReply.Action\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1f\n\x05tasks\x18\x03 \x03(\x0b\x32\x10.bastion.v1.Task\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\x01\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\"=\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x07\n\x03RUN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\"\x1d\n\x0cModelRequest\x12\r\n\x05round\x18\x01 \x01(\r\"W\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\xbc\x01\n\x0cResultHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x15\n\rexample_count\x18\x03 \x01(\x04\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.bastion.v1.ResultHeader.MetricsEntry\x12\x10\n\x08\x64\x65\x63lined\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"l\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.bastion.v1.ResultHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.bastion.v1.TensorChunkH\x00\x42\x06\n\x04part\"-\n\tResultAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xf4\x03\n\nFederation\x12<\n\x08GetTasks\x12\x18.bastion.v1.TasksRequest\x1a\x16.bastion.v1.TasksReply\x12?\n\x08GetModel\x12\x18.bastion.v1.ModelRequest\x1a\x17.bastion.v1.TensorChunk0\x01\x12>\n\nSendResult\x12\x17.bastion.v1.ResultChunk\x1a\x15.bastion.v1.ResultAck(\x01\x12S\n\x10\x41ttestAggregator\x12\x1f.bastion.v1.AggregatorChallenge\x1a\x1e.bastion.v1.AggregatorEvidence\x12R\n\x12\x41ttestCollaborator\x12 .bastion.v1.CollaboratorEvidence\x1a\x1a.bastion.v1.AttestationAck\x12=\n\nSecAggSend\x12\x16.bastion.v1.SecAggPart\x1a\x15.bastion.v1.SecAggAck(\x01\x12?\n\x0bSecAggFetch\x12\x16.bastion.v1.SecAggPoll\x1a\x16.bastion.v1.SecAggPart0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61stion/transport/bastion.proto\x12\nbastion.v1\"!\n\x10HeartbeatRequest\x12\r\n\x05round\x18\x01 \x01(\r\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05round\x18\x01 \x01(\r\":\n\nSecAggPoll\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\t\"\xf6\x01\n\x0cSecAggHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x36\n\x07metrics\x18\x05 \x03(\x0b\x32%.bastion.v1.SecAggHeader.MetricsEntry\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\nSecAggPart\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.bastion.v1.SecAggHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"-\n\tSecAggAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"$\n\x13\x41ggregatorChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"U\n\x12\x41ggregatorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"B\n\x14\x43ollaboratorEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"2\n\x0e\x41ttestationAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0cTasksRequest\x12\x11\n\tplan_hash\x18\x01 \x01(\t\x12\x1d\n\x15workspace_measurement\x18\x02 \x01(\t\"D\n\x04Task\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\targs_json\x18\x04 \x01(\t\"\xdd\x01\n\nTasksReply\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.bastion.v1.TasksReply.Action\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1f\n\x05tasks\x18\x03 \x03(\x0b\x32\x10.bastion.v1.Task\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\x01\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\"=\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x07\n\x03RUN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\"\x1d\n\x0cModelRequest\x12\r\n\x05round\x18\x01 \x01(\r\"W\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\xcc\x01\n\x0cResultHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x15\n\rexample_count\x18\x03 \x01(\x04\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.bastion.v1.ResultHeader.MetricsEntry\x12\x10\n\x08\x64\x65\x63lined\x18\x05 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"l\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.bastion.v1.ResultHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.bastion.v1.TensorChunkH\x00\x42\x06\n\x04part\"-\n\tResultAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xbb\x04\n\nFederation\x12<\n\x08GetTasks\x12\x18.bastion.v1.TasksRequest\x1a\x16.bastion.v1.TasksReply\x12?\n\x08GetModel\x12\x18.bastion.v1.ModelRequest\x1a\x17.bastion.v1.TensorChunk0\x01\x12>\n\nSendResult\x12\x17.bastion.v1.ResultChunk\x1a\x15.bastion.v1.ResultAck(\x01\x12S\n\x10\x41ttestAggregator\x12\x1f.bastion.v1.AggregatorChallenge\x1a\x1e.bastion.v1.AggregatorEvidence\x12R\n\x12\x41ttestCollaborator\x12 .bastion.v1.CollaboratorEvidence\x1a\x1a.bastion.v1.AttestationAck\x12=\n\nSecAggSend\x12\x16.bastion.v1.SecAggPart\x1a\x15.bastion.v1.SecAggAck(\x01\x12?\n\x0bSecAggFetch\x12\x16.bastion.v1.SecAggPoll\x1a\x16.bastion.v1.SecAggPart0\x01\x12\x45\n\tHeartbeat\x12\x1c.bastion.v1.HeartbeatRequest\x1a\x1a.bastion.v1.HeartbeatReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +35,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECAGGHEADER_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_RESULTHEADER_METRICSENTRY']._loaded_options = None
   _globals['_RESULTHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SECAGGPOLL']._serialized_start=47
-  _globals['_SECAGGPOLL']._serialized_end=105
-  _globals['_SECAGGHEADER']._serialized_start=108
-  _globals['_SECAGGHEADER']._serialized_end=354
-  _globals['_SECAGGHEADER_METRICSENTRY']._serialized_start=308
-  _globals['_SECAGGHEADER_METRICSENTRY']._serialized_end=354
-  _globals['_SECAGGPART']._serialized_start=356
-  _globals['_SECAGGPART']._serialized_end=436
-  _globals['_SECAGGACK']._serialized_start=438
-  _globals['_SECAGGACK']._serialized_end=483
-  _globals['_AGGREGATORCHALLENGE']._serialized_start=485
-  _globals['_AGGREGATORCHALLENGE']._serialized_end=521
-  _globals['_AGGREGATOREVIDENCE']._serialized_start=523
-  _globals['_AGGREGATOREVIDENCE']._serialized_end=608
-  _globals['_COLLABORATOREVIDENCE']._serialized_start=610
-  _globals['_COLLABORATOREVIDENCE']._serialized_end=676
-  _globals['_ATTESTATIONACK']._serialized_start=678
-  _globals['_ATTESTATIONACK']._serialized_end=728
-  _globals['_TASKSREQUEST']._serialized_start=730
-  _globals['_TASKSREQUEST']._serialized_end=794
-  _globals['_TASK']._serialized_start=796
-  _globals['_TASK']._serialized_end=864
-  _globals['_TASKSREPLY']._serialized_start=867
-  _globals['_TASKSREPLY']._serialized_end=1088
-  _globals['_TASKSREPLY_ACTION']._serialized_start=1027
-  _globals['_TASKSREPLY_ACTION']._serialized_end=1088
-  _globals['_MODELREQUEST']._serialized_start=1090
-  _globals['_MODELREQUEST']._serialized_end=1119
-  _globals['_TENSORCHUNK']._serialized_start=1121
-  _globals['_TENSORCHUNK']._serialized_end=1208
-  _globals['_RESULTHEADER']._serialized_start=1211
-  _globals['_RESULTHEADER']._serialized_end=1399
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=308
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=354
-  _globals['_RESULTCHUNK']._serialized_start=1401
-  _globals['_RESULTCHUNK']._serialized_end=1509
-  _globals['_RESULTACK']._serialized_start=1511
-  _globals['_RESULTACK']._serialized_end=1556
-  _globals['_FEDERATION']._serialized_start=1559
-  _globals['_FEDERATION']._serialized_end=2059
+  _globals['_HEARTBEATREQUEST']._serialized_start=47
+  _globals['_HEARTBEATREQUEST']._serialized_end=80
+  _globals['_HEARTBEATREPLY']._serialized_start=82
+  _globals['_HEARTBEATREPLY']._serialized_end=113
+  _globals['_SECAGGPOLL']._serialized_start=115
+  _globals['_SECAGGPOLL']._serialized_end=173
+  _globals['_SECAGGHEADER']._serialized_start=176
+  _globals['_SECAGGHEADER']._serialized_end=422
+  _globals['_SECAGGHEADER_METRICSENTRY']._serialized_start=376
+  _globals['_SECAGGHEADER_METRICSENTRY']._serialized_end=422
+  _globals['_SECAGGPART']._serialized_start=424
+  _globals['_SECAGGPART']._serialized_end=504
+  _globals['_SECAGGACK']._serialized_start=506
+  _globals['_SECAGGACK']._serialized_end=551
+  _globals['_AGGREGATORCHALLENGE']._serialized_start=553
+  _globals['_AGGREGATORCHALLENGE']._serialized_end=589
+  _globals['_AGGREGATOREVIDENCE']._serialized_start=591
+  _globals['_AGGREGATOREVIDENCE']._serialized_end=676
+  _globals['_COLLABORATOREVIDENCE']._serialized_start=678
+  _globals['_COLLABORATOREVIDENCE']._serialized_end=744
+  _globals['_ATTESTATIONACK']._serialized_start=746
+  _globals['_ATTESTATIONACK']._serialized_end=796
+  _globals['_TASKSREQUEST']._serialized_start=798
+  _globals['_TASKSREQUEST']._serialized_end=862
+  _globals['_TASK']._serialized_start=864
+  _globals['_TASK']._serialized_end=932
+  _globals['_TASKSREPLY']._serialized_start=935
+  _globals['_TASKSREPLY']._serialized_end=1156
+  _globals['_TASKSREPLY_ACTION']._serialized_start=1095
+  _globals['_TASKSREPLY_ACTION']._serialized_end=1156
+  _globals['_MODELREQUEST']._serialized_start=1158
+  _globals['_MODELREQUEST']._serialized_end=1187
+  _globals['_TENSORCHUNK']._serialized_start=1189
+  _globals['_TENSORCHUNK']._serialized_end=1276
+  _globals['_RESULTHEADER']._serialized_start=1279
+  _globals['_RESULTHEADER']._serialized_end=1483
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=376
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=422
+  _globals['_RESULTCHUNK']._serialized_start=1485
+  _globals['_RESULTCHUNK']._serialized_end=1593
+  _globals['_RESULTACK']._serialized_start=1595
+  _globals['_RESULTACK']._serialized_end=1640
+  _globals['_FEDERATION']._serialized_start=1643
+  _globals['_FEDERATION']._serialized_end=2214
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
+
 class SecAggPoll(_message.Message):
     __slots__ = ("round", "attempt", "step")
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -161,7 +173,7 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("round", "task", "example_count", "metrics", "declined")
+    __slots__ = ("round", "task", "example_count", "metrics", "declined", "failed")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,12 +186,14 @@ class ResultHeader(_message.Message):
     EXAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     round: int
     task: str
     example_count: int
     metrics: _containers.ScalarMap[str, float]
     declined: str
-    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., example_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., declined: _Optional[str] = ...) -> None: ...
+    failed: str
+    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., example_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., declined: _Optional[str] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "tensor")

@@ -69,6 +69,11 @@ class FederationStub:
                 request_serializer=bastion_dot_transport_dot_bastion__pb2.SecAggPoll.SerializeToString,
                 response_deserializer=bastion_dot_transport_dot_bastion__pb2.SecAggPart.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/bastion.v1.Federation/Heartbeat',
+                request_serializer=bastion_dot_transport_dot_bastion__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=bastion_dot_transport_dot_bastion__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -124,6 +129,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """"Still here" while a long task runs, so the aggregator can tell a busy site from a lost one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +173,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SecAggFetch,
                     request_deserializer=bastion_dot_transport_dot_bastion__pb2.SecAggPoll.FromString,
                     response_serializer=bastion_dot_transport_dot_bastion__pb2.SecAggPart.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=bastion_dot_transport_dot_bastion__pb2.HeartbeatRequest.FromString,
+                    response_serializer=bastion_dot_transport_dot_bastion__pb2.HeartbeatReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +369,33 @@ class Federation:
             '/bastion.v1.Federation/SecAggFetch',
             bastion_dot_transport_dot_bastion__pb2.SecAggPoll.SerializeToString,
             bastion_dot_transport_dot_bastion__pb2.SecAggPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Federation/Heartbeat',
+            bastion_dot_transport_dot_bastion__pb2.HeartbeatRequest.SerializeToString,
+            bastion_dot_transport_dot_bastion__pb2.HeartbeatReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -159,6 +159,27 @@ class GrpcAggregatorClient:
             raise self._translate(exc, f"declining {task!r} in round {round_number}") from None
         return ack.accepted, ack.reason
 
+    def fail_task(self, round_number: int, task: str, error: str) -> tuple[bool, str]:
+        """Tell the aggregator our task raised (type and message only), so it stops waiting."""
+        header = pb.ResultHeader(round=round_number, task=task, failed=error[:1000])
+        try:
+            ack = self._stub.SendResult(
+                iter([pb.ResultChunk(header=header)]), metadata=self._metadata, timeout=60
+            )
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"reporting the failure of {task!r}") from None
+        return ack.accepted, ack.reason
+
+    def heartbeat(self, round_number: int) -> int:
+        """Tell the aggregator we are alive (a long task runs); returns its current round."""
+        try:
+            reply = self._stub.Heartbeat(
+                pb.HeartbeatRequest(round=round_number), metadata=self._metadata, timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "a heartbeat") from None
+        return int(reply.round)
+
     def secagg_send(
         self,
         round_number: int,

@@ -228,15 +228,24 @@ class FederationServicer(pb_grpc.FederationServicer):
                 int(message.example_count),
                 dict(message.metrics),
                 message.declined or None,
+                message.failed or None,
             )
             frames = (from_chunk(_tensor_part(part)) for part in request_iterator)
-            if header.declined is not None:
+            if header.declined is not None or header.failed is not None:
                 ack = take_result(self._port, name, header, frames)
             else:
                 self._port.check_result_allowed(name, header.round, header.task)
                 with self._uploads:
                     ack = take_result(self._port, name, header, frames)
         return pb.ResultAck(accepted=ack.accepted, reason=ack.reason)
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
+        name = self._caller(context)
+        with answering(context, name, "a heartbeat"):
+            current = self._port.heartbeat(name, request.round)
+        return pb.HeartbeatReply(round=current)
 
     def SecAggSend(
         self, request_iterator: Iterator[pb.SecAggPart], context: grpc.ServicerContext
