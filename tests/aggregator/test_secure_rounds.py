@@ -17,7 +17,7 @@ from bastion.errors import PlanError
 from bastion.plan import load_plan
 from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
 from bastion.privacy.secagg.session import Step, neighbours_for, threshold_for
-from bastion.privacy.secagg.spec import SecureAggregationSpec
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 
 
 def _draw(seed: int, stage: Step | None) -> tuple[int, dict, dict[str, Step]]:

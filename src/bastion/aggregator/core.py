@@ -30,6 +30,7 @@ from bastion.aggregator.records import (
 from bastion.aggregator.secure_hooks import SecureAggregationHooks
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.base import Strategy
+from bastion.compression.pipeline import build_pipeline
 from bastion.compression.wire import decode_update
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
@@ -73,7 +74,7 @@ class Aggregator(SecureAggregationHooks, LocalPrivacyHooks):
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
         self.privacy = PrivacyLedger.for_plan(plan)
         self.local_privacy = LocalPrivacyTracker.for_plan(plan)
-        self._compression = plan.compression.pipeline() if plan.compression else None
+        self._compression = build_pipeline(plan.compression) if plan.compression else None
         # Secure aggregation (secure_hooks): the open session, attempts per round, and the
         # check of the certificates collaborators advertise with their keys.
         self.secure_verifier = secure_verifier

@@ -24,7 +24,7 @@ from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.privacy.secagg.session import StageReply, Step
-from bastion.privacy.secagg.spec import weighting_for
+from bastion.spec.secure_aggregation import weighting_for
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")

@@ -41,8 +41,8 @@ from bastion.privacy.secagg.session import (
     quantizer_for,
     session_config,
 )
-from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.update import SecureSum, UpdateCodec, Weighting
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")

@@ -27,7 +27,7 @@ from bastion.algorithms.trimmed_mean import TrimmedMean, TrimmedMeanArgs
 from bastion.errors import PlanError
 from bastion.plan import Plan
 from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
-from bastion.privacy.dp.spec import CENTRAL_STRATEGY, central_strategy_args
+from bastion.spec.differential_privacy import CENTRAL_STRATEGY, central_strategy_args
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from bastion.privacy.secagg.session import (
     quantizer_for,
     session_config,
 )
-from bastion.privacy.secagg.spec import weighting_for
 from bastion.privacy.secagg.update import UpdateCodec
+from bastion.spec.secure_aggregation import weighting_for
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bastion.aggregator.records import Assignment, validate_result
 from bastion.collaborator.loop import Collaborator
+from bastion.compression.pipeline import build_pipeline
 from bastion.compression.wire import UpdateEncoder, decode_update
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
 from bastion.plan import Plan, TaskSpec, load_plan
@@ -76,7 +77,7 @@ class RecordingTransport:
         self._spec = spec_of(model)
         self._chunk_bytes = int(plan.network.chunk_mib * 1024 * 1024)
         self._max_bytes = int(plan.network.max_update_mib * 1024 * 1024)
-        self._pipeline = plan.compression.pipeline() if plan.compression else None
+        self._pipeline = build_pipeline(plan.compression) if plan.compression else None
 
     def get_tasks(self) -> Assignment:
         raise BastionError(f"{self.name}: a simulated client is handed its assignment")
