@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.core import Aggregator, NotAssigned, UnknownCollaborator
 from bastion.algorithms.fedavg import FedAvg
 from bastion.metrics.log import MetricsLog, read_metrics, round_summaries
 from bastion.plan import parse_plan
+from bastion.storage.checkpoints import CheckpointStore
 
 ROSTER = ["a", "b", "c"]
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 
 from bastion.aggregator.assignment import Assigner, SampledAssigner, final_evaluation
-from bastion.aggregator.checkpoint import CheckpointStore, RoundState
 from bastion.aggregator.local_privacy import LocalPrivacyHooks, LocalPrivacyTracker
 from bastion.aggregator.records import (
     Assignment,
@@ -37,6 +36,7 @@ from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.privacy.dp.ledger import PrivacyLedger
 from bastion.privacy.secagg.keys import IdentityVerifier
+from bastion.storage.checkpoints import CheckpointStore, RoundState
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
 
 log = logging.getLogger("bastion.aggregator")

@@ -23,8 +23,8 @@ import string
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bastion.aggregator.checkpoint import INITIAL
 from bastion.plan import load_plan
+from bastion.storage.checkpoints import INITIAL
 from bastion.tee.gramine import HOST_ENV_ALLOWED, ManifestOptions, Role, render_manifest_template
 from bastion.tee.gramine_build import MANIFEST_NAME, build_steps
 from bastion.tee.pinned_workspace import has_manifest
