@@ -9,11 +9,11 @@ import pytest
 from support.workspaces import deep_update
 
 from bastion.aggregator.assignment import sample_collaborators
+from bastion.algorithms.dp_fedavg import DPFedAvg
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.compression.pipeline import build_pipeline
 from bastion.errors import PlanError
 from bastion.plan import Plan, parse_plan
-from bastion.privacy.dp import DPFedAvg
 from bastion.privacy.dp.ledger import PrivacyLedger
 
 
