@@ -45,6 +45,8 @@ run: $(STAMP)
 	bash scripts/run_demo.sh
 
 test: $(STAMP) $(MXNET_STAMP)
+	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
 	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
 	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
@@ -70,4 +72,4 @@ proto: $(STAMP)
 	cd src && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. bastion/transport/bastion.proto
 
 clean:
-	rm -rf $(VENV) $(MXNET_VENV) .pytest_cache .mypy_cache .ruff_cache .cache
+	rm -rf $(VENV) $(MXNET_VENV) .pytest_cache .mypy_cache .ruff_cache .cache .import_linter_cache

@@ -38,9 +38,9 @@ from bastion.privacy.secagg.consistency import verified_signers
 from bastion.privacy.secagg.messages import UnmaskingRequest
 from bastion.privacy.secagg.server import SecAggServer
 from bastion.privacy.secagg.session import quantizer_for, session_config
-from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.stats import Stage
 from bastion.privacy.secagg.update import UpdateCodec
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 
 RESULTS = Path(__file__).parent / "results" / "secure_aggregation.json"
 DELTA_STD = 0.01

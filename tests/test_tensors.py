@@ -11,13 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
+from bastion.storage.checkpoints import load_checkpoint, save_checkpoint
 from bastion.tensors import (
     WIRE_DTYPES,
     Frame,
     FrameAssembler,
     iter_frames,
-    load_checkpoint,
-    save_checkpoint,
     spec_of,
     validate_update,
 )

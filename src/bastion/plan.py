@@ -23,15 +23,16 @@ from pydantic import (
     model_validator,
 )
 
-from bastion.compression.spec import CompressionSpec, check_plan_composition
 from bastion.errors import PlanError
-from bastion.privacy.dp.spec import DifferentialPrivacySpec, central_dp_problem
-from bastion.privacy.secagg.spec import SecureAggregationSpec, secure_aggregation_problem
-from bastion.tee.attestation.policy import AttestationPolicy
+from bastion.spec.attestation import AttestationPolicy
+from bastion.spec.compression import CompressionSpec, check_plan_composition
+from bastion.spec.differential_privacy import DifferentialPrivacySpec, central_dp_problem
+from bastion.spec.secure_aggregation import SecureAggregationSpec, secure_aggregation_problem
 
 PLAN_FILE = "plan.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+MIB = 1024 * 1024
 
 
 class _Strict(BaseModel):
@@ -103,13 +104,13 @@ class NetworkSpec(_Strict):
 
     @property
     def chunk_bytes(self) -> int:
-        """``chunk_mib`` in bytes: the size of one wire frame."""
-        return int(self.chunk_mib * 1024 * 1024)
+        """Size of one streamed tensor chunk in bytes (the plan states MiB)."""
+        return int(self.chunk_mib * MIB)
 
     @property
     def max_update_bytes(self) -> int:
-        """``max_update_mib`` in bytes: the most one update or model may take on the wire."""
-        return int(self.max_update_mib * 1024 * 1024)
+        """Largest model or update a peer may send, in bytes (the plan states MiB)."""
+        return int(self.max_update_mib * MIB)
 
 
 class AggregationSpec(_Strict):

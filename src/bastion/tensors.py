@@ -1,26 +1,20 @@
 """The one model representation: an ordered ``dict[str, numpy.ndarray]``.
 
-This module owns everything that turns weights into bytes and back: the wire
-framing (raw little-endian buffers behind a (name, dtype, shape) header, cut into
-chunks of a few MiB so a model of any size streams), safetensors checkpoints, and
-the checks an untrusted update must pass. Nothing here ever unpickles.
+This module owns everything that turns weights into bytes and back on the wire
+(raw little-endian buffers behind a (name, dtype, shape) header, cut into chunks of
+a few MiB so a model of any size streams) and the checks an untrusted update must
+pass; checkpoints on disk are ``bastion.storage.checkpoints``. Nothing here ever unpickles.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 
-from bastion.errors import BastionError, ProtocolError, UpdateRejected
+from bastion.errors import ProtocolError, UpdateRejected
 
 Weights = dict[str, np.ndarray]
 """Named arrays in a stable order; every framework adapter converts to and from this."""
@@ -242,106 +236,3 @@ def assemble_frames(frames: Iterable[Frame], max_total_bytes: int) -> Weights:
     for frame in frames:
         assembler.add(frame)
     return assembler.result()
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-_SAFETENSORS_DTYPES = {
-    "float16": "F16",
-    "float32": "F32",
-    "float64": "F64",
-    "int8": "I8",
-    "int16": "I16",
-    "int32": "I32",
-    "int64": "I64",
-    "uint8": "U8",
-    "uint16": "U16",
-    "uint32": "U32",
-    "uint64": "U64",
-    "bool": "BOOL",
-}
-
-
-def save_checkpoint(
-    path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
-) -> None:
-    """Atomically write ``weights`` as a safetensors file; metadata values are strings.
-
-    The file is streamed tensor by tensor (8-byte header length, JSON header, raw
-    little-endian buffers), so saving a model never builds a second copy of it in memory.
-    """
-    meta = {"bastion.order": json.dumps(list(weights)), **dict(metadata or {})}
-    header: dict[str, object] = {"__metadata__": meta}
-    offset = 0
-    for name, array in weights.items():
-        dtype = dtype_name(array.dtype)
-        size = int(array.size) * WIRE_DTYPES[dtype].itemsize
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[dtype],
-            "shape": [int(d) for d in array.shape],
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(struct.pack("<Q", len(encoded)))
-            handle.write(encoded)
-            for array in weights.values():
-                wire = WIRE_DTYPES[dtype_name(array.dtype)]
-                contiguous = np.ascontiguousarray(array, dtype=wire).reshape(-1)
-                handle.write(contiguous.view(np.uint8).data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def load_checkpoint(path: Path) -> tuple[Weights, dict[str, str]]:
-    """Read a safetensors checkpoint tensor by tensor, keeping the order it was saved with."""
-    path = Path(path)
-    if not path.exists():
-        raise BastionError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = dict(handle.metadata() or {})
-            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types
-        raise BastionError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
-    order = [n for n in json.loads(metadata.pop("bastion.order", "[]")) if n in arrays]
-    names = order + [n for n in arrays if n not in order]
-    return {n: arrays[n] for n in names}, metadata

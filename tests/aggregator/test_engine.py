@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.engine import Aggregator, Phase
 from bastion.algorithms.fedavg import FedAvg
 from bastion.errors import PlanError
 from bastion.metrics.log import MetricsLog, read_metrics
 from bastion.plan import parse_plan
+from bastion.storage.checkpoints import CheckpointStore
 
 ROSTER = ["a", "b", "c"]
 # Nobody in training rounds; everyone validates in the final evaluation (round ROUNDS + 1).

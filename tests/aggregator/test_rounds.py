@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.engine import Aggregator
 from bastion.algorithms.fedavg import FedAvg
 from bastion.metrics.log import MetricsLog, read_metrics, round_summaries
 from bastion.plan import parse_plan
 from bastion.protocol import NotAssigned, UnknownCollaborator
+from bastion.storage.checkpoints import CheckpointStore
 
 ROSTER = ["a", "b", "c"]
 

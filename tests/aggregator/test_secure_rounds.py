@@ -12,12 +12,13 @@ import pytest
 from support.secure_rounds import STAGES, make_harness
 from support.simulation import plain_workspace
 
+from bastion.algorithms.dp_fedavg import DPFedAvg
 from bastion.errors import PlanError
 from bastion.plan import load_plan
-from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
 from bastion.privacy.secagg.session import Step, neighbours_for, threshold_for
-from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.protocol import NotAssigned
+from bastion.spec.differential_privacy import DPFedAvgArgs
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 
 
 def _draw(seed: int, stage: Step | None) -> tuple[int, dict, dict[str, Step]]:

@@ -10,11 +10,12 @@ import pytest
 from support.simulation import Recorder, plain_workspace
 
 from bastion.aggregator.engine import Aggregator
-from bastion.compression.spec import CompressionSpec
+from bastion.compression.pipeline import build_pipeline
 from bastion.compression.wire import UpdateEncoder, decode_update
 from bastion.errors import UpdateRejected
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.inprocess import InProcessClient, InProcessFederation
+from bastion.spec.compression import CompressionSpec
 from bastion.tensors import Weights, total_bytes
 
 TOPK_8BIT = {"stages": [{"stage": "topk", "fraction": 0.25}, {"stage": "quantize8"}]}
@@ -37,7 +38,7 @@ def test_decoded_update_is_global_plus_the_coded_delta() -> None:
     spec = _spec({"stages": [{"stage": "float16"}], "error_feedback": False})
     payload = UpdateEncoder(spec).encode(local, global_weights, round_number=1)
     assert payload["w::values"].dtype == np.float16 and "steps::raw" in payload
-    model = decode_update(spec.pipeline(), payload, global_weights, round_number=1)
+    model = decode_update(build_pipeline(spec), payload, global_weights, round_number=1)
     assert model["w"].dtype == np.float32 and model["steps"].tolist() == [9]
     # float16 rounds the *delta* (about 0.1), not the weights: error ~ 1e-4, not 1e-3.
     np.testing.assert_allclose(model["w"], local["w"], atol=2e-4)
@@ -51,7 +52,7 @@ def test_error_feedback_carries_what_topk_dropped_into_the_next_round() -> None:
     sent = np.zeros(100)
     for round_number in range(1, 21):
         payload = encoder.encode(step, global_weights, round_number)
-        sent += decode_update(spec.pipeline(), payload, global_weights, round_number)["w"]
+        sent += decode_update(build_pipeline(spec), payload, global_weights, round_number)["w"]
     # 20 rounds of the same delta: what arrived adds up to 20 deltas minus one residual.
     assert encoder.feedback is not None
     np.testing.assert_allclose(sent + encoder.feedback.residual["w"], 20 * step["w"])
@@ -123,4 +124,4 @@ def test_decode_refuses_a_payload_of_another_pipeline() -> None:
         {"w": np.ones(10, dtype=np.float32)}, global_weights, 1
     )
     with pytest.raises(UpdateRejected, match="does not match pipeline"):
-        decode_update(_spec(TOPK_8BIT).pipeline(), payload, global_weights, 1)
+        decode_update(build_pipeline(_spec(TOPK_8BIT)), payload, global_weights, 1)

@@ -21,7 +21,7 @@ from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
-from bastion.tensors import load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
 
 Z, CLIP, DELTA = 0.05, 1.0, 1e-5
 

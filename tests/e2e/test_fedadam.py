@@ -20,7 +20,8 @@ from support.workspaces import edit_plan, make_workspace, sign_workspace
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.inprocess import InProcessFederation
 from bastion.sim.processes import LocalFederation
-from bastion.tensors import Weights, load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
+from bastion.tensors import Weights
 from bastion.workspace.initialize import initialize_plan
 
 ETA, BETA_1, BETA_2, TAU = 0.05, 0.9, 0.99, 1e-3
@@ -32,7 +33,7 @@ import os
 import time
 from pathlib import Path
 
-from bastion.tensors import save_checkpoint
+from bastion.storage.checkpoints import save_checkpoint
 from task import build_runner as build_template_runner
 
 

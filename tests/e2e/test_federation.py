@@ -11,7 +11,7 @@ from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
-from bastion.tensors import load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
 
 # Task code that records, independently of the aggregator, every update a collaborator
 # sends: its weights after training and the example count it reports.
@@ -19,7 +19,7 @@ RECORDING_TASK = """
 import os
 from pathlib import Path
 
-from bastion.tensors import save_checkpoint
+from bastion.storage.checkpoints import save_checkpoint
 from task import build_runner as build_template_runner
 
 

@@ -14,7 +14,7 @@ from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.metrics.log import read_metrics
 from bastion.sim.processes import LocalFederation
-from bastion.tensors import load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
 
 MU = 1.0
@@ -23,7 +23,7 @@ COUNTERFACTUAL_TASK = """
 import os
 from pathlib import Path
 
-from bastion.tensors import save_checkpoint
+from bastion.storage.checkpoints import save_checkpoint
 from task import build_runner as build_template_runner
 
 

@@ -12,7 +12,7 @@ from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
-from bastion.tensors import load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
 
 SLOW_TASK = '''

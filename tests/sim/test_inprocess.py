@@ -17,7 +17,8 @@ from bastion.metrics.log import read_metrics, round_summaries
 from bastion.plan import load_plan
 from bastion.sim.inprocess import InProcessClient, InProcessFederation, simulate_in_process
 from bastion.sim.shards import ShardIndex, load_plan_dataset
-from bastion.tensors import Weights, load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
+from bastion.tensors import Weights
 from bastion.workspace.tasks import load_shard
 
 

@@ -18,7 +18,8 @@ from bastion.errors import BastionError
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.plan import load_plan
 from bastion.sim.inprocess import simulate_in_process
-from bastion.tensors import Weights, load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
+from bastion.tensors import Weights
 
 pytest.importorskip("ray")
 from bastion.sim.ray_backend import RayFederation, ray_session, simulate_on_ray  # noqa: E402

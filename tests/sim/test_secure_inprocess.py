@@ -9,7 +9,8 @@ from support.simulation import plain_workspace
 
 from bastion.metrics.log import read_metrics
 from bastion.sim.inprocess import InProcessFederation, simulate_in_process
-from bastion.tensors import Weights, load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
+from bastion.tensors import Weights
 
 
 def _first_round_model(workspace: Path) -> Weights:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bastion.storage.checkpoints import load_checkpoint, save_checkpoint
 from bastion.tensors import (
     FrameAssembler,
     Weights,
     iter_frames,
-    load_checkpoint,
-    save_checkpoint,
     total_bytes,
 )
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.registry import create_plan_strategy
@@ -26,6 +25,7 @@ from bastion.privacy.secagg.identity import simulated_identities
 from bastion.privacy.secagg.session import Step
 from bastion.sim.inprocess import InProcessClient
 from bastion.sim.shards import ShardIndex, load_plan_dataset
+from bastion.storage.checkpoints import CheckpointStore
 from bastion.tensors import Weights
 from bastion.workspace.tasks import build_runner
 from support.simulation import plain_workspace

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from support.workspaces import make_workspace
 
-from bastion.aggregator.checkpoint import INITIAL
+from bastion.storage.checkpoints import INITIAL
 from bastion.tee.gramine import HOST_ENV_ALLOWED, ManifestError, ManifestOptions, render_manifest
-from bastion.tee.gramine_image import EnclaveOptions, render_image_templates
 from bastion.tee.runtime import PythonRuntime
 from bastion.tee.seal import SealError, seal
+from bastion.workspace.gramine_image import EnclaveOptions, render_image_templates
 from bastion.workspace.manifest import read_manifest
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")

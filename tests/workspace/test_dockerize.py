@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from support.docker import REPO
 from support.workspaces import edit_plan, make_workspace, sign_workspace
 
-from bastion.tee.gramine_image import KEY_SECRET
 from bastion.tee.signing_key import (
     EnclaveKeyError,
     generate_enclave_key,
@@ -28,6 +27,7 @@ from bastion.tee.signing_key import (
     mrsigner_of,
 )
 from bastion.workspace.dockerize import DockerizeError, DockerizeOptions, write_context
+from bastion.workspace.gramine_image import KEY_SECRET
 from bastion.workspace.graminize import GraminizeError, GraminizeOptions, write_enclave_context
 
 WHEELHOUSE = REPO / ".cache" / "wheelhouse"

@@ -8,7 +8,7 @@ import pytest
 
 from bastion.errors import BastionError
 from bastion.plan import load_plan
-from bastion.tensors import load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
 from bastion.workspace.templates import create_workspace, list_templates
 

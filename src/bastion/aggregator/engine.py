@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
-from bastion.aggregator.checkpoint import CheckpointStore, RoundState
 from bastion.aggregator.events import (
     AttestationVerdict,
     Checkpointed,
@@ -67,6 +66,7 @@ from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
+from bastion.storage.checkpoints import CheckpointStore, RoundState
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
 
 log = logging.getLogger("bastion.aggregator")

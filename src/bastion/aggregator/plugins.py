@@ -14,6 +14,7 @@ from bastion.aggregator.observers import AttestationStatus, MetricsRecorder, Sit
 from bastion.aggregator.privacy_observers import CentralPrivacyObserver, LocalPrivacyObserver
 from bastion.aggregator.round_protocol import ProtocolFactory, StreamingRound
 from bastion.aggregator.secure_protocol import SecureAggregationRounds
+from bastion.compression.pipeline import build_pipeline
 from bastion.compression.wire import decode_update
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan
@@ -41,7 +42,7 @@ def standard_observers(plan: Plan, metrics: MetricsLog) -> list[RoundObserver]:
 def standard_protocol(plan: Plan, verifier: IdentityVerifier | None = None) -> ProtocolFactory:
     """Secure aggregation's sessions when the plan turns it on, else streaming rounds."""
     if plan.uses_secure_aggregation:
-        pipeline = plan.compression.pipeline() if plan.compression else None
+        pipeline = build_pipeline(plan.compression) if plan.compression else None
         return SecureAggregationRounds(verifier, pipeline)
     return StreamingRound
 
@@ -50,7 +51,7 @@ def update_decoder(plan: Plan) -> UpdateDecoder:
     """Compressed payloads are deltas against the round's model; plain ones are the update."""
     if plan.compression is None:
         return lambda payload, model, round_number: payload
-    pipeline = plan.compression.pipeline()
+    pipeline = build_pipeline(plan.compression)
     return lambda payload, model, round_number: decode_update(
         pipeline, payload, model, round_number
     )

@@ -23,8 +23,8 @@ from bastion.errors import BastionError, ProtocolError
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.privacy.secagg.session import Step
-from bastion.privacy.secagg.spec import weighting_for
 from bastion.protocol import Ack, StageReply
+from bastion.spec.secure_aggregation import weighting_for
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")

@@ -40,9 +40,9 @@ from bastion.privacy.secagg.session import (
     quantizer_for,
     session_config,
 )
-from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.update import SecureSum, UpdateCodec, Weighting
 from bastion.protocol import StageReply
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")

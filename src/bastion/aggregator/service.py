@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bastion.aggregator.attestation import AttestationGate
-from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import pin_mmap_threshold
@@ -23,6 +22,8 @@ from bastion.pki import Role, load_certificate, tls_files_for
 from bastion.plan import Plan, load_plan
 from bastion.privacy.secagg.identity import certificate_verifier
 from bastion.privacy.secagg.keys import IdentityVerifier
+from bastion.storage.atomic import atomic_write_text
+from bastion.storage.checkpoints import CheckpointStore
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.identity import (
     INSECURE_WARNING,
@@ -142,9 +143,7 @@ def run_aggregator(
         "INSECURE plain text" if insecure else "mutual TLS",
     )
     if port_file is not None:
-        tmp = Path(port_file).with_suffix(".tmp")
-        tmp.write_text(str(server.port))
-        tmp.replace(port_file)
+        atomic_write_text(port_file, str(server.port))
 
     stop = threading.Event()
 

@@ -10,7 +10,7 @@ import math
 import time
 from typing import Any
 
-from bastion.aggregator.checkpoint import CheckpointStore
+from bastion.storage.checkpoints import CheckpointStore
 
 #: First contacts refresh the status file at most this often.
 SUMMARY_INTERVAL_SECONDS = 1.0

@@ -1,14 +1,14 @@
-"""Pydantic settings shared by every strategy's argument model (``aggregation.args``).
+"""The argument model of strategies that take no ``aggregation.args``.
 
-Strict: a string where a number belongs, an unknown key, NaN or infinity are refused
-rather than coerced, so a typo in ``plan.yaml`` fails at load time.
+``STRATEGY_ARGS_CONFIG`` (strict, no unknown keys) lives in ``bastion.spec.strategy_args``
+so that argument models in the plan's schemas share it.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-STRATEGY_ARGS_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+from bastion.spec.strategy_args import STRATEGY_ARGS_CONFIG
 
 
 class NoArgs(BaseModel):

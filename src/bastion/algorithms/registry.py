@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from bastion.algorithms.args import NoArgs
 from bastion.algorithms.base import Strategy
+from bastion.algorithms.dp_fedavg import DPFedAvg
 from bastion.algorithms.fedadagrad import FedAdagrad, FedAdagradArgs
 from bastion.algorithms.fedadam import FedAdam, FedAdamArgs
 from bastion.algorithms.fedavg import FedAvg
@@ -26,8 +27,11 @@ from bastion.algorithms.median import Median, MedianArgs
 from bastion.algorithms.trimmed_mean import TrimmedMean, TrimmedMeanArgs
 from bastion.errors import PlanError
 from bastion.plan import Plan
-from bastion.privacy.dp.central import DPFedAvg, DPFedAvgArgs
-from bastion.privacy.dp.spec import CENTRAL_STRATEGY, central_strategy_args
+from bastion.spec.differential_privacy import (
+    CENTRAL_STRATEGY,
+    DPFedAvgArgs,
+    central_strategy_args,
+)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ With secure aggregation the aggregator never holds a single update, only
 the rules built on its average (FedAvgM, FedAdam, FedYogi, FedAdagrad) need nothing more;
 DP-FedAvg needs the sum of deltas each client clipped itself, and adds its noise to it.
 Rules that look at each update (median, trimmed mean, Krum) cannot, and the plan refuses
-them (``bastion.privacy.secagg.spec``).
+them (``bastion.spec.secure_aggregation``).
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from bastion.aggregator.checkpoint import CheckpointStore
 from bastion.cli.console import console
 from bastion.cli.options import WorkspaceOption
 from bastion.metrics.log import METRICS_FILE, read_metrics, round_summaries
 from bastion.plan import Plan, load_plan
+from bastion.storage.checkpoints import CheckpointStore
 
 
 def register(app: typer.Typer) -> None:

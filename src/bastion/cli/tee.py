@@ -339,7 +339,7 @@ def image_manifests(
 ) -> None:
     """Render the aggregator, collaborator and seal enclave templates of a graminized image
     (run by its Dockerfile, with the image's own interpreter)."""
-    from bastion.tee.gramine_image import EnclaveOptions, render_image_templates
+    from bastion.workspace.gramine_image import EnclaveOptions, render_image_templates
 
     options = EnclaveOptions(
         debug=debug,

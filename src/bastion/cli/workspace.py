@@ -283,8 +283,8 @@ def graminize(
 ) -> None:
     """Everything dockerize does, plus Gramine manifests for SGX enclaves, signed at build time
     with --signing-key (a BuildKit secret: never in the context or the image)."""
-    from bastion.tee.gramine_image import EnclaveOptions
     from bastion.workspace.dockerize import DockerizeOptions
+    from bastion.workspace.gramine_image import EnclaveOptions
     from bastion.workspace.graminize import (
         GraminizeOptions,
         build_enclave_image,

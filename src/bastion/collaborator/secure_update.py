@@ -42,9 +42,9 @@ from bastion.privacy.secagg.session import (
     quantizer_for,
     session_config,
 )
-from bastion.privacy.secagg.spec import weighting_for
 from bastion.privacy.secagg.update import UpdateCodec
 from bastion.protocol import StageReply
+from bastion.spec.secure_aggregation import weighting_for
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")

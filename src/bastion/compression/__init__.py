@@ -2,7 +2,12 @@
 
 from bastion.compression.errors import CompressionError, IncompatibleCompression
 from bastion.compression.feedback import ErrorFeedback
-from bastion.compression.pipeline import Pipeline, check_secure_aggregation, compression_ratio
+from bastion.compression.pipeline import (
+    Pipeline,
+    build_pipeline,
+    check_secure_aggregation,
+    compression_ratio,
+)
 from bastion.compression.stages import BFloat16, Float16, Quantize8, RandomK, Stage, TopK
 
 __all__ = [
@@ -16,6 +21,7 @@ __all__ = [
     "RandomK",
     "Stage",
     "TopK",
+    "build_pipeline",
     "check_secure_aggregation",
     "compression_ratio",
 ]

@@ -27,8 +27,25 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from bastion.compression.errors import IncompatibleCompression
-from bastion.compression.stages import VALUES, Parts, Stage, StageContext, StageKind
+from bastion.compression.stages import (
+    VALUES,
+    BFloat16,
+    Float16,
+    Parts,
+    Quantize8,
+    RandomK,
+    Stage,
+    StageContext,
+    StageKind,
+    TopK,
+)
 from bastion.errors import UpdateRejected
+from bastion.spec.compression import (
+    CompressionSpec,
+    StageSpec,
+    composition_problem,
+    masking_problem,
+)
 from bastion.tensors import Weights, total_bytes
 
 SEPARATOR = "::"
@@ -47,28 +64,11 @@ class Pipeline:
         for stage in self.stages:
             if not isinstance(stage, Stage):
                 raise IncompatibleCompression(f"{stage!r} is not a compression stage")
-        names = [s.name for s in self.stages]
+        problem = composition_problem([(s.name, s.kind.value) for s in self.stages])
+        if problem is not None:
+            raise IncompatibleCompression(problem)
         sparsifiers = [s for s in self.stages if s.kind is StageKind.SPARSIFIER]
         codecs = [s for s in self.stages if s.kind is StageKind.VALUE_CODEC]
-        if len(sparsifiers) > 1:
-            raise IncompatibleCompression(
-                f"pipeline {names} sparsifies twice ({[s.name for s in sparsifiers]}): "
-                "use one sparsifier with the combined fraction"
-            )
-        if len(codecs) > 1:
-            raise IncompatibleCompression(
-                f"pipeline {names} codes values twice ({[s.name for s in codecs]}): each value "
-                "is coded once; keep one of them"
-            )
-        if (
-            sparsifiers
-            and codecs
-            and self.stages.index(codecs[0]) < self.stages.index(sparsifiers[0])
-        ):
-            raise IncompatibleCompression(
-                f"pipeline {names} codes values before sparsifying: put "
-                f"{sparsifiers[0].name!r} first so coordinates are chosen from exact values"
-            )
         self.sparsifier = sparsifiers[0] if sparsifiers else None
         self.codec = codecs[0] if codecs else None
 
@@ -186,13 +186,32 @@ class Pipeline:
 def check_secure_aggregation(pipeline: Pipeline) -> None:
     """Refuse a pipeline whose clients' vectors could not be summed under masks."""
     sparsifier = pipeline.sparsifier
-    if sparsifier is not None and not sparsifier.shared_pattern:
-        raise IncompatibleCompression(
-            f"{sparsifier.name!r} keeps different coordinates at each client, and secure "
-            "aggregation can only sum vectors over the same coordinates: use "
-            "RandomK (a sparsity pattern shared through a public seed), or turn off "
-            "secure aggregation to use top-k"
-        )
+    problem = masking_problem(
+        sparsifier.name if sparsifier else None,
+        sparsifier.shared_pattern if sparsifier else True,
+    )
+    if problem is not None:
+        raise IncompatibleCompression(problem)
+
+
+def build_stage(spec: StageSpec) -> Stage:
+    """The stage a plan's ``compression.stages`` entry names."""
+    if spec.stage == "topk":
+        assert spec.fraction is not None
+        return TopK(spec.fraction)
+    if spec.stage == "randomk":
+        assert spec.fraction is not None
+        return RandomK(spec.fraction, spec.seed)
+    if spec.stage == "float16":
+        return Float16()
+    if spec.stage == "bfloat16":
+        return BFloat16()
+    return Quantize8()
+
+
+def build_pipeline(spec: CompressionSpec) -> Pipeline:
+    """The validated pipeline of a plan's ``compression`` section."""
+    return Pipeline([build_stage(stage) for stage in spec.stages])
 
 
 def compression_ratio(

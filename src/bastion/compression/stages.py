@@ -20,14 +20,17 @@ import numpy as np
 
 from bastion.compression.errors import CompressionError
 from bastion.errors import UpdateRejected
+from bastion.spec import compression as spec
 
 Parts = dict[str, np.ndarray]
 VALUES = "values"
 
 
 class StageKind(enum.Enum):
-    SPARSIFIER = "sparsifier"
-    VALUE_CODEC = "value codec"
+    """A stage's kind; the values are the plan schema's, so one set of composition rules holds."""
+
+    SPARSIFIER = spec.SPARSIFIER
+    VALUE_CODEC = spec.VALUE_CODEC
 
 
 @dataclass(frozen=True)

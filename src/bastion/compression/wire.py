@@ -14,9 +14,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from bastion.compression.feedback import ErrorFeedback
-from bastion.compression.pipeline import Pipeline
-from bastion.compression.spec import CompressionSpec
+from bastion.compression.pipeline import Pipeline, build_pipeline
 from bastion.errors import UpdateRejected
+from bastion.spec.compression import CompressionSpec
 from bastion.tensors import Weights
 
 
@@ -28,7 +28,7 @@ class UpdateEncoder:
     """One collaborator's encoder; keep it across rounds (it holds the error-feedback residual)."""
 
     def __init__(self, spec: CompressionSpec) -> None:
-        self.pipeline = spec.pipeline()
+        self.pipeline = build_pipeline(spec)
         self.feedback = ErrorFeedback(self.pipeline) if spec.error_feedback else None
 
     def encode(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bastion.storage.atomic import atomic_writer, fsync_directory
+
 log = logging.getLogger(__name__)
 
 
@@ -59,10 +61,8 @@ def write_entry(entry: Path, arrays: Mapping[str, np.ndarray]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
     try:
         for name, array in arrays.items():
-            with open(staging / f"{name}.npy", "wb") as handle:
+            with atomic_writer(staging / f"{name}.npy") as handle:
                 np.save(handle, array, allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
         try:
             os.rename(staging, entry)
         except OSError:
@@ -74,7 +74,7 @@ def write_entry(entry: Path, arrays: Mapping[str, np.ndarray]) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(entry.parent)
+    fsync_directory(entry.parent)
 
 
 def discard_entry(entry: Path) -> None:
@@ -87,11 +87,3 @@ def prune_siblings(entry: Path, prefix: str) -> None:
     for sibling in entry.parent.glob(f"{prefix}*"):
         if sibling != entry and sibling.is_dir():
             discard_entry(sibling)
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -27,9 +27,9 @@ from bastion.pki.pem import (
     load_certificate,
     load_private_key,
     private_key_pem,
-    write_atomic,
 )
 from bastion.pki.store import reset_registry
+from bastion.storage.atomic import atomic_write_bytes
 
 CA_CURVE = ec.SECP384R1()
 CLOCK_SKEW = timedelta(minutes=5)
@@ -107,8 +107,8 @@ def init_ca(
         )
         .sign(key, hashes.SHA384())
     )
-    write_atomic(layout.ca_key, private_key_pem(key), PRIVATE_MODE)
-    write_atomic(layout.ca_cert, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    atomic_write_bytes(layout.ca_key, private_key_pem(key), PRIVATE_MODE)
+    atomic_write_bytes(layout.ca_cert, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
     reset_registry(layout.root)
     return layout.ca_cert
 

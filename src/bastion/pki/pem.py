@@ -1,17 +1,16 @@
 """Reading and writing PEM files, with errors that name the file and what is wrong with it.
 
-Writes are atomic (temporary file, fsync, rename) and set the mode explicitly, so a
-private key is never, even briefly, readable by anyone but its owner.
+Writes go through ``bastion.storage.atomic_write_bytes`` (temporary file, fsync, rename)
+with the mode set explicitly, so a private key is never, even briefly, readable by anyone
+but its owner.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -146,26 +145,3 @@ def private_key_pem(key: SigningKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` all at once, with permissions ``mode`` from the start."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            if os.name == "posix":
-                os.fchmod(tmp.fileno(), mode)
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    if os.name == "posix":
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

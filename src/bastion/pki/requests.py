@@ -25,9 +25,9 @@ from bastion.pki.pem import (
     fingerprint,
     load_csr,
     private_key_pem,
-    write_atomic,
 )
 from bastion.pki.roles import Role
+from bastion.storage.atomic import atomic_write_bytes
 
 MEMBER_CURVE = ec.SECP256R1()
 
@@ -78,8 +78,8 @@ def create_request(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     csr = builder.sign(key, hashes.SHA256())
-    write_atomic(layout.key(name), private_key_pem(key), PRIVATE_MODE)
-    write_atomic(layout.csr(name), csr.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    atomic_write_bytes(layout.key(name), private_key_pem(key), PRIVATE_MODE)
+    atomic_write_bytes(layout.csr(name), csr.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
     return layout.csr(name)
 
 

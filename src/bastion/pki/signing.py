@@ -21,10 +21,11 @@ from bastion.pki.ca import CLOCK_SKEW, CertificateAuthority, load_ca
 from bastion.pki.identity import format_time
 from bastion.pki.layout import PkiLayout
 from bastion.pki.names import hosts_to_sans, san_to_host, validate_name
-from bastion.pki.pem import PUBLIC_MODE, load_csr, normalize_fingerprint, write_atomic
+from bastion.pki.pem import PUBLIC_MODE, load_csr, normalize_fingerprint
 from bastion.pki.requests import create_request, csr_fingerprint, require_hosts_for
 from bastion.pki.roles import Role
 from bastion.pki.store import IssuedCert, list_issued, record_issued
+from bastion.storage.atomic import atomic_write_bytes
 
 #: Curves both ``cryptography`` and gRPC's BoringSSL accept for TLS certificates.
 ACCEPTED_CURVES = ("secp256r1", "secp384r1")
@@ -207,7 +208,7 @@ def sign_request(
     cert = builder.sign(ca.key, ca.hash_algorithm)
 
     path = PkiLayout.of(pki_dir).cert(name)
-    write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    atomic_write_bytes(path, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
     entry = IssuedCert.of(cert, name, role, path)
     record_issued(pki_dir, entry)
     return entry

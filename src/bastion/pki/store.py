@@ -17,8 +17,9 @@ from cryptography import x509
 
 from bastion.errors import PKIError
 from bastion.pki.layout import PkiLayout
-from bastion.pki.pem import PUBLIC_MODE, certificate_fingerprint, load_certificate, write_atomic
+from bastion.pki.pem import PUBLIC_MODE, certificate_fingerprint, load_certificate
 from bastion.pki.roles import Role
+from bastion.storage.atomic import atomic_write_bytes
 
 REGISTRY_VERSION = 1
 
@@ -102,7 +103,7 @@ def _save(layout: PkiLayout, entries: list[IssuedCert]) -> None:
         "issued": [entry.to_json() for entry in entries],
     }
     text = json.dumps(document, indent=2) + "\n"
-    write_atomic(layout.registry, text.encode("utf-8"), PUBLIC_MODE)
+    atomic_write_bytes(layout.registry, text.encode("utf-8"), PUBLIC_MODE)
 
 
 def reset_registry(pki_dir: str | os.PathLike[str]) -> None:

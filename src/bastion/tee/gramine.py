@@ -44,7 +44,6 @@ from typing import Literal
 from bastion.errors import BastionError
 from bastion.plan import PLAN_FILE, NetworkSpec, OutputSpec, load_plan
 from bastion.tee.gramine_toml import Mount, array, boolean, string
-from bastion.tee.pinned_workspace import pin_workspace
 from bastion.tee.runtime import GramineInstall, PythonRuntime
 from bastion.tee.workspace_files import (
     WorkspaceFiles,
@@ -74,6 +73,17 @@ _UNSEALED_CHECKPOINTS_FIX = (
 
 class ManifestError(BastionError):
     """The enclave manifest cannot be built safely from these options."""
+
+
+@dataclass(frozen=True)
+class PinnedWorkspace:
+    """Workspace files trusted at fixed hashes (``bastion.workspace.pinned.pin_workspace``)."""
+
+    #: (absolute path, sha256) of every measured file.
+    pinned: tuple[tuple[Path, str], ...]
+    #: The manifest and signature files, trusted but hashed by the signer tool.
+    hashed_by_signer: tuple[Path, ...]
+    measurement: str
 
 
 @dataclass(frozen=True)
@@ -114,9 +124,9 @@ class ManifestOptions:
     #: Where the enclave sees them; default: the plan's ``network.pki_dir``.
     secrets_mount: Path | None = None
     sealing_key: str = "_sgx_mrsigner"
-    #: Trust the workspace files at the hashes of its signed manifest (see
-    #: ``bastion.tee.pinned_workspace``) instead of hashing whatever is on disk.
-    pin_workspace_manifest: bool = False
+    #: Trust the workspace files at the hashes of its signed manifest (built by
+    #: ``bastion.workspace.pinned.pin_workspace``) instead of hashing whatever is on disk.
+    pinned_workspace: PinnedWorkspace | None = None
     python: PythonRuntime | None = None
     gramine: GramineInstall | None = None
 
@@ -212,8 +222,8 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
         m.trusted.append(f"file:{entry}/" if entry.is_dir() else f"file:{entry}")
 
     m.mounts.append(_identity(d.workspace))
-    if options.pin_workspace_manifest:
-        pinned = pin_workspace(d.workspace)
+    pinned = options.pinned_workspace
+    if pinned is not None:
         m.pinned.extend((f"file:{path}", sha256) for path, sha256 in pinned.pinned)
         m.trusted.extend(f"file:{path}" for path in pinned.hashed_by_signer)
     else:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.aggregator.checkpoint import INITIAL
 from bastion.errors import BastionError
 from bastion.plan import load_plan
+from bastion.storage.checkpoints import INITIAL
 from bastion.tee.attestation.providers import GRAMINE_ATTESTATION_DIR
 
 #: Gramine reports these attestation types inside a hardware (gramine-sgx) enclave.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bastion.errors import BastionError
+from bastion.storage.atomic import atomic_write_bytes, atomic_write_text
 
 SGX_RSA_KEY_BITS = 3072
 SGX_RSA_PUBLIC_EXPONENT = 3
@@ -143,9 +143,7 @@ def write_enclave_json(
     """Write ``enclave.json`` so operators and verifiers can pin MRSIGNER without the key."""
     info = describe_key(key_path, public_key)
     text = json.dumps(asdict(info), indent=2, sort_keys=True) + "\n"
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return info
 
 
@@ -178,15 +176,4 @@ def read_enclave_json(path: Path) -> EnclaveKeyInfo:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write with mode 0600 from the first byte, then rename into place atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o600)

@@ -24,9 +24,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bastion.aggregator.checkpoint import INITIAL
 from bastion.errors import BastionError, PlanError
 from bastion.plan import PLAN_FILE, load_plan
+from bastion.storage.atomic import atomic_writer
+from bastion.storage.checkpoints import INITIAL
 from bastion.tee.workspace_files import SECRET_SUFFIXES, is_secret_file
 from bastion.workspace.compare import require_unchanged
 from bastion.workspace.manifest import WorkspaceManifest, measure_workspace, read_manifest
@@ -105,20 +106,13 @@ def export_workspace(workspace: Path, archive: Path, *, initial_model: bool = Tr
         reason = is_secret_file(path)
         if reason:  # the scope already refuses these; never let one slip into an archive
             raise ArchiveError(f"{path} looks like a key or certificate ({reason}); not exported")
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.")
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            for rel in members:
-                _add_file(tar, workspace / rel, rel)
-        os.replace(tmp_name, archive)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_writer(archive, mode=0o600) as raw,  # owner-only, as the archive always was
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for rel in members:
+            _add_file(tar, workspace / rel, rel)
     has_model = any(m.endswith("/" + INITIAL) for m in members)
     return Exported(archive, len(members), signed, has_model)
 

@@ -19,15 +19,6 @@ from pathlib import Path
 from bastion.errors import BastionError
 from bastion.plan import load_plan
 from bastion.tee.gramine_build import MANIFEST_NAME
-from bastion.tee.gramine_image import (
-    ENCLAVE_DIR,
-    ENCLAVE_ROLES,
-    KEY_SECRET,
-    SEAL_INPUT,
-    EnclaveOptions,
-    enclave_entrypoint,
-    graminized_dockerfile,
-)
 from bastion.tee.signing_key import load_enclave_key, mrsigner_of
 from bastion.tee.sigstruct import Sigstruct, read_sigstruct
 from bastion.workspace.docker_engine import DockerError, build_image, run_docker
@@ -39,6 +30,15 @@ from bastion.workspace.docker_files import (
     common_fields,
 )
 from bastion.workspace.dockerize import BuildContext, DockerizeOptions, write_context
+from bastion.workspace.gramine_image import (
+    ENCLAVE_DIR,
+    ENCLAVE_ROLES,
+    KEY_SECRET,
+    SEAL_INPUT,
+    EnclaveOptions,
+    enclave_entrypoint,
+    graminized_dockerfile,
+)
 
 
 class GraminizeError(BastionError):

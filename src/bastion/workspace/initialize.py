@@ -6,10 +6,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.aggregator.checkpoint import INITIAL, CheckpointStore
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.errors import BastionError
 from bastion.plan import load_plan
+from bastion.storage.checkpoints import INITIAL, CheckpointStore
 from bastion.tensors import spec_of, total_bytes
 from bastion.workspace.tasks import build_runner
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from bastion.errors import BastionError
 from bastion.plan import load_plan
+from bastion.storage.atomic import atomic_write_bytes
 from bastion.workspace.scope import (
     MANIFEST_FILE,
     WorkspaceScopeError,
@@ -156,9 +157,7 @@ def manifest_path(workspace: Path) -> Path:
 
 def write_manifest(workspace: Path, manifest: WorkspaceManifest) -> Path:
     path = manifest_path(workspace)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(manifest.to_bytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, manifest.to_bytes())
     return path
 
 

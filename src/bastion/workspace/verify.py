@@ -19,6 +19,7 @@ from pathlib import Path
 from bastion.errors import BastionError
 from bastion.pki import Identity, Role, identity_of, verify_identity
 from bastion.plan import Plan, load_plan
+from bastion.storage.atomic import atomic_write_bytes
 from bastion.workspace.compare import require_unchanged
 from bastion.workspace.manifest import (
     WorkspaceManifest,
@@ -93,9 +94,7 @@ def sign(
         verify_identity(certificate, ca, Role.MODEL_OWNER)
     signed = sign_bytes(raw, signing_key, certificate)
     path = signature_path(workspace)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(signed.to_bytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, signed.to_bytes())
     return path, identity_of(certificate)
 
 

@@ -22,7 +22,7 @@ from bastion.metrics.log import read_metrics
 from bastion.plan import load_plan
 from bastion.privacy.dp import PrivacyAccountant
 from bastion.sim.inprocess import simulate_in_process
-from bastion.tensors import load_checkpoint
+from bastion.storage.checkpoints import load_checkpoint
 
 Z, Q, DELTA, COLLABORATORS, PLANNED = 1.0, 0.5, 1e-3, 10, 8
 

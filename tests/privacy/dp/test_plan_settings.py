@@ -9,10 +9,11 @@ import pytest
 from support.workspaces import deep_update
 
 from bastion.aggregator.assignment import sample_collaborators
+from bastion.algorithms.dp_fedavg import DPFedAvg
 from bastion.algorithms.registry import create_plan_strategy
+from bastion.compression.pipeline import build_pipeline
 from bastion.errors import PlanError
 from bastion.plan import Plan, parse_plan
-from bastion.privacy.dp import DPFedAvg
 from bastion.privacy.dp.ledger import PrivacyLedger
 
 
@@ -108,11 +109,11 @@ def test_compression_composes_with_central_dp() -> None:
         {"compression": {"stages": [{"stage": "topk", "fraction": 0.1}, {"stage": "quantize8"}]}}
     )
     assert plan.compression is not None
-    assert plan.compression.pipeline().names == ["topk", "quantize8"]
+    assert build_pipeline(plan.compression).names == ["topk", "quantize8"]
 
 
 def test_topk_is_refused_with_secure_aggregation() -> None:
-    from bastion.compression.spec import CompressionSpec, check_plan_composition
+    from bastion.spec.compression import CompressionSpec, check_plan_composition
 
     topk = CompressionSpec.model_validate({"stages": [{"stage": "topk", "fraction": 0.1}]})
     problem = check_plan_composition(topk, secure_aggregation=True)

@@ -25,9 +25,9 @@ from bastion.privacy.secagg.session import (
     session_config,
     threshold_for,
 )
-from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.update import UpdateCodec
 from bastion.protocol import StageReply
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 
 
 def test_session_info_round_trips_and_refuses_garbage() -> None:

@@ -1,13 +1,12 @@
-"""Differential privacy: DP-FedAvg on the server, DP-SGD on collaborators, and accounting."""
+"""Differential privacy: clipping, noise, accounting and DP-SGD; the DP-FedAvg strategy built
+from them is ``bastion.algorithms.dp_fedavg``."""
 
 from bastion.privacy.dp.accountant import PrivacyAccountant, PrivacyBudget
-from bastion.privacy.dp.central import DPFedAvg
 from bastion.privacy.dp.clipping import AdaptiveClipping, FixedClipping
 from bastion.privacy.dp.noise import SecureGaussianNoise, SeededGaussianNoise
 
 __all__ = [
     "AdaptiveClipping",
-    "DPFedAvg",
     "FixedClipping",
     "PrivacyAccountant",
     "PrivacyBudget",

@@ -14,8 +14,11 @@ from typing import Any
 
 from bastion.plan import Plan
 from bastion.privacy.dp.accountant import PrivacyAccountant
-from bastion.privacy.dp.central import DPFedAvgArgs
-from bastion.privacy.dp.spec import CENTRAL_STRATEGY, DifferentialPrivacySpec
+from bastion.spec.differential_privacy import (
+    CENTRAL_STRATEGY,
+    DifferentialPrivacySpec,
+    DPFedAvgArgs,
+)
 
 log = logging.getLogger("bastion.privacy")
 

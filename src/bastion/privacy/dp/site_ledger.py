@@ -25,7 +25,7 @@ from bastion.errors import BastionError
 from bastion.pki import certificate_fingerprint, load_certificate
 from bastion.plan import Plan
 from bastion.privacy.dp.local import HistoryEntry, check_history
-from bastion.tensors import atomic_write_bytes
+from bastion.storage.atomic import atomic_write_bytes
 
 LEDGER_FORMAT = "bastion-local-dp-ledger/1"
 LEDGER_DIR = "local_dp"
@@ -142,4 +142,4 @@ class SiteLedger:
             "history": [list(entry) for entry in check_history(history)],
             "updated": time.time(),
         }
-        atomic_write_bytes(self.path, json.dumps(document, indent=1).encode() + b"\n")
+        atomic_write_bytes(self.path, json.dumps(document, indent=1).encode() + b"\n", mode=0o600)

@@ -22,8 +22,8 @@ from bastion.errors import ProtocolError
 from bastion.privacy.errors import SecAggError
 from bastion.privacy.secagg.config import SecAggConfig, session_id_for
 from bastion.privacy.secagg.quantize import FixedPointQuantizer
-from bastion.privacy.secagg.spec import SecureAggregationSpec
 from bastion.privacy.secagg.wire import Reader, Writer
+from bastion.spec.secure_aggregation import SecureAggregationSpec
 
 _FLOAT64_EXACT_BITS = 53
 

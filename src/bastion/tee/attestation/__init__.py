@@ -8,6 +8,7 @@ Typical flow (the verifier side issues the nonce, the attesting side quotes)::
     verify_quote(evidence.quote, policy, report_data_for(tls_public_key_der(peer_cert), nonce))
 """
 
+from bastion.spec.attestation import AttestationPolicy
 from bastion.tee.attestation.binding import (
     NONCE_SIZE,
     NonceRegistry,
@@ -40,7 +41,6 @@ from bastion.tee.attestation.errors import (
     SimulatedEvidenceRefused,
     TcbStatusRejected,
 )
-from bastion.tee.attestation.policy import AttestationPolicy
 from bastion.tee.attestation.providers import (
     Evidence,
     EvidenceProvider,

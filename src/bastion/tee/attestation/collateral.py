@@ -19,9 +19,9 @@ from typing import Literal, Protocol
 
 from cryptography import x509
 
+from bastion.spec.attestation import INTEL_PCS_URL
 from bastion.tee.attestation.errors import CollateralError, QuoteFormatError
 from bastion.tee.attestation.pck import load_pem_chain
-from bastion.tee.attestation.policy import INTEL_PCS_URL
 
 INTEL_ROOT_CA_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 MAX_RESPONSE_BYTES = 1024 * 1024

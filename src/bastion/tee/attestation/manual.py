@@ -18,8 +18,8 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from bastion.errors import BastionError
+from bastion.spec.attestation import AttestationPolicy
 from bastion.tee.attestation.binding import report_data_for, tls_public_key_der
-from bastion.tee.attestation.policy import AttestationPolicy
 from bastion.tee.attestation.quote import REPORT_DATA_SIZE, parse_quote
 from bastion.tee.attestation.verify import VerifiedQuote, verify_quote
 

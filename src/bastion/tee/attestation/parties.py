@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography import x509
 
 from bastion.errors import BastionError
+from bastion.spec.attestation import AttestationPolicy
 from bastion.tee.attestation.binding import report_data_for, tls_public_key_der
-from bastion.tee.attestation.policy import AttestationPolicy
 from bastion.tee.attestation.providers import (
     Evidence,
     EvidenceProvider,

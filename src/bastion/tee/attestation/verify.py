@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bastion.spec.attestation import AttestationPolicy
 from bastion.tee.attestation.collateral import (
     CollateralProvider,
     PckCa,
@@ -44,7 +45,6 @@ from bastion.tee.attestation.pck import (
     sgx_pck_info,
     verify_chain,
 )
-from bastion.tee.attestation.policy import AttestationPolicy
 from bastion.tee.attestation.quote import (
     INTEL_QE_ISV_PROD_ID,
     INTEL_QE_MRSIGNER,

@@ -1,4 +1,4 @@
-"""DP-FedAvg with user-level differential privacy on the server.
+"""DP-FedAvg: federated averaging with user-level differential privacy on the server.
 
 McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models". For
 each accepted client k the server clips its delta d_k = local_k - global to L2 norm S,
@@ -24,9 +24,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from pydantic import BaseModel, Field
 
-from bastion.algorithms.args import STRATEGY_ARGS_CONFIG
 from bastion.algorithms.base import Strategy, cast_like
 from bastion.errors import BastionError, UpdateRejected
 from bastion.privacy.dp.clipping import (
@@ -36,43 +34,12 @@ from bastion.privacy.dp.clipping import (
     clip_by_global_norm,
 )
 from bastion.privacy.dp.noise import NoiseSource, noise_source
+from bastion.spec.differential_privacy import DPFedAvgArgs
 from bastion.tensors import Weights
 
 log = logging.getLogger(__name__)
 
 _CLIP_STATE = "dp_fedavg.clip_norm"
-
-
-class DPFedAvgArgs(BaseModel):
-    """``aggregation.args`` of ``dp_fedavg`` in ``plan.yaml``."""
-
-    model_config = STRATEGY_ARGS_CONFIG
-
-    noise_multiplier: float = Field(gt=0, description="z: noise std over clip norm")
-    expected_clients: float | None = Field(
-        default=None,
-        gt=0,
-        description="m = q x population, the fixed denominator; derived from participation",
-    )
-    clip_norm: float = Field(gt=0, description="S, or the initial S when adaptive")
-    adaptive: bool = Field(
-        default=False, description="track a quantile of update norms (Andrew et al.)"
-    )
-    target_quantile: float = Field(
-        default=0.5, gt=0, lt=1, description="quantile the clip norm tracks"
-    )
-    clip_learning_rate: float = Field(
-        default=0.2, gt=0, description="eta of the geometric clip update"
-    )
-    count_noise_std: float | None = Field(
-        default=None,
-        gt=0,
-        description="sigma_b on the unclipped count; default expected_clients / 20",
-    )
-    server_learning_rate: float = Field(
-        default=1.0, gt=0, description="step applied to the noisy mean"
-    )
-    seed: int | None = Field(default=None, description="reproducible noise, for simulations only")
 
 
 class DPFedAvg(Strategy):

@@ -5,26 +5,18 @@ hashing the file at signing time (Gramine docs, "Manifest syntax", Trusted files
 the workspace manifest's hashes makes MRENCLAVE commit to exactly the files the model
 owner signed, even if the build host's copy changed after verification; the build is
 refused up front when it has. The manifest and its signature are trusted files too (the
-enclave verifies them again at start), hashed by ``gramine-sgx-sign``.
+enclave verifies them again at start), hashed by ``gramine-sgx-sign``. The result is
+handed to ``bastion.tee.gramine.ManifestOptions.pinned_workspace``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from bastion.tee.gramine import PinnedWorkspace
 from bastion.workspace.compare import require_unchanged
 from bastion.workspace.manifest import read_manifest
 from bastion.workspace.scope import MANIFEST_FILE, SIGNATURE_FILE
-
-
-@dataclass(frozen=True)
-class PinnedWorkspace:
-    #: (absolute path, sha256) of every measured file.
-    pinned: tuple[tuple[Path, str], ...]
-    #: The manifest and signature files, trusted but hashed by the signer tool.
-    hashed_by_signer: tuple[Path, ...]
-    measurement: str
 
 
 def pin_workspace(workspace: Path) -> PinnedWorkspace:
@@ -45,4 +37,5 @@ def pin_workspace(workspace: Path) -> PinnedWorkspace:
 
 
 def has_manifest(workspace: Path) -> bool:
+    """Whether the workspace is measured (signed or not), so its files can be pinned."""
     return (Path(workspace) / MANIFEST_FILE).is_file()

@@ -23,12 +23,12 @@ import string
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bastion.aggregator.checkpoint import INITIAL
 from bastion.plan import load_plan
+from bastion.storage.checkpoints import INITIAL
 from bastion.tee.gramine import HOST_ENV_ALLOWED, ManifestOptions, Role, render_manifest_template
 from bastion.tee.gramine_build import MANIFEST_NAME, build_steps
-from bastion.tee.pinned_workspace import has_manifest
 from bastion.tee.runtime import PythonRuntime
+from bastion.workspace.pinned import has_manifest, pin_workspace
 
 ENCLAVE_DIR = Path("/opt/bastion/enclave")
 #: Where the graminized image keeps the initial model (a trusted file of the seal enclave).
@@ -92,7 +92,7 @@ def role_options(
         seal_checkpoints=options.seal_checkpoints,
         # MRENCLAVE commits to exactly the hashes the model owner signed (refused if the
         # image's copy differs); an unsigned development image trusts the files as they are.
-        pin_workspace_manifest=has_manifest(workspace),
+        pinned_workspace=pin_workspace(workspace) if has_manifest(workspace) else None,
         python=python,
     )
     if role == "aggregator":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bastion.algorithms.dp_fedavg import DPFedAvg
 from bastion.errors import BastionError, UpdateRejected
-from bastion.privacy.dp import AdaptiveClipping, DPFedAvg, FixedClipping
+from bastion.privacy.dp import AdaptiveClipping, FixedClipping
 from bastion.privacy.dp.clipping import clip_by_global_norm, global_norm
 from bastion.privacy.dp.noise import SecureGaussianNoise, SeededGaussianNoise
 
@@ -147,7 +148,7 @@ def test_float32_models_stay_float32() -> None:
 
 
 def test_plan_arguments_build_the_strategy() -> None:
-    from bastion.privacy.dp.central import DPFedAvgArgs
+    from bastion.spec.differential_privacy import DPFedAvgArgs
 
     args = DPFedAvgArgs.model_validate(
         {"noise_multiplier": 1.0, "expected_clients": 100.0, "clip_norm": 0.5, "adaptive": True}

@@ -1,4 +1,6 @@
-"""Durable aggregator state: every round is one atomic safetensors file.
+"""Checkpoints: safetensors files written atomically, and the aggregator's durable state.
+
+Every round is one atomic safetensors file.
 
 ``last.safetensors`` holds the global model, the strategy's state (under the
 ``strategy/`` prefix) and the round counter in its metadata, written with temp file,
@@ -9,18 +11,89 @@ needs nothing else. ``state.json`` is a human-readable summary for ``bastion sta
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors import safe_open
+
 from bastion.errors import BastionError
-from bastion.tensors import Weights, atomic_write_bytes, load_checkpoint, save_checkpoint
+from bastion.storage.atomic import atomic_write_bytes, atomic_writer
+from bastion.tensors import WIRE_DTYPES, Weights, dtype_name
 
 INITIAL = "initial.safetensors"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 STATE = "state.json"
 STRATEGY_PREFIX = "strategy/"
+#: Checkpoints and the aggregator's summary are readable by their owner only, as before.
+PRIVATE_MODE = 0o600
+
+
+_SAFETENSORS_DTYPES = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "bool": "BOOL",
+}
+
+
+def save_checkpoint(
+    path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Atomically write ``weights`` as a safetensors file; metadata values are strings.
+
+    The file is streamed tensor by tensor (8-byte header length, JSON header, raw
+    little-endian buffers), so saving a model never builds a second copy of it in memory.
+    """
+    meta = {"bastion.order": json.dumps(list(weights)), **dict(metadata or {})}
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
+    for name, array in weights.items():
+        dtype = dtype_name(array.dtype)
+        size = int(array.size) * WIRE_DTYPES[dtype].itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": [int(d) for d in array.shape],
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
+    with atomic_writer(path, PRIVATE_MODE) as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for array in weights.values():
+            wire = WIRE_DTYPES[dtype_name(array.dtype)]
+            contiguous = np.ascontiguousarray(array, dtype=wire).reshape(-1)
+            handle.write(contiguous.view(np.uint8).data)
+
+
+def load_checkpoint(path: Path) -> tuple[Weights, dict[str, str]]:
+    """Read a safetensors checkpoint tensor by tensor, keeping the order it was saved with."""
+    path = Path(path)
+    if not path.exists():
+        raise BastionError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise BastionError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
+    order = [n for n in json.loads(metadata.pop("bastion.order", "[]")) if n in arrays]
+    names = order + [n for n in arrays if n not in order]
+    return {n: arrays[n] for n in names}, metadata
 
 
 @dataclass
@@ -107,7 +180,7 @@ class CheckpointStore:
         save_checkpoint(self.path(BEST), model, metadata)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_bytes(self.path(STATE), json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(self.path(STATE), json.dumps(summary, indent=2).encode(), PRIVATE_MODE)
 
     def read_summary(self) -> dict[str, Any] | None:
         path = self.path(STATE)

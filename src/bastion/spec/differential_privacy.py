@@ -2,8 +2,8 @@
 
 Central DP is the ``dp_fedavg`` aggregation strategy; this section says how its rounds
 are accounted (``accountant``, ``delta``), what total ``epsilon_budget`` the federation
-may spend, and whether collaborators also train with DP-SGD (``local``). Only pydantic
-and the standard library are imported here, so ``bastion.plan`` can use it.
+may spend, and whether collaborators also train with DP-SGD (``local``). ``DPFedAvgArgs``
+is the strategy's ``aggregation.args``, read by the strategy and by the privacy ledger.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from bastion.spec.strategy_args import STRATEGY_ARGS_CONFIG
 
 CENTRAL_STRATEGY = "dp_fedavg"
 #: Relative slack when the plan states ``expected_clients`` and it is compared with q * N.
@@ -57,6 +59,38 @@ class DifferentialPrivacySpec(BaseModel):
         description="central DP (dp_fedavg): stop before the round that would spend more",
     )
     local: LocalDPSpec | None = None
+
+
+class DPFedAvgArgs(BaseModel):
+    """``aggregation.args`` of ``dp_fedavg`` in ``plan.yaml``."""
+
+    model_config = STRATEGY_ARGS_CONFIG
+
+    noise_multiplier: float = Field(gt=0, description="z: noise std over clip norm")
+    expected_clients: float | None = Field(
+        default=None,
+        gt=0,
+        description="m = q x population, the fixed denominator; derived from participation",
+    )
+    clip_norm: float = Field(gt=0, description="S, or the initial S when adaptive")
+    adaptive: bool = Field(
+        default=False, description="track a quantile of update norms (Andrew et al.)"
+    )
+    target_quantile: float = Field(
+        default=0.5, gt=0, lt=1, description="quantile the clip norm tracks"
+    )
+    clip_learning_rate: float = Field(
+        default=0.2, gt=0, description="eta of the geometric clip update"
+    )
+    count_noise_std: float | None = Field(
+        default=None,
+        gt=0,
+        description="sigma_b on the unclipped count; default expected_clients / 20",
+    )
+    server_learning_rate: float = Field(
+        default=1.0, gt=0, description="step applied to the noisy mean"
+    )
+    seed: int | None = Field(default=None, description="reproducible noise, for simulations only")
 
 
 def central_dp_problem(
