@@ -17,6 +17,7 @@ import numpy as np
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.registry import create_plan_strategy
+from bastion.collaborator.factory import build_collaborator
 from bastion.collaborator.loop import Collaborator
 from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate
 from bastion.metrics.log import METRICS_FILE, MetricsLog, read_metrics
@@ -146,12 +147,12 @@ def make_harness(
         return on_task
 
     for name in plan.collaborator_names():
-        harness.collaborators[name] = Collaborator(
+        harness.collaborators[name] = build_collaborator(
+            plan,
             name,
             InProcessClient(aggregator, name),
             build_runner(plan, workspace),
             shards.shard(name),
-            retryable=(),
             on_task=record(name),
             secure=SecureAggregation(plan, identities[name]),
         )

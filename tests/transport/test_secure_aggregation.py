@@ -18,6 +18,7 @@ from support.servers import ServedAggregator, served_aggregator
 from support.workspaces import make_workspace
 
 from bastion.aggregator.secure_round import SecureRound
+from bastion.collaborator.factory import build_collaborator
 from bastion.collaborator.loop import Collaborator
 from bastion.collaborator.secure_update import SecureAggregation
 from bastion.metrics.log import read_metrics
@@ -70,7 +71,8 @@ def _run_collaborators(served: ServedAggregator) -> dict[str, Collaborator]:
         client = GrpcAggregatorClient(
             served.target, plan.canonical_hash(), 1 << 20, 1 << 28, files.read()
         )
-        collaborators[name] = Collaborator(
+        collaborators[name] = build_collaborator(
+            plan,
             name,
             client,
             build_runner(plan, workspace),

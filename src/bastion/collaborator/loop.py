@@ -12,16 +12,16 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
-from bastion.collaborator.secure_update import SecureAggregation, SecureTransport, SecureUpdate
-from bastion.compression.wire import UpdateEncoder
+from bastion.collaborator.secure_update import SecureUpdate
+from bastion.collaborator.update_path import Handover, SendWeights, UpdatePath
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard, Refusal
+from bastion.privacy.dp.site_budget import NoLocalPrivacy, Refusal, SitePrivacy
 from bastion.protocol import Assignment
-from bastion.runners.base import TaskResult, TaskRunner
+from bastion.runners.base import RoundAware, TaskResult, TaskRunner
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")
@@ -48,17 +48,28 @@ class AggregatorClient(Protocol):
     ) -> tuple[bool, str]: ...
 
 
-@runtime_checkable
-class RoundAwareRunner(Protocol):
-    """Optional runner hooks for client state tied to rounds (FedCurv's own Fisher terms).
+TaskObserver = Callable[[int, str, TaskResult], None]
 
-    ``begin_round`` comes before the round's model is loaded; ``update_accepted`` after
-    the aggregator accepted this runner's training result of that round.
-    """
 
-    def begin_round(self, round_number: int) -> None: ...
+class _RoundBlind:
+    """The round hooks of a runner that is not ``RoundAware``: nothing to tell it."""
 
-    def update_accepted(self, round_number: int) -> None: ...
+    def begin_round(self, round_number: int) -> None:
+        return None
+
+    def update_accepted(self, round_number: int) -> None:
+        return None
+
+
+def no_attestation() -> None:
+    """The plan asks for no attestation: the TLS identity is all the aggregator proves."""
+
+
+def ignore_task(round_number: int, task: str, result: TaskResult) -> None:
+    """No one watches the tasks (tests and the simulation may)."""
+
+
+NO_LOCAL_PRIVACY = NoLocalPrivacy()
 
 
 @dataclass
@@ -83,7 +94,12 @@ class GaveUp(BastionError):
 
 
 class Collaborator:
-    """Runs the tasks the aggregator assigns, on this site's data, until the federation ends."""
+    """Runs the tasks the aggregator assigns, on this site's data, until the federation ends.
+
+    What differs between plans is chosen before the loop starts (``build_collaborator``):
+    how a training result leaves the site (``update_path``), the site's local DP
+    (``privacy``) and the attestation run before the first model (``attest``).
+    """
 
     def __init__(
         self,
@@ -94,15 +110,15 @@ class Collaborator:
         retryable: tuple[type[Exception], ...],
         give_up_seconds: float = 600.0,
         sleep: Callable[[float], None] = time.sleep,
-        on_task: Callable[[int, str, TaskResult], None] | None = None,
-        attest: Callable[[], None] | None = None,
-        encoder: UpdateEncoder | None = None,
-        secure: SecureAggregation | None = None,
-        privacy: LocalPrivacyGuard | None = None,
+        on_task: TaskObserver = ignore_task,
+        attest: Callable[[], None] = no_attestation,
+        update_path: UpdatePath | None = None,
+        privacy: SitePrivacy = NO_LOCAL_PRIVACY,
     ) -> None:
         self.name = name
         self._client = client
         self._runner = runner
+        self._round_hooks: RoundAware = runner if isinstance(runner, RoundAware) else _RoundBlind()
         self._data = data
         self._retryable = retryable
         self._give_up = give_up_seconds
@@ -110,9 +126,8 @@ class Collaborator:
         self._on_task = on_task
         self._attest = attest
         self._attested = False
-        self._encoder = encoder  # the plan's update compression; kept across rounds
-        self._secure = secure  # set when the plan turns secure aggregation on
-        self._privacy = privacy  # local DP: the site's ledger and budget
+        self._update_path = update_path if update_path is not None else SendWeights(client)
+        self._privacy = privacy
         self.rounds_run = 0
 
     def run(self) -> None:
@@ -156,21 +171,18 @@ class Collaborator:
 
     def finish_secure_update(self, update: SecureUpdate) -> None:
         """After the session: the runner hears whether its update made it in."""
-        aware = self._runner if isinstance(self._runner, RoundAwareRunner) else None
-        if update.contributed and aware is not None:
-            aware.update_accepted(update.round_number)
+        if update.contributed:
+            self._round_hooks.update_accepted(update.round_number)
 
     def run_tasks(self, assignment: Assignment) -> SecureUpdate | None:
         """Run the round's tasks and push their results; under secure aggregation the
         training result is returned, to go through the round's session after the rest."""
         round_number = assignment.round
         secure_update: SecureUpdate | None = None
-        if self._attest is not None and not self._attested:
+        if not self._attested:
             self._attest()
             self._attested = True
-        aware = self._runner if isinstance(self._runner, RoundAwareRunner) else None
-        if aware is not None:
-            aware.begin_round(round_number)
+        self._round_hooks.begin_round(round_number)
         global_weights = self._client.get_model(round_number)
         self._runner.set_weights(global_weights)
         holds_global = True
@@ -181,64 +193,33 @@ class Collaborator:
             if task.kind == "validate" and task.model == "global" and not holds_global:
                 self._runner.set_weights(global_weights)
                 holds_global = True
-            refusal = self._privacy_refusal(round_number, task)
+            refusal = self._privacy.refusal(self._data, round_number, task)
             if refusal is not None:
                 self._decline(round_number, task, refusal)
                 break
-            result, weights = self._run_task(task)
-            if task.kind == "train" and self._secure is not None and weights is not None:
-                holds_global = False
-                secure_update = self._secure_update(
-                    round_number, global_weights, weights, result, secure=self._secure
-                )
-                if self._on_task:
-                    self._on_task(round_number, task.name, result)
-                continue
             if task.kind == "train":
                 holds_global = False
-                if self._encoder is not None and weights is not None:
-                    weights = self._encoder.encode(weights, global_weights, round_number)
-            accepted, reason = self._client.send_result(
-                round_number, task.name, result.example_count, result.metrics, weights
-            )
-            if not accepted:
-                log.warning("%s: aggregator rejected %s: %s", self.name, task.name, reason)
+                result, weights = self._train(task)
+                handover = self._update_path.hand_in(
+                    round_number, task.name, result, global_weights, weights
+                )
+            else:
+                result = self._validate(task)
+                handover = Handover(
+                    *self._client.send_result(
+                        round_number, task.name, result.example_count, result.metrics, None
+                    )
+                )
+            if not handover.accepted:
+                log.warning("%s: aggregator rejected %s: %s", self.name, task.name, handover.reason)
                 break
-            if task.kind == "train" and aware is not None:
-                aware.update_accepted(round_number)
-            if self._on_task:
-                self._on_task(round_number, task.name, result)
+            if handover.session is not None:
+                secure_update = handover.session  # settles after the round's other tasks
+            elif task.kind == "train":
+                self._round_hooks.update_accepted(round_number)
+            self._on_task(round_number, task.name, result)
         self.rounds_run += 1
         return secure_update
-
-    def _secure_update(
-        self,
-        round_number: int,
-        global_weights: Weights,
-        weights: Weights,
-        result: TaskResult,
-        secure: SecureAggregation,
-    ) -> SecureUpdate:
-        transport = self._client
-        if not isinstance(transport, SecureTransport):
-            raise BastionError(f"{self.name}: this transport cannot do secure aggregation")
-        return SecureUpdate(
-            self.name,
-            secure,
-            transport,
-            round_number,
-            global_weights,
-            weights,
-            result.example_count,
-            result.metrics,
-            encoder=self._encoder,
-            retryable=self._retryable,
-        )
-
-    def _privacy_refusal(self, round_number: int, task: TaskSpec) -> Refusal | None:
-        if task.kind != "train" or self._privacy is None:
-            return None
-        return self._privacy.refusal(self._data, round_number, task)
 
     def _decline(self, round_number: int, task: TaskSpec, refusal: Refusal) -> None:
         """Skip the rest of the round and say so, so the aggregator does not wait for us."""
@@ -251,20 +232,24 @@ class Collaborator:
                 "%s: aggregator refused our decline of %s: %s", self.name, task.name, reason
             )
 
-    def _run_task(self, task: TaskSpec) -> tuple[TaskResult, Weights | None]:
+    def _train(self, task: TaskSpec) -> tuple[TaskResult, Weights]:
         started = time.monotonic()
-        if task.kind == "train":
-            try:
-                result = self._runner.train(self._data, **task.args)
-            finally:  # what training spent is on disk before any update leaves the site
-                if self._privacy is not None:
-                    self._privacy.record()
-            weights: Weights | None = self._runner.get_weights()
-        else:
-            result = self._runner.validate(self._data, **task.args)
-            weights = None
+        try:
+            result = self._runner.train(self._data, **task.args)
+        finally:  # what training spent is on disk before any update leaves the site
+            self._privacy.record()
+        weights = self._runner.get_weights()
+        self._log_done(task, result, started)
+        return result, weights
+
+    def _validate(self, task: TaskSpec) -> TaskResult:
+        started = time.monotonic()
+        result = self._runner.validate(self._data, **task.args)
+        self._log_done(task, result, started)
+        return result
+
+    def _log_done(self, task: TaskSpec, result: TaskResult, started: float) -> None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
         log.info(
             "%s: %s done in %.1fs: %s", self.name, task.name, time.monotonic() - started, shown
         )
-        return result, weights

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from bastion.collaborator.attestation import MutualAttestation
-from bastion.collaborator.loop import Collaborator
+from bastion.collaborator.factory import build_collaborator
+from bastion.collaborator.loop import Collaborator, no_attestation
 from bastion.collaborator.secure_update import SecureAggregation
-from bastion.compression.wire import UpdateEncoder
 from bastion.errors import PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.plan import load_plan
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.privacy.secagg.identity import identity_from_tls
 from bastion.tee.attestation.parties import build_party
@@ -56,10 +56,8 @@ def run_collaborator(
     ignore_workspace_bytecode()
     shard = load_shard(plan, name, workspace)
     runner = build_runner(plan, workspace)
-    # Local DP: continue from what this site's records already spent (before any training).
-    privacy = LocalPrivacyGuard.for_plan(
-        plan, name, runner, SiteLedger.for_workspace(workspace, plan, name)
-    )
+    # Local DP: the collaborator continues from what this site's records already spent.
+    ledger = SiteLedger.for_workspace(workspace, plan, name)
     log.info(
         "%s: %d training and %d validation examples; aggregator %s",
         name,
@@ -70,13 +68,13 @@ def run_collaborator(
     client = GrpcAggregatorClient(
         target,
         plan.canonical_hash(),
-        chunk_bytes=int(plan.network.chunk_mib * 1024 * 1024),
-        max_model_bytes=int(plan.network.max_update_mib * 1024 * 1024),
+        chunk_bytes=plan.network.chunk_bytes,
+        max_model_bytes=plan.network.max_update_bytes,
         tls=tls,
         insecure_name=name if insecure else None,
         workspace_measurement=verified.measurement,
     )
-    attest = None
+    attest: Callable[[], None] = no_attestation
     if plan.attestation is not None:
         if insecure:
             raise PlanError("attestation binds evidence to TLS keys; it cannot run with --insecure")
@@ -93,19 +91,18 @@ def run_collaborator(
                 "it cannot run with --insecure"
             )
         secure = SecureAggregation(plan, identity_from_tls(files))
-    collaborator = Collaborator(
-        name,
-        client,
-        runner,
-        shard,
-        retryable=(AggregatorUnavailable,),
-        give_up_seconds=plan.timeouts.reconnect_give_up_seconds,
-        attest=attest,
-        encoder=UpdateEncoder(plan.compression) if plan.compression else None,
-        secure=secure,
-        privacy=privacy,
-    )
     try:
+        collaborator = build_collaborator(
+            plan,
+            name,
+            client,
+            runner,
+            shard,
+            retryable=(AggregatorUnavailable,),
+            attest=attest,
+            secure=secure,
+            ledger=ledger,
+        )
         collaborator.run()
     finally:
         client.close()

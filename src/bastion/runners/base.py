@@ -1,16 +1,21 @@
 """The ``TaskRunner`` protocol: what every framework adapter provides to a collaborator.
 
 A runner owns a model. The collaborator moves weights in and out as named NumPy
-arrays and asks it to train or validate on its local data shard.
+arrays and asks it to train or validate on its local data shard. Abilities only some
+runners have are named protocols here (``RoundAware``, ``KeepsClientState``,
+``LocalPrivacy``), checked with ``isinstance`` where they are used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bastion.data.types import DataShard
 from bastion.tensors import Weights
+
+if TYPE_CHECKING:
+    from bastion.privacy.dp.local import LocalDPTrainer
 
 
 @dataclass
@@ -40,3 +45,49 @@ class TaskRunner(Protocol):
     def validate(self, data: DataShard, **args: Any) -> TaskResult:
         """Evaluate on ``data.x_valid``; metrics such as ``accuracy`` and ``loss``."""
         ...
+
+
+@runtime_checkable
+class RoundAware(Protocol):
+    """A runner whose state follows the rounds (FedCurv's own Fisher terms).
+
+    ``begin_round`` comes before the round's model is loaded; ``update_accepted`` after
+    the aggregator accepted this runner's training result of that round.
+    """
+
+    def begin_round(self, round_number: int) -> None: ...
+
+    def update_accepted(self, round_number: int) -> None: ...
+
+
+@runtime_checkable
+class KeepsClientState(Protocol):
+    """A runner that can hand over the state one client keeps between its rounds, so a
+    simulation can share one runner among many clients."""
+
+    def client_state(self) -> object: ...
+
+    def load_client_state(self, state: object | None) -> None: ...
+
+
+@runtime_checkable
+class LocalPrivacy(Protocol):
+    """A runner that can train with DP-SGD (``differential_privacy.local``).
+
+    ``local_dp`` is its accountant once ``enable_local_dp`` ran (None before);
+    ``local_dp_steps`` says what a train task will charge, for the site's budget check.
+    """
+
+    @property
+    def local_dp(self) -> LocalDPTrainer | None: ...
+
+    def enable_local_dp(
+        self,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        delta: float,
+        secure_mode: bool = False,
+        accountant: str = "rdp",
+    ) -> None: ...
+
+    def local_dp_steps(self, data: DataShard, **task_args: Any) -> tuple[float, int]: ...

@@ -18,6 +18,10 @@ the coefficients for that task):
   each training the diagonal Fisher information u = F of the local training data and
   v = F ⊙ w. Use it with ``aggregation.strategy: fedcurv``. The Fisher terms travel in
   float32 for half-precision and float8 models (float64 for float64 ones).
+
+The runner is the training core; the regularizers are objects beside it
+(``bastion.runners.torch_regularizers``, FedCurv's tensors in ``torch_fedcurv``) and local
+DP-SGD is its own trainer (``bastion.runners.torch_dp``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from bastion.algorithms.fedcurv import fedcurv_tensors, split_fedcurv
 from bastion.data.types import DataShard
 from bastion.errors import BastionError, MissingDependency, PlanError
+from bastion.privacy.dp.local import LocalDPTrainer
 from bastion.runners.base import TaskResult
 from bastion.runners.options import optimizer_state_policy
 from bastion.runners.torch_state import resolve_device, tensor_to_numpy
@@ -45,7 +49,17 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without torch
     raise MissingDependency("torch", "torch", "the PyTorch task runner") from exc
 
-from bastion.runners.torch_fisher import curvature_dtype, fisher_diagonal  # noqa: E402 (needs torch)
+# These need torch.
+from bastion.runners.torch_dp import DPSGDTrainer, private_round_steps  # noqa: E402
+from bastion.runners.torch_fedcurv import FedCurvTerms  # noqa: E402
+from bastion.runners.torch_fisher import fisher_diagonal  # noqa: E402
+from bastion.runners.torch_regularizers import (  # noqa: E402
+    CurvaturePenalty,
+    ProximalTerm,
+    Regularizer,
+    coefficient,
+    penalty_dtype,
+)
 
 log = logging.getLogger("bastion.runners.torch")
 
@@ -65,15 +79,6 @@ def _default_optimizer(name: str, momentum: float, weight_decay: float) -> Optim
     return build
 
 
-def _coefficient(value: object, key: str) -> float:
-    """A regularizer strength from the plan: a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise PlanError(f"key '{key}': must be a number >= 0, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise PlanError(f"key '{key}': must be finite, got {value!r}")
-    return float(value)
-
-
 @dataclass
 class TorchClientState:
     """What one simulated client keeps between its rounds when collaborators share a runner."""
@@ -89,7 +94,11 @@ class TorchClientState:
 
 
 class TorchRunner:
-    """A ``TaskRunner`` for classification models in PyTorch."""
+    """A ``TaskRunner`` for classification models in PyTorch.
+
+    It is ``RoundAware`` (FedCurv's own terms follow the rounds), ``KeepsClientState``
+    (a simulation can share it among clients) and ``LocalPrivacy`` (DP-SGD through Opacus).
+    """
 
     def __init__(
         self,
@@ -128,11 +137,11 @@ class TorchRunner:
         self._seed = seed
         self._generator = np.random.default_rng(seed)
 
-        self.proximal_mu = _coefficient(proximal_mu, "task_runner.args.proximal_mu")
+        self.proximal_mu = coefficient(proximal_mu, "task_runner.args.proximal_mu")
         self.fedcurv_lambda = (
             None
             if fedcurv_lambda is None
-            else _coefficient(fedcurv_lambda, "task_runner.args.fedcurv_lambda")
+            else coefficient(fedcurv_lambda, "task_runner.args.fedcurv_lambda")
         )
         if fisher_samples is not None and (
             isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int)
@@ -145,33 +154,23 @@ class TorchRunner:
                 f"key 'task_runner.args.fisher_samples': must be at least 1, got {fisher_samples}"
             )
         self.fisher_samples = fisher_samples
-        self._curved = [
-            name
-            for name, p in model.named_parameters()
-            if p.requires_grad and p.dtype.is_floating_point and name in self._federated
-        ]
-        self._fisher_slots: Weights = {}
-        if self.fedcurv_lambda is not None:
-            params = self._parameter_arrays()
-            self._fisher_slots = fedcurv_tensors(
-                params, {n: np.zeros_like(a) for n, a in params.items()}
-            )
-        self._global_sums: tuple[Weights, Weights] | None = None
-        self._fisher_terms: tuple[Weights, Weights] | None = None
-        self._accepted_round: int | None = None
-        self._current_round: int | None = None
-        self._anchor: tuple[float, dict[str, torch.Tensor]] | None = None
-        self._penalty_dtype = torch.float32  # set with the anchors by prepare_penalty
-        self._curvature: tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = (
-            None
-        )
+        self._fedcurv = FedCurvTerms(model, self._federated, self.fedcurv_lambda is not None)
+        self._regularizers: list[Regularizer] = []  # set for each training by prepare_penalty
+        self._penalty_dtype = torch.float32
         self._initial_local = {
             name: tensor.detach().clone()
             for name, tensor in model.state_dict().items()
             if name not in self._federated
         }
         self._initial_torch_rng = torch.random.get_rng_state()
-        self.local_dp: Any = None  # a LocalDPTrainer once enable_local_dp is called
+        self._dp_sgd: DPSGDTrainer | None = None  # set by enable_local_dp
+
+    # ------------------------------------------------------------------ local DP
+
+    @property
+    def local_dp(self) -> LocalDPTrainer | None:
+        """The DP-SGD accountant once ``enable_local_dp`` ran, else None."""
+        return None if self._dp_sgd is None else self._dp_sgd.accountant
 
     def enable_local_dp(
         self,
@@ -182,26 +181,24 @@ class TorchRunner:
         accountant: str = "rdp",
     ) -> None:
         """Train with DP-SGD through Opacus from now on (``differential_privacy.local``)."""
-        from bastion.privacy.dp.local import LocalDPTrainer
-
         if self.proximal_mu > 0 or self.fedcurv_lambda is not None:
             raise PlanError(
                 "differential_privacy.local: DP-SGD clips per-example gradients of the data "
                 "loss, so FedProx/FedCurv penalties would bypass its noise; remove "
                 "task_runner.args.proximal_mu / fedcurv_lambda or local DP"
             )
-        self.local_dp = LocalDPTrainer(
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            delta=delta,
-            secure_mode=secure_mode,
-            accountant=accountant,
+        self._dp_sgd = DPSGDTrainer(
+            LocalDPTrainer(
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                delta=delta,
+                secure_mode=secure_mode,
+                accountant=accountant,
+            )
         )
 
     def local_dp_steps(self, data: DataShard, **task_args: Any) -> tuple[float, int]:
         """(sample rate, DP-SGD steps) a train task with ``task_args`` will charge (local DP)."""
-        from bastion.runners.torch_dp import private_round_steps
-
         return private_round_steps(data, **task_args)
 
     # ------------------------------------------------------------------ weights
@@ -209,16 +206,17 @@ class TorchRunner:
     def get_weights(self) -> Weights:
         state = self.model.state_dict()
         weights = {name: tensor_to_numpy(name, state[name]) for name in self._federated}
-        weights.update({name: array.copy() for name, array in self._fisher_slots.items()})
+        weights.update(self._fedcurv.carried())
         return weights
 
     def set_weights(self, weights: Weights) -> None:
         state = self.model.state_dict()
-        missing = [n for n in [*self._federated, *self._fisher_slots] if n not in weights]
+        slots = self._fedcurv.slots
+        missing = [n for n in [*self._federated, *slots] if n not in weights]
         if missing:
             hint = (
                 "; FedCurv needs the fedcurv/* tensors: initialize the plan with this runner"
-                if any(n in self._fisher_slots for n in missing)
+                if any(n in slots for n in missing)
                 else ""
             )
             raise BastionError(f"weights lack tensors {missing[:5]} of the model{hint}")
@@ -231,26 +229,7 @@ class TorchRunner:
                 )
             with torch.no_grad():
                 target.copy_(value.to(dtype=target.dtype))
-        if self._fisher_slots:
-            for name, slot in self._fisher_slots.items():
-                if tuple(np.shape(weights[name])) != slot.shape:
-                    raise BastionError(
-                        f"tensor {name!r}: shape {np.shape(weights[name])}, model has {slot.shape}"
-                    )
-            self._fisher_slots = {
-                name: np.array(weights[name], dtype=slot.dtype, copy=True)
-                for name, slot in self._fisher_slots.items()
-            }
-            _, u_sum, v_sum = split_fedcurv(self._fisher_slots)
-            self._global_sums = (u_sum, v_sum)
-
-    def _parameter_arrays(self) -> Weights:
-        """The curved parameters in their curvature dtype (see :func:`curvature_dtype`)."""
-        state = self.model.state_dict()
-        return {
-            name: state[name].detach().to(curvature_dtype(state[name].dtype)).cpu().numpy()
-            for name in self._curved
-        }
+        self._fedcurv.load(weights)
 
     # ------------------------------------------------------------------ tasks
 
@@ -273,23 +252,30 @@ class TorchRunner:
         mu = (
             self.proximal_mu
             if proximal_mu is None
-            else _coefficient(proximal_mu, "tasks.args.proximal_mu")
+            else coefficient(proximal_mu, "tasks.args.proximal_mu")
         )
         lam = (
             self.fedcurv_lambda
             if fedcurv_lambda is None
-            else _coefficient(fedcurv_lambda, "tasks.args.fedcurv_lambda")
+            else coefficient(fedcurv_lambda, "tasks.args.fedcurv_lambda")
         )
-        if self.local_dp is not None:
-            from bastion.runners.torch_dp import train_private
-
+        if self._dp_sgd is not None:
             if mu > 0 or lam:
                 raise PlanError(
                     "tasks.args: proximal_mu / fedcurv_lambda cannot run under "
                     "differential_privacy.local (DP-SGD would not noise the penalty)"
                 )
             optimizer = self._optimizer_factory(list(self.model.parameters()), lr or self.lr)
-            return train_private(self, data, optimizer, epochs, batch_size, max_batches)
+            return self._dp_sgd.train(
+                self.model,
+                self.loss_fn,
+                self.device,
+                data,
+                optimizer,
+                epochs,
+                batch_size,
+                max_batches,
+            )
         self.prepare_penalty(proximal_mu=mu, fedcurv_lambda=lam)
         self.model.train()
         optimizer = self._optimizer_for_task(lr or self.lr)
@@ -307,8 +293,7 @@ class TorchRunner:
                 optimizer.zero_grad(set_to_none=True)
                 logits = self.model(x)
                 data_loss = self.loss_fn(logits, y)
-                regularized = self._anchor is not None or self._curvature is not None
-                (data_loss + self.penalty() if regularized else data_loss).backward()
+                (data_loss + self.penalty() if self._regularizers else data_loss).backward()
                 optimizer.step()
                 total_loss += float(data_loss.detach()) * len(y)
                 correct += int((logits.argmax(dim=1) == y).sum())
@@ -317,14 +302,10 @@ class TorchRunner:
         if seen and not math.isfinite(total_loss):
             raise BastionError("training diverged (loss is not finite); lower the learning rate")
         metrics = {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
-        if self._anchor is not None:
-            with torch.no_grad():
-                metrics["proximal_term"] = float(self._proximal_term())
-        if self._fisher_slots:
-            fisher = self.fisher_diagonal(data.x_train, data.y_train)
-            self._fisher_slots = fedcurv_tensors(self._parameter_arrays(), fisher)
-            _, own_u, own_v = split_fedcurv(self._fisher_slots)
-            self._fisher_terms = (own_u, own_v)
+        for regularizer in self._regularizers:
+            metrics.update(regularizer.metrics(self.model))
+        if self._fedcurv.slots:
+            self._fedcurv.learn(self.model, self.fisher_diagonal(data.x_train, data.y_train))
         # Example count is the shard size, the weight FedAvg uses (n_k in McMahan et al.).
         return TaskResult(data.train_count, metrics)
 
@@ -360,114 +341,58 @@ class TorchRunner:
         self, proximal_mu: float = 0.0, fedcurv_lambda: float | None = None
     ) -> None:
         """Anchor the regularizers at the weights loaded now: the round's global model."""
-        self._anchor = None
-        self._curvature = None
-        parameters = dict(self.model.named_parameters())
-        # float64 models get a float64 penalty (its gradient in float32 would round λ).
-        wide = any(p.dtype == torch.float64 for p in parameters.values())
-        self._penalty_dtype = torch.float64 if wide else torch.float32
+        regularizers: list[Regularizer] = []
         if proximal_mu > 0:
-            anchor = {n: p.detach().clone() for n, p in parameters.items() if p.requires_grad}
-            self._anchor = (proximal_mu, anchor)
+            regularizers.append(ProximalTerm(proximal_mu, self.device))
         if fedcurv_lambda is not None and fedcurv_lambda > 0:
-            if not self._fisher_slots:
+            if not self._fedcurv.slots:
                 raise PlanError(
                     "key 'tasks.args.fedcurv_lambda': FedCurv needs a model that carries the "
                     "fedcurv/* tensors; set task_runner.args.fedcurv_lambda instead"
                 )
-            self._curvature = (fedcurv_lambda, *self._curvature_tensors(parameters))
-
-    def _curvature_tensors(
-        self, parameters: dict[str, nn.Parameter]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(U − u_s, V − v_s) per parameter: the other clients' summed Fisher terms."""
-        if self._global_sums is None:
-            zeros = {n: np.zeros(tuple(parameters[n].shape)) for n in self._curved}
-            u_sum, v_sum = zeros, zeros
-        else:
-            u_sum, v_sum = self._global_sums
-        own = self._own_fisher_terms()
-        others_u: dict[str, torch.Tensor] = {}
-        others_v: dict[str, torch.Tensor] = {}
-        for name in self._curved:
-            u = np.asarray(u_sum[name], dtype=np.float64)
-            v = np.asarray(v_sum[name], dtype=np.float64)
-            if own is not None:
-                u = u - own[0][name]
-                v = v - own[1][name]
-            dtype = curvature_dtype(parameters[name].dtype)
-            others_u[name] = torch.from_numpy(u).to(self.device, dtype)
-            others_v[name] = torch.from_numpy(v).to(self.device, dtype)
-        return others_u, others_v
-
-    def _own_fisher_terms(self) -> tuple[Weights, Weights] | None:
-        """What this client sent in the round behind the current global model, if it did."""
-        if self._fisher_terms is None:
-            return None
-        if self._current_round is None:  # no round bookkeeping: assume consecutive rounds
-            return self._fisher_terms
-        if self._accepted_round == self._current_round - 1:
-            return self._fisher_terms
-        return None
+            regularizers.append(CurvaturePenalty(fedcurv_lambda, self._fedcurv, self.device))
+        for regularizer in regularizers:
+            regularizer.prepare(self.model)
+        self._regularizers = regularizers
+        self._penalty_dtype = penalty_dtype(self.model)
 
     def penalty(self) -> torch.Tensor:
         """The regularizers' loss term for the current weights: FedProx plus FedCurv, else zero."""
         total = torch.zeros((), device=self.device, dtype=self._penalty_dtype)
-        if self._anchor is not None:
-            total = total + self._proximal_term()
-        if self._curvature is not None:
-            lam, others_u, others_v = self._curvature
-            parameters = dict(self.model.named_parameters())
-            curvature = sum(
-                (
-                    (w * w * others_u[n] - 2.0 * w * others_v[n]).sum().to(total.dtype)
-                    for n in self._curved
-                    for w in (parameters[n].to(others_u[n].dtype),)
-                ),
-                torch.zeros((), device=self.device, dtype=total.dtype),
-            )
-            total = total + lam * curvature
+        for regularizer in self._regularizers:
+            total = total + regularizer.penalty(self.model)
         return total
-
-    def _proximal_term(self) -> torch.Tensor:
-        assert self._anchor is not None
-        mu, anchor = self._anchor
-        parameters = dict(self.model.named_parameters())
-        squared = sum(
-            (((parameters[n] - g) ** 2).sum().to(torch.float32) for n, g in anchor.items()),
-            torch.zeros((), device=self.device),
-        )
-        return 0.5 * mu * squared
 
     def fisher_diagonal(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         """FedCurv's empirical Fisher diagonal of the curved parameters on (x, y)."""
         return fisher_diagonal(
-            self.model, self.loss_fn, self._curved, x, y, self.device, self.fisher_samples
+            self.model, self.loss_fn, self._fedcurv.curved, x, y, self.device, self.fisher_samples
         )
 
     # ------------------------------------------------------------------ round hooks
 
     def begin_round(self, round_number: int) -> None:
         """Called by the collaborator loop before the round's model is loaded."""
-        self._current_round = round_number
+        self._fedcurv.current_round = round_number
 
     def update_accepted(self, round_number: int) -> None:
         """The aggregator accepted this round's update: its Fisher terms are in the next sums."""
-        self._accepted_round = round_number
+        self._fedcurv.accepted_round = round_number
 
     # ------------------------------------------------------------------ simulated clients
 
     def client_state(self) -> TorchClientState:
         """This client's own state, so an in-process simulation can share one runner."""
         state = self.model.state_dict()
+        accountant = self.local_dp
         return TorchClientState(
             numpy_rng=dict(self._generator.bit_generator.state),
             torch_rng=torch.random.get_rng_state(),
             local_tensors={n: state[n].detach().clone() for n in self._initial_local},
-            fisher_terms=self._fisher_terms,
-            accepted_round=self._accepted_round,
-            current_round=self._current_round,
-            local_dp_history=self.local_dp.history() if self.local_dp else None,
+            fisher_terms=self._fedcurv.own,
+            accepted_round=self._fedcurv.accepted_round,
+            current_round=self._fedcurv.current_round,
+            local_dp_history=accountant.history() if accountant is not None else None,
             optimizer=(
                 copy.deepcopy(self._optimizer.state_dict())
                 if self.optimizer_state == "keep" and self._optimizer is not None
@@ -494,11 +419,12 @@ class TorchRunner:
         with torch.no_grad():
             for name, tensor in state.local_tensors.items():
                 current[name].copy_(tensor)
-        self._fisher_terms = state.fisher_terms
-        self._accepted_round = state.accepted_round
-        self._current_round = state.current_round
-        if self.local_dp is not None:  # each simulated client has its own privacy spend
-            self.local_dp.load_history(state.local_dp_history or [])
+        self._fedcurv.own = state.fisher_terms
+        self._fedcurv.accepted_round = state.accepted_round
+        self._fedcurv.current_round = state.current_round
+        accountant = self.local_dp
+        if accountant is not None:  # each simulated client has its own privacy spend
+            accountant.load_history(state.local_dp_history or [])
         self._optimizer = None
         if state.optimizer is not None:
             self._optimizer = self._optimizer_factory(list(self.model.parameters()), self.lr)

@@ -21,16 +21,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.service import build_aggregator
+from bastion.collaborator.factory import build_collaborator
 from bastion.collaborator.loop import AggregatorClient, Collaborator
 from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError
 from bastion.plan import Plan, load_plan
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.privacy.secagg.identity import simulated_identities
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import (
@@ -41,21 +40,12 @@ from bastion.protocol import (
     StageReply,
     take_result,
 )
-from bastion.runners.base import TaskRunner
+from bastion.runners.base import KeepsClientState, TaskRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
 from bastion.tensors import Weights, assemble_frames, iter_frames
 from bastion.workspace.tasks import build_runner
 
 log = logging.getLogger("bastion.sim")
-
-
-@runtime_checkable
-class ClientStateRunner(Protocol):
-    """A runner that can hand over the state one client keeps between its rounds."""
-
-    def client_state(self) -> object: ...
-
-    def load_client_state(self, state: object | None) -> None: ...
 
 
 class InProcessClient:
@@ -214,29 +204,28 @@ class InProcessFederation:
 
     def _run_round(self, name: str, assignment: Assignment) -> None:
         runner = self.runner(name)
-        keeps_state = self._share_runner and isinstance(runner, ClientStateRunner)
+        keeps_state = self._share_runner and isinstance(runner, KeepsClientState)
         if keeps_state:
-            assert isinstance(runner, ClientStateRunner)
+            assert isinstance(runner, KeepsClientState)
             runner.load_client_state(self._states.get(name))
         compression = self.plan.compression
         if compression is not None and name not in self._encoders:
             self._encoders[name] = UpdateEncoder(compression)  # one residual per client
-        collaborator = Collaborator(
+        # Local DP budget on the client's own history (swapped in above); kept in memory.
+        collaborator = build_collaborator(
+            self.plan,
             name,
             self.client(name),
             runner,
             self.shards.shard(name),
-            retryable=(),
             encoder=self._encoders.get(name),
             secure=self._secure.get(name),
-            # Local DP budget on the client's own history (swapped in above); kept in memory.
-            privacy=LocalPrivacyGuard.for_plan(self.plan, name, runner),
         )
         update = collaborator.run_tasks(assignment)
         if update is not None:
             self._updates[name] = (collaborator, update)
         if keeps_state:
-            assert isinstance(runner, ClientStateRunner)
+            assert isinstance(runner, KeepsClientState)
             self._states[name] = runner.client_state()
 
     def _drive_secure_updates(self) -> None:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 from bastion.aggregator.plugins import update_decoder
 from bastion.aggregator.records import checked_content
-from bastion.collaborator.loop import Collaborator
+from bastion.collaborator.factory import build_collaborator
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, UpdateRejected
 from bastion.plan import Plan, TaskSpec, load_plan
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.protocol import Ack, Assignment, NotAssigned, ResultHeader, take_result
-from bastion.sim.inprocess import ClientStateRunner
+from bastion.runners.base import KeepsClientState
 from bastion.sim.shards import ShardIndex, load_plan_dataset
 from bastion.tensors import Weights, assemble_frames, iter_frames, spec_of
 from bastion.workspace.tasks import build_runner
@@ -195,7 +194,7 @@ class ClientWorker:
 
     def keeps_client_state(self) -> bool:
         """Whether the runner hands over per-client state (else it carries it across clients)."""
-        return isinstance(self.runner, ClientStateRunner)
+        return isinstance(self.runner, KeepsClientState)
 
     def run_client(
         self, name: str, assignment: Assignment, model: Weights, state: ClientState | None
@@ -203,25 +202,19 @@ class ClientWorker:
         """Run ``name``'s tasks of the round as its collaborator loop would; record its sends."""
         state = state or ClientState()
         runner = self.runner
-        if isinstance(runner, ClientStateRunner):
+        if isinstance(runner, KeepsClientState):
             runner.load_client_state(state.runner)
         encoder = UpdateEncoder(self.plan.compression) if self.plan.compression else None
         if encoder is not None and encoder.feedback is not None:
             encoder.feedback.load_state_dict(state.residual or {})
         transport = RecordingTransport(self.plan, name, assignment, model)
-        collaborator = Collaborator(
-            name,
-            transport,
-            runner,
-            self.shards.shard(name),
-            retryable=(),
-            encoder=encoder,
-            # Local DP budget on the client's own accountant history, loaded with its state.
-            privacy=LocalPrivacyGuard.for_plan(self.plan, name, runner),
+        # Local DP budget on the client's own accountant history, loaded with its state.
+        collaborator = build_collaborator(
+            self.plan, name, transport, runner, self.shards.shard(name), encoder=encoder
         )
         collaborator.run_tasks(assignment)
         kept = ClientState(
-            runner.client_state() if isinstance(runner, ClientStateRunner) else None,
+            runner.client_state() if isinstance(runner, KeepsClientState) else None,
             encoder.feedback.state_dict() if encoder and encoder.feedback else None,
         )
         return transport.sent, kept

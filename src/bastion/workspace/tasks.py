@@ -8,7 +8,7 @@ from bastion.data import check_dataset, load_dataset, make_shard
 from bastion.data.types import DataShard
 from bastion.errors import PlanError
 from bastion.plan import Plan
-from bastion.runners.base import TaskRunner
+from bastion.runners.base import LocalPrivacy, TaskRunner
 from bastion.workspace.code import import_callable
 
 
@@ -28,13 +28,12 @@ def build_runner(plan: Plan, workspace: Path) -> TaskRunner:
         )
     privacy = plan.differential_privacy
     if privacy is not None and privacy.local is not None:
-        enable = getattr(runner, "enable_local_dp", None)
-        if enable is None:
+        if not isinstance(runner, LocalPrivacy):
             raise PlanError(
                 f"key 'differential_privacy.local': {type(runner).__name__} cannot train with "
                 "DP-SGD; local DP runs in the PyTorch runner (bastion.runners.torch, Opacus)"
             )
-        enable(
+        runner.enable_local_dp(
             privacy.local.noise_multiplier,
             privacy.local.max_grad_norm,
             privacy.delta,

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol
 
 from bastion.data.types import DataShard
+from bastion.errors import BastionError
 from bastion.plan import Plan, TaskSpec
+from bastion.privacy.dp.local import LocalDPTrainer
 from bastion.privacy.dp.site_ledger import SiteLedger
+from bastion.runners.base import LocalPrivacy
 
 log = logging.getLogger("bastion.privacy")
-
-
-@runtime_checkable
-class LocalDPRunner(Protocol):
-    """A runner that trains with DP-SGD (``TorchRunner`` once ``enable_local_dp`` ran)."""
-
-    local_dp: Any  # a bastion.privacy.dp.local.LocalDPTrainer
-
-    def local_dp_steps(self, data: DataShard, **task_args: Any) -> tuple[float, int]: ...
 
 
 @dataclass(frozen=True)
@@ -45,19 +39,41 @@ class Refusal:
         return f"{self.what}: {self.reason}"
 
 
+class SitePrivacy(Protocol):
+    """What the collaborator loop asks of a site's local DP before and after each training."""
+
+    def refusal(self, data: DataShard, round_number: int, task: TaskSpec) -> Refusal | None: ...
+
+    def record(self) -> None: ...
+
+
+class NoLocalPrivacy:
+    """A site without local DP: it never declines a task and has no ledger to write."""
+
+    def refusal(self, data: DataShard, round_number: int, task: TaskSpec) -> Refusal | None:
+        return None
+
+    def record(self) -> None:
+        return None
+
+
 class LocalPrivacyGuard:
     """One site's local DP: its persistent ledger and its budget."""
 
     def __init__(
         self,
         name: str,
-        runner: LocalDPRunner,
+        runner: LocalPrivacy,
         budget: float | None,
         ledger: SiteLedger | None = None,
         plan_hash: str = "",
     ) -> None:
+        trainer = runner.local_dp
+        if trainer is None:
+            raise BastionError(f"{name}: the runner does not train with DP-SGD (enable_local_dp)")
         self.name = name
         self.runner = runner
+        self.trainer: LocalDPTrainer = trainer
         self.budget = budget
         self.ledger = ledger
         self.plan_hash = plan_hash
@@ -70,31 +86,31 @@ class LocalPrivacyGuard:
         spec = plan.differential_privacy
         if spec is None or spec.local is None:
             return None
-        if not isinstance(runner, LocalDPRunner) or runner.local_dp is None:
+        if not isinstance(runner, LocalPrivacy) or runner.local_dp is None:
             return None  # build_runner refuses such a runner before we get here
         guard = cls(name, runner, spec.local.epsilon_budget, ledger, plan.canonical_hash())
         if ledger is not None:
             history = ledger.load()
-            runner.local_dp.load_history(history)
+            guard.trainer.load_history(history)
             if history:
                 log.info(
                     "%s: local DP ledger %s: epsilon %.4g already spent at delta %g",
                     name,
                     ledger.path,
                     guard.spent(),
-                    runner.local_dp.delta,
+                    guard.trainer.delta,
                 )
         return guard
 
     def spent(self) -> float:
         """Epsilon this site's records have spent so far."""
-        return float(self.runner.local_dp.epsilon())
+        return float(self.trainer.epsilon())
 
     def refusal(self, data: DataShard, round_number: int, task: TaskSpec) -> Refusal | None:
         """Why this site must decline ``task``, or None when its steps fit the budget."""
-        if self.budget is None:
+        if task.kind != "train" or self.budget is None:
             return None
-        trainer = self.runner.local_dp
+        trainer = self.trainer
         rate, steps = self.runner.local_dp_steps(data, **task.args)
         spent, after = self.spent(), float(trainer.epsilon_after(rate, steps))
         if after <= self.budget:
@@ -114,7 +130,15 @@ class LocalPrivacyGuard:
         """Write the site's ledger after a training, before its update is sent."""
         if self.ledger is None:
             return
-        trainer = self.runner.local_dp
+        trainer = self.trainer
         self.ledger.save(
             trainer.history(), epsilon=self.spent(), delta=trainer.delta, plan_hash=self.plan_hash
         )
+
+
+def site_privacy(
+    plan: Plan, name: str, runner: object, ledger: SiteLedger | None = None
+) -> SitePrivacy:
+    """The site's local DP as the plan sets it: a guard with its budget, or no local DP."""
+    guard = LocalPrivacyGuard.for_plan(plan, name, runner, ledger)
+    return NoLocalPrivacy() if guard is None else guard
