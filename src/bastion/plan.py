@@ -27,12 +27,12 @@ from bastion.errors import PlanError
 from bastion.spec.attestation import AttestationPolicy
 from bastion.spec.compression import CompressionSpec, check_plan_composition
 from bastion.spec.differential_privacy import DifferentialPrivacySpec, central_dp_problem
+from bastion.spec.network import NetworkSpec
 from bastion.spec.secure_aggregation import SecureAggregationSpec, secure_aggregation_problem
 
 PLAN_FILE = "plan.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-MIB = 1024 * 1024
 
 
 class _Strict(BaseModel):
@@ -81,36 +81,39 @@ class PartitionSpec(_Strict):
     seed: int = 0
 
 
-class DataSpec(_Strict):
-    """Where each collaborator's local data comes from."""
+#: Loaders that read a site's own files (``bastion.data.local``); the site maps
+#: ``data.dataset`` to its paths in its own ``site.yaml`` or with ``--data NAME=PATH``.
+FILE_LOADERS = ("csv", "parquet", "image_folder", "arrays")
 
+
+class DataSpec(_Strict):
+    """What each site trains on: a dataset the site maps to its own files, or (simulation)
+    a registered demo dataset or the task code's loader, split across the roster."""
+
+    dataset: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="the name each site maps to its own files (site.yaml or --data NAME=PATH)",
+    )
     loader: str = Field(
-        min_length=1, description="registered name (digits, mnist) or module:function"
+        min_length=1,
+        description="a site's files: csv, parquet, image_folder, arrays; a demo dataset "
+        "(digits, mnist); or module:function in the workspace",
     )
     args: dict[str, Any] = Field(default_factory=dict)
-    partition: PartitionSpec = Field(default_factory=PartitionSpec)
-
-
-class NetworkSpec(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=50051, ge=0, le=65535)
-    pki_dir: str = "pki"
-    aggregator_name: str = Field(default="aggregator", pattern=NAME_PATTERN)
-    chunk_mib: float = Field(default=4.0, gt=0, le=64)
-    max_update_mib: float = Field(default=4096.0, gt=0)
-    max_concurrent_uploads: int = Field(
-        default=2, ge=1, description="updates assembled at once; bounds aggregator memory"
+    partition: PartitionSpec = Field(
+        default_factory=PartitionSpec,
+        description="simulation only: how a dataset without site files is split across the roster",
     )
 
-    @property
-    def chunk_bytes(self) -> int:
-        """Size of one streamed tensor chunk in bytes (the plan states MiB)."""
-        return int(self.chunk_mib * MIB)
-
-    @property
-    def max_update_bytes(self) -> int:
-        """Largest model or update a peer may send, in bytes (the plan states MiB)."""
-        return int(self.max_update_mib * MIB)
+    @model_validator(mode="after")
+    def _files_need_a_name(self) -> DataSpec:
+        if self.loader in FILE_LOADERS and self.dataset is None:
+            raise ValueError(
+                f"data.loader {self.loader!r} reads each site's own files: name the dataset "
+                "sites map to them in data.dataset"
+            )
+        return self
 
 
 class AggregationSpec(_Strict):

@@ -10,11 +10,11 @@ import pytest
 from support.simulation import plain_workspace
 
 from bastion.collaborator.factory import choose_update_path
+from bastion.collaborator.local_privacy import NoLocalPrivacy, site_privacy
 from bastion.collaborator.update_path import Handover, SendCompressed, SendSecurely, SendWeights
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import PlanError
 from bastion.plan import load_plan
-from bastion.privacy.dp.site_budget import NoLocalPrivacy, site_privacy
 from bastion.runners.base import KeepsClientState, LocalPrivacy, RoundAware, TaskResult
 from bastion.tensors import Weights
 

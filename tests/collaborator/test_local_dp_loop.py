@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bastion.collaborator.local_privacy import LocalPrivacyGuard
 from bastion.collaborator.loop import Collaborator
 from bastion.data.types import DataShard
 from bastion.plan import TaskSpec
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.protocol import Assignment
 from bastion.tensors import Weights

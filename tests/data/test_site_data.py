@@ -62,7 +62,7 @@ def test_bad_tables_are_named_with_their_line(
 
 
 def test_arrays_from_npz_and_safetensors(tmp_path: Path) -> None:
-    from bastion.tensors import save_checkpoint
+    from bastion.storage import save_checkpoint
 
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     y = (np.arange(20) % 2).astype(np.int64)

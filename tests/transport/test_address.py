@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bastion.pki import Role, init_ca, issue, tls_files_for
-from bastion.transport.address import Address, AddressError, check_port, parse_address
+from bastion.spec.network import Address, AddressError, check_port, parse_address
 from bastion.transport.diagnose import explain_unreachable
 
 

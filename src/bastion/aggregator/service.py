@@ -22,8 +22,10 @@ from bastion.pki import Role, load_certificate, tls_files_for
 from bastion.plan import Plan, load_plan
 from bastion.privacy.secagg.identity import certificate_verifier
 from bastion.privacy.secagg.keys import IdentityVerifier
+from bastion.spec.network import check_host, check_port
 from bastion.storage.atomic import atomic_write_text
 from bastion.storage.checkpoints import CheckpointStore
+from bastion.storage.lock import ExclusiveLock
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.identity import (
     INSECURE_WARNING,
@@ -86,83 +88,87 @@ def run_aggregator(
     workspace = Path(workspace)
     plan = load_plan(workspace)
     pin_mmap_threshold()
-    host = host or plan.network.host
-    port = plan.network.port if port is None else port
-    if insecure:
-        log.warning(INSECURE_WARNING)
-        credentials, identify = None, insecure_identity
-    else:
-        tls = tls_files_for(workspace / plan.network.pki_dir, plan.network.aggregator_name)
-        identity = tls.check()
-        if identity.role is not Role.AGGREGATOR:
-            raise PKIError(
-                f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
-            )
-        credentials, identify = server_credentials(*tls.read()), certificate_identity
-    verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
-    ignore_workspace_bytecode()
-    verifier = None
-    if plan.uses_secure_aggregation:
+    host = check_host(host, "--host") if host else plan.network.listen
+    port = plan.network.port if port is None else check_port(port, "--port", allow_zero=True)
+    # One aggregator per federation: held until this process exits, whatever the port.
+    with ExclusiveLock(workspace / plan.output.checkpoints, "aggregator"):
         if insecure:
-            raise PlanError(
-                "secure aggregation signs each collaborator's keys with its certificate's key; "
-                "it cannot run with --insecure"
+            log.warning(INSECURE_WARNING)
+            credentials, identify = None, insecure_identity
+        else:
+            tls = tls_files_for(workspace / plan.network.pki_dir, plan.network.aggregator_name)
+            identity = tls.check()
+            if identity.role is not Role.AGGREGATOR:
+                raise PKIError(
+                    f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
+                )
+            credentials, identify = server_credentials(*tls.read()), certificate_identity
+        verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
+        ignore_workspace_bytecode()
+        verifier = None
+        if plan.uses_secure_aggregation:
+            if insecure:
+                raise PlanError(
+                    "secure aggregation signs each collaborator's keys with its certificate's key; "
+                    "it cannot run with --insecure"
+                )
+            verifier = certificate_verifier(tls)
+        aggregator = build_aggregator(
+            plan, workspace, secure_verifier=verifier, protocol=protocol, observers=observers
+        )
+        gate = None
+        if plan.attestation is not None:
+            if insecure:
+                raise PlanError(
+                    "attestation binds evidence to TLS keys; it cannot run with --insecure"
+                )
+            spec = plan.attestation
+            party = build_party(
+                spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash()
             )
-        verifier = certificate_verifier(tls)
-    aggregator = build_aggregator(
-        plan, workspace, secure_verifier=verifier, protocol=protocol, observers=observers
-    )
-    gate = None
-    if plan.attestation is not None:
-        if insecure:
-            raise PlanError("attestation binds evidence to TLS keys; it cannot run with --insecure")
-        spec = plan.attestation
-        party = build_party(
-            spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash()
+            gate = AttestationGate(
+                party, load_certificate(tls.cert), aggregator.metrics, aggregator.record_attestation
+            )
+        server = start_server(
+            aggregator,
+            plan.canonical_hash(),
+            host,
+            port,
+            credentials,
+            identify,
+            plan.network.chunk_bytes,
+            gate=gate,
+            workspace_measurement=verified.measurement,
+            max_concurrent_uploads=plan.network.max_concurrent_uploads,
         )
-        gate = AttestationGate(
-            party, load_certificate(tls.cert), aggregator.metrics, aggregator.record_attestation
+        log.info(
+            "aggregator for plan %r listening on %s:%d (%s)",
+            plan.name,
+            host,
+            server.port,
+            "INSECURE plain text" if insecure else "mutual TLS",
         )
-    server = start_server(
-        aggregator,
-        plan.canonical_hash(),
-        host,
-        port,
-        credentials,
-        identify,
-        plan.network.chunk_bytes,
-        gate=gate,
-        workspace_measurement=verified.measurement,
-        max_concurrent_uploads=plan.network.max_concurrent_uploads,
-    )
-    log.info(
-        "aggregator for plan %r listening on %s:%d (%s)",
-        plan.name,
-        host,
-        server.port,
-        "INSECURE plain text" if insecure else "mutual TLS",
-    )
-    if port_file is not None:
-        atomic_write_text(port_file, str(server.port))
+        if port_file is not None:
+            atomic_write_text(port_file, str(server.port))
 
-    stop = threading.Event()
+        stop = threading.Event()
 
-    def _request_stop(signum: int, _frame: object) -> None:
-        log.warning(
-            "signal %d: stopping the aggregator (state is checkpointed every round)", signum
-        )
-        stop.set()
+        def _request_stop(signum: int, _frame: object) -> None:
+            log.warning(
+                "signal %d: stopping the aggregator (state is checkpointed every round)", signum
+            )
+            stop.set()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _request_stop)
-    try:
-        while not stop.is_set() and not aggregator.finished.wait(0.5):
-            aggregator.check_timeout()
-        if aggregator.finished.is_set():
-            _tell_everyone_done(aggregator, server.servicer.told_done)
-    finally:
-        server.stop(grace=1.0)
-    return aggregator
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _request_stop)
+        try:
+            while not stop.is_set() and not aggregator.finished.wait(0.5):
+                aggregator.check_timeout()
+            if aggregator.finished.is_set():
+                _tell_everyone_done(aggregator, server.servicer.told_done)
+        finally:
+            server.stop(grace=1.0)
+        return aggregator
 
 
 def _tell_everyone_done(aggregator: Aggregator, told_done: set[str]) -> None:

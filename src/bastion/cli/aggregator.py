@@ -20,7 +20,9 @@ app = typer.Typer(help="Run the aggregator.", no_args_is_help=True)
 @app.command("start")
 def start(
     workspace: Path = WorkspaceOption,
-    host: str | None = typer.Option(None, help="Listen address (default: plan network.host)."),
+    host: str | None = typer.Option(
+        None, help="Interface to listen on (default: plan network.listen, all interfaces)."
+    ),
     port: int | None = typer.Option(
         None, help="Listen port (default: plan network.port; 0 picks one)."
     ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bastion.collaborator.local_privacy import site_privacy
 from bastion.collaborator.loop import (
     AggregatorClient,
     Collaborator,
@@ -23,7 +24,6 @@ from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard
 from bastion.errors import PlanError
 from bastion.plan import Plan
-from bastion.privacy.dp.site_budget import site_privacy
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.runners.base import TaskRunner
 
@@ -41,6 +41,7 @@ def build_collaborator(
     ledger: SiteLedger | None = None,
     encoder: UpdateEncoder | None = None,
     on_task: TaskObserver = ignore_task,
+    heartbeat: bool = False,
 ) -> Collaborator:
     """A collaborator ``name`` of ``plan`` that talks through ``client``.
 
@@ -48,6 +49,7 @@ def build_collaborator(
     session attempts it joined), required when the plan turns it on; ``ledger`` is where
     local DP's spend persists (none: kept in memory); ``encoder`` is a compression encoder
     to reuse, with its error-feedback residual (none: a fresh one when the plan compresses).
+    ``heartbeat`` tells the aggregator we live while long tasks run (over a network).
     Call it after a shared runner took on this client's state: local DP reads its history.
     """
     return Collaborator(
@@ -61,7 +63,13 @@ def build_collaborator(
         attest=attest,
         update_path=choose_update_path(plan, name, client, secure, encoder, retryable),
         privacy=site_privacy(plan, name, runner, ledger),
+        heartbeat_seconds=heartbeat_interval(plan) if heartbeat else None,
     )
+
+
+def heartbeat_interval(plan: Plan) -> float:
+    """Often enough that a busy site is never mistaken for a lost one."""
+    return max(1.0, min(30.0, plan.timeouts.lost_seconds / 4))
 
 
 def choose_update_path(

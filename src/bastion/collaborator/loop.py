@@ -1,30 +1,37 @@
 """The collaborator loop: ask for tasks, pull the model, run tasks, push results.
 
 A collaborator only dials out. While the aggregator is unreachable it retries with
-capped exponential backoff and jitter; it exits when the aggregator says the
-federation is done, or gives up after ``timeouts.reconnect_give_up_seconds``.
+capped exponential backoff and jitter, quietly after the first explanation, with a
+summary every minute; it exits when the aggregator says the federation is done, or
+gives up after ``timeouts.reconnect_give_up_seconds``. A task that raises is reported
+to the aggregator (its error type and message, nothing more) before the collaborator
+stops with ``TaskCrashed``, so the round goes on without it instead of waiting.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from bastion.collaborator.local_privacy import NoLocalPrivacy, Refusal, SitePrivacy
 from bastion.collaborator.secure_update import SecureUpdate
 from bastion.collaborator.update_path import Handover, SendWeights, UpdatePath
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
-from bastion.privacy.dp.site_budget import NoLocalPrivacy, Refusal, SitePrivacy
 from bastion.protocol import Assignment
 from bastion.runners.base import RoundAware, TaskResult, TaskRunner
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")
+
+T = TypeVar("T")
 
 
 class AggregatorClient(Protocol):
@@ -46,6 +53,10 @@ class AggregatorClient(Protocol):
     def decline_task(
         self, round_number: int, task: str, reason: str, metrics: Mapping[str, float]
     ) -> tuple[bool, str]: ...
+
+    def fail_task(self, round_number: int, task: str, error: str) -> tuple[bool, str]: ...
+
+    def heartbeat(self, round_number: int) -> int: ...
 
 
 TaskObserver = Callable[[int, str, TaskResult], None]
@@ -93,6 +104,50 @@ class GaveUp(BastionError):
     """The aggregator stayed unreachable for longer than the plan allows."""
 
 
+class TaskCrashed(BastionError):
+    """A task raised in the site's task code; the aggregator was told (type and message)."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message)
+        self.details = details  # the traceback: for the site's own log, never sent
+
+
+#: How often a unreachable aggregator is summarized in the log (otherwise retries are quiet).
+RETRY_SUMMARY_SECONDS = 60.0
+
+
+class Heartbeat:
+    """While a round's tasks run, tell the aggregator every ``interval`` seconds that we live."""
+
+    def __init__(self, client: AggregatorClient, interval: float | None) -> None:
+        self._client = client
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, round_number: int) -> None:
+        if self._interval is None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat, args=(round_number, self._interval), daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _beat(self, round_number: int, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._client.heartbeat(round_number)
+            except Exception as exc:  # the main loop notices an unreachable aggregator itself
+                log.debug("heartbeat not delivered: %s", exc)
+
+
 class Collaborator:
     """Runs the tasks the aggregator assigns, on this site's data, until the federation ends.
 
@@ -114,6 +169,7 @@ class Collaborator:
         attest: Callable[[], None] = no_attestation,
         update_path: UpdatePath | None = None,
         privacy: SitePrivacy = NO_LOCAL_PRIVACY,
+        heartbeat_seconds: float | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -128,15 +184,24 @@ class Collaborator:
         self._attested = False
         self._update_path = update_path if update_path is not None else SendWeights(client)
         self._privacy = privacy
+        self._heartbeat = Heartbeat(client, heartbeat_seconds)
         self.rounds_run = 0
 
     def run(self) -> None:
         """Loop until the aggregator says the federation is done."""
         backoff = Backoff()
         last_contact = time.monotonic()
+        failures, last_summary = 0, 0.0
         while True:
             try:
                 assignment = self._client.get_tasks()
+                if failures:
+                    log.info(
+                        "%s: reached the aggregator again after %.0fs",
+                        self.name,
+                        time.monotonic() - last_contact,
+                    )
+                    failures = 0
                 if assignment.action == "done":
                     log.info(
                         "%s: federation finished after %d rounds here", self.name, self.rounds_run
@@ -159,7 +224,22 @@ class Collaborator:
                         f"(limit timeouts.reconnect_give_up_seconds={self._give_up:.0f}): {exc}"
                     ) from None
                 delay = backoff.next_delay()
-                log.info("%s: %s; retrying in %.1fs", self.name, exc, delay)
+                failures += 1
+                now = time.monotonic()
+                if failures == 1:
+                    log.warning("%s: %s; retrying quietly (a summary every minute)", self.name, exc)
+                    last_summary = now
+                elif now - last_summary >= RETRY_SUMMARY_SECONDS:
+                    log.warning(
+                        "%s: still cannot reach the aggregator after %d attempts in %.0fs: %s",
+                        self.name,
+                        failures,
+                        waited,
+                        exc,
+                    )
+                    last_summary = now
+                else:
+                    log.debug("%s: %s; retrying in %.1fs", self.name, exc, delay)
                 self._sleep(delay)
 
     def run_round(self, assignment: Assignment) -> None:
@@ -178,17 +258,30 @@ class Collaborator:
         """Run the round's tasks and push their results; under secure aggregation the
         training result is returned, to go through the round's session after the rest."""
         round_number = assignment.round
-        secure_update: SecureUpdate | None = None
         if not self._attested:
             self._attest()
             self._attested = True
         self._round_hooks.begin_round(round_number)
         global_weights = self._client.get_model(round_number)
         self._runner.set_weights(global_weights)
-        holds_global = True
         log.info(
-            "%s: round %d: %s", self.name, round_number, ", ".join(t.name for t in assignment.tasks)
+            "%s: %s: %s",
+            self.name,
+            _round_label(assignment),
+            ", ".join(t.name for t in assignment.tasks),
         )
+        self._heartbeat.start(round_number)
+        try:
+            secure_update = self._run_assigned(assignment, global_weights)
+        finally:
+            self._heartbeat.stop()
+        self.rounds_run += 1
+        return secure_update
+
+    def _run_assigned(self, assignment: Assignment, global_weights: Weights) -> SecureUpdate | None:
+        round_number = assignment.round
+        secure_update: SecureUpdate | None = None
+        holds_global = True
         for task in assignment.tasks:
             if task.kind == "validate" and task.model == "global" and not holds_global:
                 self._runner.set_weights(global_weights)
@@ -199,12 +292,12 @@ class Collaborator:
                 break
             if task.kind == "train":
                 holds_global = False
-                result, weights = self._train(task)
+                result, weights = self._guarded(round_number, task, self._train)
                 handover = self._update_path.hand_in(
                     round_number, task.name, result, global_weights, weights
                 )
             else:
-                result = self._validate(task)
+                result = self._guarded(round_number, task, self._validate)
                 handover = Handover(
                     *self._client.send_result(
                         round_number, task.name, result.example_count, result.metrics, None
@@ -218,8 +311,23 @@ class Collaborator:
             elif task.kind == "train":
                 self._round_hooks.update_accepted(round_number)
             self._on_task(round_number, task.name, result)
-        self.rounds_run += 1
         return secure_update
+
+    def _guarded(self, round_number: int, task: TaskSpec, run: Callable[[TaskSpec], T]) -> T:
+        """Run task code; if it raises, tell the aggregator why and stop with ``TaskCrashed``."""
+        try:
+            return run(task)
+        except Exception as exc:
+            error = _one_line(exc)
+            details = traceback.format_exc()
+        log.error("%s: task %s raised %s", self.name, task.name, error)
+        try:
+            self._client.fail_task(round_number, task.name, error)
+        except self._retryable as exc:
+            log.warning("%s: could not report the failure to the aggregator: %s", self.name, exc)
+        raise TaskCrashed(
+            f"{self.name}: task {task.name!r} of round {round_number} raised {error}", details
+        )
 
     def _decline(self, round_number: int, task: TaskSpec, refusal: Refusal) -> None:
         """Skip the rest of the round and say so, so the aggregator does not wait for us."""
@@ -253,3 +361,18 @@ class Collaborator:
         log.info(
             "%s: %s done in %.1fs: %s", self.name, task.name, time.monotonic() - started, shown
         )
+
+
+def _round_label(assignment: Assignment) -> str:
+    """``round 3/5``, or ``final evaluation`` for the round after the last training round."""
+    total = assignment.total_rounds
+    if total and assignment.round > total:
+        return "final evaluation"
+    return f"round {assignment.round}/{total}" if total else f"round {assignment.round}"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as ``Type: message`` on one line, at most 500 characters."""
+    message = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text[:500]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bastion.collaborator.attestation import MutualAttestation
 from bastion.collaborator.factory import build_collaborator
-from bastion.collaborator.loop import Collaborator, no_attestation
+from bastion.collaborator.loop import Collaborator, TaskCrashed, no_attestation
 from bastion.collaborator.secure_update import SecureAggregation
-from bastion.errors import PKIError, PlanError
+from bastion.data.site import SiteData
+from bastion.errors import BastionError, PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.plan import load_plan
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.privacy.secagg.identity import identity_from_tls
+from bastion.spec.network import parse_address
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.identity import INSECURE_WARNING
@@ -30,11 +33,15 @@ def run_collaborator(
     aggregator: str | None = None,
     insecure: bool = False,
     allow_unsigned_workspace: bool = False,
+    site_data: SiteData | None = None,
 ) -> Collaborator:
     """Join the federation as ``name`` and work until the aggregator says it is done.
 
     The workspace is verified against its signed manifest before any of its code (task
     runner, data loader) is imported; ``allow_unsigned_workspace`` is for development only.
+    ``site_data`` maps the plan's dataset to this site's own files (never sent anywhere).
+    A task that raises is reported to the aggregator; its traceback goes to this site's
+    ``logs/NAME-errors.log`` and the collaborator stops with one line naming that file.
     """
     workspace = Path(workspace)
     plan = load_plan(workspace)
@@ -42,7 +49,11 @@ def run_collaborator(
         raise PlanError(
             f"{name!r} is not on the plan's roster: {', '.join(plan.collaborator_names())}"
         )
-    target = aggregator or f"{plan.network.host}:{plan.network.port}"
+    target = (
+        parse_address(aggregator, plan.network.port, "--aggregator")
+        if aggregator
+        else plan.network.target
+    ).target
     if insecure:
         log.warning(INSECURE_WARNING)
         tls = None
@@ -54,7 +65,7 @@ def run_collaborator(
         tls = files.read()
     verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
     ignore_workspace_bytecode()
-    shard = load_shard(plan, name, workspace)
+    shard = load_shard(plan, name, workspace, site_data or SiteData())
     runner = build_runner(plan, workspace)
     # Local DP: the collaborator continues from what this site's records already spent.
     ledger = SiteLedger.for_workspace(workspace, plan, name)
@@ -102,8 +113,21 @@ def run_collaborator(
             attest=attest,
             secure=secure,
             ledger=ledger,
+            heartbeat=True,
         )
         collaborator.run()
+    except TaskCrashed as crash:
+        where = _record_crash(workspace / plan.output.logs / f"{name}-errors.log", crash)
+        raise BastionError(f"{crash}; the traceback is in {where}") from None
     finally:
         client.close()
     return collaborator
+
+
+def _record_crash(path: Path, crash: TaskCrashed) -> Path:
+    """Append the task's traceback to the site's error log (it stays at the site)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(f"--- {stamp} {crash}\n{crash.details}\n")
+    return path

@@ -19,10 +19,8 @@ import numpy as np
 from bastion.data.errors import DataError
 from bastion.data.types import DataShard
 from bastion.errors import MissingDependency
+from bastion.plan import FILE_LOADERS
 
-#: Loaders a site can point at its own files; anything else is a registered demo
-#: dataset (split across the roster, as in simulation) or the task code's own loader.
-FILE_LOADERS = ("csv", "parquet", "image_folder", "arrays")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DEFAULT_VALID_FRACTION = 0.2
 
@@ -214,7 +212,7 @@ def read_arrays(path: Path, options: Mapping[str, Any]) -> Table:
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable .npz file: {exc}") from None
     elif path.suffix == ".safetensors":
-        from bastion.tensors import load_checkpoint
+        from bastion.storage import load_checkpoint
 
         arrays, _ = load_checkpoint(path)
     else:

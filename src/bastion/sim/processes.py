@@ -59,7 +59,14 @@ class LocalFederation:
         self.aggregator_process = self._spawn(
             "aggregator.log",
             self._command(
-                "aggregator", "start", "--port", str(port), "--port-file", str(port_file)
+                "aggregator",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--port-file",
+                str(port_file),
             ),
         )
         deadline = time.monotonic() + timeout
@@ -76,7 +83,7 @@ class LocalFederation:
         return self.port
 
     def start_collaborator(self, name: str, port: int | None = None) -> subprocess.Popen[bytes]:
-        target = f"{self.plan.network.host}:{port or self.port}"
+        target = f"127.0.0.1:{port or self.port}"
         process = self._spawn(
             f"{name}.log", self._command("collaborator", "start", name, "--aggregator", target)
         )

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from bastion.data import check_dataset, dirichlet, iid, label_shards, load_dataset
-from bastion.data.errors import PartitionError
+from bastion.data.errors import DataError, PartitionError
 from bastion.data.types import Dataset, DataShard
-from bastion.plan import Plan
+from bastion.plan import FILE_LOADERS, Plan
 from bastion.workspace.code import import_callable
 
 # ``bastion.data.make_shard``'s default smallest Dirichlet part.
@@ -26,6 +26,13 @@ DIRICHLET_MIN_SIZE = 10
 def load_plan_dataset(plan: Plan, workspace: Path) -> Dataset:
     """The plan's whole dataset: a registered name or the workspace's ``module:function``."""
     loader = plan.data.loader
+    if loader in FILE_LOADERS:
+        raise DataError(
+            f"data.loader {loader!r} reads each site's own files, so there is no one dataset to "
+            "split across simulated clients; run real sites (`bastion collaborator start NAME "
+            f"--data {plan.data.dataset}=PATH`), or simulate with a demo dataset or a "
+            "module:function loader"
+        )
     if ":" in loader:
         factory = import_callable(loader, workspace, "data.loader")
         return check_dataset(factory(**plan.data.args), loader)

@@ -11,10 +11,10 @@ from bastion.errors import BastionError
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, StageReply
+from bastion.spec.network import AddressError, parse_address
 from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.address import AddressError, parse_address
 from bastion.transport.diagnose import explain_unreachable
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials

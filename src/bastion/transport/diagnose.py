@@ -16,7 +16,7 @@ import ssl
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from bastion.transport.address import Address
+from bastion.spec.network import Address
 
 
 def certificate_names(certificate: x509.Certificate) -> list[str]:

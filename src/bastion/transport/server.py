@@ -89,6 +89,12 @@ def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
+    """The channel options, and a port of our own: gRPC's default SO_REUSEPORT would let a
+    second aggregator bind the same port and take half the sites (split brain)."""
+    return [*channel_options(chunk_bytes), ("grpc.so_reuseport", 0)]
+
+
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
         self,
@@ -314,7 +320,7 @@ def start_server(
     """Bind and start the server; ``credentials=None`` means plain text (``--insecure``)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bastion-rpc"),
-        options=channel_options(chunk_bytes),
+        options=server_options(chunk_bytes),
     )
     servicer = FederationServicer(
         port_impl,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from bastion.data import check_dataset, load_dataset, make_shard
+from bastion.data.errors import DataError
+from bastion.data.local import load_site_shard
+from bastion.data.site import SiteData
 from bastion.data.types import DataShard
 from bastion.errors import PlanError
-from bastion.plan import Plan
+from bastion.plan import FILE_LOADERS, Plan
 from bastion.runners.base import LocalPrivacy, TaskRunner
 from bastion.workspace.code import import_callable
+
+log = logging.getLogger("bastion.collaborator")
 
 
 def build_runner(plan: Plan, workspace: Path) -> TaskRunner:
@@ -43,22 +49,66 @@ def build_runner(plan: Plan, workspace: Path) -> TaskRunner:
     return runner
 
 
-def load_shard(plan: Plan, collaborator: str, workspace: Path) -> DataShard:
-    """This collaborator's part of the plan's dataset."""
-    loader = plan.data.loader
-    if ":" in loader:
-        dataset = check_dataset(
-            import_callable(loader, workspace, "data.loader")(**plan.data.args), loader
+def load_shard(
+    plan: Plan, collaborator: str, workspace: Path, site: SiteData | None = None
+) -> DataShard:
+    """What this collaborator trains and validates on.
+
+    A dataset the site maps to its own files is used whole; otherwise (simulation, demos)
+    the plan's dataset is split across the roster, and the log says so.
+    """
+    spec = plan.data
+    mapped = site.get(spec.dataset) if site is not None and spec.dataset else None
+    if spec.loader in FILE_LOADERS:
+        if mapped is None:
+            raise DataError(
+                f"the plan reads dataset {spec.dataset!r} from each site's own files "
+                f"({spec.loader}); map it here: `bastion collaborator start {collaborator} "
+                f"--data {spec.dataset}=PATH` or datasets.{spec.dataset}.path in a site.yaml"
+            )
+        shard = load_site_shard(
+            spec.loader, mapped.path, mapped.valid, {**spec.args, **mapped.args}
         )
+        log.info(
+            "%s: dataset %r from %s (this site's own files)",
+            collaborator,
+            spec.dataset,
+            mapped.path,
+        )
+        return shard
+    if ":" in spec.loader:
+        loader = import_callable(spec.loader, workspace, "data.loader")
+        if mapped is not None:
+            return _whole(loader(path=str(mapped.path), **spec.args), spec.loader)
+        dataset = check_dataset(loader(**spec.args), spec.loader)
     else:
-        dataset = load_dataset(loader, **plan.data.args)
-    partition = plan.data.partition
+        dataset = load_dataset(spec.loader, **spec.args)
+    index, count = plan.shard_of(collaborator), plan.shard_count()
+    log.info(
+        "%s: no site files for the plan's data: using part %d of %d of %r, split across the "
+        "roster (a simulation split; map data.dataset to this site's files to train on them)",
+        collaborator,
+        index + 1,
+        count,
+        dataset.name,
+    )
+    partition = spec.partition
     return make_shard(
         dataset,
-        index=plan.shard_of(collaborator),
-        count=plan.shard_count(),
+        index=index,
+        count=count,
         method=partition.method,
         seed=partition.seed,
         alpha=partition.alpha,
         shards_per_part=partition.shards_per_collaborator,
+    )
+
+
+def _whole(loaded: object, source: str) -> DataShard:
+    """A task loader's answer for a site's own path: its shard, or its dataset used whole."""
+    if isinstance(loaded, DataShard):
+        return loaded
+    dataset = check_dataset(loaded, source)
+    return DataShard(
+        dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, dataset.num_classes
     )

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bastion.collaborator.local_privacy import LocalPrivacyGuard
 from bastion.data.types import DataShard
 from bastion.plan import TaskSpec
 from bastion.privacy.dp.local import poisson_schedule, round_steps
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from support.workspaces import issue_identities
 
+from bastion.collaborator.local_privacy import LocalPrivacyGuard
 from bastion.pki import certificate_fingerprint, load_certificate
 from bastion.plan import Plan, parse_plan
-from bastion.privacy.dp.site_budget import LocalPrivacyGuard
 from bastion.privacy.dp.site_ledger import (
     LEDGER_FORMAT,
     LedgerError,

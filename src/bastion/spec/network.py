@@ -1,5 +1,7 @@
-"""Network addresses that mean what they say: ``HOST[:PORT]``, ports 1-65535, no schemes.
+"""The plan's ``network`` section, and addresses that mean what they say.
 
+An aggregator *listens* on one address (``network.listen``, every interface by default)
+and sites *dial* another (``network.address``, a name in the aggregator's certificate).
 gRPC would take ``127.0.0.1`` as port 443, ``https://host`` as a host name and port
 70000 modulo 65536; a site then retries the wrong thing for minutes. Every address a
 user types goes through ``parse_address`` first and is refused in one line if it is not
@@ -11,8 +13,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bastion.errors import BastionError
+
+MIB = 1024 * 1024
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEFAULT_PORT = 50051
 
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 
@@ -90,3 +99,58 @@ def parse_address(value: str, default_port: int, what: str = "address") -> Addre
             raise AddressError(f"{what} {value!r}: port {port_text!r} is not a number")
         port = check_port(int(port_text), f"{what} {value!r}: port")
     return Address(check_host(host, what), check_port(port, f"{what} {value!r}: port"))
+
+
+class NetworkSpec(BaseModel):
+    """Where the aggregator listens, what sites dial, and the wire's sizes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field(
+        default="127.0.0.1",
+        description="the host sites dial; must be a name in the aggregator's certificate",
+    )
+    listen: str = Field(default="0.0.0.0", description="the interface the aggregator binds")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    pki_dir: str = "pki"
+    aggregator_name: str = Field(default="aggregator", pattern=NAME_PATTERN)
+    chunk_mib: float = Field(default=4.0, gt=0, le=64)
+    max_update_mib: float = Field(default=4096.0, gt=0)
+    max_concurrent_uploads: int = Field(
+        default=2, ge=1, description="updates assembled at once; bounds aggregator memory"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_is_the_address(cls, value: Any) -> Any:
+        """``host`` (before 0.2) was both the listen and the dial address: it is the latter."""
+        if isinstance(value, dict) and "host" in value:
+            value = dict(value)
+            host = value.pop("host")
+            if "address" in value:
+                raise ValueError("give network.address, not network.host (its old name), alone")
+            value["address"] = host
+        return value
+
+    @field_validator("address", "listen")
+    @classmethod
+    def _plain_host(cls, value: str) -> str:
+        try:
+            return check_host(value)
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Size of one streamed tensor chunk in bytes (the plan states MiB)."""
+        return int(self.chunk_mib * MIB)
+
+    @property
+    def max_update_bytes(self) -> int:
+        """Largest model or update a peer may send, in bytes (the plan states MiB)."""
+        return int(self.max_update_mib * MIB)
+
+    @property
+    def target(self) -> Address:
+        """The aggregator as sites dial it."""
+        return Address(self.address, self.port)
