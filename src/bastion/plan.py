@@ -456,12 +456,40 @@ def parse_plan(raw: dict[str, Any], source: str = PLAN_FILE, workspace: Path | N
     return plan
 
 
-def describe_validation_error(exc: ValidationError, raw: Any) -> str:
-    """One line for the first error: the dotted key path, what is wrong, and the fix."""
-    error = exc.errors()[0]
+def plan_problems(path: Path | str) -> tuple[Plan | None, list[str]]:
+    """Every problem of a plan file at once, one line each with its key path; and the plan
+    when it parses (``bastion plan validate`` then checks what the plan names)."""
+    try:
+        return load_plan(path), []
+    except PlanError as exc:
+        first = str(exc)
+    path = Path(path)
+    path = path / PLAN_FILE if path.is_dir() else path
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        Plan.model_validate(raw)
+    except ValidationError as exc:
+        return None, [
+            f"{path}: {describe_validation_error(exc, raw, index, count_others=False)}"
+            for index in range(exc.error_count())
+        ]
+    except Exception:  # not YAML, not a mapping: the first message says it all
+        pass
+    return None, [first]
+
+
+def describe_validation_error(
+    exc: ValidationError, raw: Any, index: int = 0, count_others: bool = True
+) -> str:
+    """One line for error ``index``: the dotted key path, what is wrong, and the fix; the
+    first error's line says how many more there are."""
+    error = exc.errors()[index]
     path = _dotted(error["loc"], raw)
     kind = error["type"]
-    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    more = exc.error_count() - 1
+    extra = (
+        f" (and {more} more: `bastion plan validate` lists them)" if more and count_others else ""
+    )
     if kind == "extra_forbidden":
         allowed = _allowed_keys(error["loc"][:-1])
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""

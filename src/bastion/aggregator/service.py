@@ -79,31 +79,36 @@ def run_aggregator(
     allow_unsigned_workspace: bool = False,
     protocol: ProtocolFactory | None = None,
     observers: Sequence[RoundObserver] = (),
+    pki_dir: Path | None = None,
 ) -> Aggregator:
     """Serve the federation until every round is done; returns the finished aggregator.
 
     The workspace is verified against its signed manifest first, and collaborators that
-    report another workspace measurement are refused.
+    report another workspace measurement are refused. ``pki_dir`` holds ca.crt and the
+    aggregator's key and certificate (default: the plan's ``network.pki_dir``).
     """
     workspace = Path(workspace)
     plan = load_plan(workspace)
     pin_mmap_threshold()
     host = check_host(host, "--host") if host else plan.network.listen
     port = plan.network.port if port is None else check_port(port, "--port", allow_zero=True)
+    pki = Path(pki_dir) if pki_dir is not None else workspace / plan.network.pki_dir
     # One aggregator per federation: held until this process exits, whatever the port.
     with ExclusiveLock(workspace / plan.output.checkpoints, "aggregator"):
         if insecure:
             log.warning(INSECURE_WARNING)
             credentials, identify = None, insecure_identity
         else:
-            tls = tls_files_for(workspace / plan.network.pki_dir, plan.network.aggregator_name)
+            tls = tls_files_for(pki, plan.network.aggregator_name)
             identity = tls.check()
             if identity.role is not Role.AGGREGATOR:
                 raise PKIError(
                     f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
                 )
             credentials, identify = server_credentials(*tls.read()), certificate_identity
-        verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
+        verified = verify_workspace(
+            workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
+        )
         ignore_workspace_bytecode()
         verifier = None
         if plan.uses_secure_aggregation:

@@ -10,6 +10,7 @@ from bastion.cli.console import configure_logging
 from bastion.cli.options import (
     AllowUnsignedWorkspaceOption,
     InsecureOption,
+    PkiDirOption,
     VerboseOption,
     WorkspaceOption,
 )
@@ -27,6 +28,7 @@ def start(
         None, help="Listen port (default: plan network.port; 0 picks one)."
     ),
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
+    pki_dir: Path | None = PkiDirOption,
     insecure: bool = InsecureOption,
     allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,
     verbose: bool = VerboseOption,
@@ -42,4 +44,5 @@ def start(
         insecure=insecure,
         port_file=port_file,
         allow_unsigned_workspace=allow_unsigned_workspace,
+        pki_dir=pki_dir,
     )

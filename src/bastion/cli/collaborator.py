@@ -10,6 +10,7 @@ from bastion.cli.console import configure_logging
 from bastion.cli.options import (
     AllowUnsignedWorkspaceOption,
     InsecureOption,
+    PkiDirOption,
     VerboseOption,
     WorkspaceOption,
 )
@@ -43,6 +44,7 @@ def start(
         envvar="BASTION_SITE_CONFIG",
         help="This site's site.yaml: datasets mapped to local files, validation files, options.",
     ),
+    pki_dir: Path | None = PkiDirOption,
     insecure: bool = InsecureOption,
     allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,
     verbose: bool = VerboseOption,
@@ -60,4 +62,5 @@ def start(
         insecure=insecure,
         allow_unsigned_workspace=allow_unsigned_workspace,
         site_data=site.merged(parse_data_options(data)),
+        pki_dir=pki_dir,
     )

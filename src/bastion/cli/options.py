@@ -13,6 +13,15 @@ InsecureOption = typer.Option(
     False, "--insecure", help="Plain-text gRPC without TLS. For throwaway local tests only."
 )
 VerboseOption = typer.Option(False, "--verbose", "-v", help="Debug logging.")
+PkiDirOption = typer.Option(
+    None,
+    "--pki-dir",
+    "--pki",
+    envvar="BASTION_PKI_DIR",
+    file_okay=False,
+    help="This party's PKI folder: ca.crt, its own key and certificate (default: the plan's "
+    "network.pki_dir inside the workspace). Where `bastion pki request` put them.",
+)
 AllowUnsignedWorkspaceOption = typer.Option(
     False,
     "--allow-unsigned-workspace",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from bastion.cli.console import console
+from bastion.cli.console import console, err_console
 from bastion.cli.options import WorkspaceOption
-from bastion.plan import load_plan
 from bastion.workspace.initialize import initialize_plan
 
 app = typer.Typer(help="Validate plans and create the initial model.", no_args_is_help=True)
@@ -30,8 +30,18 @@ def initialize(
 
 @app.command("validate")
 def validate(workspace: Path = WorkspaceOption) -> None:
-    """Check plan.yaml and print its canonical hash."""
-    plan = load_plan(workspace)
+    """Check plan.yaml and what it names (strategy, loader, task runner, assigner): every
+    problem at once, each with its key path; print the canonical hash when it is valid."""
+    from bastion.errors import PlanError
+    from bastion.workspace.checks import validate_workspace_plan
+
+    plan, problems = validate_workspace_plan(workspace)
+    if plan is None:
+        for problem in problems[:-1]:
+            err_console.print(Text.assemble(("error: ", "bold red"), problem), soft_wrap=True)
+        raise PlanError(
+            problems[-1] + (f" ({len(problems)} problems)" if len(problems) > 1 else "")
+        )
     console.print(
         f"[green]valid[/] plan {plan.name!r}: {plan.rounds} rounds, {len(plan.collaborators)} collaborators, "
         f"strategy {plan.aggregation.strategy}; hash {plan.canonical_hash()}"

@@ -38,17 +38,33 @@ def create(
     template: str = typer.Option(
         ..., "--template", "-t", help="Template name (see `workspace templates`)."
     ),
-    collaborators: int | None = typer.Option(
-        None, "--collaborators", "-n", help="Roster size (site-1..site-N)."
+    collaborators: str | None = typer.Option(
+        None,
+        "--collaborators",
+        "-n",
+        help="The roster: site names (hospital-a,hospital-b; each its certificate's CN) "
+        "or a count (site-1..site-N).",
     ),
     rounds: int | None = typer.Option(None, "--rounds", "-r", help="Number of training rounds."),
+    aggregator: str | None = typer.Option(
+        None,
+        "--aggregator",
+        help="HOST[:PORT] the sites dial (network.address; a name in the aggregator's "
+        "certificate). Default: the template's 127.0.0.1:50051.",
+    ),
 ) -> None:
     """Create a workspace: plan.yaml, task code and requirements from a template."""
-    path = create_workspace(directory, template, collaborators=collaborators, rounds=rounds)
+    from bastion.workspace.templates import parse_roster
+
+    roster = parse_roster(collaborators) if collaborators is not None else None
+    path = create_workspace(
+        directory, template, collaborators=roster, rounds=rounds, aggregator=aggregator
+    )
     console.print(f"[green]created[/] workspace {path} from template [bold]{template}[/]")
-    console.print(
-        "next: [bold]bastion pki init[/], issue identities, then [bold]bastion plan initialize[/] "
-        f"(run them inside {path})"
+    _say(
+        f"next (model owner): `bastion plan validate -w {path}` and `bastion plan initialize "
+        f"-w {path}`, then measure and sign it with your model-owner certificate; to try it "
+        f"on this machine alone: `bastion simulate -w {path}`"
     )
 
 

@@ -34,6 +34,7 @@ def run_collaborator(
     insecure: bool = False,
     allow_unsigned_workspace: bool = False,
     site_data: SiteData | None = None,
+    pki_dir: Path | None = None,
 ) -> Collaborator:
     """Join the federation as ``name`` and work until the aggregator says it is done.
 
@@ -54,16 +55,19 @@ def run_collaborator(
         if aggregator
         else plan.network.target
     ).target
+    pki = Path(pki_dir) if pki_dir is not None else workspace / plan.network.pki_dir
     if insecure:
         log.warning(INSECURE_WARNING)
         tls = None
     else:
-        files = tls_files_for(workspace / plan.network.pki_dir, name)
+        files = tls_files_for(pki, name)
         identity = files.check()
         if identity.role is not Role.COLLABORATOR or identity.name != name:
             raise PKIError(f"{files.cert} belongs to {identity}, not to collaborator {name!r}")
         tls = files.read()
-    verified = verify_workspace(workspace, plan, allow_unsigned=allow_unsigned_workspace)
+    verified = verify_workspace(
+        workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
+    )
     ignore_workspace_bytecode()
     shard = load_shard(plan, name, workspace, site_data or SiteData())
     runner = build_runner(plan, workspace)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from bastion.errors import BastionError
-from bastion.plan import PLAN_FILE, load_plan
+from bastion.plan import NAME_PATTERN, PLAN_FILE, load_plan
+from bastion.spec.network import parse_address
 
 _PLAN_TEMPLATE_KEYS = ("name", "rounds", "collaborators")
 
@@ -60,21 +63,47 @@ def collaborator_names(count: int) -> list[str]:
     return [f"site-{i}" for i in range(1, count + 1)]
 
 
+def parse_roster(value: str) -> int | list[str]:
+    """``--collaborators``: a count (``3``: site-1..site-3) or the sites' names, comma-separated."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not re.match(NAME_PATTERN, n)]
+    if not names or bad:
+        raise BastionError(
+            f"--collaborators {value!r}: give a count or names such as hospital-a,hospital-b "
+            f"(letters, digits, . _ -; each the CN of that site's certificate){'; bad: ' + ', '.join(bad) if bad else ''}"
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BastionError(f"--collaborators: {', '.join(repeated)} named twice")
+    return names
+
+
 def create_workspace(
     directory: Path,
     template_name: str,
-    collaborators: int | None = None,
+    collaborators: int | Sequence[str] | None = None,
     rounds: int | None = None,
     name: str | None = None,
+    aggregator: str | None = None,
 ) -> Path:
-    """Copy a template into ``directory`` (new or empty) and fill in its plan."""
+    """Copy a template into ``directory`` (new or empty) and fill in its plan.
+
+    ``collaborators`` is a roster size (site-1..site-N) or the sites' names; ``aggregator``
+    (``HOST[:PORT]``) is the address sites dial, a name in the aggregator's certificate.
+    """
     template = get_template(template_name)
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise BastionError(f"{directory} is not empty; choose a new directory for the workspace")
-    count = collaborators if collaborators is not None else template.collaborators
+    roster = collaborators if collaborators is not None else template.collaborators
+    names = collaborator_names(roster) if isinstance(roster, int) else list(roster)
+    count = len(names) if not isinstance(roster, int) else roster
     if not 1 <= count <= 10_000:
         raise BastionError(f"--collaborators must be between 1 and 10000, got {count}")
+    target = parse_address(aggregator, 50051, "--aggregator") if aggregator else None
     total_rounds = rounds if rounds is not None else template.rounds
     if total_rounds < 1:
         raise BastionError(f"--rounds must be at least 1, got {total_rounds}")
@@ -88,8 +117,11 @@ def create_workspace(
     text = string.Template(plan_path.read_text(encoding="utf-8")).substitute(
         name=name or directory.resolve().name,
         rounds=total_rounds,
-        collaborators="\n".join(f"  - {n}" for n in collaborator_names(count)),
+        collaborators="\n".join(f"  - {n}" for n in names),
     )
+    if target is not None:
+        text = re.sub(r"(?m)^  address: .*$", f"  address: {target.host}", text, count=1)
+        text = re.sub(r"(?m)^  port: .*$", f"  port: {target.port}", text, count=1)
     plan_path.write_text(text, encoding="utf-8")
     load_plan(plan_path)  # a template must always produce a valid plan
     return directory
