@@ -110,19 +110,21 @@ def _tls_server(pki: Path, name: str):  # noqa: ANN202
 
 
 def test_nothing_listening() -> None:
-    reason = explain_unreachable(Address("127.0.0.1", _free_port()), None)
+    reason, permanent = explain_unreachable(Address("127.0.0.1", _free_port()), None)
+    assert not permanent
     assert "nothing is listening at 127.0.0.1:" in reason and "connection refused" in reason
 
 
 def test_an_unresolvable_name() -> None:
-    reason = explain_unreachable(Address("no-such-host.invalid", 5), None)
+    reason, permanent = explain_unreachable(Address("no-such-host.invalid", 5), None)
+    assert not permanent
     assert "cannot resolve the aggregator's host name 'no-such-host.invalid'" in reason
 
 
 def test_a_server_that_does_not_speak_tls() -> None:
     with _serving(lambda c: c.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")) as port:
-        reason = explain_unreachable(Address("127.0.0.1", port), None)
-    assert "does not speak TLS" in reason
+        reason, permanent = explain_unreachable(Address("127.0.0.1", port), None)
+    assert permanent and "does not speak TLS" in reason
 
 
 def test_a_tls_name_mismatch_names_both_names(tmp_path: Path) -> None:
@@ -130,7 +132,10 @@ def test_a_tls_name_mismatch_names_both_names(tmp_path: Path) -> None:
     init_ca(pki)
     issue(pki, "aggregator", Role.AGGREGATOR, hosts=["agg.example.org"])
     with _serving(_tls_server(pki, "aggregator")) as port:
-        reason = explain_unreachable(Address("127.0.0.1", port), (pki / "ca.crt").read_bytes())
+        reason, permanent = explain_unreachable(
+            Address("127.0.0.1", port), (pki / "ca.crt").read_bytes()
+        )
+    assert permanent
     assert reason.startswith("TLS name mismatch: you dialled '127.0.0.1'")
     assert "'agg.example.org'" in reason
 
@@ -141,5 +146,7 @@ def test_a_certificate_from_another_ca(tmp_path: Path) -> None:
     init_ca(theirs, common_name="Other Federation CA")
     issue(theirs, "aggregator", Role.AGGREGATOR, hosts=["127.0.0.1"])
     with _serving(_tls_server(theirs, "aggregator")) as port:
-        reason = explain_unreachable(Address("127.0.0.1", port), (ours / "ca.crt").read_bytes())
-    assert "not by this federation's CA" in reason
+        reason, permanent = explain_unreachable(
+            Address("127.0.0.1", port), (ours / "ca.crt").read_bytes()
+        )
+    assert permanent and "not by this federation's CA" in reason

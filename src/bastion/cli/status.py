@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bastion.cli.console import console
@@ -29,11 +30,12 @@ def status(workspace: Path = WorkspaceOption) -> None:
         hint = "start the aggregator" if initialized else "run `bastion plan initialize`"
         console.print(f"plan [bold]{plan.name}[/]: not started yet; {hint}")
         return
-    state = (
-        "finished"
-        if summary["finished"]
-        else f"round {summary['current_round']} of {summary['rounds']}"
-    )
+    if summary["finished"]:
+        state = "finished"
+    elif summary.get("final_evaluation"):
+        state = "final evaluation"
+    else:
+        state = f"round {summary['current_round']} of {summary['rounds']}"
     console.print(
         f"plan [bold]{plan.name}[/]: {state}; {summary['round_completed']} rounds complete "
         f"(updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['updated']))})"
@@ -50,7 +52,9 @@ def status(workspace: Path = WorkspaceOption) -> None:
     if best.get("value") is not None:
         console.print(f"best model: round {best['round']}, {best['metric']} = {best['value']:.4f}")
     attested = summary.get("attestation", {})
-    columns = ["collaborator", "last seen", "assigned now"] + (
+    failures = summary.get("failures") or {}
+    lost = set(summary.get("lost") or [])
+    columns = ["collaborator", "last seen", "assigned now", "failed tasks"] + (
         ["attestation"] if plan.attestation else []
     )
     seen = Table(*columns)
@@ -59,8 +63,10 @@ def status(workspace: Path = WorkspaceOption) -> None:
         when = seen_at.get(name)
         row = [
             name,
-            time.strftime("%H:%M:%S", time.localtime(when)) if when else "never",
+            (time.strftime("%H:%M:%S", time.localtime(when)) if when else "never")
+            + (" (lost)" if name in lost else ""),
             "yes" if name in summary.get("assigned", []) else "",
+            _failures(failures.get(name)),
         ]
         if plan.attestation:
             row.append(_verdict(attested.get(name)))
@@ -69,11 +75,23 @@ def status(workspace: Path = WorkspaceOption) -> None:
     rounds = round_summaries(records)
     if rounds:
         last = rounds[-1]
-        table = Table("task", "metric", "value", title=f"round {last['round']} metrics")
+        title = (
+            "final evaluation metrics"
+            if last.get("final_evaluation")
+            else f"round {last['round']} metrics"
+        )
+        table = Table("task", "metric", "value", title=title)
         for task, values in last.get("tasks", {}).items():
             for key, value in values.items():
                 table.add_row(task, key, f"{value:.4f}" if key != "examples" else f"{int(value)}")
         console.print(table)
+
+
+def _failures(entry: dict[str, object] | None) -> str:
+    """How often a site's tasks raised, and the last error (type and message)."""
+    if not entry:
+        return ""
+    return escape(f"{entry['count']}: round {entry['round']} {entry['task']}: {entry['error']}")
 
 
 def _metrics_path(workspace: Path, plan: Plan) -> Path:

@@ -176,10 +176,11 @@ def import_(
         _say(f"measurement {verified.measurement}")
     else:
         _say(f"imported {path}")
-    _say(
-        "next: put the federation's ca.crt and this site's key and certificate in its PKI "
-        "directory, then `bastion workspace verify` and `bastion collaborator start NAME`"
-    )
+    plan = load_plan(path)
+    data = f" --data {plan.data.dataset}=PATH" if plan.data.dataset else ""
+    _say("next, with ca.crt and this party's key and certificate in its pki/ folder:")
+    _say(f"  the aggregator host: bastion aggregator start -w {path} --pki-dir pki")
+    _say(f"  a data site:         bastion collaborator start NAME -w {path} --pki-dir pki{data}")
 
 
 FindLinksOption = typer.Option(

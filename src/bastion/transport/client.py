@@ -15,7 +15,7 @@ from bastion.spec.network import AddressError, parse_address
 from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.diagnose import explain_unreachable
+from bastion.transport.diagnose import Diagnosis, explain_unreachable
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
 from bastion.transport.secagg_frames import read_reply, send_parts
@@ -31,6 +31,10 @@ class AggregatorUnavailable(BastionError):
 
 class AggregatorRefused(BastionError):
     """The aggregator refused this collaborator (identity, plan, or assignment)."""
+
+
+class AggregatorMisconfigured(BastionError):
+    """The address answers, but not as this federation's aggregator: retrying cannot help."""
 
 
 class GrpcAggregatorClient:
@@ -62,7 +66,7 @@ class GrpcAggregatorClient:
         self._max_model_bytes = max_model_bytes
         self._timeout = timeout_seconds
         self._ca = tls[0] if tls is not None else None
-        self._explained: dict[str, str] = {}
+        self._explained: dict[str, Diagnosis] = {}
 
     def close(self) -> None:
         self._channel.close()
@@ -71,22 +75,24 @@ class GrpcAggregatorClient:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in _RETRYABLE:
+            diagnosis = self._explain(details)
+            if diagnosis.permanent:
+                return AggregatorMisconfigured(diagnosis.reason)
             return AggregatorUnavailable(
-                f"aggregator at {self._target} unreachable ({what}): {self._explain(details)}"
+                f"aggregator at {self._target} unreachable ({what}): {diagnosis.reason}"
             )
         return AggregatorRefused(
             f"aggregator refused {what}: {details} [{code.name if code else '?'}]"
         )
 
-    def _explain(self, details: str) -> str:
+    def _explain(self, details: str) -> Diagnosis:
         """What went wrong in the user's terms, once per kind of failure (it dials out to look)."""
-        if details in self._explained:
-            return self._explained[details]
-        try:
-            reason = explain_unreachable(parse_address(self._target, 0), self._ca)
-        except (AddressError, ValueError, OSError):
-            reason = ""
-        self._explained[details] = reason or _short(details)
+        if details not in self._explained:
+            try:
+                found = explain_unreachable(parse_address(self._target, 1), self._ca)
+            except (AddressError, ValueError, OSError):
+                found = Diagnosis("")
+            self._explained[details] = found if found.reason else Diagnosis(_short(details))
         return self._explained[details]
 
     def get_tasks(self) -> Assignment:

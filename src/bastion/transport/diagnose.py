@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -53,21 +54,37 @@ def _matches(host: str, names: list[str]) -> bool:
     return False
 
 
-def explain_unreachable(address: Address, ca_pem: bytes | None, timeout: float = 5.0) -> str:
-    """One line saying why ``address`` cannot be used as this federation's aggregator."""
+class Diagnosis(NamedTuple):
+    """Why a dial failed; ``permanent`` when retrying cannot help (a wrong name, CA, protocol)."""
+
+    reason: str
+    permanent: bool = False
+
+
+def explain_unreachable(address: Address, ca_pem: bytes | None, timeout: float = 5.0) -> Diagnosis:
+    """Why ``address`` cannot be used as this federation's aggregator (empty: no idea)."""
     where = address.target
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        return f"cannot resolve the aggregator's host name {address.host!r} (dialled {where})"
+        return Diagnosis(
+            f"cannot resolve the aggregator's host name {address.host!r} (dialled {where})"
+        )
     try:
         raw = socket.create_connection((address.host, address.port), timeout=timeout)
     except ConnectionRefusedError:
-        return f"nothing is listening at {where} (connection refused): is the aggregator running, on this port?"
+        return Diagnosis(
+            f"nothing is listening at {where} (connection refused): is the aggregator "
+            "running, on this port?"
+        )
     except TimeoutError:
-        return f"{where} does not answer within {timeout:.0f}s (a firewall, or the wrong host?)"
+        return Diagnosis(
+            f"{where} does not answer within {timeout:.0f}s (a firewall, or the wrong host?)"
+        )
     except OSError as exc:
-        return f"{where} is unreachable ({exc.strerror or exc}; resolved to {infos[0][4][0]})"
+        return Diagnosis(
+            f"{where} is unreachable ({exc.strerror or exc}; resolved to {infos[0][4][0]})"
+        )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # only to read what it presents; gRPC verifies for real
@@ -77,26 +94,29 @@ def explain_unreachable(address: Address, ca_pem: bytes | None, timeout: float =
             der = connection.getpeercert(binary_form=True)
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc.__class__.__name__
-        return (
+        return Diagnosis(
             f"{where} does not speak TLS as an aggregator does ({reason}): is it another "
-            "service, or an aggregator started with --insecure?"
+            "service, or an aggregator started with --insecure?",
+            permanent=True,
         )
     if not der:
-        return f"{where} presented no certificate"
+        return Diagnosis(f"{where} presented no certificate", permanent=True)
     certificate = x509.load_der_x509_certificate(der)
     names = certificate_names(certificate)
     if not _matches(address.host, names):
-        return (
+        return Diagnosis(
             f"TLS name mismatch: you dialled {address.host!r}, but the aggregator's certificate "
             f"is for {', '.join(repr(n) for n in names) or 'no names'}; dial one of those, or "
-            f"reissue it with `bastion pki request aggregator --host {address.host}`"
+            f"reissue it with `bastion pki request aggregator --host {address.host}`",
+            permanent=True,
         )
     if ca_pem is not None:
         ca = x509.load_pem_x509_certificate(ca_pem)
         if certificate.issuer != ca.subject:
-            return (
+            return Diagnosis(
                 f"the server at {where} presents a certificate issued by "
                 f"{certificate.issuer.rfc4514_string()!r}, not by this federation's CA "
-                f"{ca.subject.rfc4514_string()!r}"
+                f"{ca.subject.rfc4514_string()!r}",
+                permanent=True,
             )
-    return ""
+    return Diagnosis("")
