@@ -148,23 +148,24 @@ def test_the_readme_cross_machine_flow_trains_two_hospitals_on_their_own_csvs(
         rows[site] = len((folder / "data" / f"{site}.csv").read_text().splitlines()) - 1
     assert rows["hospital-a"] != rows["hospital-b"]
     # 7-8. The aggregator serves; each site trains on its own table.
-    aggregator = flow.start("aggregator", "bastion aggregator start", "--host", "127.0.0.1")
-    sites = [
-        flow.start(
-            site,
-            "bastion collaborator start hospital-a",
-            **{"/data/hospital-a.csv": f"data/{site}.csv", "hospital-a": site},
-        )
-        for site in SITES
-    ]
+    processes = [flow.start("aggregator", "bastion aggregator start", "--host", "127.0.0.1")]
     try:
-        codes = [process.wait(timeout=240) for process in (*sites, aggregator)]
+        for site in SITES:
+            processes.append(
+                flow.start(
+                    site,
+                    "bastion collaborator start hospital-a",
+                    **{"/data/hospital-a.csv": f"data/{site}.csv", "hospital-a": site},
+                )
+            )
+        codes = [process.wait(timeout=240) for process in processes]
     finally:
-        for process in (*sites, aggregator):
+        for process in processes:
             if process.poll() is None:
                 process.kill()
+                process.wait()
     outputs = {p: (flow.folders[p] / f"{p}.out").read_text() for p in ("aggregator", *SITES)}
-    assert codes == [0, 0, 0], outputs
+    assert codes == [0, 0, 0], outputs  # aggregator, hospital-a, hospital-b
     # 9. Status at the aggregator host.
     status = flow.run("aggregator", "bastion status")
     assert "finished" in status and "final evaluation metrics" in status
