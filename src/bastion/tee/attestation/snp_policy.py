@@ -40,7 +40,6 @@ class SnpPolicy(BaseModel):
     min_guest_svn: int = Field(default=0, ge=0, le=0xFFFFFFFF)
     min_tcb: MinimumTcb = Field(default_factory=MinimumTcb)
     vmpl: list[int] = Field(default_factory=lambda: [0])
-    allow_vlek: bool = True
 
     @field_validator("measurement", "id_key_digest", "author_key_digest")
     @classmethod

@@ -254,9 +254,7 @@ def parse_td_quote(data: bytes) -> TdQuote:
     outer_type = reader.u16("certification data type")
     outer = reader.take(reader.u32("certification data size"), "certification data")
     if reader.remaining:
-        raise QuoteFormatError(
-            f"{reader.remaining} unexpected bytes after the certification data"
-        )
+        raise QuoteFormatError(f"{reader.remaining} unexpected bytes after the certification data")
     if outer_type != CERT_TYPE_QE_REPORT:
         raise QuoteFormatError(
             f"certification data type is {outer_type}, but a TD quote carries type 6 (QE report "

@@ -91,7 +91,9 @@ class TdxPolicy(BaseModel):
 
     @model_validator(mode="after")
     def _pins_something(self) -> TdxPolicy:
-        if all(getattr(self, name) == "any" for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")):
+        if all(
+            getattr(self, name) == "any" for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
+        ):
             raise ValueError(
                 "the tdx policy pins no measurement: list allowed mrtd values (and RTMRs); "
                 "`bastion tee expected-measurement` computes them"
