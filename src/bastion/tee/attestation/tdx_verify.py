@@ -18,6 +18,7 @@ from cryptography import x509
 
 from bastion.tee.attestation.collateral import CollateralProvider, PckCa
 from bastion.tee.attestation.errors import (
+    AttestationError,
     AttestationKeyNotBound,
     BindingError,
     CollateralError,
@@ -154,8 +155,8 @@ def verify_td_quote(
             "the TD quote's signature does not verify with its attestation key: the quote was "
             "altered or forged"
         )
-    pck = sgx_pck_info(leaf)
     notes: list[str] = []
+    fmspc = b""
     tcb_status = qe_status = TCB_NOT_CHECKED
     advisories: tuple[str, ...] = ()
     if simulated:
@@ -168,6 +169,8 @@ def verify_td_quote(
         pck_ca: PckCa = "platform" if "Platform" in name else "processor"
         if "Platform" not in name and "Processor" not in name:
             raise CollateralError(f"cannot tell the PCK CA type from issuer {name!r}")
+        pck = sgx_pck_info(leaf)
+        fmspc = pck.fmspc
         provider = collateral_provider or TdxPcsCollateralProvider(policy.pccs_url)
         result = evaluate_tdx_collateral(
             provider.fetch(pck.fmspc, pck_ca),
@@ -207,12 +210,20 @@ def verify_td_quote(
         qe_tcb_status=qe_status,
         advisory_ids=advisories,
         notes=tuple(notes),
-        fmspc=pck.fmspc,
+        fmspc=fmspc or _fmspc_if_any(leaf),
     )
     logger.log(
         logging.WARNING if simulated else logging.INFO, "%sTD accepted: %s", tag, verified.summary()
     )
     return verified
+
+
+def _fmspc_if_any(leaf: x509.Certificate) -> bytes:
+    """The PCK certificate's FMSPC for reports, or empty (simulated PCKs carry none)."""
+    try:
+        return sgx_pck_info(leaf).fmspc
+    except AttestationError:
+        return b""
 
 
 def check_td_policy(td: TdReportBody, policy: TdxPolicy, tag: str = "") -> None:
