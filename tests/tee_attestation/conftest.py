@@ -366,6 +366,11 @@ class SgxTestPki:
             .issuer_name(issuer.subject)
             .last_update(self.now - dt.timedelta(hours=1))
             .next_update(next_update or self.now + dt.timedelta(days=7))
+            .add_extension(x509.CRLNumber(1), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                critical=False,
+            )
         )
         for certificate in revoked:
             builder = builder.add_revoked_certificate(
@@ -408,6 +413,8 @@ def pack_td_body(
     mrsignerseam: bytes = bytes(48),
     seam_attributes: int = 0,
     td15: bool = False,
+    tee_tcb_svn2: bytes | None = None,
+    mrservicetd: bytes = bytes(48),
 ) -> bytes:
     body = struct.pack(
         TD10_FORMAT,
@@ -425,7 +432,7 @@ def pack_td_body(
         report_data,
     )
     if td15:
-        body += bytes([1]) + bytes(15) + b"\x5f" * 48  # TEE_TCB_SVN_2, MRSERVICETD
+        body += (tee_tcb_svn2 or tee_tcb_svn) + mrservicetd  # TEE_TCB_SVN_2, MRSERVICETD
     return body
 
 

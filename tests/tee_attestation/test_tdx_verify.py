@@ -62,7 +62,8 @@ def test_good_quotes_are_accepted_with_their_fields(pki: Any, version: int, td15
     assert verified.fmspc == pki.FMSPC
     assert not verified.simulated and not verified.tcb_checked
     if td15:
-        assert verified.td.mrservicetd == b"\x5f" * 48
+        assert verified.td.mrservicetd == bytes(48)
+        assert verified.td.tee_tcb_svn2 == pki.TEE_TCB_SVN
 
 
 def test_parse_roundtrips_through_bastions_packer(pki: Any) -> None:
@@ -110,6 +111,12 @@ def test_xfam_and_td_attributes_masks(pki: Any) -> None:
     assert reason_of(pki, quote, policy(pki, xfam={"value": "e7", "mask": "ff0ff"})) == "xfam"
     bad_attributes = policy(pki, td_attributes={"value": "0", "mask": "10000000"})
     assert reason_of(pki, quote, bad_attributes) == "td_attributes"
+
+
+def test_a_td_bound_to_a_service_td_is_refused_unless_pinned(pki: Any) -> None:
+    quote = pki.td_quote(version=5, td15=True, report_data=REPORT_DATA, mrservicetd=b"\x5f" * 48)
+    assert reason_of(pki, quote) == "mrservicetd"
+    verify(pki, quote, policy(pki, mrservicetd=["5f" * 48]))
 
 
 def test_rtmr_any_and_lists(pki: Any) -> None:
@@ -185,15 +192,23 @@ def test_collateral_up_to_date_is_accepted(pki: Any) -> None:
     assert verified.qe_tcb_status == "UpToDate"
 
 
+def raised_microcode(pki: Any) -> tuple[int, ...]:
+    """TDX components one above the quote's in byte 2 (TDX late microcode): bytes 0 and 1 (the
+    module's SVN and version) are judged by the module identity when the version is non-zero."""
+    svn = list(pki.TEE_TCB_SVN)
+    svn[2] += 1
+    return tuple(svn)
+
+
 def test_tee_tcb_svn_below_every_level_is_refused(pki: Any) -> None:
-    higher = (9,) + tuple(pki.TEE_TCB_SVN[1:])
+    higher = raised_microcode(pki)
     provider = _Fixed(pki.tdx_collateral(levels=[(higher, "UpToDate")]))
     quote = pki.td_quote(report_data=REPORT_DATA)
     assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
 
 
 def test_an_out_of_date_level_is_refused_unless_allowed(pki: Any) -> None:
-    higher = (9,) + tuple(pki.TEE_TCB_SVN[1:])
+    higher = raised_microcode(pki)
     levels = [(higher, "UpToDate"), (tuple(pki.TEE_TCB_SVN), "OutOfDate")]
     provider = _Fixed(pki.tdx_collateral(levels=levels))
     quote = pki.td_quote(report_data=REPORT_DATA)
@@ -209,6 +224,22 @@ def test_an_outdated_tdx_module_lowers_the_status(pki: Any) -> None:
     assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
     lenient = collateral_policy(pki, ["UpToDate", "OutOfDate"])
     assert verify(pki, quote, lenient, collateral_provider=provider).tcb_status == "OutOfDate"
+
+
+def test_module_svn_bytes_are_judged_by_the_module_identity_not_the_level(pki: Any) -> None:
+    module_svn_higher = (9,) + tuple(pki.TEE_TCB_SVN[1:])
+    provider = _Fixed(pki.tdx_collateral(levels=[(module_svn_higher, "UpToDate")]))
+    verified = verify(
+        pki, pki.td_quote(report_data=REPORT_DATA), collateral_policy(pki), collateral_provider=provider
+    )
+    assert verified.tcb_status == "UpToDate"
+
+
+def test_a_td15_quote_is_judged_on_tee_tcb_svn2_too(pki: Any) -> None:
+    provider = _Fixed(pki.tdx_collateral())
+    older = bytes([5, 1, 1]) + bytes(13)  # the module after a TD-preserving update: lower
+    quote = pki.td_quote(version=5, td15=True, report_data=REPORT_DATA, tee_tcb_svn2=older)
+    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
 
 
 def test_a_tdx_module_not_signed_by_intel_is_refused(pki: Any) -> None:

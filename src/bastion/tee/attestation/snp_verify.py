@@ -199,7 +199,7 @@ def _certificate(blob: bytes, what: str) -> x509.Certificate:
                 certificate = x509.load_der_x509_certificate(blob.rstrip(b"\x00"))
             certificate.extensions  # noqa: B018 - parse now, not lazily later
             certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise CertificateChainError(
             f"the {what} certificate in the SNP evidence is malformed: {exc}",
             reason="certificate_format",

@@ -52,6 +52,8 @@ class TdxPolicy(BaseModel):
     mrownerconfig: Pinned = "any"
     mrseam: Pinned = "any"
     mrsignerseam: Pinned = "any"
+    # TD 1.5: a bound service TD (e.g. a migration TD) can export the TD's state; none by default.
+    mrservicetd: Pinned = Field(default_factory=lambda: ["00" * 48])
     allow_debug: bool = False
     xfam: MaskedBits | None = None
     td_attributes: MaskedBits | None = None
@@ -68,6 +70,7 @@ class TdxPolicy(BaseModel):
         "mrownerconfig",
         "mrseam",
         "mrsignerseam",
+        "mrservicetd",
     )
     @classmethod
     def _measurements(cls, value: Pinned) -> Pinned:

@@ -2,11 +2,14 @@
 
 Follows Intel's PCS API v4 ("TDX TCB Info" v3 and "TD QE Identity" v2) and the evaluation order
 of Intel's Quote Verification Library: CRLs and signatures first; then the first TCB level whose
-SGX components and PCESVN are at or below the PCK certificate's *and* whose 16
-``tdxtcbcomponents`` are at or below the quote's TEE_TCB_SVN; then the TDX module (MRSIGNERSEAM,
-SEAMATTRIBUTES under mask, and for module major version ``TEE_TCB_SVN[1] > 0`` the
-``tdxModuleIdentities`` entry ``TDX_<version>`` and its level by ``TEE_TCB_SVN[0]``); then the TD
-quoting enclave's identity.  The platform status is the worse of the platform and module levels.
+SGX components and PCESVN are at or below the PCK certificate's *and* whose ``tdxtcbcomponents``
+are at or below the quote's TEE_TCB_SVN; then the TDX module (MRSIGNERSEAM, SEAMATTRIBUTES under
+mask, and for module major version ``TEE_TCB_SVN[1] > 0`` the ``tdxModuleIdentities`` entry
+``TDX_<version>`` and its level by ``TEE_TCB_SVN[0]``); then the TD quoting enclave's identity.
+When the module version byte is non-zero, bytes 0 and 1 of TEE_TCB_SVN (module SVN and version)
+are judged by that module identity, not by ``tdxtcbcomponents[0..1]`` (as Intel's QVL and
+dcap-qvl do).  A TD 1.5 body's TEE_TCB_SVN_2 (the TCB after a TD-preserving module update) is
+evaluated the same way and must also match a level.  The platform status is the worst of these.
 """
 
 from __future__ import annotations
@@ -104,17 +107,21 @@ def evaluate_tdx_collateral(
         collateral.root_ca_crl,
         now,
     )
+    svns = [td_report.tee_tcb_svn]
+    if td_report.tee_tcb_svn2 is not None:
+        svns.append(td_report.tee_tcb_svn2)
+    levels: list[tuple[str, tuple[str, ...]]] = []
     try:
-        platform, advisories = _platform_level(tcb_info, pck, td_report)
-        module = _module_level(tcb_info, td_report)
+        for svn in svns:
+            levels.append(_platform_level(tcb_info, pck, svn))
+            module = _module_level(tcb_info, td_report, svn)
+            if module is not None:
+                levels.append(module)
         qe_status = _td_qe_level(identity, qe_report)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise CollateralError(f"TDX collateral JSON is not in Intel's format: {exc!r}") from exc
-    if module is not None:
-        module_status, module_advisories = module
-        if STATUS_ORDER.index(module_status) > STATUS_ORDER.index(platform):
-            platform = module_status
-        advisories = tuple(dict.fromkeys((*advisories, *module_advisories)))
+    platform = max((status for status, _ in levels), key=STATUS_ORDER.index)
+    advisories = tuple(dict.fromkeys(a for _, found in levels for a in found))
     return TdxTcbResult(platform, qe_status, advisories)
 
 
@@ -126,7 +133,7 @@ def _status(value: Any) -> str:
 
 
 def _platform_level(
-    tcb_info: dict[str, Any], pck: PckInfo, td: TdReportBody
+    tcb_info: dict[str, Any], pck: PckInfo, tee_tcb_svn: bytes
 ) -> tuple[str, tuple[str, ...]]:
     if tcb_info.get("id") != "TDX" or tcb_info.get("version") != 3:
         raise CollateralError(
@@ -144,28 +151,34 @@ def _platform_level(
         tcb = level["tcb"]
         sgx = [int(c["svn"]) for c in tcb["sgxtcbcomponents"]]
         tdx = [int(c["svn"]) for c in tcb["tdxtcbcomponents"]]
-        if len(sgx) != TCB_COMPONENT_COUNT or len(tdx) != len(td.tee_tcb_svn):
+        if len(sgx) != TCB_COMPONENT_COUNT or len(tdx) != len(tee_tcb_svn):
             raise CollateralError("a TDX TCB level does not list 16 SGX and 16 TDX components")
+        first = 2 if tee_tcb_svn[1] > 0 else 0  # module SVN/version: judged by module identity
         if (
             all(have >= need for have, need in zip(pck.tcb_components, sgx, strict=True))
             and pck.pce_svn >= int(tcb["pcesvn"])
-            and all(have >= need for have, need in zip(td.tee_tcb_svn, tdx, strict=True))
+            and all(
+                have >= need
+                for have, need in zip(tee_tcb_svn[first:], tdx[first:], strict=True)
+            )
         ):
             return _status(level["tcbStatus"]), tuple(str(a) for a in level.get("advisoryIDs", []))
     raise TcbStatusRejected(
         f"the TDX platform's TCB (FMSPC {pck.fmspc.hex().upper()}, TEE_TCB_SVN "
-        f"{td.tee_tcb_svn.hex()}) is below every level Intel lists: update the BIOS, microcode "
+        f"{tee_tcb_svn.hex()}) is below every level Intel lists: update the BIOS, microcode "
         "and TDX module"
     )
 
 
-def _module_level(tcb_info: dict[str, Any], td: TdReportBody) -> tuple[str, tuple[str, ...]] | None:
+def _module_level(
+    tcb_info: dict[str, Any], td: TdReportBody, tee_tcb_svn: bytes
+) -> tuple[str, tuple[str, ...]] | None:
     module = tcb_info["tdxModule"]
     mrsigner = bytes.fromhex(module["mrsigner"])
     attributes = int.from_bytes(bytes.fromhex(module["attributes"]), "little")
     mask = int.from_bytes(bytes.fromhex(module["attributesMask"]), "little")
     levels = None
-    version = td.tee_tcb_svn[1]
+    version = tee_tcb_svn[1]
     if version > 0 and tcb_info.get("tdxModuleIdentities"):
         wanted = f"TDX_{version:02X}"
         matches = [m for m in tcb_info["tdxModuleIdentities"] if str(m["id"]).upper() == wanted]
@@ -185,10 +198,10 @@ def _module_level(tcb_info: dict[str, Any], td: TdReportBody) -> tuple[str, tupl
     if not levels:
         return None
     for level in levels:
-        if td.tee_tcb_svn[0] >= int(level["tcb"]["isvsvn"]):
+        if tee_tcb_svn[0] >= int(level["tcb"]["isvsvn"]):
             return _status(level["tcbStatus"]), tuple(str(a) for a in level.get("advisoryIDs", []))
     raise TcbStatusRejected(
-        f"the TDX module's SVN {td.tee_tcb_svn[0]} is below every level Intel lists for "
+        f"the TDX module's SVN {tee_tcb_svn[0]} is below every level Intel lists for "
         f"TDX_{version:02X}: update the TDX module"
     )
 

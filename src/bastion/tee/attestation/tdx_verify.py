@@ -264,3 +264,9 @@ def check_td_policy(td: TdReportBody, policy: TdxPolicy, tag: str = "") -> None:
                 f"{tag}{name.upper()} {actual.hex()} is not in the tdx policy's {name} list",
                 reason="rtmr" if name.startswith("rtmr") else name,
             )
+    if td.mrservicetd is not None and not allowed(policy.mrservicetd, td.mrservicetd):
+        raise PolicyViolation(
+            f"{tag}the TD is bound to service TD {td.mrservicetd.hex()[:16]}… (MRSERVICETD), which "
+            "may export its state; the tdx policy's mrservicetd does not list it",
+            reason="mrservicetd",
+        )
