@@ -75,11 +75,18 @@ def test_mutations_are_verification_errors_or_verdicts(
 @FUZZ
 @given(
     head=st.sampled_from(
-        [b"\x04\x00\x02\x00\x81\x00\x00\x00", b"\x05\x00\x02\x00\x81\x00\x00\x00", b"\x02\x00\x00\x00", b"\x05\x00\x00\x00"]
+        [
+            b"\x04\x00\x02\x00\x81\x00\x00\x00",
+            b"\x05\x00\x02\x00\x81\x00\x00\x00",
+            b"\x02\x00\x00\x00",
+            b"\x05\x00\x00\x00",
+        ]
     ),
     tail=st.binary(max_size=6000),
 )
-def test_random_bodies_behind_valid_headers_are_verification_errors(head: bytes, tail: bytes) -> None:
+def test_random_bodies_behind_valid_headers_are_verification_errors(
+    head: bytes, tail: bytes
+) -> None:
     only_attestation_errors(head + tail)
 
 

@@ -173,7 +173,11 @@ TAMPERED = {
     "foreign signing key": {"signing_key": "new"},
     "foreign QE signing key": {"qe_signing_key": "new"},
     "QE report data not binding the key": {"qe_report_data": bytes(64)},
-    "SGX QE instead of the TD QE": {"qe_signer": bytes.fromhex("8c4f5775d796503e96137f77c68a829a0056ac8ded70140b081b094490c57bff")},
+    "SGX QE instead of the TD QE": {
+        "qe_signer": bytes.fromhex(
+            "8c4f5775d796503e96137f77c68a829a0056ac8ded70140b081b094490c57bff"
+        )
+    },
     "TEE_TCB_SVN below every level": {"tee_tcb_svn": bytes(16)},
     "module not signed by Intel": {"mrsignerseam": b"\x01" * 48},
     "debug TD": {"td_attributes": 0x1},
@@ -181,7 +185,9 @@ TAMPERED = {
 
 
 @pytest.mark.parametrize("change", TAMPERED.values(), ids=TAMPERED.keys())
-def test_tampered_quotes_get_the_same_verdict(pki: Any, tdx_case: Any, change: dict[str, Any]) -> None:
+def test_tampered_quotes_get_the_same_verdict(
+    pki: Any, tdx_case: Any, change: dict[str, Any]
+) -> None:
     change = {k: (pki.new_key() if v == "new" else v) for k, v in change.items()}
     assert_agree(tdx_case(pki.td_quote(**change)), pki.now)
 
@@ -194,7 +200,9 @@ def test_a_foreign_root_gets_the_same_verdict(pki: Any, other_pki: Any, tdx_case
 def test_outdated_levels_get_the_same_status(pki: Any, tdx_case: Any) -> None:
     higher = tuple(pki.TEE_TCB_SVN[:2]) + (pki.TEE_TCB_SVN[2] + 1,) + tuple(pki.TEE_TCB_SVN[3:])
     levels = [(higher, "UpToDate"), (tuple(pki.TEE_TCB_SVN), "OutOfDate")]
-    ours, theirs = assert_agree(tdx_case(pki.td_quote(), pki.tdx_collateral(levels=levels)), pki.now)
+    ours, theirs = assert_agree(
+        tdx_case(pki.td_quote(), pki.tdx_collateral(levels=levels)), pki.now
+    )
     assert ours.tcb_status == "OutOfDate"
 
 
@@ -260,7 +268,9 @@ def test_the_real_quote_both_accept_with_the_same_fields() -> None:
     assert bytes(report.tee_tcb_svn) == ours.td.tee_tcb_svn
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(offset=st.integers(min_value=0, max_value=len(REAL_QUOTE) - 1), bit=st.integers(0, 7))
 def test_bit_flips_in_the_real_quote_get_the_same_verdict(offset: int, bit: int) -> None:
     tampered = bytearray(REAL_QUOTE)
@@ -284,9 +294,13 @@ def test_zero_padding_after_the_real_quote_is_accepted_by_both() -> None:
     assert_agree(RealCase(REAL_QUOTE + bytes(30)), REAL_AT)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
-def test_mutations_of_test_pki_quotes_get_the_same_verdict(pki: Any, tdx_case: Any, data: Any) -> None:
+def test_mutations_of_test_pki_quotes_get_the_same_verdict(
+    pki: Any, tdx_case: Any, data: Any
+) -> None:
     original = pki.td_quote(version=data.draw(st.sampled_from([4, 5])))
     quote = bytearray(original)
     offset = data.draw(st.integers(0, len(quote) - 1))

@@ -33,7 +33,9 @@ def verify(snp_pki: Any, evidence: bytes, pol: AttestationPolicy | None = None, 
     )
 
 
-def reason_of(snp_pki: Any, evidence: bytes, pol: AttestationPolicy | None = None, **kw: Any) -> str:
+def reason_of(
+    snp_pki: Any, evidence: bytes, pol: AttestationPolicy | None = None, **kw: Any
+) -> str:
     with pytest.raises(AttestationError) as caught:
         verify(snp_pki, evidence, pol, **kw)
     return caught.value.reason
@@ -110,7 +112,9 @@ def test_debug_and_matching_host_data_accepted_when_allowed(snp_pki: Any) -> Non
 
 
 def test_a_report_signed_by_another_key_is_refused(snp_pki: Any) -> None:
-    evidence = snp_pki.evidence(report_data=REPORT_DATA, key=ec.generate_private_key(ec.SECP384R1()))
+    evidence = snp_pki.evidence(
+        report_data=REPORT_DATA, key=ec.generate_private_key(ec.SECP384R1())
+    )
     assert reason_of(snp_pki, evidence) == "quote_signature"
 
 

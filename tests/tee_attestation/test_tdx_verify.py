@@ -186,7 +186,10 @@ def collateral_policy(pki: Any, statuses: list[str] | None = None) -> Attestatio
 def test_collateral_up_to_date_is_accepted(pki: Any) -> None:
     provider = _Fixed(pki.tdx_collateral())
     verified = verify(
-        pki, pki.td_quote(report_data=REPORT_DATA), collateral_policy(pki), collateral_provider=provider
+        pki,
+        pki.td_quote(report_data=REPORT_DATA),
+        collateral_policy(pki),
+        collateral_provider=provider,
     )
     assert verified.tcb_checked and verified.tcb_status == "UpToDate"
     assert verified.qe_tcb_status == "UpToDate"
@@ -204,7 +207,9 @@ def test_tee_tcb_svn_below_every_level_is_refused(pki: Any) -> None:
     higher = raised_microcode(pki)
     provider = _Fixed(pki.tdx_collateral(levels=[(higher, "UpToDate")]))
     quote = pki.td_quote(report_data=REPORT_DATA)
-    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    assert (
+        reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    )
 
 
 def test_an_out_of_date_level_is_refused_unless_allowed(pki: Any) -> None:
@@ -212,7 +217,9 @@ def test_an_out_of_date_level_is_refused_unless_allowed(pki: Any) -> None:
     levels = [(higher, "UpToDate"), (tuple(pki.TEE_TCB_SVN), "OutOfDate")]
     provider = _Fixed(pki.tdx_collateral(levels=levels))
     quote = pki.td_quote(report_data=REPORT_DATA)
-    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    assert (
+        reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    )
     lenient = collateral_policy(pki, ["UpToDate", "OutOfDate"])
     verified = verify(pki, quote, lenient, collateral_provider=provider)
     assert verified.tcb_status == "OutOfDate" and verified.advisory_ids == ("INTEL-SA-00001",)
@@ -221,7 +228,9 @@ def test_an_out_of_date_level_is_refused_unless_allowed(pki: Any) -> None:
 def test_an_outdated_tdx_module_lowers_the_status(pki: Any) -> None:
     provider = _Fixed(pki.tdx_collateral(module_levels=[(9, "UpToDate"), (2, "OutOfDate")]))
     quote = pki.td_quote(report_data=REPORT_DATA)
-    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    assert (
+        reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    )
     lenient = collateral_policy(pki, ["UpToDate", "OutOfDate"])
     assert verify(pki, quote, lenient, collateral_provider=provider).tcb_status == "OutOfDate"
 
@@ -230,7 +239,10 @@ def test_module_svn_bytes_are_judged_by_the_module_identity_not_the_level(pki: A
     module_svn_higher = (9,) + tuple(pki.TEE_TCB_SVN[1:])
     provider = _Fixed(pki.tdx_collateral(levels=[(module_svn_higher, "UpToDate")]))
     verified = verify(
-        pki, pki.td_quote(report_data=REPORT_DATA), collateral_policy(pki), collateral_provider=provider
+        pki,
+        pki.td_quote(report_data=REPORT_DATA),
+        collateral_policy(pki),
+        collateral_provider=provider,
     )
     assert verified.tcb_status == "UpToDate"
 
@@ -239,19 +251,25 @@ def test_a_td15_quote_is_judged_on_tee_tcb_svn2_too(pki: Any) -> None:
     provider = _Fixed(pki.tdx_collateral())
     older = bytes([5, 1, 1]) + bytes(13)  # the module after a TD-preserving update: lower
     quote = pki.td_quote(version=5, td15=True, report_data=REPORT_DATA, tee_tcb_svn2=older)
-    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    assert (
+        reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tcb_status"
+    )
 
 
 def test_a_tdx_module_not_signed_by_intel_is_refused(pki: Any) -> None:
     provider = _Fixed(pki.tdx_collateral())
     quote = pki.td_quote(report_data=REPORT_DATA, mrsignerseam=b"\x01" * 48)
-    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tdx_module"
+    assert (
+        reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "tdx_module"
+    )
 
 
 def test_sgx_tcb_info_is_not_accepted_for_a_td(pki: Any) -> None:
     provider = _Fixed(pki.collateral())
     quote = pki.td_quote(report_data=REPORT_DATA)
-    assert reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "collateral"
+    assert (
+        reason_of(pki, quote, collateral_policy(pki), collateral_provider=provider) == "collateral"
+    )
 
 
 def test_expired_collateral_is_refused(pki: Any) -> None:

@@ -60,12 +60,12 @@ class ConfigfsTsmProvider:
             )
         entry = self.root / f"bastion-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            entry.mkdir()
+            self._create(entry)
         except OSError as exc:
             raise EvidenceUnavailable(f"cannot create {entry} ({exc}): run as root") from exc
         try:
             before = _read_int(entry / "generation")
-            (entry / "inblob").write_bytes(report_data)
+            self._write_inblob(entry, report_data)
             outblob = _read(entry / "outblob")
             provider = _read(entry / "provider").decode("ascii", "replace").strip()
             auxblob = b""
@@ -76,7 +76,7 @@ class ConfigfsTsmProvider:
             raise EvidenceUnavailable(f"configfs-tsm at {entry} failed: {exc}") from exc
         finally:
             try:
-                entry.rmdir()
+                self._remove(entry)
             except OSError as exc:
                 logger.warning("could not remove %s: %s", entry, exc)
         if after != before + 1:
@@ -94,6 +94,18 @@ class ConfigfsTsmProvider:
             raise EvidenceUnavailable("configfs-tsm returned empty evidence")
         kind: EvidenceKind = self.kind
         return Evidence(kind=kind, quote=outblob + auxblob if self.kind == "snp" else outblob)
+
+    def _create(self, entry: Path) -> None:
+        """mkdir in configfs: the kernel populates the report's attributes."""
+        entry.mkdir()
+
+    def _write_inblob(self, entry: Path, report_data: bytes) -> None:
+        """Writing ``inblob`` makes the kernel produce ``outblob`` on the next read."""
+        (entry / "inblob").write_bytes(report_data)
+
+    def _remove(self, entry: Path) -> None:
+        """rmdir in configfs drops the report with its attributes."""
+        entry.rmdir()
 
 
 # --- /dev/sev-guest ------------------------------------------------------------------------

@@ -158,8 +158,7 @@ def _platform_level(
             all(have >= need for have, need in zip(pck.tcb_components, sgx, strict=True))
             and pck.pce_svn >= int(tcb["pcesvn"])
             and all(
-                have >= need
-                for have, need in zip(tee_tcb_svn[first:], tdx[first:], strict=True)
+                have >= need for have, need in zip(tee_tcb_svn[first:], tdx[first:], strict=True)
             )
         ):
             return _status(level["tcbStatus"]), tuple(str(a) for a in level.get("advisoryIDs", []))
