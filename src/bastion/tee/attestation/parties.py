@@ -53,6 +53,10 @@ SIMULATED_SIGNER_LABEL = b"bastion simulated enclave signer"
 SIMULATED_MRTD_ENV = "BASTION_SIMULATED_MRTD"
 SIMULATED_SNP_MEASUREMENT_ENV = "BASTION_SIMULATED_SNP_MEASUREMENT"
 CVM_PROVIDERS = ("tdx", "snp", "simulated-tdx", "simulated-snp")
+PROVIDERS = ("sgx-dcap", "simulated", *CVM_PROVIDERS)
+#: Site-local choice of evidence source: one signed plan serves a federation that mixes SGX, TDX
+#: and SNP parties, so each host may say which hardware it has (the verifier never trusts it).
+PROVIDER_ENV = "BASTION_ATTESTATION_PROVIDER"
 
 
 def simulated_identity(plan_hash: str) -> tuple[str, str]:
@@ -103,7 +107,27 @@ def build_party(
     workspace: Path,
     plan_hash: str,
 ) -> AttestationParty:
-    """The party described by a plan's ``attestation`` section, for the workspace at ``workspace``."""
+    """The party described by a plan's ``attestation`` section, for the workspace at ``workspace``.
+
+    ``BASTION_ATTESTATION_PROVIDER`` in the environment replaces the plan's provider for this
+    host only (e.g. ``snp`` at a site on AMD hardware in a federation whose plan says ``tdx``).
+    """
+    override = os.environ.get(PROVIDER_ENV)
+    if override:
+        if override not in PROVIDERS:
+            raise BastionError(
+                f"{PROVIDER_ENV} must be one of {', '.join(PROVIDERS)}, got {override!r}"
+            )
+        if override != provider:
+            log.warning(
+                "attestation provider %s (from %s; the plan says %s)",
+                override,
+                PROVIDER_ENV,
+                provider,
+            )
+        provider = override
+    if provider.startswith("simulated") and not simulated_dir:
+        raise BastionError(f"attestation provider {provider!r} needs attestation.simulated_dir")
     root = None
     hierarchy = None
     snp_hierarchy = None
