@@ -7,7 +7,7 @@
   their values depend on the firmware's event log format, so pin them from a reference boot
   (the quote's values, or the CCEL event log) rather than from these files.
 * SNP launch digest: computed by AMD's reference implementation as packaged by virtee's
-  ``sev-snp-measure`` (optional extra ``bastion[cvm]``) from OVMF, kernel, initrd, command line,
+  ``sev-snp-measure`` (optional extra ``bastion-fl[cvm]``) from OVMF, kernel, initrd, command line,
   vCPU count and type.
 """
 
@@ -53,14 +53,14 @@ def snp_launch_digest(
     append: str | None = None,
     guest_features: int = 0x1,
 ) -> bytes:
-    """SEV-SNP MEASUREMENT of a QEMU guest, via sev-snp-measure (needs ``bastion[cvm]``)."""
+    """SEV-SNP MEASUREMENT of a QEMU guest, via sev-snp-measure (needs ``bastion-fl[cvm]``)."""
     try:
         from sevsnpmeasure import guest, vcpu_types
         from sevsnpmeasure.sev_mode import SevMode
         from sevsnpmeasure.vmm_types import VMMType
     except ImportError:
         raise BastionError(
-            "computing an SNP launch digest needs sev-snp-measure: pip install 'bastion[cvm]'"
+            "computing an SNP launch digest needs sev-snp-measure: pip install 'bastion-fl[cvm]'"
         ) from None
     signatures = vcpu_types.CPU_SIGS
     if vcpu_type not in signatures:
