@@ -261,7 +261,8 @@ def verify_command(
             "  WARNING: report data not checked (give --cert and --nonce, or --report-data): "
             "this evidence could be replayed from another connection"
         )
-    for note in fields["notes"]:
+    notes = fields["notes"]
+    for note in notes if isinstance(notes, list) else []:
         _say(f"  note: {note}")
 
 

@@ -152,7 +152,7 @@ class SevGuestProvider:
     ) -> None:
         self.device = Path(device)
         self.vmpl = vmpl
-        self._ioctl: IoctlFunction = ioctl or fcntl.ioctl  # type: ignore[assignment]
+        self._ioctl: IoctlFunction = ioctl or fcntl.ioctl
 
     def quote(self, report_data: bytes) -> Evidence:
         if len(report_data) != 64:

@@ -337,8 +337,8 @@ def _check_crl(
     now: dt.datetime,
 ) -> None:
     key = anchor.ark.public_key()
-    valid = isinstance(key, rsa.RSAPublicKey) and crl.issuer == anchor.ark.subject
-    if valid:
+    valid = False
+    if isinstance(key, rsa.RSAPublicKey) and crl.issuer == anchor.ark.subject:
         try:
             valid = crl.is_signature_valid(key)
         except (UnsupportedAlgorithm, ValueError, TypeError):
