@@ -224,3 +224,22 @@ def test_amd_roots_are_pinned_for_three_products() -> None:
         root = amd_root(product)
         root.ask.verify_directly_issued_by(root.ark)
         assert root.ark.subject.rfc4514_string().startswith(f"CN=ARK-{product}")
+
+
+def test_a_der_certificate_ending_in_zero_bytes_is_read_whole(snp_pki: Any) -> None:
+    """Found by the end-to-end test: a DER certificate whose signature ends in 0x00 was cut
+    short by stripping padding; DER's own length is what says where it ends."""
+    from cryptography.hazmat.primitives import serialization
+
+    from bastion.tee.attestation.snp_verify import _der_without_padding
+
+    for _ in range(4000):
+        vcek = snp_pki.vcek_cert()
+        raw = vcek.public_bytes(serialization.Encoding.DER)
+        if raw.endswith(b"\x00"):
+            break
+    else:
+        pytest.skip("no VCEK with a trailing zero byte in 4000 draws")
+    assert _der_without_padding(raw + bytes(7)) == raw
+    evidence = snp_pki.evidence(report_data=REPORT_DATA, vcek=vcek)
+    assert verify(snp_pki, evidence).report.measurement == snp_pki.MEASUREMENT

@@ -196,7 +196,7 @@ def _certificate(blob: bytes, what: str) -> x509.Certificate:
             if blob.lstrip().startswith(b"-----BEGIN"):
                 certificate = x509.load_pem_x509_certificate(blob)
             else:
-                certificate = x509.load_der_x509_certificate(blob.rstrip(b"\x00"))
+                certificate = x509.load_der_x509_certificate(_der_without_padding(blob))
             certificate.extensions  # noqa: B018 - parse now, not lazily later
             certificate.public_key()
     except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
@@ -205,6 +205,25 @@ def _certificate(blob: bytes, what: str) -> x509.Certificate:
             reason="certificate_format",
         ) from None
     return certificate
+
+
+def _der_without_padding(blob: bytes) -> bytes:
+    """The DER certificate at the start of ``blob``: its own length says where it ends (a
+    table entry may be zero-padded after it).  Never strip bytes: a DER signature may end in
+    zero bytes."""
+    if len(blob) < 2 or blob[0] != der.TAG_SEQUENCE:
+        return blob
+    first = blob[1]
+    if first < 0x80:
+        end = 2 + first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or len(blob) < 2 + count:
+            return blob
+        end = 2 + count + int.from_bytes(blob[2 : 2 + count], "big")
+    if end > len(blob) or any(blob[end:]):
+        return blob  # truncated, or trailing data that is not padding: let the parser refuse it
+    return blob[:end]
 
 
 def _verify_chain(
