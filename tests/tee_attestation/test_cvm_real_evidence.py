@@ -1,4 +1,4 @@
-"""Real evidence from real CPUs, published in public repositories, verified under the pinned
+"""Real evidence from real CPUs (TDX, SEV-SNP, and one SGX quote), published in public repositories, verified under the pinned
 vendor roots (no test PKI), and refused after a one-byte change.
 
 * ``data/tdx_v4_phala.quote`` and ``data/tdx_v4_phala_collateral.json``: a TDX DCAP v4 quote from
@@ -161,3 +161,46 @@ def test_pem_whitespace_in_the_unsigned_pck_chain_is_neutral() -> None:
     tampered = bytearray(TDX_QUOTE)
     tampered[2000] ^= 0x01
     assert verify_tdx(bytes(tampered)).tcb_status == "UpToDate"
+
+
+# --- and a real SGX quote, through the same entry point ---------------------------------------
+# data/sgx_v3_phala.quote and data/sgx_v3_phala_collateral.json: Phala-Network/dcap-qvl,
+# sample/sgx_quote and sample/sgx_quote_collateral.json at commit
+# 23e1f94dd73dec276dc59ca16d4577de36ba768e (a DCAP v3 quote from a real SGX CPU).
+
+SGX_QUOTE = (DATA / "sgx_v3_phala.quote").read_bytes()
+SGX_COLLATERAL = json.loads((DATA / "sgx_v3_phala_collateral.json").read_text())
+SGX_AT = dt.datetime(2025, 6, 20, 12, tzinfo=dt.timezone.utc)
+
+
+def verify_sgx(quote: bytes, statuses: list[str]) -> Any:
+    from bastion.tee.attestation import parse_quote
+
+    body = parse_quote(SGX_QUOTE).report_body
+
+    class Saved:
+        def fetch(self, fmspc: bytes, pck_ca: str) -> Any:
+            return collateral_from_json(SGX_COLLATERAL)
+
+    policy = AttestationPolicy(
+        required=True, mrenclave=[body.mr_enclave.hex()], allowed_tcb_statuses=statuses
+    )
+    return verify_evidence(quote, policy, body.report_data, now=SGX_AT, collateral_provider=Saved())
+
+
+def test_the_real_sgx_quote_is_accepted_only_when_its_tcb_status_is_allowed() -> None:
+    assert detect_format(SGX_QUOTE) == "sgx"
+    with pytest.raises(AttestationError) as caught:
+        verify_sgx(SGX_QUOTE, ["UpToDate"])
+    assert caught.value.reason == "tcb_status"  # this platform needs configuration and SW hardening
+    verified = verify_sgx(SGX_QUOTE, ["UpToDate", "ConfigurationAndSWHardeningNeeded"])
+    assert verified.tcb_status == "ConfigurationAndSWHardeningNeeded"
+    assert set(verified.advisory_ids) == {"INTEL-SA-00289", "INTEL-SA-00615"}
+
+
+@pytest.mark.parametrize("offset", [60, 48 + 64 + 3, 48 + 320 + 1, 440, 600, 1000, 2000])
+def test_one_changed_byte_in_the_real_sgx_quote_is_refused(offset: int) -> None:
+    tampered = bytearray(SGX_QUOTE)
+    tampered[offset] ^= 0x01
+    with pytest.raises(AttestationError):
+        verify_sgx(bytes(tampered), ["UpToDate", "ConfigurationAndSWHardeningNeeded"])

@@ -25,6 +25,10 @@ Disagreements found and settled (see the closing note of issue 19):
   copy (it verifies leaf and intermediate against the root it is given); Bastion refuses the
   malformed chain.  Intel's QVL compares the chain's root with the trusted root, so it too
   rejects such a quote: the specification's reference verifier supports Bastion here.
+* certification data shorter than the signature data around it says (a length field made
+  smaller): dcap-qvl ignores the bytes no field accounts for; Bastion refuses the quote as
+  malformed.  The format defines the signature data as exactly its fields, so the lengths
+  must agree; this supports Bastion (Intel's QVL source was not checked on this point).
 """
 
 from __future__ import annotations
@@ -142,6 +146,20 @@ def assert_agree(case: Case, now: dt.datetime) -> tuple[Any, Any]:
         assert ours.tcb_status == theirs.status
         assert sorted(ours.advisory_ids) == sorted(theirs.advisory_ids)
     return ours, theirs
+
+
+def settled_disagreement(ours: Any, theirs: Any, offset: int, original: bytes) -> bool:
+    """The disagreements investigated and settled (module docstring of test_dcap_qvl_oracle):
+    Bastion refuses, dcap-qvl accepts, because of a malformed copy of the root certificate in the
+    PEM chain, or because the certification data is shorter than the signature data around it
+    (bytes left over that no field accounts for).  Anything else must agree."""
+    if not isinstance(ours, AttestationError) or isinstance(theirs, Exception):
+        return False
+    in_root_copy = offset >= original.rindex(b"-----BEGIN CERTIFICATE-----")
+    chain_reasons = {"pck_chain", "certificate_chain", "certificate_format"}
+    if in_root_copy and ours.reason in chain_reasons:
+        return True
+    return ours.reason == "quote_format" and "unexpected bytes after" in str(ours)
 
 
 @pytest.fixture(scope="module")
@@ -281,12 +299,9 @@ def test_bit_flips_in_the_real_quote_get_the_same_verdict(offset: int, bit: int)
         assert isinstance(ours, AttestationError) and ours.reason == "quote_format"
         assert not isinstance(theirs, Exception)
         return
-    if offset >= REAL_QUOTE.rindex(b"-----BEGIN CERTIFICATE-----"):  # the chain's root copy
-        ours, theirs = case.outcomes(REAL_AT)
-        if isinstance(ours, AttestationError) and not isinstance(theirs, Exception):
-            assert ours.reason in {"pck_chain", "certificate_chain", "certificate_format"}
-            return
-    assert_agree(case, REAL_AT)
+    ours, theirs = case.outcomes(REAL_AT)
+    if not settled_disagreement(ours, theirs, offset, REAL_QUOTE):
+        assert_agree(case, REAL_AT)
 
 
 def test_zero_padding_after_the_real_quote_is_accepted_by_both() -> None:
@@ -306,10 +321,6 @@ def test_mutations_of_test_pki_quotes_get_the_same_verdict(
     offset = data.draw(st.integers(0, len(quote) - 1))
     quote[offset] = data.draw(st.integers(0, 255))
     case = tdx_case(bytes(quote))
-    root_copy = original.rindex(b"-----BEGIN CERTIFICATE-----")
-    if offset >= root_copy:  # inside the chain's copy of the root: the settled disagreement
-        ours, theirs = case.outcomes(pki.now)
-        if isinstance(ours, AttestationError) and not isinstance(theirs, Exception):
-            assert ours.reason in {"pck_chain", "certificate_chain", "certificate_format"}
-            return
-    assert_agree(case, pki.now)
+    ours, theirs = case.outcomes(pki.now)
+    if not settled_disagreement(ours, theirs, offset, original):
+        assert_agree(case, pki.now)

@@ -79,7 +79,7 @@ def _parse_fields(certificate: x509.Certificate, what: str) -> None:
     for part, read in parts:
         try:
             read()
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # TypeError: odd names
             raise CertificateChainError(
                 f"a certificate in the {what} has malformed {part}: {exc}"
             ) from None

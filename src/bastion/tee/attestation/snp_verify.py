@@ -199,7 +199,9 @@ def _certificate(blob: bytes, what: str) -> x509.Certificate:
                 certificate = x509.load_der_x509_certificate(_der_without_padding(blob))
             certificate.extensions  # noqa: B018 - parse now, not lazily later
             certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+            (certificate.subject, certificate.issuer)  # noqa: B018
+            (certificate.not_valid_before_utc, certificate.not_valid_after_utc)  # noqa: B018
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise CertificateChainError(
             f"the {what} certificate in the SNP evidence is malformed: {exc}",
             reason="certificate_format",
