@@ -563,18 +563,21 @@ class SnpTestPki:
     """A test ARK (RSA, RSA-PSS/SHA-384) -> ASK -> VCEK (P-384) and a report packer."""
 
     MEASUREMENT = SNP_MEASUREMENT
-    CHIP_ID = SNP_CHIP_ID
     TCB = SNP_TCB
     now: dt.datetime = NOW
+    product: str = "Milan"  # Turin: 8-byte chip id, FMC in the TCB, CPUID family 0x1A
 
     def __post_init__(self) -> None:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
+        self.turin = self.product == "Turin"
+        self.CHIP_ID = SNP_CHIP_ID[:8] + bytes(56) if self.turin else SNP_CHIP_ID
         self.ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.vcek_key = ec.generate_private_key(ec.SECP384R1())
-        self.ark = self.rsa_cert("ARK-Milan", self.ark_key, "ARK-Milan", self.ark_key, ca=True)
-        self.ask = self.rsa_cert("SEV-Milan", self.ask_key, "ARK-Milan", self.ark_key, ca=True)
+        ark, ask = f"ARK-{self.product}", f"SEV-{self.product}"
+        self.ark = self.rsa_cert(ark, self.ark_key, ark, self.ark_key, ca=True)
+        self.ask = self.rsa_cert(ask, self.ask_key, ark, self.ark_key, ca=True)
         self.vcek = self.vcek_cert()
 
     def rsa_cert(self, subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool) -> Any:
@@ -594,25 +597,30 @@ class SnpTestPki:
         self,
         *,
         tcb: dict[str, int] | None = None,
-        chip_id: bytes = SNP_CHIP_ID,
+        chip_id: bytes | None = None,
         signer: Any = None,
-        issuer: str = "SEV-Milan",
+        issuer: str | None = None,
         key: ec.EllipticCurvePrivateKey | None = None,
     ) -> x509.Certificate:
         tcb = tcb or SNP_TCB
+        issuer = issuer or f"SEV-{self.product}"
+        if chip_id is None:
+            chip_id = self.CHIP_ID[:8] if self.turin else self.CHIP_ID
 
         def integer(value: int) -> bytes:
             return bytes([0x02, 1, value]) if value < 0x80 else bytes([0x02, 2, 0, value])
 
         extensions = [
             (f"{AMD_OID}.1", integer(0)),
-            (f"{AMD_OID}.2", b"\x16\x08Milan-B0"),
+            (f"{AMD_OID}.2", b"\x16\x05Turin" if self.turin else b"\x16\x08Milan-B0"),
             (f"{AMD_OID}.3.1", integer(tcb["bootloader"])),
             (f"{AMD_OID}.3.2", integer(tcb["tee"])),
             (f"{AMD_OID}.3.3", integer(tcb["snp"])),
             (f"{AMD_OID}.3.8", integer(tcb["microcode"])),
             (f"{AMD_OID}.4", chip_id),
         ]
+        if self.turin:
+            extensions.append((f"{AMD_OID}.3.9", integer(tcb.get("fmc", 0))))
         builder = (
             x509.CertificateBuilder()
             .subject_name(name("SEV-VCEK"))
@@ -628,9 +636,16 @@ class SnpTestPki:
             )
         return builder.sign(signer or self.ask_key, hashes.SHA384(), rsa_padding=_pss())
 
-    @staticmethod
-    def tcb_u64(tcb: dict[str, int]) -> int:
-        raw = bytes([tcb["bootloader"], tcb["tee"], 0, 0, 0, 0, tcb["snp"], tcb["microcode"]])
+    def tcb_u64(self, tcb: dict[str, int]) -> int:
+        """TCB_VERSION: Milan/Genoa BL, TEE, 4 reserved, SNP, UCODE; Turin FMC, BL, TEE, SNP,
+        3 reserved, UCODE (SEV-SNP ABI specification, TCB_VERSION)."""
+        if self.turin:
+            raw = bytes(
+                [tcb.get("fmc", 0), tcb["bootloader"], tcb["tee"], tcb["snp"], 0, 0, 0,
+                 tcb["microcode"]]
+            )  # fmt: skip
+        else:
+            raw = bytes([tcb["bootloader"], tcb["tee"], 0, 0, 0, 0, tcb["snp"], tcb["microcode"]])
         return int.from_bytes(raw, "little")
 
     def report(
@@ -643,7 +658,7 @@ class SnpTestPki:
         vmpl: int = 0,
         host_data: bytes = bytes(32),
         tcb: dict[str, int] | None = None,
-        chip_id: bytes = SNP_CHIP_ID,
+        chip_id: bytes | None = None,
         flags: int = 0,
         key: ec.EllipticCurvePrivateKey | None = None,
     ) -> bytes:
@@ -656,9 +671,9 @@ class SnpTestPki:
         data[0x90:0xC0] = measurement
         data[0xC0:0xE0] = host_data
         struct.pack_into("<Q", data, 0x180, tcb_raw)
-        if version >= 3:
-            data[0x188:0x18B] = bytes([0x19, 0x01, 0x01])  # Milan family/model/stepping
-        data[0x1A0:0x1E0] = chip_id
+        if version >= 3:  # CPUID family/model/stepping: Milan 19h/01h, Turin 1Ah/02h
+            data[0x188:0x18B] = bytes([0x1A, 0x02, 0x00] if self.turin else [0x19, 0x01, 0x01])
+        data[0x1A0:0x1E0] = self.CHIP_ID if chip_id is None else chip_id
         struct.pack_into("<Q", data, 0x1E0, tcb_raw)
         struct.pack_into("<Q", data, 0x1F0, tcb_raw)
         from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature as dds
@@ -694,12 +709,17 @@ class SnpTestPki:
     def roots(self) -> list[Any]:
         from bastion.tee.attestation.amd_roots import AmdProductRoot
 
-        return [AmdProductRoot("Milan", self.ark, self.ask)]
+        return [AmdProductRoot(self.product, self.ark, self.ask)]
 
 
 @pytest.fixture(scope="session")
 def snp_pki() -> SnpTestPki:
     return SnpTestPki()
+
+
+@pytest.fixture(scope="session")
+def turin_pki() -> SnpTestPki:
+    return SnpTestPki(product="Turin")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Real evidence from real CPUs (TDX, SEV-SNP, and one SGX quote), published in public repositories, verified under the pinned
-vendor roots (no test PKI), and refused after a one-byte change.
+"""Real evidence from real CPUs (TDX, SEV-SNP, and one SGX quote), published in public
+repositories, verified under the pinned vendor roots (no test PKI), and refused after a one-byte
+change.
 
 * ``data/tdx_v4_phala.quote`` and ``data/tdx_v4_phala_collateral.json``: a TDX DCAP v4 quote from
   a real Intel TDX host (FMSPC B0C06F000000) and the Intel PCS collateral fetched for it, from

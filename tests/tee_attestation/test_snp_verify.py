@@ -243,3 +243,47 @@ def test_a_der_certificate_ending_in_zero_bytes_is_read_whole(snp_pki: Any) -> N
     assert _der_without_padding(raw + bytes(7)) == raw
     evidence = snp_pki.evidence(report_data=REPORT_DATA, vcek=vcek)
     assert verify(snp_pki, evidence).report.measurement == snp_pki.MEASUREMENT
+
+
+@pytest.mark.parametrize("version", [3, 5])
+def test_a_turin_report_uses_turins_tcb_layout_and_8_byte_chip_id(
+    turin_pki: Any, version: int
+) -> None:
+    tcb = {**turin_pki.TCB, "fmc": 2}
+    vcek = turin_pki.vcek_cert(tcb=tcb)
+    evidence = turin_pki.evidence(version=version, report_data=REPORT_DATA, tcb=tcb, vcek=vcek)
+    verified = verify(turin_pki, evidence, roots=turin_pki.roots())
+    assert verified.product == "Turin" and verified.report.is_turin
+    assert verified.report.reported_tcb.as_dict() == tcb
+    assert reason_of(turin_pki, evidence, policy(turin_pki, min_tcb={"fmc": 3})) == "min_tcb"
+    other_fmc = turin_pki.evidence(version=version, report_data=REPORT_DATA, tcb=tcb)  # fmc 0 VCEK
+    assert reason_of(turin_pki, other_fmc) == "vcek_tcb"
+
+
+def test_a_turin_report_under_a_milan_root_is_refused(turin_pki: Any, snp_pki: Any) -> None:
+    evidence = turin_pki.evidence(version=3, report_data=REPORT_DATA)
+    assert reason_of(turin_pki, evidence, roots=snp_pki.roots()) == "vcek_chain"
+
+
+def test_the_real_turin_vcek_chains_to_the_pinned_turin_root() -> None:
+    """data/snp_turin_virtee_vcek.der: virtee/sev tests/certs_data/vcek_turin.der at commit
+    1fe938f3936b7f8e94c5d0de01c59e02152bd2ae (a VCEK AMD's KDS issued for a Turin chip)."""
+    import warnings
+    from pathlib import Path
+
+    from cryptography import x509
+
+    from bastion.tee.attestation.amd_roots import amd_root
+    from bastion.tee.attestation.snp_verify import _extension_bytes, _verify_chain
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = (Path(__file__).parent / "data" / "snp_turin_virtee_vcek.der").read_bytes()
+        vcek = x509.load_der_x509_certificate(raw)
+    anchor = _verify_chain(vcek, {}, [amd_root(p) for p in ("Milan", "Genoa", "Turin")], NOW_TURIN)
+    assert anchor.product == "Turin"
+    assert _extension_bytes(vcek, "1.3.6.1.4.1.3704.1.3.9") == b"\x02\x01\x00"  # fmcSPL
+    assert len(_extension_bytes(vcek, "1.3.6.1.4.1.3704.1.4") or b"") == 8  # Turin HWID
+
+
+NOW_TURIN = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

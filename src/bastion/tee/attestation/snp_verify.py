@@ -344,7 +344,14 @@ def _check_vcek_tcb(vcek: x509.Certificate, report: SnpReport) -> None:
     hwid = _extension_bytes(vcek, _HWID)
     if hwid is not None and len(hwid) == 66 and hwid[:2] == b"\x04\x40":
         hwid = hwid[2:]
-    if hwid is None or not hmac.compare_digest(hwid, report.chip_id):
+    # Milan and Genoa chip ids are 64 bytes; Turin's are 8, and the report's CHIP_ID then holds
+    # those 8 bytes followed by zeros.
+    if (
+        hwid is None
+        or len(hwid) not in (8, 64)
+        or not hmac.compare_digest(hwid, report.chip_id[: len(hwid)])
+        or any(report.chip_id[len(hwid) :])
+    ):
         raise CertificateChainError(
             "the VCEK's HWID is not the report's CHIP_ID: the VCEK belongs to another chip",
             reason="vcek_chip_id",
