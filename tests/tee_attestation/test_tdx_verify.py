@@ -284,3 +284,40 @@ def test_expired_collateral_is_refused(pki: Any) -> None:
             later,
             collateral_provider=provider,
         )
+
+
+def test_tdx_collateral_is_fetched_from_the_tdx_paths_of_pcs(pki: Any) -> None:
+    from urllib.parse import quote
+
+    from cryptography.hazmat.primitives import serialization
+
+    from bastion.tee.attestation.tdx_tcb import TdxPcsCollateralProvider
+
+    expected = pki.tdx_collateral()
+    chain = quote(pki.pem(pki.tcb_signer, pki.root).decode())
+    der = serialization.Encoding.DER
+    asked: list[str] = []
+
+    def get(url: str) -> tuple[bytes, dict[str, str]]:
+        asked.append(url)
+        if "/tdx/certification/v4/tcb?" in url:
+            return expected.tcb_info, {"TCB-Info-Issuer-Chain": chain}
+        if url.endswith("/tdx/certification/v4/qe/identity"):
+            return expected.qe_identity, {"SGX-Enclave-Identity-Issuer-Chain": chain}
+        if "/sgx/certification/v4/pckcrl?ca=processor" in url:
+            return expected.pck_crl.public_bytes(der), {}
+        return expected.root_ca_crl.public_bytes(der), {}
+
+    provider = TdxPcsCollateralProvider("https://pccs.example", http_get=get)
+    verified = verify(
+        pki,
+        pki.td_quote(report_data=REPORT_DATA),
+        collateral_policy(pki),
+        collateral_provider=provider,
+    )
+    assert verified.tcb_status == "UpToDate"
+    assert asked[:3] == [
+        f"https://pccs.example/tdx/certification/v4/tcb?fmspc={pki.FMSPC.hex().upper()}",
+        "https://pccs.example/tdx/certification/v4/qe/identity",
+        "https://pccs.example/sgx/certification/v4/pckcrl?ca=processor&encoding=der",
+    ]

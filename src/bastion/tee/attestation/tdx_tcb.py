@@ -21,7 +21,13 @@ from typing import Any
 
 from cryptography import x509
 
-from bastion.tee.attestation.collateral import Collateral, PckCa, PcsCollateralProvider
+from bastion.tee.attestation.collateral import (
+    Collateral,
+    PckCa,
+    PcsCollateralProvider,
+    _issuer_chain,
+    parse_crl,
+)
 from bastion.tee.attestation.errors import (
     CollateralError,
     QeIdentityMismatch,
@@ -63,8 +69,6 @@ class TdxPcsCollateralProvider(PcsCollateralProvider):
         qe_body, qe_headers = self._get(f"{tdx}/qe/identity")
         pck_crl_body, _ = self._get(f"{sgx}/pckcrl?ca={pck_ca}&encoding=der")
         root_crl_body, _ = self._get(self.root_ca_crl_url)
-        from bastion.tee.attestation.collateral import _issuer_chain, parse_crl
-
         return Collateral(
             tcb_info=tcb_body,
             tcb_info_issuer_chain=_issuer_chain(tcb_headers, "TCB-Info-Issuer-Chain"),
@@ -240,7 +244,6 @@ def collateral_from_json(document: dict[str, Any]) -> Collateral:
     """Collateral in the JSON layout of ``dcap-qvl``'s ``QuoteCollateralV3`` (and Intel's QVL
     ``sgx_ql_qve_collateral_t``): raw tcb_info / qe_identity bodies, hex signatures, PEM issuer
     chains and hex-DER CRLs."""
-    from bastion.tee.attestation.collateral import parse_crl
     from bastion.tee.attestation.pck import load_pem_chain
 
     def signed(key: str, body: str, signature: str) -> bytes:
