@@ -176,3 +176,38 @@ def test_expected_measurement_errors_are_one_line(tmp_path: Path) -> None:
         result = tee("expected-measurement", *args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, args
+
+
+def test_verify_checks_the_cvm_binding_of_key_nonce_and_plan(tmp_path: Path) -> None:
+    from bastion.tee.attestation import tls_public_key_der
+    from bastion.tee.attestation.cvm_binding import cvm_report_data_for
+    from bastion.tee.attestation.simulated_cvm import (
+        SIMULATED_SNP_MEASUREMENT,
+        SimulatedSnpHierarchy,
+    )
+
+    assert tee("simulated-keys", "sim", "--kind", "snp", cwd=tmp_path).returncode == 0
+    init_ca(tmp_path / "pki")
+    issue(tmp_path / "pki", "site-1", Role.COLLABORATOR)
+    cert = tmp_path / "pki" / "site-1.crt"
+    nonce = secrets.token_bytes(32)
+    plan_hash = hashlib.sha256(b"the plan").hexdigest()
+    bound = cvm_report_data_for(
+        tls_public_key_der(load_certificate(cert)), nonce, bytes.fromhex(plan_hash)
+    )
+    evidence = SimulatedSnpHierarchy.load(tmp_path / "sim").sign_report(report_data=bound)
+    (tmp_path / "evidence.bin").write_bytes(evidence)
+    plan = write_policy(
+        tmp_path,
+        "plan.yaml",
+        {"allow_simulated": True, "snp": {"measurement": [SIMULATED_SNP_MEASUREMENT.hex()]}},
+    )
+    base = ("verify", "evidence.bin", "--policy", str(plan), "--simulated-root", "sim")
+    base += ("--cert", str(cert), "--nonce", nonce.hex())
+    ok = tee(*base, "--plan-hash", plan_hash, "--json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["binding_checked"] is True
+    other_plan = tee(*base, "--plan-hash", "00" * 32, cwd=tmp_path)
+    assert other_plan.returncode == 1 and other_plan.stdout.startswith("REJECTED (report_data)")
+    missing = tee(*base, cwd=tmp_path)
+    assert missing.returncode == 2 and "--plan-hash" in missing.stderr
