@@ -226,8 +226,8 @@ class AttestationSpec(_Strict):
     """Remote attestation: what this federation accepts, and how each party proves itself."""
 
     policy: AttestationPolicy
-    provider: Literal["sgx-dcap", "simulated"] = Field(
-        default="sgx-dcap", description="evidence source of the party running this plan"
+    provider: Literal["sgx-dcap", "simulated", "tdx", "snp", "simulated-tdx", "simulated-snp"] = (
+        Field(default="sgx-dcap", description="evidence source of the party running this plan")
     )
     simulated_dir: str | None = Field(
         default=None, description="simulated key hierarchy (development only; policy must allow it)"
@@ -235,8 +235,10 @@ class AttestationSpec(_Strict):
 
     @model_validator(mode="after")
     def _simulated_needs_keys(self) -> AttestationSpec:
-        if self.provider == "simulated" and not self.simulated_dir:
-            raise ValueError("attestation.provider 'simulated' needs attestation.simulated_dir")
+        if self.provider.startswith("simulated") and not self.simulated_dir:
+            raise ValueError(
+                f"attestation.provider '{self.provider}' needs attestation.simulated_dir"
+            )
         return self
 
 

@@ -344,12 +344,16 @@ def test_a_failing_build_step_reports_its_output(
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    # Gramine's scripts run under its Python; this one answers the version probe with 1.9.
+    python = bin_dir / "gramine-python"
+    python.write_text('#!/bin/sh\nif [ "$1" = -c ]; then echo 1.9; exit 0; fi\nexec /bin/sh "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
     for tool, body in {
         "gramine-manifest": 'cp "$1" "$2"',
         "gramine-sgx-sign": 'echo "error: cannot open /dev/sgx_enclave" >&2; exit 3',
     }.items():
         script = bin_dir / tool
-        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.write_text(f"#!{python}\n{body}\n")
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin:/bin")
     (tmp_path / "bastion.manifest.template").write_text("x = 1\n")

@@ -366,6 +366,11 @@ class SgxTestPki:
             .issuer_name(issuer.subject)
             .last_update(self.now - dt.timedelta(hours=1))
             .next_update(next_update or self.now + dt.timedelta(days=7))
+            .add_extension(x509.CRLNumber(1), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                critical=False,
+            )
         )
         for certificate in revoked:
             builder = builder.add_revoked_certificate(
@@ -386,3 +391,338 @@ def pki() -> SgxTestPki:
 def other_pki() -> SgxTestPki:
     """A second, unrelated PKI: its root is not the one the verifier pins."""
     return SgxTestPki()
+
+
+# --- Intel TDX: DCAP v4/v5 TD quotes, packed here from Intel's sgx_quote_4.h / sgx_quote_5.h ----
+
+TD_QE_SIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+TD10_FORMAT = "<16s48s48sQQQ48s48s48s48s48s48s48s48s64s"  # sgx_report2_body_t (TD 1.0)
+MRTD = bytes.fromhex("11" * 48)
+RTMRS = tuple(bytes([0x20 + i]) * 48 for i in range(4))
+TEE_TCB_SVN = bytes([5, 1, 2]) + bytes(13)
+
+
+def pack_td_body(
+    *,
+    mrtd: bytes = MRTD,
+    rtmrs: tuple[bytes, ...] = RTMRS,
+    report_data: bytes = bytes(64),
+    td_attributes: int = 0x10000000,
+    xfam: int = 0x61AE7,
+    tee_tcb_svn: bytes = TEE_TCB_SVN,
+    mrsignerseam: bytes = bytes(48),
+    seam_attributes: int = 0,
+    td15: bool = False,
+    tee_tcb_svn2: bytes | None = None,
+    mrservicetd: bytes = bytes(48),
+) -> bytes:
+    body = struct.pack(
+        TD10_FORMAT,
+        tee_tcb_svn,
+        b"\x5e" * 48,  # MRSEAM
+        mrsignerseam,
+        seam_attributes,
+        td_attributes,
+        xfam,
+        mrtd,
+        bytes(48),
+        bytes(48),
+        bytes(48),
+        *rtmrs,
+        report_data,
+    )
+    if td15:
+        body += (tee_tcb_svn2 or tee_tcb_svn) + mrservicetd  # TEE_TCB_SVN_2, MRSERVICETD
+    return body
+
+
+def _td_quote(
+    self: SgxTestPki,
+    *,
+    version: int = 4,
+    td15: bool = False,
+    body: bytes | None = None,
+    attestation_key: ec.EllipticCurvePrivateKey | None = None,
+    signing_key: ec.EllipticCurvePrivateKey | None = None,
+    qe_signing_key: ec.EllipticCurvePrivateKey | None = None,
+    qe_report_data: bytes | None = None,
+    qe_signer: bytes = TD_QE_SIGNER,
+    qe_isv_svn: int = 4,
+    chain: bytes | None = None,
+    **body_fields: Any,
+) -> bytes:
+    """A TD quote v4 or v5 (TD 1.0 or 1.5 body), each knob breaking one link on purpose."""
+    header = struct.pack(HEADER_FORMAT, version, 2, 0x81, 0, 0, INTEL_VENDOR, bytes(20))
+    report = body if body is not None else pack_td_body(td15=td15, **body_fields)
+    signed = header + report
+    if version == 5:
+        signed = header + struct.pack("<HI", 3 if td15 else 2, len(report)) + report
+    att_key = attestation_key or self.attestation_key
+    att_public = raw_point(att_key)
+    binding = hashlib.sha256(att_public + QE_AUTH).digest() + bytes(32)
+    qe_report = pack_body(
+        mr_enclave=bytes(32),
+        mr_signer=qe_signer,
+        isv_prod_id=2,
+        isv_svn=qe_isv_svn,
+        report_data=qe_report_data if qe_report_data is not None else binding,
+        flags=0x11,
+    )
+    certification = chain if chain is not None else pem(self.pck, self.ca, self.root) + b"\0"
+    inner = (
+        qe_report
+        + raw_signature(qe_signing_key or self.pck_key, qe_report)
+        + struct.pack("<H", len(QE_AUTH))
+        + QE_AUTH
+        + struct.pack("<HI", 5, len(certification))
+        + certification
+    )
+    signature_data = (
+        raw_signature(signing_key or att_key, signed)
+        + att_public
+        + struct.pack("<HI", 6, len(inner))
+        + inner
+    )
+    return signed + struct.pack("<I", len(signature_data)) + signature_data
+
+
+def _tdx_tcb_info(
+    self: SgxTestPki,
+    levels: list[tuple[tuple[int, ...], str]] | None = None,
+    module_levels: list[tuple[int, str]] | None = None,
+) -> dict[str, Any]:
+    """TDX TCB info v3: SGX components as the PCK's, `levels` of (tdxtcbcomponents, status)."""
+    value = self.tcb_info([(TCB_COMPONENTS, PCE_SVN, "UpToDate")], id="TDX")
+    value["tdxModule"] = {"mrsigner": "00" * 48, "attributes": "00" * 8, "attributesMask": "FF" * 8}
+    value["tdxModuleIdentities"] = [
+        {
+            "id": "TDX_01",
+            "mrsigner": "00" * 48,
+            "attributes": "00" * 8,
+            "attributesMask": "FF" * 8,
+            "tcbLevels": [
+                {"tcb": {"isvsvn": svn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": status}
+                for svn, status in (module_levels or [(5, "UpToDate")])
+            ],
+        }
+    ]
+    value["tcbLevels"] = [
+        {
+            "tcb": {
+                "sgxtcbcomponents": [{"svn": svn} for svn in TCB_COMPONENTS],
+                "pcesvn": PCE_SVN,
+                "tdxtcbcomponents": [{"svn": svn} for svn in tdx],
+            },
+            "tcbDate": "2024-03-13T00:00:00Z",
+            "tcbStatus": status,
+            "advisoryIDs": [] if status == "UpToDate" else ["INTEL-SA-00001"],
+        }
+        for tdx, status in (levels or [(tuple(TEE_TCB_SVN), "UpToDate")])
+    ]
+    return value
+
+
+def _tdx_collateral(self: SgxTestPki, **kwargs: Any) -> Collateral:
+    qe = self.qe_identity(id="TD_QE", mrsigner=TD_QE_SIGNER.hex().upper(), isvprodid=2)
+    qe["tcbLevels"] = [
+        {"tcb": {"isvsvn": 4}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}
+    ]
+    return self.collateral(tcb=self.tdx_tcb_info(**kwargs), qe=qe)
+
+
+SgxTestPki.td_quote = _td_quote  # type: ignore[attr-defined]
+SgxTestPki.tdx_tcb_info = _tdx_tcb_info  # type: ignore[attr-defined]
+SgxTestPki.tdx_collateral = _tdx_collateral  # type: ignore[attr-defined]
+SgxTestPki.pack_td_body = staticmethod(pack_td_body)  # type: ignore[attr-defined]
+SgxTestPki.MRTD = MRTD  # type: ignore[attr-defined]
+SgxTestPki.RTMRS = RTMRS  # type: ignore[attr-defined]
+SgxTestPki.TEE_TCB_SVN = TEE_TCB_SVN  # type: ignore[attr-defined]
+
+
+# --- AMD SEV-SNP: an ARK -> ASK -> VCEK test PKI, reports packed from the ABI specification -------
+
+SNP_MEASUREMENT = bytes.fromhex("33" * 48)
+SNP_CHIP_ID = bytes(range(64))
+SNP_TCB = {"bootloader": 4, "tee": 1, "snp": 22, "microcode": 210}
+AMD_OID = "1.3.6.1.4.1.3704.1"
+GUIDS = {  # RFC 4122 byte order, as the GHCB specification's certificate table carries them
+    "vcek": bytes.fromhex("63da758de6644564adc5f4b93be8accd"),
+    "ask": bytes.fromhex("4ab7b379bbac4fe4a02f05aef327c782"),
+    "ark": bytes.fromhex("c0b406a4a803495297433fb6014cd0ae"),
+}
+
+
+def _pss() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+
+
+@dataclass
+class SnpTestPki:
+    """A test ARK (RSA, RSA-PSS/SHA-384) -> ASK -> VCEK (P-384) and a report packer."""
+
+    MEASUREMENT = SNP_MEASUREMENT
+    TCB = SNP_TCB
+    now: dt.datetime = NOW
+    product: str = "Milan"  # Turin: 8-byte chip id, FMC in the TCB, CPUID family 0x1A
+
+    def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.turin = self.product == "Turin"
+        self.CHIP_ID = SNP_CHIP_ID[:8] + bytes(56) if self.turin else SNP_CHIP_ID
+        self.ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.vcek_key = ec.generate_private_key(ec.SECP384R1())
+        ark, ask = f"ARK-{self.product}", f"SEV-{self.product}"
+        self.ark = self.rsa_cert(ark, self.ark_key, ark, self.ark_key, ca=True)
+        self.ask = self.rsa_cert(ask, self.ask_key, ark, self.ark_key, ca=True)
+        self.vcek = self.vcek_cert()
+
+    def rsa_cert(self, subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool) -> Any:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.now - dt.timedelta(days=1))
+            .not_valid_after(self.now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA384(), rsa_padding=_pss())
+        )
+
+    def vcek_cert(
+        self,
+        *,
+        tcb: dict[str, int] | None = None,
+        chip_id: bytes | None = None,
+        signer: Any = None,
+        issuer: str | None = None,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> x509.Certificate:
+        tcb = tcb or SNP_TCB
+        issuer = issuer or f"SEV-{self.product}"
+        if chip_id is None:
+            chip_id = self.CHIP_ID[:8] if self.turin else self.CHIP_ID
+
+        def integer(value: int) -> bytes:
+            return bytes([0x02, 1, value]) if value < 0x80 else bytes([0x02, 2, 0, value])
+
+        extensions = [
+            (f"{AMD_OID}.1", integer(0)),
+            (f"{AMD_OID}.2", b"\x16\x05Turin" if self.turin else b"\x16\x08Milan-B0"),
+            (f"{AMD_OID}.3.1", integer(tcb["bootloader"])),
+            (f"{AMD_OID}.3.2", integer(tcb["tee"])),
+            (f"{AMD_OID}.3.3", integer(tcb["snp"])),
+            (f"{AMD_OID}.3.8", integer(tcb["microcode"])),
+            (f"{AMD_OID}.4", chip_id),
+        ]
+        if self.turin:
+            extensions.append((f"{AMD_OID}.3.9", integer(tcb.get("fmc", 0))))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name("SEV-VCEK"))
+            .issuer_name(name(issuer))
+            .public_key((key or self.vcek_key).public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.now - dt.timedelta(days=1))
+            .not_valid_after(self.now + dt.timedelta(days=365))
+        )
+        for oid, value in extensions:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False
+            )
+        return builder.sign(signer or self.ask_key, hashes.SHA384(), rsa_padding=_pss())
+
+    def tcb_u64(self, tcb: dict[str, int]) -> int:
+        """TCB_VERSION: Milan/Genoa BL, TEE, 4 reserved, SNP, UCODE; Turin FMC, BL, TEE, SNP,
+        3 reserved, UCODE (SEV-SNP ABI specification, TCB_VERSION)."""
+        if self.turin:
+            raw = bytes(
+                [tcb.get("fmc", 0), tcb["bootloader"], tcb["tee"], tcb["snp"], 0, 0, 0,
+                 tcb["microcode"]]
+            )  # fmt: skip
+        else:
+            raw = bytes([tcb["bootloader"], tcb["tee"], 0, 0, 0, 0, tcb["snp"], tcb["microcode"]])
+        return int.from_bytes(raw, "little")
+
+    def report(
+        self,
+        *,
+        version: int = 2,
+        report_data: bytes = bytes(64),
+        measurement: bytes = SNP_MEASUREMENT,
+        policy: int = 0x30000,  # SMT allowed, reserved bit 17
+        vmpl: int = 0,
+        host_data: bytes = bytes(32),
+        tcb: dict[str, int] | None = None,
+        chip_id: bytes | None = None,
+        flags: int = 0,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> bytes:
+        """1184 bytes: fields at the ABI specification's offsets, then R and S little-endian."""
+        tcb_raw = self.tcb_u64(tcb or SNP_TCB)
+        data = bytearray(0x4A0)
+        struct.pack_into("<IIQ", data, 0x00, version, 0, policy)
+        struct.pack_into("<IIQQI", data, 0x30, vmpl, 1, tcb_raw, 0, flags)
+        data[0x50:0x90] = report_data
+        data[0x90:0xC0] = measurement
+        data[0xC0:0xE0] = host_data
+        struct.pack_into("<Q", data, 0x180, tcb_raw)
+        if version >= 3:  # CPUID family/model/stepping: Milan 19h/01h, Turin 1Ah/02h
+            data[0x188:0x18B] = bytes([0x1A, 0x02, 0x00] if self.turin else [0x19, 0x01, 0x01])
+        data[0x1A0:0x1E0] = self.CHIP_ID if chip_id is None else chip_id
+        struct.pack_into("<Q", data, 0x1E0, tcb_raw)
+        struct.pack_into("<Q", data, 0x1F0, tcb_raw)
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature as dds
+
+        r, s = dds((key or self.vcek_key).sign(bytes(data[:0x2A0]), ec.ECDSA(hashes.SHA384())))
+        data[0x2A0:0x2E8] = r.to_bytes(72, "little")
+        data[0x2E8:0x330] = s.to_bytes(72, "little")
+        return bytes(data)
+
+    def evidence(
+        self,
+        report: bytes | None = None,
+        *,
+        vcek: x509.Certificate | None = None,
+        ask: x509.Certificate | None = None,
+        ark: x509.Certificate | None = None,
+        **report_fields: Any,
+    ) -> bytes:
+        """The report followed by a GUID certificate table (VCEK, ASK, ARK as DER)."""
+        certs = [
+            ("vcek", vcek or self.vcek),
+            ("ask", ask or self.ask),
+            ("ark", ark or self.ark),
+        ]
+        blobs = [(GUIDS[k], c.public_bytes(serialization.Encoding.DER)) for k, c in certs]
+        table_size = 24 * (len(blobs) + 1)
+        header, body = b"", b""
+        for guid, blob in blobs:
+            header += struct.pack("<16sII", guid, table_size + len(body), len(blob))
+            body += blob
+        return (report or self.report(**report_fields)) + header + bytes(24) + body
+
+    def roots(self) -> list[Any]:
+        from bastion.tee.attestation.amd_roots import AmdProductRoot
+
+        return [AmdProductRoot(self.product, self.ark, self.ask)]
+
+
+@pytest.fixture(scope="session")
+def snp_pki() -> SnpTestPki:
+    return SnpTestPki()
+
+
+@pytest.fixture(scope="session")
+def turin_pki() -> SnpTestPki:
+    return SnpTestPki(product="Turin")
+
+
+@pytest.fixture(scope="session")
+def other_snp_pki() -> SnpTestPki:
+    """An unrelated ARK/ASK/VCEK: never the pinned one."""
+    return SnpTestPki()

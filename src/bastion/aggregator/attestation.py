@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from bastion.metrics.log import MetricsLog
 from bastion.protocol import NotAttested
 from bastion.tee.attestation import AttestationError, NonceRegistry
+from bastion.tee.attestation.evidence import evidence_kind
 from bastion.tee.attestation.parties import AttestationParty
 from bastion.tee.attestation.providers import Evidence
 
@@ -94,6 +95,7 @@ class AttestationGate:
             "attestation",
             collaborator=collaborator,
             accepted=True,
+            evidence=evidence_kind(verified),
             mr_enclave=admission.mr_enclave,
             simulated=admission.simulated,
             tcb_status=admission.tcb_status,
@@ -103,6 +105,7 @@ class AttestationGate:
             collaborator,
             {
                 "accepted": True,
+                "evidence": evidence_kind(verified),
                 "mr_enclave": admission.mr_enclave,
                 "simulated": admission.simulated,
                 "tcb_status": admission.tcb_status,

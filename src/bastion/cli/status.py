@@ -148,4 +148,7 @@ def _verdict(result: dict | None) -> str:
     if not result.get("accepted"):
         return f"refused: {result.get('reason', '')}"
     label = "SIMULATED " if result.get("simulated") else ""
-    return f"{label}ok, mrenclave {str(result.get('mr_enclave', ''))[:12]}…, TCB {result.get('tcb_status')}"
+    field = {"tdx": "TDX mrtd", "snp": "SNP measurement"}.get(
+        str(result.get("evidence")), "mrenclave"
+    )
+    return f"{label}ok, {field} {str(result.get('mr_enclave', ''))[:12]}…, TCB {result.get('tcb_status')}"

@@ -1,4 +1,5 @@
-"""``bastion tee``: enclave signing keys, SIGSTRUCT inspection, Gramine manifests."""
+"""``bastion tee``: enclave signing keys, SIGSTRUCT inspection, Gramine manifests, and checking
+SGX, TDX and SEV-SNP evidence by hand."""
 
 from __future__ import annotations
 
@@ -176,7 +177,11 @@ def sign(
 @app.command("verify")
 def verify_command(
     quote: Annotated[
-        Path, typer.Argument(help="A DCAP quote (binary), e.g. from /dev/attestation/quote.")
+        Path,
+        typer.Argument(
+            help="Evidence: an SGX DCAP v3 or TDX v4/v5 quote, or an SEV-SNP report (with its "
+            "certificate table); the kind is detected from the bytes."
+        ),
     ],
     policy: Annotated[
         Path, typer.Option("--policy", help="plan.yaml (its attestation.policy) or a policy YAML.")
@@ -185,28 +190,54 @@ def verify_command(
         Path | None, typer.Option(help="The quoting party's TLS certificate (PEM), with --nonce.")
     ] = None,
     nonce: Annotated[str | None, typer.Option(help="The 32-byte challenge nonce, hex.")] = None,
+    plan_hash: Annotated[
+        str | None, typer.Option(help="The plan's canonical hash (TDX/SNP bind it), with --cert.")
+    ] = None,
     report_data: Annotated[
-        str | None, typer.Option(help="The expected 64-byte REPORTDATA, hex (instead of --cert).")
+        str | None, typer.Option(help="The expected 64-byte report data, hex (instead of --cert).")
     ] = None,
     simulated_root: Annotated[
         Path | None,
-        typer.Option(help="Root CA of simulated evidence (only if the policy allows simulation)."),
+        typer.Option(
+            help="Simulated root CA, or a simulated-keys folder (only if the policy allows it)."
+        ),
+    ] = None,
+    vcek: Annotated[
+        Path | None, typer.Option(help="SNP: the chip's VCEK (DER or PEM) for a bare report.")
+    ] = None,
+    collateral: Annotated[
+        Path | None, typer.Option(help="Intel collateral saved as JSON (offline TCB check).")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Verify as of this UTC time (ISO 8601), e.g. saved evidence.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
-    """Check a quote by hand against a policy: exit 0 accepted, 1 rejected (the reason printed)."""
+    """Check evidence by hand against a policy: exit 0 accepted, 1 rejected (the reason printed)."""
+    import datetime as dt
+
     from bastion.tee.attestation import AttestationError
-    from bastion.tee.attestation.manual import load_policy, verify_quote_file
+    from bastion.tee.attestation.manual import load_policy, verify_evidence_file
 
     pinned = load_policy(policy)
+    when = None
+    if at is not None:
+        try:
+            when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError:
+            raise BastionError(f"--at must be an ISO 8601 time, got {at!r}") from None
     try:
-        verdict = verify_quote_file(
+        verdict = verify_evidence_file(
             quote,
             pinned,
             certificate=cert,
             nonce_hex=nonce,
+            plan_hash=plan_hash,
             report_data_hex=report_data,
-            simulated_root=simulated_root,
+            simulated=simulated_root,
+            vcek=vcek,
+            collateral=collateral,
+            at=when,
         )
     except AttestationError as exc:
         if as_json:
@@ -214,34 +245,89 @@ def verify_command(
         else:
             _say(f"REJECTED ({exc.reason}): {exc}")
         raise typer.Exit(1) from None
-    v = verdict.verified
-    fields = {
-        "accepted": True,
-        "simulated": v.simulated,
-        "mrenclave": v.mr_enclave.hex(),
-        "mrsigner": v.mr_signer.hex(),
-        "isv_prod_id": v.isv_prod_id,
-        "isv_svn": v.isv_svn,
-        "debug": v.debug,
-        "tcb_status": v.tcb_status,
-        "qe_tcb_status": v.qe_tcb_status,
-        "advisory_ids": list(v.advisory_ids),
-        "binding_checked": verdict.binding_checked,
-        "notes": list(v.notes),
-    }
+    fields = _verdict_fields(verdict.verified, verdict.kind)
+    fields["binding_checked"] = verdict.binding_checked
     if as_json:
         console.out(json.dumps(fields, indent=2), highlight=False)
         return
-    _say("ACCEPTED (SIMULATED evidence, no SGX hardware)" if v.simulated else "ACCEPTED")
-    for key in ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "debug", "tcb_status"):
-        _say(f"  {key}: {fields[key]}")
+    hardware = {"sgx": "SGX", "tdx": "TDX", "snp": "SEV-SNP"}[verdict.kind]
+    simulated = f" (SIMULATED evidence, no {hardware} hardware)" if fields["simulated"] else ""
+    _say(f"ACCEPTED{'' if verdict.kind == 'sgx' else ' ' + hardware}{simulated}")
+    for key, value in fields.items():
+        if key not in ("accepted", "simulated", "binding_checked", "notes", "evidence"):
+            _say(f"  {key}: {value}")
     if not verdict.binding_checked:
         _say(
             "  WARNING: report data not checked (give --cert and --nonce, or --report-data): "
-            "this quote could be replayed from another connection"
+            "this evidence could be replayed from another connection"
         )
-    for note in v.notes:
+    notes = fields["notes"]
+    for note in notes if isinstance(notes, list) else []:
         _say(f"  note: {note}")
+
+
+def _verdict_fields(verified: object, kind: str) -> dict[str, object]:
+    from bastion.tee.attestation.snp_verify import VerifiedSnpReport
+    from bastion.tee.attestation.tdx_verify import VerifiedTdQuote
+    from bastion.tee.attestation.verify import VerifiedQuote
+
+    if isinstance(verified, VerifiedQuote):
+        return {
+            "accepted": True,
+            "evidence": kind,
+            "simulated": verified.simulated,
+            "mrenclave": verified.mr_enclave.hex(),
+            "mrsigner": verified.mr_signer.hex(),
+            "isv_prod_id": verified.isv_prod_id,
+            "isv_svn": verified.isv_svn,
+            "debug": verified.debug,
+            "tcb_status": verified.tcb_status,
+            "qe_tcb_status": verified.qe_tcb_status,
+            "advisory_ids": list(verified.advisory_ids),
+            "notes": list(verified.notes),
+        }
+    if isinstance(verified, VerifiedTdQuote):
+        td = verified.td
+        fields: dict[str, object] = {
+            "accepted": True,
+            "evidence": kind,
+            "simulated": verified.simulated,
+            "quote_version": verified.quote.version,
+            "mrtd": td.mrtd.hex(),
+        }
+        fields.update({f"rtmr{i}": value.hex() for i, value in enumerate(td.rtmrs)})
+        fields.update(
+            {
+                "mrseam": td.mrseam.hex(),
+                "tee_tcb_svn": td.tee_tcb_svn.hex(),
+                "td_attributes": f"{td.td_attributes:016x}",
+                "xfam": f"{td.xfam:016x}",
+                "debug": td.debug,
+                "fmspc": verified.fmspc.hex(),
+                "tcb_status": verified.tcb_status,
+                "qe_tcb_status": verified.qe_tcb_status,
+                "advisory_ids": list(verified.advisory_ids),
+                "notes": list(verified.notes),
+            }
+        )
+        return fields
+    assert isinstance(verified, VerifiedSnpReport)
+    report = verified.report
+    return {
+        "accepted": True,
+        "evidence": kind,
+        "simulated": verified.simulated,
+        "report_version": report.version,
+        "product": verified.product,
+        "measurement": report.measurement.hex(),
+        "host_data": report.host_data.hex(),
+        "policy": f"{report.policy:#x}",
+        "vmpl": report.vmpl,
+        "debug": report.debug_allowed,
+        "reported_tcb": report.reported_tcb.as_dict(),
+        "tcb_status": verified.tcb_status,
+        "notes": list(verified.notes),
+    }
 
 
 @app.command("simulated-keys")
@@ -252,37 +338,120 @@ def simulated_keys(
             help="Where to write them, inside the workspace (e.g. pki/attestation-sim)."
         ),
     ] = Path("pki/attestation-sim"),
+    kind: Annotated[
+        str, typer.Option(help="sgx, tdx or snp: which hardware the keys stand in for.")
+    ] = "sgx",
     force: Annotated[bool, typer.Option(help="Replace keys already there.")] = False,
 ) -> None:
-    """DEVELOPMENT ONLY: keys that sign simulated quotes, and the policy that accepts them."""
+    """DEVELOPMENT ONLY: keys that sign simulated evidence, and the policy that accepts them."""
     from bastion.tee.attestation import build_simulated_hierarchy
     from bastion.tee.attestation.parties import simulated_identity
+    from bastion.tee.attestation.simulated_cvm import (
+        SIMULATED_MRTD,
+        SIMULATED_SNP_MEASUREMENT,
+        build_simulated_snp_hierarchy,
+    )
 
-    if directory.exists() and any(directory.iterdir()) and not force:
+    if kind not in ("sgx", "tdx", "snp"):
+        raise BastionError(f"--kind must be sgx, tdx or snp, got {kind!r}")
+    marker = "snp-simulated-ark.pem" if kind == "snp" else "simulated-root-ca.pem"
+    if (directory / marker).exists() and not force:
+        raise BastionError(
+            f"{directory} already holds files (simulated {kind} keys): every party of a "
+            "federation must use the same simulated keys, so copy that folder instead, or pass "
+            "--force to replace them"
+        )
+    if kind == "sgx" and directory.exists() and any(directory.iterdir()) and not force:
         raise BastionError(
             f"{directory} already holds files: every party of a federation must use the same "
             "simulated keys, so copy that folder instead, or pass --force to replace it"
         )
-    build_simulated_hierarchy().save(directory)
+    if kind == "snp":
+        build_simulated_snp_hierarchy().save(directory)
+    else:
+        build_simulated_hierarchy().save(directory)
     _, mr_signer = simulated_identity("")
-    _say(f"wrote simulated attestation keys to {directory} (private keys mode 0600)")
+    _say(f"wrote simulated {kind} attestation keys to {directory} (private keys mode 0600)")
     _say("SIMULATED evidence proves nothing about hardware: never allow it in production.")
     _say(
         "Keep it under the plan's pki_dir (never measured or exported), copy it to every "
         "party, and set in plan.yaml:"
     )
-    _say(
-        "  attestation:\n"
-        "    provider: simulated\n"
-        f"    simulated_dir: {directory.as_posix()}\n"
-        "    policy:\n"
-        "      required: true\n"
-        f"      mrsigner: {mr_signer}\n"
-        "      isv_prod_id: 0\n"
-        "      min_isv_svn: 0\n"
-        "      allow_simulated: true\n"
-        "      collateral: none"
-    )
+    if kind == "sgx":
+        section = (
+            "  attestation:\n"
+            "    provider: simulated\n"
+            f"    simulated_dir: {directory.as_posix()}\n"
+            "    policy:\n"
+            "      required: true\n"
+            f"      mrsigner: {mr_signer}\n"
+            "      isv_prod_id: 0\n"
+            "      min_isv_svn: 0\n"
+            "      allow_simulated: true\n"
+            "      collateral: none"
+        )
+    elif kind == "tdx":
+        section = (
+            "  attestation:\n"
+            "    provider: simulated-tdx\n"
+            f"    simulated_dir: {directory.as_posix()}\n"
+            "    policy:\n"
+            "      required: true\n"
+            "      allow_simulated: true\n"
+            "      collateral: none\n"
+            "      tdx:\n"
+            f"        mrtd: [{SIMULATED_MRTD.hex()}]"
+        )
+    else:
+        section = (
+            "  attestation:\n"
+            "    provider: simulated-snp\n"
+            f"    simulated_dir: {directory.as_posix()}\n"
+            "    policy:\n"
+            "      required: true\n"
+            "      allow_simulated: true\n"
+            "      collateral: none\n"
+            "      snp:\n"
+            f"        measurement: [{SIMULATED_SNP_MEASUREMENT.hex()}]"
+        )
+    _say(section)
+
+
+@app.command("expected-measurement")
+def expected_measurement(
+    kind: Annotated[str, typer.Argument(help="rtmr (TDX RTMR replay) or snp (launch digest).")],
+    file: Annotated[
+        list[Path] | None,
+        typer.Option("--file", help="rtmr: a file extended as one event (repeat, in order)."),
+    ] = None,
+    ovmf: Annotated[Path | None, typer.Option(help="snp: the OVMF firmware image.")] = None,
+    kernel: Annotated[Path | None, typer.Option(help="snp: direct-boot kernel.")] = None,
+    initrd: Annotated[Path | None, typer.Option(help="snp: direct-boot initrd.")] = None,
+    append: Annotated[str | None, typer.Option(help="snp: kernel command line.")] = None,
+    vcpus: Annotated[int, typer.Option(help="snp: number of vCPUs.")] = 1,
+    vcpu_type: Annotated[str, typer.Option(help="snp: QEMU vCPU type, e.g. EPYC-v4.")] = "EPYC-v4",
+) -> None:
+    """Compute a value for the plan's tdx/snp policy from files Bastion can hash."""
+    from bastion.tee.attestation.expected import rtmr_of_files, snp_launch_digest
+
+    if kind == "rtmr":
+        if not file:
+            raise BastionError("rtmr needs at least one --file (the events, in extend order)")
+        _say(rtmr_of_files(file).hex())
+    elif kind == "snp":
+        if ovmf is None:
+            raise BastionError("snp needs --ovmf (and --kernel/--initrd/--append for direct boot)")
+        digest = snp_launch_digest(
+            ovmf=ovmf,
+            vcpus=vcpus,
+            vcpu_type=vcpu_type,
+            kernel=kernel,
+            initrd=initrd,
+            append=append,
+        )
+        _say(digest.hex())
+    else:
+        raise BastionError(f"expected-measurement KIND is rtmr or snp, got {kind!r}")
 
 
 def _sigstruct_table(sig: Sigstruct, source: Path, *, verified: bool) -> Table:

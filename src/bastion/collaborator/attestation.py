@@ -15,6 +15,7 @@ from cryptography import x509
 from bastion.errors import BastionError
 from bastion.pki import Role, TLSFiles, load_certificate, verify_identity
 from bastion.tee.attestation import NONCE_SIZE, AttestationError
+from bastion.tee.attestation.evidence import evidence_kind
 from bastion.tee.attestation.parties import AttestationParty
 from bastion.transport.client import GrpcAggregatorClient
 from bastion.transport.peer import presented_certificate
@@ -54,7 +55,8 @@ class MutualAttestation:
                 f"aggregator attestation failed, nothing was sent: {exc}"
             ) from None
         log.info(
-            "aggregator attested: mrenclave %s%s",
+            "aggregator attested: %s measurement %s%s",
+            evidence_kind(verified),
             verified.mr_enclave.hex()[:16],
             " (SIMULATED)" if verified.simulated else "",
         )

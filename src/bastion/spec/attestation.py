@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bastion.spec.snp_policy import SnpPolicy
+from bastion.spec.tdx_policy import TdxPolicy
+
 INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 TCB_STATUSES = (
     "UpToDate",
@@ -38,6 +41,9 @@ class AttestationPolicy(BaseModel):
     pccs_url: str = INTEL_PCS_URL
     allowed_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
     nonce_ttl_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Confidential VMs: a section present means that evidence kind is accepted.
+    tdx: TdxPolicy | None = None
+    snp: SnpPolicy | None = None
 
     @field_validator("mrenclave")
     @classmethod
@@ -81,13 +87,18 @@ class AttestationPolicy(BaseModel):
         if self.required and not self.pins_identity:
             raise ValueError(
                 "attestation is required but the policy pins no enclave: set mrenclave, "
-                "or mrsigner with isv_prod_id"
+                "or mrsigner with isv_prod_id (SGX), or a tdx or snp section"
             )
         return self
 
     @property
     def pins_identity(self) -> bool:
-        """True when the policy names at least one acceptable enclave identity."""
+        """True when the policy names at least one acceptable enclave or CVM identity."""
+        return self.pins_sgx or self.tdx is not None or self.snp is not None
+
+    @property
+    def pins_sgx(self) -> bool:
+        """True when SGX enclaves are accepted (an MRENCLAVE or MRSIGNER is pinned)."""
         return bool(self.mrenclave) or self.mrsigner is not None
 
 

@@ -29,7 +29,9 @@ What goes where, and why (Gramine docs: "Manifest syntax", "gramine-manifest",
 
 Directory names (checkpoints, logs, PKI) come from the workspace's ``plan.yaml``.
 
-Targets Gramine >= 1.6 (``loader.entrypoint.uri``, ``sgx.max_threads``, typed mounts).
+Targets Gramine >= 1.8: ``loader.entrypoint.uri`` exists only from 1.8 (Gramine 1.7's manifest
+checker rejects it); also ``sgx.max_threads`` and typed mounts.  ``gramine_version`` checks the
+installed version before a build.
 Interpreter and Gramine paths come from ``bastion.tee.runtime``, the workspace selection from
 ``bastion.tee.workspace_files``, the build commands from ``bastion.tee.gramine_build``.
 """

@@ -83,6 +83,10 @@ def run_build_steps(steps: Sequence[BuildStep], directory: Path) -> None:
             f"{', '.join(missing)} not found on PATH: {INSTALL_HINT}, or run this inside the "
             "Bastion SGX image"
         )
+    if any(step.tool == "gramine-manifest" for step in steps):
+        from bastion.tee.gramine_version import require_gramine
+
+        require_gramine()  # one line, before any tool runs: 1.7 would reject the manifest
     for step in steps:
         result = subprocess.run(step.argv, cwd=directory, capture_output=True, text=True)
         if result.returncode != 0:

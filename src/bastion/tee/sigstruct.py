@@ -7,8 +7,9 @@ values EINIT uses to verify it. Attribute bits follow the SDM's "ATTRIBUTES" tab
 were cross-checked with Gramine's ``python/graminelibos/sigstruct.py`` / ``sgx_sign.py`` and
 the Linux kernel's ``struct sgx_sigstruct`` (``arch/x86/include/asm/sgx.h``).
 
-The SDM stores DATE as ``yyyymmdd`` in BCD; Gramine writes the year as a little-endian
-integer followed by month and day bytes. The reader accepts both; the writer uses BCD.
+DATE is the SDM's: a 32-bit little-endian word whose hex digits read ``yyyymmdd`` (BCD), which
+the writer produces and current Gramine writes too.  The reader also accepts the binary form
+older Gramine releases wrote (year as a little-endian u16, then month and day bytes).
 """
 
 from __future__ import annotations

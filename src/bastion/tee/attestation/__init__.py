@@ -1,4 +1,5 @@
-"""Remote attestation: SGX DCAP evidence bound to a TLS key, and its verification.
+"""Remote attestation: SGX DCAP, Intel TDX and AMD SEV-SNP evidence bound to a TLS key, and its
+verification (`verify_evidence` detects the kind from the bytes).
 
 Typical flow (the verifier side issues the nonce, the attesting side quotes)::
 
@@ -41,6 +42,7 @@ from bastion.tee.attestation.errors import (
     SimulatedEvidenceRefused,
     TcbStatusRejected,
 )
+from bastion.tee.attestation.evidence import Binding, TrustAnchors, detect_format, verify_evidence
 from bastion.tee.attestation.providers import (
     Evidence,
     EvidenceProvider,
@@ -56,6 +58,8 @@ from bastion.tee.attestation.quote import (
 )
 from bastion.tee.attestation.roots import INTEL_SGX_ROOT_CA_PEM, intel_sgx_root_ca
 from bastion.tee.attestation.simulated import SimulatedHierarchy, build_simulated_hierarchy
+from bastion.tee.attestation.snp_verify import VerifiedSnpReport, verify_snp_evidence
+from bastion.tee.attestation.tdx_verify import VerifiedTdQuote, verify_td_quote
 from bastion.tee.attestation.verify import TCB_NOT_CHECKED, VerifiedQuote, verify_quote
 
 __all__ = [
@@ -66,6 +70,7 @@ __all__ = [
     "AttestationError",
     "AttestationKeyNotBound",
     "AttestationPolicy",
+    "Binding",
     "BindingError",
     "CertificateChainError",
     "Collateral",
@@ -95,11 +100,18 @@ __all__ = [
     "SimulatedHierarchy",
     "SimulatedProvider",
     "TcbStatusRejected",
+    "TrustAnchors",
     "VerifiedQuote",
+    "VerifiedSnpReport",
+    "VerifiedTdQuote",
     "build_simulated_hierarchy",
+    "detect_format",
     "intel_sgx_root_ca",
     "parse_quote",
     "report_data_for",
     "tls_public_key_der",
+    "verify_evidence",
     "verify_quote",
+    "verify_snp_evidence",
+    "verify_td_quote",
 ]

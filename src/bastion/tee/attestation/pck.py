@@ -54,7 +54,7 @@ def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
     """Parse concatenated PEM certificates (trailing NULs allowed, as quotes carry one)."""
     try:
         certificates = x509.load_pem_x509_certificates(pem.rstrip(b"\x00"))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise QuoteFormatError(f"the {what} is not valid PEM: {exc}", reason="pck_chain") from exc
     if not 1 <= len(certificates) <= MAX_CHAIN_CERTIFICATES:
         raise QuoteFormatError(
@@ -79,7 +79,7 @@ def _parse_fields(certificate: x509.Certificate, what: str) -> None:
     for part, read in parts:
         try:
             read()
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # TypeError: odd names
             raise CertificateChainError(
                 f"a certificate in the {what} has malformed {part}: {exc}"
             ) from None

@@ -14,7 +14,9 @@ from bastion.tee.attestation.simulated import SimulatedHierarchy
 
 logger = logging.getLogger(__name__)
 
-EvidenceKind = Literal["sgx-dcap", "simulated-sgx-dcap"]
+EvidenceKind = Literal[
+    "sgx-dcap", "simulated-sgx-dcap", "tdx", "simulated-tdx", "snp", "simulated-snp"
+]
 GRAMINE_ATTESTATION_DIR = Path("/dev/attestation")
 _NOT_IN_ENCLAVE = "not running inside a Gramine SGX enclave with DCAP"
 

@@ -106,7 +106,7 @@ def verify_quote(
             f"expected report data must be {REPORT_DATA_SIZE} bytes (see report_data_for), "
             f"got {len(expected_report_data)}"
         )
-    if not policy.pins_identity:
+    if not policy.pins_sgx:  # a tdx/snp-only policy must never accept any SGX enclave
         raise PolicyViolation(
             "the attestation policy pins no enclave (no mrenclave, no mrsigner): refusing to "
             "accept any enclave at all",
