@@ -17,11 +17,13 @@ from bastion.storage.checkpoints import CheckpointStore
 ROSTER = ["a", "b", "c"]
 
 
-def _aggregator(tmp_path: Path, min_results: int = 2, lost_seconds: float = 120) -> Aggregator:
+def _aggregator(
+    tmp_path: Path, min_results: int = 2, lost_seconds: float = 120, rounds: int = 2
+) -> Aggregator:
     plan = parse_plan(
         {
             "name": "failures",
-            "rounds": 2,
+            "rounds": rounds,
             "collaborators": ROSTER,
             "tasks": [
                 {"name": "validate_global", "kind": "validate"},
@@ -77,12 +79,20 @@ def test_a_failed_task_ends_the_sites_round_and_the_round_closes_with_the_quorum
     }
 
 
-def test_repeated_failures_of_one_site_are_counted(tmp_path: Path) -> None:
-    aggregator = _aggregator(tmp_path, min_results=1)
-    for number in (1, 2):
-        aggregator.fail_task("a", number, "validate_global", "RuntimeError: CUDA out of memory")
-        _train(aggregator, "b")
-        _train(aggregator, "c")
+def test_a_failed_site_sits_out_until_it_calls_again_and_repeated_failures_are_counted(
+    tmp_path: Path,
+) -> None:
+    aggregator = _aggregator(tmp_path, min_results=1, rounds=3)
+    aggregator.fail_task("a", 1, "validate_global", "RuntimeError: CUDA out of memory")
+    _train(aggregator, "b")
+    _train(aggregator, "c")
+    # Round 2 was assigned while a was down: nobody waits for it.
+    assert aggregator.current_round == 2
+    assert aggregator.get_tasks("a").action == "wait"  # a restarted and calls: up again
+    _train(aggregator, "b")
+    _train(aggregator, "c")
+    assert aggregator.get_tasks("a").action == "run"  # back in from round 3
+    aggregator.fail_task("a", 3, "validate_global", "RuntimeError: CUDA out of memory")
     assert aggregator.store.read_summary()["failures"]["a"]["count"] == 2
 
 
@@ -113,3 +123,9 @@ def test_a_silent_site_is_reported_lost_once_and_back_once(
     [back] = [r for r in records if r["event"] == "site_back"]
     assert back["collaborator"] == "a" and back["away_seconds"] == pytest.approx(75)
     assert aggregator.store.read_summary()["lost"] == ["c"]
+    # c's round-1 work is no longer waited for; the round records why.
+    assert aggregator.get_tasks("c").action == "wait"  # c calls: back, but round 1 is over for it
+    _train(aggregator, "b")  # the round closes with b alone: nobody waits for the lost
+    assert aggregator.current_round == 2
+    [first] = round_summaries(read_metrics(tmp_path / "metrics.jsonl"))
+    assert first["lost"] == {"a": "lost: no contact for 75s", "c": "lost: no contact for 75s"}

@@ -353,6 +353,7 @@ class Aggregator:
             error = " ".join(error.split())[:MAX_REASON] or "an unnamed error"
             progress.failed[collaborator] = f"{task_name}: {error}"
             progress.pending[collaborator] = []
+            self._status.down.add(collaborator)  # it stops; not assigned again until it calls
             assert self.round_protocol is not None
             self.round_protocol.exclude(collaborator, f"its {task_name} task failed: {error}")
             log.warning(
@@ -362,6 +363,15 @@ class Aggregator:
             self._write_summary()
             self._advance()
         return Ack(True, "")
+
+    def _leave_round(self, collaborator: str, reason: str) -> None:
+        """A lost site's pending work is not waited for (the protocol drops it too)."""
+        progress, protocol = self._round, self.round_protocol
+        if progress is None or protocol is None or not progress.pending.get(collaborator):
+            return
+        progress.lost[collaborator] = reason
+        progress.pending[collaborator] = []
+        protocol.exclude(collaborator, reason)
 
     # ------------------------------------------------------------------ stage messages
 
@@ -425,8 +435,10 @@ class Aggregator:
             for name, silent in lost:
                 log.warning("%s lost: no contact for %.0fs", name, silent)
                 self._publish(SiteLost(name, round(silent, 3)))
+                self._leave_round(name, f"lost: no contact for {silent:.0f}s")
             if lost:
                 self._write_summary()
+                self._advance()
             progress, protocol = self._round, self.round_protocol
             if progress is None or protocol is None or self.finished.is_set():
                 return
@@ -475,15 +487,21 @@ class Aggregator:
             self._finish()
             return
         final = number == self.plan.rounds + 1 or self._training_stopped(number)
+        # Sites known to be gone are not waited for; they rejoin when they call again.
+        present = self._status.available(self._roster)
         if final:
-            assignments = final_evaluation(self.plan)
+            assignments = {
+                name: tasks
+                for name, tasks in final_evaluation(self.plan).items()
+                if name in present
+            }
             if not assignments:
                 self.state.finished = True
                 self._checkpoint()
                 self._finish()
                 return
         else:
-            assignments = self.assigner.assign(self._roster, number)
+            assignments = self.assigner.assign(present, number)
             unknown = sorted(set(assignments) - set(self._roster))
             if unknown:
                 raise BastionError(
@@ -580,6 +598,7 @@ class Aggregator:
             "rejected": progress.rejected,
             "declined": progress.declined,
             "failed": progress.failed,
+            "lost": progress.lost,
             "timed_out": timed_out,
             "seconds": seconds,
         }

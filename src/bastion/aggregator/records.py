@@ -38,6 +38,7 @@ class RoundProgress:
     rejected: dict[str, str] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    lost: dict[str, str] = field(default_factory=dict)
 
     def hand_in(self, collaborator: str, kind: str) -> None:
         """``collaborator``'s pending tasks of ``kind`` no longer come as results."""

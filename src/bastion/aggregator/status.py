@@ -25,6 +25,7 @@ class StatusFile:
         self._written = -math.inf  # time.monotonic() of the last write
         self._stale = False
         self.lost: dict[str, float] = {}  # site -> time.time() it was last heard of
+        self.down: set[str] = set()  # sites that stopped after a failed task, until they call
 
     def contact(self, collaborator: str) -> tuple[bool, float | None]:
         """Record a call from ``collaborator``: (first contact?, seconds away if it was lost)."""
@@ -32,8 +33,15 @@ class StatusFile:
         now = time.time()
         self.last_seen[collaborator] = now
         away = self.lost.pop(collaborator, None)
+        self.down.discard(collaborator)
         self._stale = self._stale or first or away is not None
         return first, None if away is None else now - away
+
+    def available(self, roster: list[str]) -> list[str]:
+        """The roster less sites known to be gone (lost, or stopped after a failure); the
+        whole roster when that leaves nobody, so a round always has someone to wait for."""
+        present = [name for name in roster if name not in self.lost and name not in self.down]
+        return present or list(roster)
 
     def newly_lost(self, silent_seconds: float) -> list[tuple[str, float]]:
         """Sites silent for longer than ``silent_seconds`` not yet reported: (site, silence)."""
