@@ -74,7 +74,9 @@ def _bind(function: Callable[..., Any], args: Mapping[str, Any], key: str, name:
     try:
         signature.bind(**args)
     except TypeError as exc:
-        accepted = ", ".join(signature.parameters) or "no arguments"
-        raise BastionError(
-            f"key '{key}': {name} does not take {sorted(args)} ({exc}); it takes: {accepted}"
-        ) from None
+        parameters = signature.parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        unknown = [k for k in args if k not in parameters] if not takes_any else []
+        accepted = ", ".join(parameters) or "no arguments"
+        problem = f"takes no argument {', '.join(map(repr, unknown))}" if unknown else str(exc)
+        raise BastionError(f"key '{key}': {name} {problem}; it takes: {accepted}") from None
