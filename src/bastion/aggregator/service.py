@@ -129,7 +129,12 @@ def run_aggregator(
                 )
             spec = plan.attestation
             party = build_party(
-                spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash()
+                spec.policy,
+                spec.provider,
+                spec.simulated_dir,
+                workspace,
+                plan.canonical_hash(),
+                verified.measurement,
             )
             gate = AttestationGate(
                 party, load_certificate(tls.cert), aggregator.metrics, aggregator.record_attestation

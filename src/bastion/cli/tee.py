@@ -191,7 +191,14 @@ def verify_command(
     ] = None,
     nonce: Annotated[str | None, typer.Option(help="The 32-byte challenge nonce, hex.")] = None,
     plan_hash: Annotated[
-        str | None, typer.Option(help="The plan's canonical hash (TDX/SNP bind it), with --cert.")
+        str | None,
+        typer.Option(
+            "--workspace-measurement",
+            "--plan-hash",
+            help="What TDX/SNP evidence binds besides key and nonce, with --cert: the workspace "
+            "measurement (`bastion workspace verify` prints it), or the plan's hash for an "
+            "unmeasured workspace.",
+        ),
     ] = None,
     report_data: Annotated[
         str | None, typer.Option(help="The expected 64-byte report data, hex (instead of --cert).")

@@ -95,7 +95,12 @@ def run_collaborator(
             raise PlanError("attestation binds evidence to TLS keys; it cannot run with --insecure")
         spec = plan.attestation
         party = build_party(
-            spec.policy, spec.provider, spec.simulated_dir, workspace, plan.canonical_hash()
+            spec.policy,
+            spec.provider,
+            spec.simulated_dir,
+            workspace,
+            plan.canonical_hash(),
+            verified.measurement,
         )
         attest = MutualAttestation(party, client, target, files)
     secure = None

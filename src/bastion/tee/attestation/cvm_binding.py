@@ -5,8 +5,9 @@ TDX REPORTDATA and SNP REPORT_DATA are 64 bytes, exactly a SHA-512 digest::
     SHA-512( DER SubjectPublicKeyInfo of the TLS key || 32-byte nonce || 32-byte workspace hash )
 
 The SPKI DER is self-delimiting and the other two have fixed lengths, so the concatenation is
-unambiguous.  The workspace hash is the plan's canonical SHA-256, which both parties hold: the
-evidence then also vouches that the CVM serves this federation's plan.  (SGX quotes keep their
+unambiguous.  The workspace hash is the measurement of the signed workspace both parties
+verified (``bastion workspace measure``), or the plan's canonical SHA-256 where no workspace
+was measured: the evidence then also vouches for the code and plan the CVM says it runs.  (SGX quotes keep their
 own layout, `binding.report_data_for`, since the enclave's MRENCLAVE already measures the code.)
 """
 
@@ -40,7 +41,7 @@ def cvm_report_data_for(tls_public_key_spki: bytes, nonce: bytes, workspace_hash
 
 
 def workspace_hash_of(plan_hash: str) -> bytes:
-    """The 32 bytes of a plan's canonical hash (hex)."""
+    """The 32 bytes of a workspace measurement or a plan's canonical hash (hex SHA-256)."""
     try:
         raw = bytes.fromhex(plan_hash)
     except ValueError:

@@ -173,8 +173,8 @@ def verify_evidence_file(
 ) -> EvidenceVerdict:
     """Detect what ``evidence_path`` holds (SGX v3, TDX v4/v5, SEV-SNP) and verify it.
 
-    A TDX or SNP guest binds the TLS key, nonce *and* plan hash, so ``--cert``/``--nonce`` need
-    ``--plan-hash`` for them.  ``simulated`` is a simulated root CA file or a simulated-keys
+    A TDX or SNP guest binds the TLS key, nonce *and* workspace measurement, so
+    ``--cert``/``--nonce`` need ``--workspace-measurement`` for them.  ``simulated`` is a simulated root CA file or a simulated-keys
     folder; ``collateral`` is Intel collateral saved as JSON (the QVL / dcap-qvl layout).
     """
     data = _read_quote(evidence_path)
@@ -196,8 +196,9 @@ def verify_evidence_file(
         else:
             if plan_hash is None:
                 raise BastionError(
-                    f"{kind.upper()} evidence binds the plan too: give --plan-hash (the plan's "
-                    "canonical hash) with --cert and --nonce"
+                    f"{kind.upper()} evidence binds the workspace too: give "
+                    "--workspace-measurement (or --plan-hash for an unmeasured workspace; "
+                    "`bastion workspace verify` prints the measurement) with --cert and --nonce"
                 )
             expected = cvm_report_data_for(spki, nonce, workspace_hash_of(plan_hash))
             bound = True

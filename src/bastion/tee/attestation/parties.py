@@ -106,8 +106,12 @@ def build_party(
     simulated_dir: str | None,
     workspace: Path,
     plan_hash: str,
+    workspace_measurement: str | None = None,
 ) -> AttestationParty:
     """The party described by a plan's ``attestation`` section, for the workspace at ``workspace``.
+
+    Confidential-VM evidence binds ``workspace_measurement`` (the signed manifest's SHA-256,
+    which both ends verified) when given, else the plan's hash.
 
     ``BASTION_ATTESTATION_PROVIDER`` in the environment replaces the plan's provider for this
     host only (e.g. ``snp`` at a site on AMD hardware in a federation whose plan says ``tdx``).
@@ -159,7 +163,7 @@ def build_party(
             snp_hierarchy.root if snp_hierarchy is not None and policy.allow_simulated else None
         ),
     )
-    workspace_hash = workspace_hash_of(plan_hash)
+    workspace_hash = workspace_hash_of(workspace_measurement or plan_hash)
 
     def party(source: EvidenceProvider, kind: str) -> AttestationParty:
         return AttestationParty(policy, source, kind, root, workspace_hash, anchors)
