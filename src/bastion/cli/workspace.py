@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bastion.cli.console import console
 from bastion.cli.options import WorkspaceOption
+from bastion.plan import load_plan
 from bastion.workspace.templates import create_workspace, list_templates
 
 if TYPE_CHECKING:
@@ -63,9 +64,10 @@ def create(
     console.print(f"[green]created[/] workspace {path} from template [bold]{template}[/]")
     _say(
         f"next (model owner): `bastion plan validate -w {path}` and `bastion plan initialize "
-        f"-w {path}`, then measure and sign it with your model-owner certificate; to try it "
-        f"on this machine alone: `bastion simulate -w {path}`"
+        f"-w {path}`, then measure and sign it with your model-owner certificate"
     )
+    if load_plan(path).data.dataset is None:
+        _say(f"to try it on this machine alone first: `bastion simulate -w {path}`")
 
 
 def _say(text: str) -> None:
@@ -113,7 +115,6 @@ def verify(
     ),
 ) -> None:
     """Check the signature and every file, as a collaborator does before it runs any code."""
-    from bastion.plan import load_plan
     from bastion.workspace.verify import verify_workspace
 
     verified = verify_workspace(workspace, load_plan(workspace), ca)
@@ -160,7 +161,6 @@ def import_(
     """Unpack an exported workspace, refusing unsafe archives; optionally verify it."""
     import shutil
 
-    from bastion.plan import load_plan
     from bastion.workspace.archive import Limits, import_workspace
     from bastion.workspace.verify import verify_workspace
 
