@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bastion.aggregator.engine import Aggregator
+from bastion.aggregator.plugins import standard_protocol
 from bastion.aggregator.secure_round import SecureRound
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.collaborator.factory import build_collaborator
@@ -134,7 +135,7 @@ def make_harness(
         CheckpointStore(workspace / plan.output.checkpoints, plan.canonical_hash()),
         MetricsLog(workspace / plan.output.logs / METRICS_FILE),
         clock=lambda: now[0],
-        secure_verifier=verifier,
+        protocol=standard_protocol(plan, verifier),
     )
     shards = ShardIndex(plan, load_plan_dataset(plan, workspace))
     harness = SecureHarness(workspace, aggregator, {}, now=now)

@@ -39,7 +39,6 @@ from bastion.aggregator.events import (
     TrainingStopped,
     publish,
 )
-from bastion.aggregator.local_privacy import MAX_REASON
 from bastion.aggregator.plugins import (
     UpdateDecoder,
     standard_observers,
@@ -47,6 +46,7 @@ from bastion.aggregator.plugins import (
     update_decoder,
 )
 from bastion.aggregator.records import (
+    MAX_REASON,
     RoundProgress,
     TaskRecord,
     check_metrics,
@@ -64,7 +64,6 @@ from bastion.algorithms.base import Strategy
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
-from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
 from bastion.storage.checkpoints import CheckpointStore, RoundState
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
@@ -96,7 +95,6 @@ class Aggregator:
         metrics: MetricsLog,
         assigner: Assigner | None = None,
         clock: Callable[[], float] = time.monotonic,
-        secure_verifier: IdentityVerifier | None = None,
         protocol: ProtocolFactory | None = None,
         observers: Sequence[RoundObserver] = (),
     ) -> None:
@@ -106,7 +104,7 @@ class Aggregator:
         self.metrics = metrics
         self.assigner = assigner or SampledAssigner(plan)
         self.observers: list[RoundObserver] = [*standard_observers(plan, metrics), *observers]
-        self._open_protocol = protocol or standard_protocol(plan, secure_verifier)
+        self._open_protocol = protocol or standard_protocol(plan)
         self._decode: UpdateDecoder = update_decoder(plan)
         self._clock = clock
         self._lock = threading.RLock()

@@ -23,7 +23,6 @@ log = logging.getLogger("bastion.aggregator")
 
 #: Metrics a site reports with local DP: spent so far, and what a declined task would reach.
 SPENT, NEXT = "dp_epsilon", "dp_epsilon_next"
-MAX_REASON = 1000
 
 
 def potential_trainers(plan: Plan) -> set[str]:

@@ -17,6 +17,8 @@ from bastion.plan import TaskSpec
 from bastion.tensors import TensorSpec, Weights, validate_update
 
 MAX_METRICS = 64
+#: The longest reason a site may give for a decline or a failure.
+MAX_REASON = 1000
 MAX_EXAMPLE_COUNT = 10**12
 
 

@@ -13,6 +13,7 @@ from bastion.aggregator.attestation import AttestationGate
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import pin_mmap_threshold
+from bastion.aggregator.plugins import standard_protocol
 from bastion.aggregator.round_protocol import ProtocolFactory
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.algorithms.secure_sum import secure_sum_strategy
@@ -64,8 +65,7 @@ def build_aggregator(
         strategy,
         store,
         metrics,
-        secure_verifier=secure_verifier,
-        protocol=protocol,
+        protocol=protocol or standard_protocol(plan, secure_verifier),
         observers=observers,
     )
 
