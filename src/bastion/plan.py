@@ -469,6 +469,8 @@ def plan_problems(path: Path | str) -> tuple[Plan | None, list[str]]:
     path = path / PLAN_FILE if path.is_dir() else path
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            return None, [first]
         Plan.model_validate(raw)
     except ValidationError as exc:
         return None, [
