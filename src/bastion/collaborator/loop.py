@@ -185,7 +185,8 @@ class Collaborator:
         self._update_path = update_path if update_path is not None else SendWeights(client)
         self._privacy = privacy
         self._heartbeat = Heartbeat(client, heartbeat_seconds)
-        self.rounds_run = 0
+        self.rounds_run = 0  # rounds this site took part in, the final evaluation included
+        self.final_evaluations = 0
 
     def run(self) -> None:
         """Loop until the aggregator says the federation is done."""
@@ -204,7 +205,12 @@ class Collaborator:
                     failures = 0
                 if assignment.action == "done":
                     log.info(
-                        "%s: federation finished after %d rounds here", self.name, self.rounds_run
+                        "%s: federation finished: %d of %d training rounds took part here, "
+                        "and %d final evaluation",
+                        self.name,
+                        self.rounds_run - self.final_evaluations,
+                        assignment.total_rounds,
+                        self.final_evaluations,
                     )
                     return
                 if assignment.action == "wait":
@@ -276,6 +282,8 @@ class Collaborator:
         finally:
             self._heartbeat.stop()
         self.rounds_run += 1
+        if _round_label(assignment) == "final evaluation":
+            self.final_evaluations += 1
         return secure_update
 
     def _run_assigned(self, assignment: Assignment, global_weights: Weights) -> SecureUpdate | None:
