@@ -26,7 +26,7 @@ def validate_workspace_plan(workspace: Path) -> tuple[Plan | None, list[str]]:
     if plan is None:
         return None, problems
     root = Path(workspace)
-    checks: list[Callable[[], None]] = [
+    checks: list[Callable[[], object]] = [
         lambda: create_plan_strategy(plan),
         lambda: _check_loader(plan, root),
         lambda: _check_callable(
