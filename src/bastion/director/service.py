@@ -437,9 +437,7 @@ class Director:
             "Decide": unary(self._decide),
             "Sites": unary(lambda _m, _n, _r: {"sites": self.db.sites()}),
             "ListJobs": unary(self._list_jobs),
-            "JobStatus": unary(
-                lambda m, n, r: self.status(self.visible_job(m.get("job"), n, r))
-            ),
+            "JobStatus": unary(lambda m, n, r: self.status(self.visible_job(m.get("job"), n, r))),
             "StopJob": unary(self._stop_request),
             "Submit": grpc.stream_unary_rpc_method_handler(upload, identity, identity),
             "FetchWorkspace": streaming(self._fetch_workspace),
