@@ -554,12 +554,12 @@ class Director:
                 after = seq
                 yield wire.encode({"seq": seq, **event})
             current = self.db.job(job["id"])
-            if not follow or current is None or current["state"] in FINAL:
-                if not self.db.events(job["id"], after):
-                    yield wire.encode(
-                        {"type": "job_ended", "state": current["state"] if current else "?"}
-                    )
-                    return
+            ended = not follow or current is None or current["state"] in FINAL
+            if ended and not self.db.events(job["id"], after):
+                yield wire.encode(
+                    {"type": "job_ended", "state": current["state"] if current else "?"}
+                )
+                return
             time.sleep(0.2)
 
     def _logs(

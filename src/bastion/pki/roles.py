@@ -48,7 +48,9 @@ class Role(str, Enum):
 _EKUS: dict[Role, frozenset[ObjectIdentifier]] = {
     Role.AGGREGATOR: frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
     Role.COLLABORATOR: frozenset({ExtendedKeyUsageOID.CLIENT_AUTH}),
-    Role.MODEL_OWNER: frozenset({ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.CLIENT_AUTH}),
+    Role.MODEL_OWNER: frozenset(
+        {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.CLIENT_AUTH}
+    ),
 }
 
 #: EKU sets issued before a role gained a usage: still that role (it signs, it cannot dial).
