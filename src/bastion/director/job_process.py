@@ -50,6 +50,8 @@ class EventStream(RoundObserver):
                 "round": event.round,
                 "collaborator": event.collaborator,
                 "task": event.task,
+                "kind": event.kind,
+                "example_count": event.example_count,
                 "metrics": dict(event.metrics),
             }
         elif isinstance(event, RoundReported):
