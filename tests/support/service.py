@@ -3,6 +3,7 @@ owners as separate processes, each in its own folder with only its own key."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -211,7 +212,5 @@ def _kill_quietly(pid: int, marker: bytes = b"BASTION_") -> None:
     except OSError:
         return
     if marker in environ:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
