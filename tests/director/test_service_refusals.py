@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cli import run_bastion
 from support.service import Service, wait_for
 
 import bastion
@@ -102,3 +103,33 @@ def test_policy_signature_and_owner_isolation(service: Service) -> None:
     with pytest.raises(DirectorError, match="may not submit"):
         as_site.upload("Submit", {"targeting": {"sites": ["site-1"]}}, archive)
     assert alice.job(job.id).status()["state"] == "finished"
+
+
+def test_a_site_without_auto_approval_waits_for_its_operator(tmp_path: Path) -> None:
+    service = Service(tmp_path, ["site-1"], ["alice"])
+    try:
+        service.start_director()
+        service.start_site("site-1", 200, 0, owners=["alice"], auto_approve=False)
+        alice = bastion.Federation.connect(service.address, pki=service.pki("alice"))
+        wait_for(lambda: alice.sites(), "a registered site")
+        state = str(service.site_dir("site-1"))
+        for verdict in ("approve", "reject"):
+            workspace = service.workspace(f"by-hand-{verdict}", "alice", ["site-1"], rounds=1)
+            job = alice.submit(workspace, sites=["site-1"])
+            wait_for(
+                lambda job=job: job.id in run_bastion("site", "jobs", "--dir", state).stdout,
+                "the job to wait for the operator",
+            )
+            assert not (service.site_dir("site-1") / "jobs" / job.id / "workspace").exists()
+            assert job.state == "waiting"
+            result = run_bastion("site", verdict, job.id, "--dir", state)
+            assert result.returncode == 0, result.stderr
+            if verdict == "approve":
+                assert job.wait(timeout=180)["state"] == "finished"
+            else:
+                with pytest.raises(bastion.BastionError, match="rejected by the site's operator"):
+                    job.wait(timeout=180)
+        unknown = run_bastion("site", "approve", "job-nope", "--dir", state)
+        assert unknown.returncode == 2 and "no job 'job-nope' waits" in unknown.stderr
+    finally:
+        service.stop_all()
