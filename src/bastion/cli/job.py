@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from bastion.cli.console import console
+
+if TYPE_CHECKING:
+    from bastion.director.api import Federation
 
 app = typer.Typer(help="Submit and control jobs on a federation service.", no_args_is_help=True)
 
@@ -26,7 +30,7 @@ OwnerPki = typer.Option(
 OwnerName = typer.Option(None, "--name", help="The model owner's certificate name.")
 
 
-def _connect(director: str, pki: Path, name: str | None):  # type: ignore[no-untyped-def]
+def _connect(director: str, pki: Path, name: str | None) -> Federation:
     from bastion.director.api import Federation
 
     return Federation.connect(director, pki, name)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -582,22 +583,16 @@ class Director:
             time.sleep(0.3)
 
 
-class _aborts:
+@contextmanager
+def _aborts(context: grpc.ServicerContext) -> Iterator[None]:
     """A refused request ends as one gRPC status with the one-line reason."""
-
-    def __init__(self, context: grpc.ServicerContext) -> None:
-        self.context = context
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, BastionError):
-            code = _STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
-            if isinstance(exc, PKIError):
-                code = grpc.StatusCode.UNAUTHENTICATED
-            self.context.abort(code, str(exc))
-        return False
+    try:
+        yield
+    except BastionError as exc:
+        code = _STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
+        if isinstance(exc, PKIError):
+            code = grpc.StatusCode.UNAUTHENTICATED
+        context.abort(code, str(exc))
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,24 +144,18 @@ class DirectorClient:
                 yield decode(raw)
 
 
-class _errors:
+@contextmanager
+def _errors(target: str) -> Iterator[None]:
     """gRPC failures as one-line ``DirectorError``s."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, grpc.RpcError):
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            if code is grpc.StatusCode.UNAVAILABLE:
-                raise DirectorUnavailable(
-                    f"the director at {self.target} is unavailable ({details})"
-                ) from None
-            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DirectorUnavailable(f"the director at {self.target} did not answer in time")
-            raise DirectorError(details or str(code)) from None
-        return False
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            raise DirectorUnavailable(
+                f"the director at {target} is unavailable ({details})"
+            ) from None
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise DirectorUnavailable(f"the director at {target} did not answer in time") from None
+        raise DirectorError(details or str(code)) from None
