@@ -139,6 +139,11 @@ class ParticipationSpec(_Strict):
         "Poisson sample of nobody) before training ends and the final evaluation runs; each is "
         "skipped with the model unchanged. Unset: skip them for as long as rounds remain",
     )
+    open_roster: bool = Field(
+        default=False,
+        description="federation service only: a site of the roster that registers after the job "
+        "started joins it and is assigned from the next round",
+    )
 
 
 class TaskGroupSpec(_Strict):
@@ -416,7 +421,10 @@ class Plan(_Strict):
 
     def canonical_hash(self) -> str:
         """SHA-256 of the plan's canonical JSON: equal for plans that mean the same."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if not self.participation.open_roster:  # plans written before the field keep their hash
+            del data["participation"]["open_roster"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 

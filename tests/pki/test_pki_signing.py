@@ -58,7 +58,7 @@ def test_request_and_sign_round_trip_across_two_directories(tmp_path: Path) -> N
     ("role", "ekus"),
     [
         (Role.COLLABORATOR, {ExtendedKeyUsageOID.CLIENT_AUTH}),
-        (Role.MODEL_OWNER, {ExtendedKeyUsageOID.CODE_SIGNING}),
+        (Role.MODEL_OWNER, {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.CLIENT_AUTH}),
     ],
 )
 def test_each_role_gets_its_own_extended_key_usage(

@@ -97,6 +97,8 @@ class Aggregator:
         clock: Callable[[], float] = time.monotonic,
         protocol: ProtocolFactory | None = None,
         observers: Sequence[RoundObserver] = (),
+        roster: Sequence[str] | None = None,
+        open_roster: bool = False,
     ) -> None:
         self.plan = plan
         self.strategy = strategy
@@ -109,7 +111,11 @@ class Aggregator:
         self._clock = clock
         self._lock = threading.RLock()
         self.finished = threading.Event()
-        self._roster = plan.collaborator_names()
+        # ``roster``: who takes part from the start (a federation service's resolved roster,
+        # a subset of the plan's); with ``open_roster`` another site of the plan joins when
+        # it first calls, and is assigned from the next round on.
+        self._roster = list(roster) if roster is not None else plan.collaborator_names()
+        self._open_roster = open_roster
         self._status = StatusFile(store)
         self.chunk_bytes = plan.network.chunk_bytes
         self.max_update_bytes = plan.network.max_update_bytes
@@ -142,8 +148,20 @@ class Aggregator:
             return self._round.number if self._round else self.plan.rounds + 1
 
     def _check_roster(self, collaborator: str) -> None:
-        if collaborator not in self._roster:
-            raise UnknownCollaborator(f"{collaborator!r} is not on the plan's roster")
+        if collaborator in self._roster:
+            return
+        if self._open_roster and collaborator in self.plan.collaborator_names():
+            with self._lock:
+                if collaborator not in self._roster:
+                    log.info("%s joins the open roster; assigned from the next round", collaborator)
+                    self._roster.append(collaborator)
+            return
+        raise UnknownCollaborator(f"{collaborator!r} is not on the plan's roster")
+
+    @property
+    def roster(self) -> list[str]:
+        """Who takes part now (the plan's roster unless a service resolved a smaller one)."""
+        return list(self._roster)
 
     def get_tasks(self, collaborator: str) -> Assignment:
         """What ``collaborator`` should do now."""

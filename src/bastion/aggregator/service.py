@@ -48,12 +48,16 @@ def build_aggregator(
     secure_verifier: IdentityVerifier | None = None,
     protocol: ProtocolFactory | None = None,
     observers: Sequence[RoundObserver] = (),
+    roster: Sequence[str] | None = None,
+    open_roster: bool = False,
 ) -> Aggregator:
     """The round engine of a workspace: its strategy, checkpoints and metrics log.
 
     ``secure_verifier`` checks the certificates collaborators advertise with their secure
     aggregation keys (they check each other's too; this refuses bad ones early).
     ``protocol`` and ``observers`` plug in a round protocol and observers of your own.
+    ``roster`` (a subset of the plan's) is who takes part from the start; ``open_roster``
+    lets the plan's other sites join when they first call (a federation service's job).
     """
     strategy = create_plan_strategy(plan)
     if plan.uses_secure_aggregation:
@@ -67,6 +71,8 @@ def build_aggregator(
         metrics,
         protocol=protocol or standard_protocol(plan, secure_verifier),
         observers=observers,
+        roster=roster,
+        open_roster=open_roster,
     )
 
 
@@ -80,6 +86,9 @@ def run_aggregator(
     protocol: ProtocolFactory | None = None,
     observers: Sequence[RoundObserver] = (),
     pki_dir: Path | None = None,
+    roster: Sequence[str] | None = None,
+    open_roster: bool = False,
+    stop: threading.Event | None = None,
 ) -> Aggregator:
     """Serve the federation until every round is done; returns the finished aggregator.
 
@@ -119,7 +128,13 @@ def run_aggregator(
                 )
             verifier = certificate_verifier(tls)
         aggregator = build_aggregator(
-            plan, workspace, secure_verifier=verifier, protocol=protocol, observers=observers
+            plan,
+            workspace,
+            secure_verifier=verifier,
+            protocol=protocol,
+            observers=observers,
+            roster=roster,
+            open_roster=open_roster,
         )
         gate = None
         if plan.attestation is not None:
@@ -161,7 +176,7 @@ def run_aggregator(
         if port_file is not None:
             atomic_write_text(port_file, str(server.port))
 
-        stop = threading.Event()
+        stop = stop or threading.Event()
 
         def _request_stop(signum: int, _frame: object) -> None:
             log.warning(
@@ -184,6 +199,6 @@ def run_aggregator(
 def _tell_everyone_done(aggregator: Aggregator, told_done: set[str]) -> None:
     """Keep serving briefly so polling collaborators hear "done" instead of a dead socket."""
     deadline = time.monotonic() + DONE_GRACE_SECONDS
-    roster = set(aggregator.plan.collaborator_names())
+    roster = set(aggregator.roster)
     while time.monotonic() < deadline and not roster <= told_done:
         time.sleep(0.1)

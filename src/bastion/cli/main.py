@@ -69,6 +69,9 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("simulate", None),
     ("status", None),
     ("tee", "tee"),
+    ("director", "director"),
+    ("site", "site"),
+    ("job", None),
 ]
 
 

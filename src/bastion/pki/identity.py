@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from bastion.errors import PKIError
 from bastion.pki.names import validate_name
 from bastion.pki.pem import load_certificate
-from bastion.pki.roles import Role, role_for_usages
+from bastion.pki.roles import Role, role_accepts_usages, role_for_usages
 
 CertificateLike = x509.Certificate | str | os.PathLike[str]
 """A certificate object, or the path of a PEM file holding one."""
@@ -130,7 +130,7 @@ def identity_of(cert: CertificateLike) -> Identity:
         raise PKIError(
             f"{label} has no extended key usage, so its role cannot be checked"
         ) from None
-    if usages != role.extended_key_usages:
+    if not role_accepts_usages(role, usages):
         other = role_for_usages(usages)
         allows = f"that of the {other.value} role" if other else "a set no Bastion role has"
         raise PKIError(

@@ -43,17 +43,30 @@ class Role(str, Enum):
 
 #: aggregator: TLS server for collaborators, and a TLS client (e.g. to a metrics sink
 #: or a parent aggregator); collaborator: TLS client only, so its certificate cannot
-#: impersonate a server; model owner: signs workspace manifests, never speaks TLS.
+#: impersonate a server; model owner: signs workspace manifests, and is a TLS client of a
+#: federation service's director (submitting and controlling its jobs).
 _EKUS: dict[Role, frozenset[ObjectIdentifier]] = {
     Role.AGGREGATOR: frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
     Role.COLLABORATOR: frozenset({ExtendedKeyUsageOID.CLIENT_AUTH}),
+    Role.MODEL_OWNER: frozenset(
+        {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.CLIENT_AUTH}
+    ),
+}
+
+#: EKU sets issued before a role gained a usage: still that role (it signs, it cannot dial).
+_EARLIER_EKUS: dict[Role, frozenset[ObjectIdentifier]] = {
     Role.MODEL_OWNER: frozenset({ExtendedKeyUsageOID.CODE_SIGNING}),
 }
 
 
+def role_accepts_usages(role: Role, usages: frozenset[ObjectIdentifier]) -> bool:
+    """Whether ``usages`` is the EKU set of ``role`` (now or as issued earlier)."""
+    return usages == _EKUS[role] or usages == _EARLIER_EKUS.get(role)
+
+
 def role_for_usages(usages: frozenset[ObjectIdentifier]) -> Role | None:
     """The role whose EKU set is exactly ``usages``, or None when none matches."""
-    for role, expected in _EKUS.items():
-        if usages == expected:
+    for role in Role:
+        if role_accepts_usages(role, usages):
             return role
     return None

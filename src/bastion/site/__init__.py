@@ -1,0 +1,1 @@
+"""A data site's long-lived agent: registers, decides under its policy, runs accepted jobs."""
