@@ -52,6 +52,7 @@ from bastion.aggregator.records import (
     check_metrics,
     checked_content,
     summarize_metrics,
+    update_limit,
 )
 from bastion.aggregator.round_protocol import (
     InteractiveRound,
@@ -114,11 +115,11 @@ class Aggregator:
         self._roster = plan.collaborator_names()
         self._status = StatusFile(store)
         self.chunk_bytes = plan.network.chunk_bytes
-        self.max_update_bytes = plan.network.max_update_bytes
 
         resumed = store.load()
         self.model: Weights = resumed.model
         self.spec: list[TensorSpec] = spec_of(self.model)
+        self.max_update_bytes = update_limit(plan, self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
         self.state: RoundState = resumed.state
         if self.state.round_completed:
@@ -142,6 +143,17 @@ class Aggregator:
     def current_round(self) -> int:
         with self._lock:
             return self._round.number if self._round else self.plan.rounds + 1
+
+    def check_member(self, collaborator: str) -> None:
+        """The port's first check on every call, before the transport reads a stream."""
+        self._check_roster(collaborator)
+
+    def update_spec(self, task: TaskSpec) -> Sequence[TensorSpec] | None:
+        """The tensors a result of ``task`` must carry: the model's for a plain training
+        update, none for validation, unknown (size-bounded only) for a compressed one."""
+        if task.kind != "train":
+            return []
+        return None if self.plan.compression is not None else self.spec
 
     def _check_roster(self, collaborator: str) -> None:
         if collaborator not in self._roster:

@@ -13,11 +13,26 @@ from dataclasses import dataclass, field
 
 from bastion.aggregator.assignment import Assignments
 from bastion.errors import UpdateRejected
-from bastion.plan import TaskSpec
-from bastion.tensors import TensorSpec, Weights, validate_update
+from bastion.plan import Plan, TaskSpec
+from bastion.tensors import TensorSpec, Weights, total_bytes, validate_update
 
 MAX_METRICS = 64
 MAX_EXAMPLE_COUNT = 10**12
+
+
+#: A compressed payload (indices and values, a codebook) may outgrow the model it encodes.
+COMPRESSED_FACTOR = 4
+PLAIN_FACTOR = 2
+SLACK_BYTES = 1 << 16
+
+
+def update_limit(plan: Plan, model: Weights) -> int:
+    """The most bytes one update may take, from the model's size: a plain update's tensors
+    are also checked against the model's as they arrive (so no more than the model is ever
+    allocated), a compressed one is bounded by a multiple; never more than the plan's
+    ``network.max_update_mib``."""
+    factor = COMPRESSED_FACTOR if plan.compression is not None else PLAIN_FACTOR
+    return min(plan.network.max_update_bytes, factor * total_bytes(model) + SLACK_BYTES)
 
 
 @dataclass

@@ -33,12 +33,24 @@ from bastion.transport.identity import (
     insecure_identity,
     server_credentials,
 )
+from bastion.transport.limits import StreamLimits
 from bastion.transport.server import start_server
 from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
 
 log = logging.getLogger("bastion.aggregator")
 
 DONE_GRACE_SECONDS = 15.0
+
+
+def stream_limits(plan: Plan) -> StreamLimits:
+    """The plan's bounds on what one identity may hold of the server."""
+    network = plan.network
+    return StreamLimits(
+        idle_timeout=network.idle_timeout_s,
+        receive_deadline=network.receive_deadline_s,
+        streams_per_peer=network.streams_per_peer,
+        upload_slots=network.max_concurrent_uploads,
+    )
 
 
 def build_aggregator(
@@ -150,6 +162,8 @@ def run_aggregator(
             gate=gate,
             workspace_measurement=verified.measurement,
             max_concurrent_uploads=plan.network.max_concurrent_uploads,
+            limits=stream_limits(plan),
+            max_receive_bytes=None if plan.uses_secure_aggregation else aggregator.max_update_bytes,
         )
         log.info(
             "aggregator for plan %r listening on %s:%d (%s)",

@@ -18,6 +18,7 @@ from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
+from bastion.transport.limits import MEASUREMENT_HEADER, PLAN_HEADER
 from bastion.transport.secagg_frames import read_reply, send_parts
 from bastion.transport.server import channel_options
 
@@ -58,6 +59,12 @@ class GrpcAggregatorClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
             self._metadata = ((INSECURE_NAME_HEADER, insecure_name or ""),)
+        # Every call names the plan and workspace it runs, so the aggregator checks them
+        # before it reads anything else of the call.
+        self._metadata += (
+            (PLAN_HEADER, plan_hash),
+            (MEASUREMENT_HEADER, workspace_measurement),
+        )
         self._stub = pb_grpc.FederationStub(self._channel)
         self._target = target
         self._plan_hash = plan_hash
