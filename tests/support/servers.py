@@ -80,7 +80,10 @@ class PlanHeaders(
 
 @contextmanager
 def served_aggregator(
-    workspace: Path, insecure: bool = False, limits: StreamLimits | None = None
+    workspace: Path,
+    insecure: bool = False,
+    limits: StreamLimits | None = None,
+    chunk_bytes: int = 1 << 20,
 ) -> Iterator[ServedAggregator]:
     plan = load_plan(workspace)
     aggregator = build_aggregator(plan, workspace)
@@ -96,7 +99,7 @@ def served_aggregator(
         0,
         credentials,
         identify,
-        chunk_bytes=1 << 20,
+        chunk_bytes=chunk_bytes,
         limits=limits,
         max_receive_bytes=aggregator.max_update_bytes,
     )
