@@ -119,6 +119,30 @@ class DataSpec(_Strict):
 class AggregationSpec(_Strict):
     strategy: str = "fedavg"
     args: dict[str, Any] = Field(default_factory=dict)
+    # Bounded influence of one site: FedAvg trusts a site's example count up to its cap.
+    max_example_count: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=10**12,
+        description="the most examples one site's result may claim (FedAvg weights by it)",
+    )
+    site_example_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="per-site caps (e.g. the counts site agents declared), below the default",
+    )
+    max_update_norm: float | None = Field(
+        default=None, gt=0, description="L2 bound on (update - global model); none by default"
+    )
+    max_update_norm_ratio: float | None = Field(
+        default=1000.0,
+        gt=0,
+        description="L2 bound on (update - global) as a multiple of max(|global|, 1)",
+    )
+    norm_bound: Literal["reject", "clip"] = "reject"
+    metric_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"accuracy": (0.0, 1.0)},
+        description="allowed [low, high] per metric; any metric's magnitude is at most 1e12",
+    )
 
 
 class ParticipationSpec(_Strict):

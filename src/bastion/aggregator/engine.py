@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from bastion.aggregator.events import (
     TrainingStopped,
     publish,
 )
+from bastion.aggregator.influence import InfluenceBounds
 from bastion.aggregator.local_privacy import MAX_REASON
 from bastion.aggregator.plugins import (
     UpdateDecoder,
@@ -68,7 +70,7 @@ from bastion.plan import Plan, TaskSpec
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
 from bastion.storage.checkpoints import CheckpointStore, RoundState
-from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
+from bastion.tensors import Frame, TensorSpec, Weights, all_finite, iter_frames, spec_of
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -109,6 +111,7 @@ class Aggregator:
         self.observers: list[RoundObserver] = [*standard_observers(plan, metrics), *observers]
         self._open_protocol = protocol or standard_protocol(plan, secure_verifier)
         self._decode: UpdateDecoder = update_decoder(plan)
+        self._bounds = InfluenceBounds.of(plan)
         self._clock = clock
         self._lock = threading.RLock()
         self.finished = threading.Event()
@@ -273,6 +276,8 @@ class Aggregator:
                 self.spec,
                 round_number,
                 self._decode,
+                self._bounds,
+                collaborator,
             )
         except UpdateRejected as exc:
             return self.reject_result(collaborator, round_number, task_name, str(exc))
@@ -637,7 +642,10 @@ class Aggregator:
             )
             return accepted
         try:
-            self.model = self.strategy.finalize()
+            new_model = self.strategy.finalize()
+            if not all(a.dtype.kind != "f" or all_finite(a) for a in new_model.values()):
+                raise BastionError("the aggregate is not finite")
+            self.model = new_model
         except BastionError as exc:
             # e.g. Krum with fewer results than its f requires: keep the model, go on.
             log.error(
@@ -655,6 +663,8 @@ class Aggregator:
         if task is None or metric not in summary.get(task, {}):
             return
         value = summary[task][metric]
+        if not math.isfinite(value):
+            return  # a non-finite value can never be a best model's
         best = self.state.best_value
         better = best is None or (
             value > best if self.plan.best_model.mode == "max" else value < best

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bastion.aggregator.assignment import Assignments
+from bastion.aggregator.influence import InfluenceBounds, robust_mean
 from bastion.errors import UpdateRejected
 from bastion.plan import Plan, TaskSpec
 from bastion.tensors import TensorSpec, Weights, total_bytes, validate_update
@@ -81,7 +82,7 @@ def summarize_metrics(
             rule = rules.get(task, "weighted_mean")
             values = [v for v, _ in pairs]
             if rule == "weighted_mean" and sum(n for _, n in pairs) > 0:
-                out[name] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+                out[name] = robust_mean(pairs)
             elif rule == "min":
                 out[name] = min(values)
             elif rule == "max":
@@ -137,6 +138,8 @@ def checked_content(
     model_spec: Sequence[TensorSpec],
     round_number: int,
     decode: Callable[[Weights, Weights, int], Weights],
+    bounds: InfluenceBounds | None = None,
+    collaborator: str = "",
 ) -> Weights | None:
     """A result's update after decoding its training payload, once every content check passed.
 
@@ -144,7 +147,13 @@ def checked_content(
     so a simulated client hears the answer the aggregator will give it.
     """
     weights = payload
+    if bounds is not None:
+        check_metrics(metrics)
+        bounds.check_count(collaborator, example_count)
+        bounds.check_metrics(metrics)
     if task.kind == "train" and payload is not None:
         weights = decode(payload, model, round_number)
     validate_result(task, example_count, metrics, weights, model_spec)
+    if bounds is not None and task.kind == "train" and weights is not None:
+        weights = bounds.bound_update(collaborator, weights, model)
     return weights

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bastion.aggregator.influence import InfluenceBounds
 from bastion.aggregator.plugins import update_decoder
 from bastion.aggregator.records import checked_content, update_limit
 from bastion.collaborator.factory import build_collaborator
@@ -76,6 +77,7 @@ class ContentCheckPort:
         self._decode = update_decoder(plan)
         self.chunk_bytes = plan.network.chunk_bytes
         self._compressed = plan.compression is not None
+        self._bounds = InfluenceBounds.of(plan)
         self.max_update_bytes = update_limit(plan, model)
 
     def update_spec(self, task: TaskSpec) -> list[TensorSpec] | None:
@@ -109,6 +111,8 @@ class ContentCheckPort:
                 self._spec,
                 round_number,
                 self._decode,
+                self._bounds,
+                collaborator,
             )
         except UpdateRejected as exc:
             return Ack(False, str(exc))
