@@ -459,7 +459,7 @@ def load_plan(path: Path | str) -> Plan:
     except UnicodeDecodeError:
         raise PlanError(f"{path}: not a UTF-8 text file") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -470,6 +470,24 @@ def load_plan(path: Path | str) -> Plan:
             f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}"
         )
     return parse_plan(raw, source=str(path), workspace=path.parent)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` could expand a small file into gigabytes (a
+    "billion laughs") before anything compares it with the signed manifest."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a plan", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse plan YAML safely: no tags beyond YAML's own, no aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_plan(raw: dict[str, Any], source: str = PLAN_FILE, workspace: Path | None = None) -> Plan:
@@ -492,7 +510,7 @@ def plan_problems(path: Path | str) -> tuple[Plan | None, list[str]]:
     path = Path(path)
     path = path / PLAN_FILE if path.is_dir() else path
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
         Plan.model_validate(raw)
     except ValidationError as exc:
         return None, [

@@ -84,13 +84,14 @@ def served_aggregator(
     insecure: bool = False,
     limits: StreamLimits | None = None,
     chunk_bytes: int = 1 << 20,
+    server_name: str = "aggregator",
 ) -> Iterator[ServedAggregator]:
     plan = load_plan(workspace)
     aggregator = build_aggregator(plan, workspace)
     if insecure:
         credentials, identify = None, insecure_identity
     else:
-        files = tls_files_for(workspace / "pki", "aggregator")
+        files = tls_files_for(workspace / "pki", server_name)
         credentials, identify = server_credentials(*files.read()), certificate_identity
     server = start_server(
         aggregator,

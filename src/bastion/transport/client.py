@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import grpc
 
@@ -51,7 +51,15 @@ class GrpcAggregatorClient:
         insecure_name: str | None = None,
         timeout_seconds: float = 600.0,
         workspace_measurement: str = "",
+        check_server: Callable[[], None] | None = None,
+        plan_tasks: Mapping[str, TaskSpec] | None = None,
     ) -> None:
+        """``check_server`` verifies who answers (the plan's aggregator) before the first
+        task request and after the aggregator was unreachable; ``plan_tasks`` (the signed
+        plan's) define each task the aggregator names: its reply never supplies arguments."""
+        self._check_server = check_server
+        self._server_checked = check_server is None
+        self._plan_tasks = dict(plan_tasks) if plan_tasks is not None else None
         options = channel_options(chunk_bytes)
         if tls is not None:
             self._channel = grpc.secure_channel(target, channel_credentials(*tls), options=options)
@@ -102,7 +110,30 @@ class GrpcAggregatorClient:
             self._explained[details] = found if found.reason else Diagnosis(_short(details))
         return self._explained[details]
 
+    def _verify_server(self) -> None:
+        if self._server_checked or self._check_server is None:
+            return
+        try:
+            self._check_server()
+        except OSError as exc:
+            raise AggregatorUnavailable(
+                f"aggregator at {self._target} unreachable (identity check): {exc}"
+            ) from None
+        except BastionError as exc:
+            raise AggregatorMisconfigured(str(exc)) from None
+        self._server_checked = True
+
+    def _planned(self, name: str, kind: str) -> TaskSpec:
+        assert self._plan_tasks is not None
+        task = self._plan_tasks.get(name)
+        if task is None:
+            raise AggregatorMisconfigured(
+                f"the aggregator assigned task {name!r}, which the signed plan does not define"
+            )
+        return task
+
     def get_tasks(self) -> Assignment:
+        self._verify_server()
         try:
             reply = self._stub.GetTasks(
                 pb.TasksRequest(
@@ -112,11 +143,19 @@ class GrpcAggregatorClient:
                 timeout=30,
             )
         except grpc.RpcError as exc:
-            raise self._translate(exc, "the task request") from None
-        tasks = tuple(
-            TaskSpec(name=t.name, kind=t.kind, model=t.model, args=json.loads(t.args_json or "{}"))
-            for t in reply.tasks
-        )
+            error = self._translate(exc, "the task request")
+            if isinstance(error, AggregatorUnavailable) and self._check_server is not None:
+                self._server_checked = False  # whoever answers next is checked again
+            raise error from None
+        if self._plan_tasks is not None:
+            tasks = tuple(self._planned(t.name, t.kind) for t in reply.tasks)
+        else:
+            tasks = tuple(
+                TaskSpec(
+                    name=t.name, kind=t.kind, model=t.model, args=json.loads(t.args_json or "{}")
+                )
+                for t in reply.tasks
+            )
         return Assignment(
             _ACTIONS.get(reply.action, "wait"),  # type: ignore[arg-type]
             reply.round,
