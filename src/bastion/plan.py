@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import yaml
@@ -267,8 +267,28 @@ class AttestationSpec(_Strict):
 
 
 class OutputSpec(_Strict):
+    """Where checkpoints and logs go: folders inside the workspace, never outside it
+    (``plan initialize --force`` empties the checkpoint folder)."""
+
     checkpoints: str = "save"
     logs: str = "logs"
+
+    @field_validator("checkpoints", "logs")
+    @classmethod
+    def _inside_workspace(cls, value: str) -> str:
+        parts = PurePosixPath(value.replace("\\", "/")).parts
+        if (
+            not value.strip()
+            or PurePosixPath(value).is_absolute()
+            or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive
+            or ".." in parts
+            or all(part == "." for part in parts)
+        ):
+            raise ValueError(
+                f"{value!r} must be a folder inside the workspace (relative, no '..')"
+            )
+        return value
 
 
 class Plan(_Strict):
