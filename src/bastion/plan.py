@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -275,7 +276,7 @@ class OutputSpec(_Strict):
 
     @field_validator("checkpoints", "logs")
     @classmethod
-    def _inside_workspace(cls, value: str) -> str:
+    def _inside_workspace(cls, value: str, info: ValidationInfo) -> str:
         parts = PurePosixPath(value.replace("\\", "/")).parts
         if (
             not value.strip()
@@ -283,11 +284,11 @@ class OutputSpec(_Strict):
             or PureWindowsPath(value).is_absolute()
             or PureWindowsPath(value).drive
             or ".." in parts
-            or all(part == "." for part in parts)
+            # The workspace itself as the checkpoint folder: initialize --force would empty
+            # it (logs: the measured scope refuses it with its own message).
+            or (info.field_name == "checkpoints" and all(part == "." for part in parts))
         ):
-            raise ValueError(
-                f"{value!r} must be a folder inside the workspace (relative, no '..')"
-            )
+            raise ValueError(f"{value!r} must be a folder inside the workspace (relative, no '..')")
         return value
 
 

@@ -90,7 +90,9 @@ def export_members(workspace: Path, *, initial_model: bool = True) -> tuple[list
             and not checkpoint.is_symlink()
             and checkpoint.resolve().is_relative_to(root)
         ):
-            members.append(checkpoint.resolve().relative_to(root).as_posix())
+            path = checkpoint.resolve().relative_to(root).as_posix()
+            if path not in members:
+                members.append(path)
     return members, signed
 
 
