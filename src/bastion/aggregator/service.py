@@ -19,6 +19,7 @@ from bastion.algorithms.secure_sum import secure_sum_strategy
 from bastion.errors import PKIError, PlanError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
 from bastion.pki import Role, load_certificate, tls_files_for
+from bastion.pki.revocation import CrlWatch, crl_path
 from bastion.plan import Plan, load_plan
 from bastion.privacy.secagg.identity import certificate_verifier
 from bastion.privacy.secagg.keys import IdentityVerifier
@@ -31,7 +32,8 @@ from bastion.transport.identity import (
     INSECURE_WARNING,
     certificate_identity,
     insecure_identity,
-    server_credentials,
+    reloading_server_credentials,
+    revocation_checked,
 )
 from bastion.transport.limits import StreamLimits
 from bastion.transport.server import start_server
@@ -117,7 +119,12 @@ def run_aggregator(
                 raise PKIError(
                     f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
                 )
-            credentials, identify = server_credentials(*tls.read()), certificate_identity
+            # The certificate is read again when renewed; every call is checked against the
+            # CA's current revocation list (pki/ca.crl, reloaded when it changes).
+            credentials = reloading_server_credentials(tls)
+            identify = revocation_checked(
+                certificate_identity, CrlWatch(crl_path(pki), pki / "ca.crt")
+            )
         verified = verify_workspace(
             workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
         )

@@ -15,6 +15,7 @@ from bastion.data.site import SiteData
 from bastion.errors import BastionError, PKIError, PlanError
 from bastion.pki import Role, tls_files_for
 from bastion.pki.layout import TLSFiles
+from bastion.pki.revocation import CrlWatch, crl_path
 from bastion.plan import Plan, load_plan
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.privacy.secagg.identity import identity_from_tls
@@ -33,10 +34,11 @@ def aggregator_check(target: str, pki: Path, files: TLSFiles, plan: Plan) -> Cal
     """Shake hands with ``target`` and require the aggregator the signed plan names."""
     address = parse_address(target, plan.network.port, "the aggregator")
     ca = (pki / "ca.crt").read_bytes()
+    crl = CrlWatch(crl_path(pki), pki / "ca.crt")
 
     def check() -> None:
         certificate = server_certificate(address, ca, files.cert, files.key)
-        check_aggregator(certificate, plan.network.aggregator_name, target)
+        check_aggregator(certificate, plan.network.aggregator_name, target, crl)
 
     return check
 
@@ -104,6 +106,7 @@ def run_collaborator(
         workspace_measurement=verified.measurement,
         check_server=None if insecure else aggregator_check(target, pki, files, plan),
         plan_tasks={task.name: task for task in plan.tasks},
+        tls_files=None if insecure else files,
     )
     attest: Callable[[], None] = no_attestation
     if plan.attestation is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 import grpc
 
 from bastion.errors import BastionError
+from bastion.pki.layout import TLSFiles
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, StageReply
@@ -53,6 +54,7 @@ class GrpcAggregatorClient:
         workspace_measurement: str = "",
         check_server: Callable[[], None] | None = None,
         plan_tasks: Mapping[str, TaskSpec] | None = None,
+        tls_files: TLSFiles | None = None,
     ) -> None:
         """``check_server`` verifies who answers (the plan's aggregator) before the first
         task request and after the aggregator was unreachable; ``plan_tasks`` (the signed
@@ -60,6 +62,10 @@ class GrpcAggregatorClient:
         self._check_server = check_server
         self._server_checked = check_server is None
         self._plan_tasks = dict(plan_tasks) if plan_tasks is not None else None
+        # A renewed certificate (same files, new content) is picked up between rounds.
+        self._tls_files = tls_files
+        self._tls_stamp = _stamp(tls_files) if tls_files is not None else None
+        self._options = channel_options(chunk_bytes)
         options = channel_options(chunk_bytes)
         if tls is not None:
             self._channel = grpc.secure_channel(target, channel_credentials(*tls), options=options)
@@ -110,15 +116,19 @@ class GrpcAggregatorClient:
             self._explained[details] = found if found.reason else Diagnosis(_short(details))
         return self._explained[details]
 
-    def _verify_server(self) -> None:
+    def _verify_server(self, after_call: bool = False) -> None:
+        """Check who answers; a failed dial is left to the gRPC call's own diagnosis, but a
+        reply is never used until the check has passed."""
         if self._server_checked or self._check_server is None:
             return
         try:
             self._check_server()
         except OSError as exc:
-            raise AggregatorUnavailable(
-                f"aggregator at {self._target} unreachable (identity check): {exc}"
-            ) from None
+            if after_call:
+                raise AggregatorUnavailable(
+                    f"aggregator at {self._target}: cannot check its certificate: {exc}"
+                ) from None
+            return
         except BastionError as exc:
             raise AggregatorMisconfigured(str(exc)) from None
         self._server_checked = True
@@ -132,7 +142,26 @@ class GrpcAggregatorClient:
             )
         return task
 
+    def _reload_tls(self) -> None:
+        """Dial with the renewed certificate when its files changed (no restart needed)."""
+        if self._tls_files is None:
+            return
+        stamp = _stamp(self._tls_files)
+        if stamp == self._tls_stamp:
+            return
+        try:
+            tls = self._tls_files.read()
+        except (BastionError, OSError, ValueError):
+            return  # half-written: try again at the next request
+        self._tls_stamp = stamp
+        self._channel.close()
+        self._channel = grpc.secure_channel(
+            self._target, channel_credentials(*tls), options=self._options
+        )
+        self._stub = pb_grpc.FederationStub(self._channel)
+
     def get_tasks(self) -> Assignment:
+        self._reload_tls()
         self._verify_server()
         try:
             reply = self._stub.GetTasks(
@@ -147,6 +176,7 @@ class GrpcAggregatorClient:
             if isinstance(error, AggregatorUnavailable) and self._check_server is not None:
                 self._server_checked = False  # whoever answers next is checked again
             raise error from None
+        self._verify_server(after_call=True)
         if self._plan_tasks is not None:
             tasks = tuple(self._planned(t.name, t.kind) for t in reply.tasks)
         else:
@@ -277,6 +307,10 @@ class GrpcAggregatorClient:
         except grpc.RpcError as exc:
             raise self._translate(exc, "our attestation evidence") from None
         return ack.accepted, ack.reason
+
+
+def _stamp(files: TLSFiles) -> tuple[int, ...]:
+    return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (files.cert, files.key))
 
 
 def _short(details: str) -> str:

@@ -17,6 +17,7 @@ from cryptography import x509
 
 from bastion.errors import BastionError, PKIError
 from bastion.pki import Role, identity_of
+from bastion.pki.revocation import CrlWatch
 from bastion.spec.network import Address
 
 
@@ -39,9 +40,17 @@ def server_certificate(
     return x509.load_der_x509_certificate(der)
 
 
-def check_aggregator(certificate: x509.Certificate, expected: str, target: str) -> None:
-    """Raise ``WrongAggregator`` unless ``certificate`` is the aggregator named ``expected``."""
+def check_aggregator(
+    certificate: x509.Certificate, expected: str, target: str, crl: CrlWatch | None = None
+) -> None:
+    """Raise ``WrongAggregator`` unless ``certificate`` is the aggregator named ``expected``
+    (and, with ``crl``, not revoked)."""
     identity = identity_of(certificate)
+    if crl is not None:
+        try:
+            crl.check(certificate, f"aggregator {identity.name!r} at {target}")
+        except PKIError as exc:
+            raise WrongAggregator(f"{exc}; refusing to work for it") from None
     if identity.role is not Role.AGGREGATOR or identity.name != expected:
         raise WrongAggregator(
             f"{target} presents the certificate of {identity}, but the signed plan names "
