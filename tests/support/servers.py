@@ -14,12 +14,15 @@ import grpc
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.service import build_aggregator
 from bastion.pki import tls_files_for
+from bastion.pki.revocation import CrlWatch, crl_path
 from bastion.plan import Plan, load_plan
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.identity import (
     certificate_identity,
     channel_credentials,
     insecure_identity,
+    reloading_server_credentials,
+    revocation_checked,
     server_credentials,
 )
 from bastion.transport.limits import PLAN_HEADER, StreamLimits
@@ -85,6 +88,7 @@ def served_aggregator(
     limits: StreamLimits | None = None,
     chunk_bytes: int = 1 << 20,
     server_name: str = "aggregator",
+    revocation: bool = False,
 ) -> Iterator[ServedAggregator]:
     plan = load_plan(workspace)
     aggregator = build_aggregator(plan, workspace)
@@ -93,6 +97,10 @@ def served_aggregator(
     else:
         files = tls_files_for(workspace / "pki", server_name)
         credentials, identify = server_credentials(*files.read()), certificate_identity
+        if revocation:  # as `bastion aggregator start`: CRL-checked, renewable certificate
+            credentials = reloading_server_credentials(files)
+            crl = CrlWatch(crl_path(workspace / "pki"), workspace / "pki" / "ca.crt", 0.2)
+            identify = revocation_checked(certificate_identity, crl)
     server = start_server(
         aggregator,
         plan.canonical_hash(),
