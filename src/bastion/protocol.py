@@ -68,6 +68,8 @@ class Assignment:
     tasks: tuple[TaskSpec, ...] = ()
     retry_after: float = 0.5
     total_rounds: int = 0
+    #: Signed receipts for this caller's earlier updates (audit log records), if any.
+    receipts: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ pass; checkpoints on disk are ``bastion.storage.checkpoints``. Nothing here ever
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -100,6 +101,20 @@ def validate_update(expected: Iterable[TensorSpec], update: Mapping[str, np.ndar
             )
         if array.dtype.kind == "f" and not all_finite(array):
             raise UpdateRejected(f"tensor {spec.name!r} contains NaN or infinite values")
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over each tensor's (name, dtype, shape) header and little-endian bytes, in
+    order: equal exactly when the weights are (what the audit log records)."""
+    digest = hashlib.sha256()
+    for name, array in weights.items():
+        dtype = dtype_name(array.dtype)
+        header = f"{name}\0{dtype}\0{','.join(str(d) for d in array.shape)}\0".encode()
+        digest.update(len(header).to_bytes(8, "little") + header)
+        flat = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype]).reshape(-1)
+        for part in blocks(flat):
+            digest.update(flat[part].tobytes())
+    return digest.hexdigest()
 
 
 BLOCK_ELEMENTS = 1 << 20

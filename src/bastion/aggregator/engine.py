@@ -70,7 +70,15 @@ from bastion.plan import Plan, TaskSpec
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
 from bastion.storage.checkpoints import CheckpointStore, RoundState
-from bastion.tensors import Frame, TensorSpec, Weights, all_finite, iter_frames, spec_of
+from bastion.tensors import (
+    Frame,
+    TensorSpec,
+    Weights,
+    all_finite,
+    iter_frames,
+    spec_of,
+    weights_digest,
+)
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -168,7 +176,11 @@ class Aggregator:
         with self._lock:
             self._contact(collaborator)
             if self.finished.is_set() or self._round is None:
-                return Assignment("done", total_rounds=self.plan.rounds)
+                return Assignment(
+                    "done",
+                    total_rounds=self.plan.rounds,
+                    receipts=self._messages_for(collaborator),
+                )
             pending = self._round.pending.get(collaborator)
             if not pending:
                 return Assignment(
@@ -176,6 +188,7 @@ class Aggregator:
                     self._round.number,
                     retry_after=self.plan.timeouts.poll_seconds,
                     total_rounds=self.plan.rounds,
+                    receipts=self._messages_for(collaborator),
                 )
             by_name = {t.name: t for t in self._round.assignments[collaborator]}
             return Assignment(
@@ -183,7 +196,11 @@ class Aggregator:
                 self._round.number,
                 tuple(by_name[n] for n in pending),
                 total_rounds=self.plan.rounds,
+                receipts=self._messages_for(collaborator),
             )
+
+    def _messages_for(self, collaborator: str) -> tuple[bytes, ...]:
+        return tuple(m for o in self.observers for m in o.messages_for(collaborator))
 
     def heartbeat(self, collaborator: str, round_number: int) -> int:
         """``collaborator`` is alive (a long task runs); the current round."""
@@ -293,7 +310,13 @@ class Aggregator:
             progress.pending[collaborator].remove(task_name)
             self._publish(
                 ResultAccepted(
-                    round_number, collaborator, task_name, task.kind, example_count, metrics
+                    round_number,
+                    collaborator,
+                    task_name,
+                    task.kind,
+                    example_count,
+                    metrics,
+                    update_digest=weights_digest(weights) if weights else "",
                 )
             )
             self._advance()
@@ -602,7 +625,13 @@ class Aggregator:
             self.state.finished = True
         seconds = round(self._clock() - progress.started, 3)
         closed = RoundClosed(
-            progress, self.state.round_completed, summary, accepted, tuple(timed_out), seconds
+            progress,
+            self.state.round_completed,
+            summary,
+            accepted,
+            tuple(timed_out),
+            seconds,
+            model_digest=weights_digest(self.model),
         )
         self._publish(closed)
         self._checkpoint()
@@ -675,6 +704,9 @@ class Aggregator:
             self.store.save_best(self.model, model_round, value)
 
     def _checkpoint(self) -> None:
+        self.state.anchors = {
+            k: v for o in self.observers for k, v in o.checkpoint_fields().items()
+        }
         self.store.save_round(self.model, self.strategy.state_dict(), self.state)
         self._publish(Checkpointed(self.state.round_completed, self.state.finished))
 

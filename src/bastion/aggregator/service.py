@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bastion.aggregator.attestation import AttestationGate
+from bastion.aggregator.audit_observer import audit_observer
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import pin_mmap_threshold
@@ -122,9 +123,8 @@ def run_aggregator(
             # The certificate is read again when renewed; every call is checked against the
             # CA's current revocation list (pki/ca.crl, reloaded when it changes).
             credentials = reloading_server_credentials(tls)
-            identify = revocation_checked(
-                certificate_identity, CrlWatch(crl_path(pki), pki / "ca.crt")
-            )
+            crl = CrlWatch(crl_path(pki), pki / "ca.crt")
+            identify = revocation_checked(certificate_identity, crl)
         verified = verify_workspace(
             workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
         )
@@ -137,6 +137,11 @@ def run_aggregator(
                     "it cannot run with --insecure"
                 )
             verifier = certificate_verifier(tls)
+        if not insecure:
+            # The signed, hash-chained audit log; refuses a rolled-back checkpoint.
+            audit = audit_observer(plan, workspace, tls, verified.measurement)
+            crl.subscribe(audit.revocation_list)
+            observers = [*observers, audit]
         aggregator = build_aggregator(
             plan, workspace, secure_verifier=verifier, protocol=protocol, observers=observers
         )

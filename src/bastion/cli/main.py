@@ -69,6 +69,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("simulate", None),
     ("status", None),
     ("tee", "tee"),
+    ("audit", "audit"),
 ]
 
 

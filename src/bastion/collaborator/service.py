@@ -107,6 +107,7 @@ def run_collaborator(
         check_server=None if insecure else aggregator_check(target, pki, files, plan),
         plan_tasks={task.name: task for task in plan.tasks},
         tls_files=None if insecure else files,
+        receipts_dir=workspace / plan.output.logs / "receipts" / name,
     )
     attest: Callable[[], None] = no_attestation
     if plan.attestation is not None:

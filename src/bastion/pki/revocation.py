@@ -12,10 +12,12 @@ travels with the workspace's PKI folder (or from the director), never with a key
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -159,8 +161,15 @@ class CrlWatch:
         self._checked = 0.0
         self._stamp: tuple[int, int] | None = None
         self._revoked: dict[int, str] = {}
+        self._digest = ""
+        self._listeners: list[Callable[[str, dict[int, str]], None]] = []
         self.reloads = 0
         self._reload()
+
+    def subscribe(self, listener: Callable[[str, dict[int, str]], None]) -> None:
+        """Call ``listener(crl_sha256, {serial: reason})`` now and after every reload."""
+        self._listeners.append(listener)
+        listener(self._digest, dict(self._revoked))
 
     def _reload(self) -> None:
         try:
@@ -178,9 +187,12 @@ class CrlWatch:
             log.error("keeping the previous revocation list: %s", exc)
             return
         self._revoked = {e.serial_number: _reason_of(e) for e in crl}
+        self._digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()
         self._stamp = stamp
         self.reloads += 1
         log.info("revocation list %s loaded: %d revoked", self.path, len(self._revoked))
+        for listener in self._listeners:
+            listener(self._digest, dict(self._revoked))
 
     def refresh(self) -> None:
         now = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import grpc
 
@@ -19,7 +20,7 @@ from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
-from bastion.transport.limits import MEASUREMENT_HEADER, PLAN_HEADER
+from bastion.transport.limits import MEASUREMENT_HEADER, PLAN_HEADER, RECEIPT_HEADER
 from bastion.transport.secagg_frames import read_reply, send_parts
 from bastion.transport.server import channel_options
 
@@ -55,6 +56,7 @@ class GrpcAggregatorClient:
         check_server: Callable[[], None] | None = None,
         plan_tasks: Mapping[str, TaskSpec] | None = None,
         tls_files: TLSFiles | None = None,
+        receipts_dir: Path | None = None,
     ) -> None:
         """``check_server`` verifies who answers (the plan's aggregator) before the first
         task request and after the aggregator was unreachable; ``plan_tasks`` (the signed
@@ -66,6 +68,7 @@ class GrpcAggregatorClient:
         self._tls_files = tls_files
         self._tls_stamp = _stamp(tls_files) if tls_files is not None else None
         self._options = channel_options(chunk_bytes)
+        self._receipts_dir = receipts_dir
         options = channel_options(chunk_bytes)
         if tls is not None:
             self._channel = grpc.secure_channel(target, channel_credentials(*tls), options=options)
@@ -164,7 +167,7 @@ class GrpcAggregatorClient:
         self._reload_tls()
         self._verify_server()
         try:
-            reply = self._stub.GetTasks(
+            reply, call = self._stub.GetTasks.with_call(
                 pb.TasksRequest(
                     plan_hash=self._plan_hash, workspace_measurement=self._workspace_measurement
                 ),
@@ -177,6 +180,12 @@ class GrpcAggregatorClient:
                 self._server_checked = False  # whoever answers next is checked again
             raise error from None
         self._verify_server(after_call=True)
+        receipts = tuple(
+            bytes(value)
+            for key, value in (call.trailing_metadata() or ())
+            if key == RECEIPT_HEADER and isinstance(value, bytes)
+        )
+        self._keep_receipts(receipts)
         if self._plan_tasks is not None:
             tasks = tuple(self._planned(t.name, t.kind) for t in reply.tasks)
         else:
@@ -192,7 +201,21 @@ class GrpcAggregatorClient:
             tasks,
             reply.retry_after_seconds or 0.5,
             reply.total_rounds,
+            receipts,
         )
+
+    def _keep_receipts(self, receipts: tuple[bytes, ...]) -> None:
+        """Store each signed receipt as ``receipts_dir/<record number>.json`` (to check
+        against the audit log with `bastion audit verify LOG --receipt FILE`)."""
+        if self._receipts_dir is None or not receipts:
+            return
+        self._receipts_dir.mkdir(parents=True, exist_ok=True)
+        for receipt in receipts[:1000]:
+            try:
+                seq = int(json.loads(receipt)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            (self._receipts_dir / f"{seq:08d}.json").write_bytes(receipt + b"\n")
 
     def get_model(self, round_number: int) -> Weights:
         try:

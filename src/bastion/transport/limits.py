@@ -32,6 +32,8 @@ T = TypeVar("T")
 #: Metadata every collaborator call carries, so the plan is checked before any stream is read.
 PLAN_HEADER = "x-bastion-plan-hash"
 MEASUREMENT_HEADER = "x-bastion-workspace-measurement"
+#: Trailing metadata of a task reply: the caller's signed audit receipts, one per value.
+RECEIPT_HEADER = "x-bastion-receipt-bin"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from bastion.transport.identity import Identify, peer_certificate
 from bastion.transport.limits import (
     MEASUREMENT_HEADER,
     PLAN_HEADER,
+    RECEIPT_HEADER,
     PeerStreams,
     RefusalLog,
     StreamLimits,
@@ -214,6 +215,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                 assignment = self._port.get_tasks(name)
             if assignment.action == "done":
                 self.told_done.add(name)
+            if assignment.receipts:
+                context.set_trailing_metadata(
+                    tuple((RECEIPT_HEADER, receipt) for receipt in assignment.receipts)
+                )
             return pb.TasksReply(
                 action=_ACTIONS[assignment.action],
                 round=assignment.round,
