@@ -59,3 +59,15 @@ def test_task_arguments_come_from_the_signed_plan(tmp_path: Path) -> None:
             client.close()
     train = next(t for t in assignment.tasks if t.kind == "train")
     assert train.args["lr"] == 0.2  # the plan's, not the reply's 1e6
+
+
+def test_a_revoked_aggregator_certificate_is_refused(tmp_path: Path) -> None:
+    from bastion.pki.revocation import revoke
+
+    workspace = make_workspace(tmp_path, collaborators=2, rounds=1)
+    revoke(workspace / "pki", "aggregator", "key-compromise")
+    with served_aggregator(workspace) as served:
+        with pytest.raises(BastionError) as caught:
+            run_collaborator(workspace, "site-1", aggregator=served.target)
+        assert not served.aggregator.store.read_summary()["collaborators_seen"]
+    assert "revoked (key-compromise)" in str(caught.value)

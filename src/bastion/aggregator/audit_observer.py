@@ -97,8 +97,9 @@ class AuditObserver(RoundObserver):
                 "attestation",
                 {
                     "collaborator": event.collaborator,
-                    "accepted": bool(verdict.get("accepted", verdict.get("ok", False))),
-                    "evidence_sha256": _digest_of(verdict),
+                    "accepted": bool(verdict.get("accepted", False)),
+                    "evidence_sha256": str(verdict.get("evidence_sha256", "")),
+                    "verdict_sha256": _digest_of(verdict),
                 },
             )
         elif isinstance(event, RoundClosed):
