@@ -31,6 +31,7 @@ from bastion.storage.lock import ExclusiveLock
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.identity import (
     INSECURE_WARNING,
+    Identify,
     certificate_identity,
     insecure_identity,
     reloading_server_credentials,
@@ -112,7 +113,8 @@ def run_aggregator(
     with ExclusiveLock(workspace / plan.output.checkpoints, "aggregator"):
         if insecure:
             log.warning(INSECURE_WARNING)
-            credentials, identify = None, insecure_identity
+            credentials = None
+            identify: Identify = insecure_identity
         else:
             tls = tls_files_for(pki, plan.network.aggregator_name)
             identity = tls.check()

@@ -72,7 +72,8 @@ def load_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocatio
         crl = x509.load_pem_x509_crl(path.read_bytes())
     except ValueError as exc:
         raise PKIError(f"{path} is not a PEM certificate revocation list: {exc}") from None
-    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
+    public = ca_cert.public_key()
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(public):  # type: ignore[arg-type]
         raise PKIError(f"{path} is not signed by the federation's CA")
     return crl
 
@@ -240,7 +241,7 @@ def renew(
         except x509.ExtensionNotFound:
             pass
         key = load_private_key(layout.key(name))
-        request = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        request = builder.sign(key, hashes.SHA256())
         csr = layout.csr(name)
         atomic_write_bytes(Path(csr), request.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
     entry = sign_request(pki_dir, csr, current.role, days=days)
