@@ -26,6 +26,7 @@ from support.workspaces import make_workspace
 from bastion.pki import Role, issue
 from bastion.tensors import iter_frames, total_bytes
 from bastion.transport import bastion_pb2 as pb
+from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.frames import to_chunk
 from bastion.transport.limits import StreamLimits
 
@@ -233,6 +234,7 @@ from bastion.pki import tls_files_for
 from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
+from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.frames import to_chunk
 from bastion.transport.identity import channel_credentials
 from bastion.transport.limits import PLAN_HEADER
@@ -329,3 +331,30 @@ def test_oversized_and_many_tensor_updates_allocate_less_than_twice_the_model(
     assert many_peak < 2 * model_bytes
     # A header whose shape overflows int64 is a refusal, not a crash (UNKNOWN).
     assert "accepted=False" in overflow_outcome and "larger than the limit" in overflow_outcome
+
+
+def test_plan_is_checked_before_any_stream_is_read(tmp_path: Path) -> None:
+    """A wrong plan hash in a call's metadata, or none from a site that never matched the
+    plan, is refused at once: the (never-ending) stream is not read."""
+    workspace = make_workspace(tmp_path, collaborators=2, rounds=1, plan_changes=TRAIN_ONLY)
+    release = threading.Event()
+    with served_aggregator(workspace, limits=LIMITS) as served:
+        channel, stub = served.stub("site-1", plan_headers=False)
+        wrong = (("x-bastion-plan-hash", "0" * 64),)
+        for metadata in (wrong, ()):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.SendResult(_stalled([], release), metadata=metadata, timeout=10)
+            assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "plan mismatch" in stub_details(stub, wrong, release)
+        channel.close()
+    release.set()
+
+
+def stub_details(
+    stub: pb_grpc.FederationStub, metadata: tuple[tuple[str, str], ...], release: threading.Event
+) -> str:
+    try:
+        stub.SecAggSend(_stalled([], release), metadata=metadata, timeout=10)
+    except grpc.RpcError as exc:
+        return str(exc.details())
+    return ""
