@@ -177,6 +177,8 @@ def run_aggregator(
             workspace_measurement=verified.measurement,
             max_concurrent_uploads=plan.network.max_concurrent_uploads,
             limits=stream_limits(plan),
+            # Room for every site's full share of calls: one peer holds streams_per_peer.
+            max_workers=max(32, plan.network.streams_per_peer * len(plan.collaborator_names()) + 8),
             max_receive_bytes=None if plan.uses_secure_aggregation else aggregator.max_update_bytes,
         )
         log.info(
