@@ -128,12 +128,35 @@ class AuditLog:
         self._head = Head(0, GENESIS)
         self._signer_fingerprint = ""
         if self.path.exists():
+            self._drop_torn_tail()
             for _, record in read_records(self.path):
                 self._head = Head(int(record["seq"]), body_hash(record))
                 if record.get("kind") == "signer":
                     self._signer_fingerprint = str(record["signer"])
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _drop_torn_tail(self) -> None:
+        """A crash inside an append can leave a last line without its newline: that record
+        was never acknowledged, so it is cut off (any other damage is an error)."""
+        with self.path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                handle.seek(start)
+                block = handle.read(end - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    handle.truncate(start + cut + 1)
+                    return
+                end = start
+            handle.truncate(0)
 
     @property
     def head(self) -> Head:
