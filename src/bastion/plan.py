@@ -471,6 +471,8 @@ def load_plan(path: Path | str) -> Plan:
     if path.is_dir():
         path = path / PLAN_FILE
     try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"{path}: larger than {MAX_PLAN_BYTES >> 20} MiB; not a plan")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PlanError(
@@ -491,6 +493,11 @@ def load_plan(path: Path | str) -> Plan:
             f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}"
         )
     return parse_plan(raw, source=str(path), workspace=path.parent)
+
+
+#: A plan is a few kilobytes; together with refusing aliases this bounds what parsing (and
+#: hashing) an untrusted plan can cost before it is compared with the signed manifest.
+MAX_PLAN_BYTES = 4 << 20
 
 
 class _NoAliasLoader(yaml.SafeLoader):
