@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import yaml
@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -119,6 +120,30 @@ class DataSpec(_Strict):
 class AggregationSpec(_Strict):
     strategy: str = "fedavg"
     args: dict[str, Any] = Field(default_factory=dict)
+    # Bounded influence of one site: FedAvg trusts a site's example count up to its cap.
+    max_example_count: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=10**12,
+        description="the most examples one site's result may claim (FedAvg weights by it)",
+    )
+    site_example_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="per-site caps (e.g. the counts site agents declared), below the default",
+    )
+    max_update_norm: float | None = Field(
+        default=None, gt=0, description="L2 bound on (update - global model); none by default"
+    )
+    max_update_norm_ratio: float | None = Field(
+        default=1000.0,
+        gt=0,
+        description="L2 bound on (update - global) as a multiple of max(|global|, 1)",
+    )
+    norm_bound: Literal["reject", "clip"] = "reject"
+    metric_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"accuracy": (0.0, 1.0)},
+        description="allowed [low, high] per metric; any metric's magnitude is at most 1e12",
+    )
 
 
 class ParticipationSpec(_Strict):
@@ -248,8 +273,28 @@ class AttestationSpec(_Strict):
 
 
 class OutputSpec(_Strict):
+    """Where checkpoints and logs go: folders inside the workspace, never outside it
+    (``plan initialize --force`` empties the checkpoint folder)."""
+
     checkpoints: str = "save"
     logs: str = "logs"
+
+    @field_validator("checkpoints", "logs")
+    @classmethod
+    def _inside_workspace(cls, value: str, info: ValidationInfo) -> str:
+        parts = PurePosixPath(value.replace("\\", "/")).parts
+        if (
+            not value.strip()
+            or PurePosixPath(value).is_absolute()
+            or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive
+            or ".." in parts
+            # The workspace itself as the checkpoint folder: initialize --force would empty
+            # it (logs: the measured scope refuses it with its own message).
+            or (info.field_name == "checkpoints" and all(part == "." for part in parts))
+        ):
+            raise ValueError(f"{value!r} must be a folder inside the workspace (relative, no '..')")
+        return value
 
 
 class Plan(_Strict):
@@ -434,6 +479,8 @@ def load_plan(path: Path | str) -> Plan:
     if path.is_dir():
         path = path / PLAN_FILE
     try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"{path}: larger than {MAX_PLAN_BYTES >> 20} MiB; not a plan")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PlanError(
@@ -443,7 +490,7 @@ def load_plan(path: Path | str) -> Plan:
     except UnicodeDecodeError:
         raise PlanError(f"{path}: not a UTF-8 text file") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -454,6 +501,29 @@ def load_plan(path: Path | str) -> Plan:
             f"{path}: the plan must be a mapping of keys (name, rounds, ...), got {type(raw).__name__}"
         )
     return parse_plan(raw, source=str(path), workspace=path.parent)
+
+
+#: A plan is a few kilobytes; together with refusing aliases this bounds what parsing (and
+#: hashing) an untrusted plan can cost before it is compared with the signed manifest.
+MAX_PLAN_BYTES = 4 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` could expand a small file into gigabytes (a
+    "billion laughs") before anything compares it with the signed manifest."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a plan", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse plan YAML safely: no tags beyond YAML's own, no aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_plan(raw: dict[str, Any], source: str = PLAN_FILE, workspace: Path | None = None) -> Plan:
@@ -476,7 +546,7 @@ def plan_problems(path: Path | str) -> tuple[Plan | None, list[str]]:
     path = Path(path)
     path = path / PLAN_FILE if path.is_dir() else path
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
             return None, [first]
         Plan.model_validate(raw)

@@ -9,13 +9,13 @@ whichever way its bytes arrived. Each transport maps the refusals to its own ter
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from bastion.errors import BastionError, ProtocolError
 from bastion.plan import TaskSpec
-from bastion.tensors import Frame, Weights, assemble_frames
+from bastion.tensors import Frame, TensorSpec, Weights, assemble_frames
 
 # --------------------------------------------------------------------------- refusals
 
@@ -52,6 +52,10 @@ class CannotServe(Refused):
     """The aggregator cannot answer now for a reason of its own (e.g. no evidence)."""
 
 
+class Busy(Refused):
+    """The caller already holds as many streams or uploads as one identity may."""
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -64,6 +68,8 @@ class Assignment:
     tasks: tuple[TaskSpec, ...] = ()
     retry_after: float = 0.5
     total_rounds: int = 0
+    #: Signed receipts for this caller's earlier updates (audit log records), if any.
+    receipts: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,24 @@ class ResultSink(Protocol):
         ...
 
 
+@runtime_checkable
+class KnowsUpdateSpec(Protocol):
+    """A result sink that knows, before any tensor arrives, what a task's tensors must be.
+
+    ``take_result`` then checks each tensor header against it as it arrives (name, dtype,
+    shape), so nothing is allocated for a tensor the model does not have. ``None``: the
+    payload's layout is not the model's (a compressed update); only its size is bounded.
+    """
+
+    def update_spec(self, task: TaskSpec) -> Sequence[TensorSpec] | None: ...
+
+
 class FederationPort(ResultSink, Protocol):
     """The aggregator-side operations a transport may call, with the caller's certified name."""
+
+    def check_member(self, collaborator: str) -> None:
+        """Raise ``UnknownCollaborator`` unless the caller is on the roster (reads nothing)."""
+        ...
 
     @property
     def chunk_bytes(self) -> int:
@@ -216,8 +238,9 @@ def take_result(
             raise ProtocolError("a declined task carries no tensors")
         return port.decline_task(collaborator, header.round, header.task, header.declined, metrics)
     task = port.check_result_allowed(collaborator, header.round, header.task)
+    expected = port.update_spec(task) if isinstance(port, KnowsUpdateSpec) else None
     try:
-        received = assemble_frames(frames, port.max_update_bytes)
+        received = assemble_frames(frames, port.max_update_bytes, expected)
     except ProtocolError as exc:
         return port.reject_result(collaborator, header.round, header.task, str(exc))
     weights = received if task.kind == "train" or received else None

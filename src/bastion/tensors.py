@@ -8,6 +8,7 @@ pass; checkpoints on disk are ``bastion.storage.checkpoints``. Nothing here ever
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -102,6 +103,20 @@ def validate_update(expected: Iterable[TensorSpec], update: Mapping[str, np.ndar
             raise UpdateRejected(f"tensor {spec.name!r} contains NaN or infinite values")
 
 
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over each tensor's (name, dtype, shape) header and little-endian bytes, in
+    order: equal exactly when the weights are (what the audit log records)."""
+    digest = hashlib.sha256()
+    for name, array in weights.items():
+        dtype = dtype_name(array.dtype)
+        header = f"{name}\0{dtype}\0{','.join(str(d) for d in array.shape)}\0".encode()
+        digest.update(len(header).to_bytes(8, "little") + header)
+        flat = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype]).reshape(-1)
+        for part in blocks(flat):
+            digest.update(flat[part].tobytes())
+    return digest.hexdigest()
+
+
 BLOCK_ELEMENTS = 1 << 20
 
 
@@ -147,20 +162,60 @@ def iter_frames(
             yield Frame(name, dtype, shape, offset, buffer[offset : offset + chunk_bytes].tobytes())
 
 
+MAX_DIMENSIONS = 16
+
+
+def checked_nbytes(name: str, dtype: str, shape: Iterable[int], limit: int) -> int:
+    """The byte size of a tensor header, refused before numpy sees a shape that overflows.
+
+    Each dimension and the running product are compared with ``limit`` as Python ints, so
+    a shape like ``(0, 2**62, 2**62)`` is an error, not an ``int64`` overflow or a crash.
+    """
+    dims = tuple(int(d) for d in shape)
+    if len(dims) > MAX_DIMENSIONS or any(d < 0 for d in dims):
+        raise ProtocolError(f"tensor {name!r}: invalid shape {dims}")
+    itemsize = WIRE_DTYPES[dtype].itemsize
+    bound = max(limit, 0) // itemsize
+    count = 1
+    for d in dims:
+        if d > bound:
+            raise ProtocolError(
+                f"tensor {name!r}: shape {dims} is larger than the limit of {limit} bytes"
+            )
+    for d in dims:
+        count *= d
+        if count > bound:
+            raise ProtocolError(
+                f"tensor {name!r}: shape {dims} is larger than the limit of {limit} bytes"
+            )
+    return count * itemsize
+
+
 class FrameAssembler:
     """Rebuilds weights from frames sent by an untrusted peer.
 
     Frames must arrive in order, tensor after tensor, each complete before the next
     begins; sizes are checked against the header and against ``max_total_bytes`` before
-    any buffer is allocated, so a hostile header cannot make us allocate gigabytes.
+    any buffer is allocated, so a hostile header cannot make us allocate gigabytes. With
+    ``expected`` (the model's specs), each header must name a tensor of the model with its
+    dtype and shape when it arrives, so nothing is allocated for a tensor the model lacks.
     """
 
-    def __init__(self, max_total_bytes: int, max_tensors: int = 100_000) -> None:
+    def __init__(
+        self,
+        max_total_bytes: int,
+        max_tensors: int = 100_000,
+        expected: Iterable[TensorSpec] | None = None,
+    ) -> None:
         self._max_total = max_total_bytes
-        self._max_tensors = max_tensors
+        self._expected = None if expected is None else {s.name: s for s in expected}
+        self._max_tensors = (
+            max_tensors if self._expected is None else min(max_tensors, len(self._expected))
+        )
         self._total = 0
         self._weights: Weights = {}
-        self._current: tuple[str, np.dtype, tuple[int, ...], np.ndarray, int] | None = None
+        self._current: tuple[str, np.dtype, tuple[int, ...], np.ndarray | None, int] | None = None
+        self._unknown: str | None = None
         self._filled = 0
 
     def add(self, frame: Frame) -> None:
@@ -178,7 +233,8 @@ class FrameAssembler:
         end = self._filled + len(frame.data)
         if end > expected:
             raise ProtocolError(f"tensor {name!r}: more bytes than its shape holds")
-        buffer[self._filled : end] = np.frombuffer(frame.data, dtype=np.uint8)
+        if buffer is not None:
+            buffer[self._filled : end] = np.frombuffer(frame.data, dtype=np.uint8)
         self._filled = end
         if end == expected:
             self._finish()
@@ -192,24 +248,43 @@ class FrameAssembler:
             raise ProtocolError(f"tensor {frame.name!r} sent twice")
         if frame.dtype not in WIRE_DTYPES:
             raise ProtocolError(f"tensor {frame.name!r}: dtype {frame.dtype!r} is not allowed")
-        if len(frame.shape) > 16 or any(d < 0 for d in frame.shape):
-            raise ProtocolError(f"tensor {frame.name!r}: invalid shape {frame.shape}")
         if len(self._weights) >= self._max_tensors:
             raise ProtocolError(f"more than {self._max_tensors} tensors")
         dtype = WIRE_DTYPES[frame.dtype]
-        expected = math.prod(frame.shape) * dtype.itemsize
+        expected = checked_nbytes(frame.name, frame.dtype, frame.shape, self._max_total)
+        skip = False
+        if self._expected is not None:
+            spec = self._expected.get(frame.name)
+            if spec is None:
+                # One stray tensor is read past (never stored) so the refusal can name what
+                # is missing too; a second is refused at once.
+                if self._unknown is not None:
+                    raise ProtocolError(
+                        f"unexpected tensors {[self._unknown, frame.name[:64]]}: not in the model"
+                    )
+                self._unknown = frame.name
+                skip = True
+            elif frame.dtype != spec.dtype:
+                raise ProtocolError(
+                    f"tensor {frame.name!r} has dtype {frame.dtype}, expected {spec.dtype}"
+                )
+            elif tuple(frame.shape) != spec.shape:
+                raise ProtocolError(
+                    f"tensor {frame.name!r} has shape {tuple(frame.shape)}, expected {spec.shape}"
+                )
         if self._total + expected > self._max_total:
             raise ProtocolError(
                 f"update larger than the limit of {self._max_total} bytes "
                 f"(tensor {frame.name!r} would bring it to {self._total + expected})"
             )
         self._total += expected
-        # Allocated once at its final size (only after the limit check above).
+        # Allocated once at its final size (only after the limit check above); a stray
+        # tensor gets no buffer.
         self._current = (
             frame.name,
             dtype,
             tuple(frame.shape),
-            np.empty(expected, np.uint8),
+            None if skip else np.empty(expected, np.uint8),
             expected,
         )
         self._filled = 0
@@ -219,6 +294,9 @@ class FrameAssembler:
     def _finish(self) -> None:
         assert self._current is not None
         name, dtype, shape, buffer, _ = self._current
+        if buffer is None:
+            self._current = None
+            return
         array = buffer.view(dtype).reshape(shape)  # shares the buffer: no copy
         self._weights[name] = array.astype(dtype.newbyteorder("="), copy=False)
         self._current = None
@@ -227,12 +305,20 @@ class FrameAssembler:
         """The assembled weights; an error if a tensor is incomplete."""
         if self._current is not None:
             raise ProtocolError(f"stream ended inside tensor {self._current[0]!r}")
+        if self._unknown is not None:
+            assert self._expected is not None
+            missing = [name for name in self._expected if name not in self._weights]
+            raise ProtocolError(
+                f"missing tensors {missing[:5]}; unexpected tensors {[self._unknown[:64]]}"
+            )
         return self._weights
 
 
-def assemble_frames(frames: Iterable[Frame], max_total_bytes: int) -> Weights:
+def assemble_frames(
+    frames: Iterable[Frame], max_total_bytes: int, expected: Iterable[TensorSpec] | None = None
+) -> Weights:
     """Rebuild weights from an untrusted sequence of frames (sizes checked before allocation)."""
-    assembler = FrameAssembler(max_total_bytes)
+    assembler = FrameAssembler(max_total_bytes, expected=expected)
     for frame in frames:
         assembler.add(frame)
     return assembler.result()

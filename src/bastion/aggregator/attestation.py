@@ -7,6 +7,7 @@ satisfies the plan's policy. Until then it gets no model and may send no result.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -70,6 +71,7 @@ class AttestationGate:
         nonce: bytes,
     ) -> Admission:
         """Verify a collaborator's evidence; raises ``AttestationError`` and logs why if it fails."""
+        evidence_sha256 = hashlib.sha256(quote).hexdigest()  # for the audit log
         try:
             self._nonces.consume(collaborator, nonce)
             verified = self._party.verify(kind, quote, certificate, nonce)
@@ -80,7 +82,15 @@ class AttestationGate:
             )
             with self._lock:
                 self._admitted.pop(collaborator, None)
-            self._report(collaborator, {"accepted": False, "reason": str(exc), "at": time.time()})
+            self._report(
+                collaborator,
+                {
+                    "accepted": False,
+                    "reason": str(exc),
+                    "at": time.time(),
+                    "evidence_sha256": evidence_sha256,
+                },
+            )
             raise
         admission = Admission(
             fingerprint_of(certificate),
@@ -110,6 +120,7 @@ class AttestationGate:
                 "simulated": admission.simulated,
                 "tcb_status": admission.tcb_status,
                 "at": admission.at,
+                "evidence_sha256": evidence_sha256,
             },
         )
         return admission

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from bastion.aggregator.events import (
     TrainingStopped,
     publish,
 )
+from bastion.aggregator.influence import InfluenceBounds
 from bastion.aggregator.plugins import (
     UpdateDecoder,
     standard_observers,
@@ -52,6 +54,7 @@ from bastion.aggregator.records import (
     check_metrics,
     checked_content,
     summarize_metrics,
+    update_limit,
 )
 from bastion.aggregator.round_protocol import (
     InteractiveRound,
@@ -66,7 +69,15 @@ from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
 from bastion.storage.checkpoints import CheckpointStore, RoundState
-from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
+from bastion.tensors import (
+    Frame,
+    TensorSpec,
+    Weights,
+    all_finite,
+    iter_frames,
+    spec_of,
+    weights_digest,
+)
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -108,6 +119,7 @@ class Aggregator:
         self.observers: list[RoundObserver] = [*standard_observers(plan, metrics), *observers]
         self._open_protocol = protocol or standard_protocol(plan)
         self._decode: UpdateDecoder = update_decoder(plan)
+        self._bounds = InfluenceBounds.of(plan)
         self._clock = clock
         self._lock = threading.RLock()
         self.finished = threading.Event()
@@ -118,11 +130,11 @@ class Aggregator:
         self._open_roster = open_roster
         self._status = StatusFile(store)
         self.chunk_bytes = plan.network.chunk_bytes
-        self.max_update_bytes = plan.network.max_update_bytes
 
         resumed = store.load()
         self.model: Weights = resumed.model
         self.spec: list[TensorSpec] = spec_of(self.model)
+        self.max_update_bytes = update_limit(plan, self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
         self.state: RoundState = resumed.state
         if self.state.round_completed:
@@ -147,6 +159,17 @@ class Aggregator:
         with self._lock:
             return self._round.number if self._round else self.plan.rounds + 1
 
+    def check_member(self, collaborator: str) -> None:
+        """The port's first check on every call, before the transport reads a stream."""
+        self._check_roster(collaborator)
+
+    def update_spec(self, task: TaskSpec) -> Sequence[TensorSpec] | None:
+        """The tensors a result of ``task`` must carry: the model's for a plain training
+        update, none for validation, unknown (size-bounded only) for a compressed one."""
+        if task.kind != "train":
+            return []
+        return None if self.plan.compression is not None else self.spec
+
     def _check_roster(self, collaborator: str) -> None:
         if collaborator in self._roster:
             return
@@ -169,7 +192,11 @@ class Aggregator:
         with self._lock:
             self._contact(collaborator)
             if self.finished.is_set() or self._round is None:
-                return Assignment("done", total_rounds=self.plan.rounds)
+                return Assignment(
+                    "done",
+                    total_rounds=self.plan.rounds,
+                    receipts=self._messages_for(collaborator),
+                )
             pending = self._round.pending.get(collaborator)
             if not pending:
                 return Assignment(
@@ -177,6 +204,7 @@ class Aggregator:
                     self._round.number,
                     retry_after=self.plan.timeouts.poll_seconds,
                     total_rounds=self.plan.rounds,
+                    receipts=self._messages_for(collaborator),
                 )
             by_name = {t.name: t for t in self._round.assignments[collaborator]}
             return Assignment(
@@ -184,7 +212,11 @@ class Aggregator:
                 self._round.number,
                 tuple(by_name[n] for n in pending),
                 total_rounds=self.plan.rounds,
+                receipts=self._messages_for(collaborator),
             )
+
+    def _messages_for(self, collaborator: str) -> tuple[bytes, ...]:
+        return tuple(m for o in self.observers for m in o.messages_for(collaborator))
 
     def heartbeat(self, collaborator: str, round_number: int) -> int:
         """``collaborator`` is alive (a long task runs); the current round."""
@@ -277,6 +309,8 @@ class Aggregator:
                 self.spec,
                 round_number,
                 self._decode,
+                self._bounds,
+                collaborator,
             )
         except UpdateRejected as exc:
             return self.reject_result(collaborator, round_number, task_name, str(exc))
@@ -292,7 +326,13 @@ class Aggregator:
             progress.pending[collaborator].remove(task_name)
             self._publish(
                 ResultAccepted(
-                    round_number, collaborator, task_name, task.kind, example_count, metrics
+                    round_number,
+                    collaborator,
+                    task_name,
+                    task.kind,
+                    example_count,
+                    metrics,
+                    update_digest=weights_digest(weights) if weights else "",
                 )
             )
             self._advance()
@@ -601,7 +641,13 @@ class Aggregator:
             self.state.finished = True
         seconds = round(self._clock() - progress.started, 3)
         closed = RoundClosed(
-            progress, self.state.round_completed, summary, accepted, tuple(timed_out), seconds
+            progress,
+            self.state.round_completed,
+            summary,
+            accepted,
+            tuple(timed_out),
+            seconds,
+            model_digest=weights_digest(self.model),
         )
         self._publish(closed)
         self._checkpoint()
@@ -641,7 +687,10 @@ class Aggregator:
             )
             return accepted
         try:
-            self.model = self.strategy.finalize()
+            new_model = self.strategy.finalize()
+            if not all(a.dtype.kind != "f" or all_finite(a) for a in new_model.values()):
+                raise BastionError("the aggregate is not finite")
+            self.model = new_model
         except BastionError as exc:
             # e.g. Krum with fewer results than its f requires: keep the model, go on.
             log.error(
@@ -659,6 +708,8 @@ class Aggregator:
         if task is None or metric not in summary.get(task, {}):
             return
         value = summary[task][metric]
+        if not math.isfinite(value):
+            return  # a non-finite value can never be a best model's
         best = self.state.best_value
         better = best is None or (
             value > best if self.plan.best_model.mode == "max" else value < best
@@ -669,6 +720,9 @@ class Aggregator:
             self.store.save_best(self.model, model_round, value)
 
     def _checkpoint(self) -> None:
+        self.state.anchors = {
+            k: v for o in self.observers for k, v in o.checkpoint_fields().items()
+        }
         self.store.save_round(self.model, self.strategy.state_dict(), self.state)
         self._publish(Checkpointed(self.state.round_completed, self.state.finished))
 

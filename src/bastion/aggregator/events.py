@@ -33,6 +33,7 @@ class ResultAccepted:
     example_count: int | None
     metrics: Mapping[str, float]
     secure_aggregation: bool = False
+    update_digest: str = ""  # SHA-256 of the accepted update's tensors (plain training)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class RoundClosed:
     accepted: int
     timed_out: tuple[str, ...]
     seconds: float
+    model_digest: str = ""  # SHA-256 of the global model the round produced
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,14 @@ class RoundObserver:
     def status_fields(self, round_completed: int) -> dict[str, Any]:
         """Fields this observer adds to the status file."""
         return {}
+
+    def checkpoint_fields(self) -> dict[str, str]:
+        """What this observer anchors in each checkpoint (e.g. the audit log's head)."""
+        return {}
+
+    def messages_for(self, collaborator: str) -> tuple[bytes, ...]:
+        """Signed messages to hand ``collaborator`` with its next task request (receipts)."""
+        return ()
 
 
 def publish(observers: Sequence[RoundObserver], event: RoundEvent) -> None:

@@ -12,14 +12,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bastion.aggregator.assignment import Assignments
+from bastion.aggregator.influence import InfluenceBounds, robust_mean
 from bastion.errors import UpdateRejected
-from bastion.plan import TaskSpec
-from bastion.tensors import TensorSpec, Weights, validate_update
+from bastion.plan import Plan, TaskSpec
+from bastion.tensors import TensorSpec, Weights, total_bytes, validate_update
 
 MAX_METRICS = 64
 #: The longest reason a site may give for a decline or a failure.
 MAX_REASON = 1000
 MAX_EXAMPLE_COUNT = 10**12
+
+
+#: A compressed payload (indices and values, a codebook) may outgrow the model it encodes.
+COMPRESSED_FACTOR = 4
+PLAIN_FACTOR = 2
+SLACK_BYTES = 1 << 16
+
+
+def update_limit(plan: Plan, model: Weights) -> int:
+    """The most bytes one update may take, from the model's size: a plain update's tensors
+    are also checked against the model's as they arrive (so no more than the model is ever
+    allocated), a compressed one is bounded by a multiple; never more than the plan's
+    ``network.max_update_mib``."""
+    factor = COMPRESSED_FACTOR if plan.compression is not None else PLAIN_FACTOR
+    return min(plan.network.max_update_bytes, factor * total_bytes(model) + SLACK_BYTES)
 
 
 @dataclass
@@ -68,7 +84,7 @@ def summarize_metrics(
             rule = rules.get(task, "weighted_mean")
             values = [v for v, _ in pairs]
             if rule == "weighted_mean" and sum(n for _, n in pairs) > 0:
-                out[name] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+                out[name] = robust_mean(pairs)
             elif rule == "min":
                 out[name] = min(values)
             elif rule == "max":
@@ -124,6 +140,8 @@ def checked_content(
     model_spec: Sequence[TensorSpec],
     round_number: int,
     decode: Callable[[Weights, Weights, int], Weights],
+    bounds: InfluenceBounds | None = None,
+    collaborator: str = "",
 ) -> Weights | None:
     """A result's update after decoding its training payload, once every content check passed.
 
@@ -131,7 +149,13 @@ def checked_content(
     so a simulated client hears the answer the aggregator will give it.
     """
     weights = payload
+    if bounds is not None:
+        check_metrics(metrics)
+        bounds.check_count(collaborator, example_count)
+        bounds.check_metrics(metrics)
     if task.kind == "train" and payload is not None:
         weights = decode(payload, model, round_number)
     validate_result(task, example_count, metrics, weights, model_spec)
+    if bounds is not None and task.kind == "train" and weights is not None:
+        weights = bounds.bound_update(collaborator, weights, model)
     return weights

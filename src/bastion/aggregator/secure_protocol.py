@@ -221,7 +221,14 @@ class SecureAggregationRound:
             progress.results.setdefault(task, []).append(TaskRecord(name, 0, dict(metrics)))
             self._publish(
                 ResultAccepted(
-                    progress.number, name, task, "train", None, metrics, secure_aggregation=True
+                    progress.number,
+                    name,
+                    task,
+                    "train",
+                    None,
+                    metrics,
+                    secure_aggregation=True,
+                    update_digest=session.input_digests.get(name, ""),
                 )
             )
         outcome = session.outcome

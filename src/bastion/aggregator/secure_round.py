@@ -15,6 +15,7 @@ on failure nothing was unmasked and the round's training counts for nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -87,6 +88,8 @@ class SecureRound:
         self.outcome: SecureSum | None = None
         self.failure: str | None = None
         self.metrics: dict[str, dict[str, float]] = {}
+        #: SHA-256 of each masked input, for the audit log (what the aggregator received).
+        self.input_digests: dict[str, str] = {}
         self.overhead: dict[str, dict[str, float]] = {}
         self.gone: dict[str, str] = {}
         self.settled = False  # the aggregator has folded the outcome into its round
@@ -269,6 +272,7 @@ class SecureRound:
             checked = _checked_metrics(metrics)
             server.receive_masked_input(name, MaskedInput.from_bytes(payload))
             self.metrics[name] = checked
+            self.input_digests[name] = hashlib.sha256(payload).hexdigest()
         elif step is Step.CONSISTENCY_CHECK:
             server.receive_signature(name, ConsistencySignature.from_bytes(payload))
         elif step is Step.UNMASKING:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bastion.aggregator.attestation import AttestationGate
+from bastion.aggregator.audit_observer import audit_observer
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import pin_mmap_threshold
@@ -20,6 +21,7 @@ from bastion.algorithms.secure_sum import secure_sum_strategy
 from bastion.errors import PKIError, PlanError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
 from bastion.pki import Role, load_certificate, tls_files_for
+from bastion.pki.revocation import CrlWatch, crl_path
 from bastion.plan import Plan, load_plan
 from bastion.privacy.secagg.identity import certificate_verifier
 from bastion.privacy.secagg.keys import IdentityVerifier
@@ -30,16 +32,30 @@ from bastion.storage.lock import ExclusiveLock
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.identity import (
     INSECURE_WARNING,
+    Identify,
     certificate_identity,
     insecure_identity,
-    server_credentials,
+    reloading_server_credentials,
+    revocation_checked,
 )
+from bastion.transport.limits import StreamLimits
 from bastion.transport.server import start_server
 from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
 
 log = logging.getLogger("bastion.aggregator")
 
 DONE_GRACE_SECONDS = 15.0
+
+
+def stream_limits(plan: Plan) -> StreamLimits:
+    """The plan's bounds on what one identity may hold of the server."""
+    network = plan.network
+    return StreamLimits(
+        idle_timeout=network.idle_timeout_s,
+        receive_deadline=network.receive_deadline_s,
+        streams_per_peer=network.streams_per_peer,
+        upload_slots=network.max_concurrent_uploads,
+    )
 
 
 def build_aggregator(
@@ -106,7 +122,8 @@ def run_aggregator(
     with ExclusiveLock(workspace / plan.output.checkpoints, "aggregator"):
         if insecure:
             log.warning(INSECURE_WARNING)
-            credentials, identify = None, insecure_identity
+            credentials = None
+            identify: Identify = insecure_identity
         else:
             tls = tls_files_for(pki, plan.network.aggregator_name)
             identity = tls.check()
@@ -114,7 +131,11 @@ def run_aggregator(
                 raise PKIError(
                     f"{tls.cert} belongs to {identity}; the aggregator needs an aggregator certificate"
                 )
-            credentials, identify = server_credentials(*tls.read()), certificate_identity
+            # The certificate is read again when renewed; every call is checked against the
+            # CA's current revocation list (pki/ca.crl, reloaded when it changes).
+            credentials = reloading_server_credentials(tls)
+            crl = CrlWatch(crl_path(pki), pki / "ca.crt")
+            identify = revocation_checked(certificate_identity, crl)
         verified = verify_workspace(
             workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
         )
@@ -127,6 +148,11 @@ def run_aggregator(
                     "it cannot run with --insecure"
                 )
             verifier = certificate_verifier(tls)
+        if not insecure:
+            # The signed, hash-chained audit log; refuses a rolled-back checkpoint.
+            audit = audit_observer(plan, workspace, tls, verified.measurement)
+            crl.subscribe(audit.revocation_list)
+            observers = [*observers, audit]
         aggregator = build_aggregator(
             plan,
             workspace,
@@ -165,6 +191,10 @@ def run_aggregator(
             gate=gate,
             workspace_measurement=verified.measurement,
             max_concurrent_uploads=plan.network.max_concurrent_uploads,
+            limits=stream_limits(plan),
+            # Room for every site's full share of calls: one peer holds streams_per_peer.
+            max_workers=max(32, plan.network.streams_per_peer * len(plan.collaborator_names()) + 8),
+            max_receive_bytes=None if plan.uses_secure_aggregation else aggregator.max_update_bytes,
         )
         log.info(
             "aggregator for plan %r listening on %s:%d (%s)",

@@ -165,6 +165,7 @@ def sign(
     _print_fingerprint("  SHA-256 ", csr_fingerprint(request_csr))
     entry = sign_request(pki_dir, csr, role, days=days, expected_fingerprint=expect_fingerprint)
     _print_issued(entry)
+    _publish(pki_dir)
     console.print(f"Send {entry.path.name} and ca.crt back to {entry.name}.")
 
 
@@ -182,7 +183,57 @@ def issue_command(
     so that private keys never travel.
     """
     _print_issued(issue(pki_dir, name, role, host or (), days=days))
+    _publish(pki_dir)
     console.print(f"Key: {_p(pki_dir / (name + '.key'))} (copy it only over a secure channel).")
+
+
+def _publish(pki_dir: Path) -> None:
+    """A name's older certificates are superseded in the CRL as soon as it has a new one."""
+    from bastion.pki.revocation import publish_crl
+
+    path = publish_crl(pki_dir)
+    console.print(f"Revocation list: {_p(path)} (give it to the aggregator and the sites).")
+
+
+@app.command("revoke")
+def revoke_command(
+    target: Annotated[str, typer.Argument(help="A name (all its live certificates) or a serial.")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            help="key-compromise, superseded, cessation-of-operation, affiliation-changed, "
+            "unspecified.",
+        ),
+    ],
+    pki_dir: PkiDir = DEFAULT_PKI_DIR,
+) -> None:
+    """Revoke certificates and publish the CA-signed revocation list (ca.crl)."""
+    from bastion.pki.revocation import crl_path, revoke
+
+    for entry in revoke(pki_dir, target, reason):
+        console.print(f"[red]revoked[/] {entry.name} serial {entry.serial_hex} ({escape(reason)})")
+    console.print(f"Revocation list: {_p(crl_path(pki_dir))}; services reload it when it changes.")
+
+
+@app.command("renew")
+def renew_command(
+    name: Annotated[str, typer.Argument(help="The identity to renew.")],
+    csr: Annotated[
+        Path | None,
+        typer.Option("--csr", help="A new request (new key); default: the key NAME holds here."),
+    ] = None,
+    days: Days = 365,
+    pki_dir: PkiDir = DEFAULT_PKI_DIR,
+) -> None:
+    """Issue NAME a new certificate; its previous one is superseded in the CRL."""
+    from bastion.pki.revocation import crl_path, renew
+
+    _print_issued(renew(pki_dir, name, days=days, csr=csr))
+    console.print(
+        f"Revocation list: {_p(crl_path(pki_dir))}; running services pick up the new "
+        "certificate without a restart."
+    )
 
 
 @app.command("list")
@@ -201,13 +252,21 @@ def list_command(pki_dir: PkiDir = DEFAULT_PKI_DIR) -> None:
     for column in ("serial", "valid until", "status", "SHA-256"):
         table.add_column(column, overflow="fold")
     now = datetime.now(timezone.utc)
+    from bastion.pki.revocation import revoked_entries
+
+    revoked = revoked_entries(pki_dir)
     for entry in entries:
+        status = (
+            f"[red]revoked ({revoked[entry.serial].reason})[/]"
+            if entry.serial in revoked
+            else _status(entry, now)
+        )
         table.add_row(
             Text(entry.name),
             entry.role.value,
             entry.serial_hex[:16] + "…",
             format_time(entry.not_after),
-            _status(entry, now),
+            status,
             Text(entry.fingerprint[:23] + "…"),
         )
     console.print(table)

@@ -155,16 +155,26 @@ def import_(
     ca: Path | None = typer.Option(
         None, "--ca", help="Federation CA certificate: verify the signature and files now."
     ),
-    max_file_mib: int = typer.Option(4096, min=1, help="Refuse a member larger than this."),
-    max_total_mib: int = typer.Option(32768, min=1, help="Refuse archives unpacking to more."),
+    max_file_mib: int | None = typer.Option(
+        None, min=1, help="Refuse a member larger than this (default: the largest declared)."
+    ),
+    max_total_mib: int | None = typer.Option(
+        None, min=1, help="Refuse archives unpacking to more (default: 2x the declared size)."
+    ),
 ) -> None:
     """Unpack an exported workspace, refusing unsafe archives; optionally verify it."""
     import shutil
 
-    from bastion.workspace.archive import Limits, import_workspace
+    from bastion.workspace.archive import Limits, declared_limits, import_workspace
     from bastion.workspace.verify import verify_workspace
 
-    limits = Limits(max_file_bytes=max_file_mib << 20, max_total_bytes=max_total_mib << 20)
+    limits = None
+    if max_file_mib is not None or max_total_mib is not None:
+        declared = declared_limits(archive) if archive.is_file() else Limits()
+        limits = Limits(
+            max_file_bytes=max_file_mib << 20 if max_file_mib else declared.max_file_bytes,
+            max_total_bytes=max_total_mib << 20 if max_total_mib else declared.max_total_bytes,
+        )
     path = import_workspace(archive, directory, limits)
     if ca is not None:
         try:

@@ -14,17 +14,33 @@ from bastion.collaborator.secure_update import SecureAggregation
 from bastion.data.site import SiteData
 from bastion.errors import BastionError, PKIError, PlanError
 from bastion.pki import Role, tls_files_for
-from bastion.plan import load_plan
+from bastion.pki.layout import TLSFiles
+from bastion.pki.revocation import CrlWatch, crl_path
+from bastion.plan import Plan, load_plan
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.privacy.secagg.identity import identity_from_tls
 from bastion.spec.network import parse_address
 from bastion.tee.attestation.parties import build_party
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.identity import INSECURE_WARNING
+from bastion.transport.peer_check import check_aggregator, server_certificate
 from bastion.workspace.tasks import build_runner, load_shard
 from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
 
 log = logging.getLogger("bastion.collaborator")
+
+
+def aggregator_check(target: str, pki: Path, files: TLSFiles, plan: Plan) -> Callable[[], None]:
+    """Shake hands with ``target`` and require the aggregator the signed plan names."""
+    address = parse_address(target, plan.network.port, "the aggregator")
+    ca = (pki / "ca.crt").read_bytes()
+    crl = CrlWatch(crl_path(pki), pki / "ca.crt")
+
+    def check() -> None:
+        certificate = server_certificate(address, ca, files.cert, files.key)
+        check_aggregator(certificate, plan.network.aggregator_name, target, crl)
+
+    return check
 
 
 def run_collaborator(
@@ -88,6 +104,10 @@ def run_collaborator(
         tls=tls,
         insecure_name=name if insecure else None,
         workspace_measurement=verified.measurement,
+        check_server=None if insecure else aggregator_check(target, pki, files, plan),
+        plan_tasks={task.name: task for task in plan.tasks},
+        tls_files=None if insecure else files,
+        receipts_dir=workspace / plan.output.logs / "receipts" / name,
     )
     attest: Callable[[], None] = no_attestation
     if plan.attestation is not None:

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bastion.aggregator.influence import InfluenceBounds
 from bastion.aggregator.plugins import update_decoder
-from bastion.aggregator.records import checked_content
+from bastion.aggregator.records import checked_content, update_limit
 from bastion.collaborator.factory import build_collaborator
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, UpdateRejected
@@ -26,7 +27,7 @@ from bastion.plan import Plan, TaskSpec, load_plan
 from bastion.protocol import Ack, Assignment, NotAssigned, ResultHeader, take_result
 from bastion.runners.base import KeepsClientState
 from bastion.sim.shards import ShardIndex, load_plan_dataset
-from bastion.tensors import Weights, assemble_frames, iter_frames, spec_of
+from bastion.tensors import TensorSpec, Weights, assemble_frames, iter_frames, spec_of
 from bastion.workspace.tasks import build_runner
 
 log = logging.getLogger("bastion.sim")
@@ -75,7 +76,15 @@ class ContentCheckPort:
         self._spec = spec_of(model)
         self._decode = update_decoder(plan)
         self.chunk_bytes = plan.network.chunk_bytes
-        self.max_update_bytes = plan.network.max_update_bytes
+        self._compressed = plan.compression is not None
+        self._bounds = InfluenceBounds.of(plan)
+        self.max_update_bytes = update_limit(plan, model)
+
+    def update_spec(self, task: TaskSpec) -> list[TensorSpec] | None:
+        """As the aggregator: the model's tensors for a plain update, none for validation."""
+        if task.kind != "train":
+            return []
+        return None if self._compressed else self._spec
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
         if task not in self._tasks:
@@ -102,6 +111,8 @@ class ContentCheckPort:
                 self._spec,
                 round_number,
                 self._decode,
+                self._bounds,
+                collaborator,
             )
         except UpdateRejected as exc:
             return Ack(False, str(exc))

@@ -119,6 +119,15 @@ class NetworkSpec(BaseModel):
     max_concurrent_uploads: int = Field(
         default=2, ge=1, description="updates assembled at once; bounds aggregator memory"
     )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="a stream with no message this long is cut"
+    )
+    receive_deadline_s: float = Field(
+        default=3600.0, gt=0, description="no stream may stay open longer than this"
+    )
+    streams_per_peer: int = Field(
+        default=4, ge=1, le=64, description="calls one identity may have open at once"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -104,6 +104,8 @@ class RoundState:
     finished: bool = False
     best_value: float | None = None
     best_round: int | None = None
+    #: What observers anchor in the checkpoint (the audit log's head: see ``bastion.audit``).
+    anchors: dict[str, str] = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, str]:
         return {"bastion.state": json.dumps(asdict(self))}

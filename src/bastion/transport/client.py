@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import grpc
 
 from bastion.errors import BastionError
+from bastion.pki.layout import TLSFiles
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, StageReply
@@ -18,6 +20,7 @@ from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable
 from bastion.transport.frames import assemble, to_chunk
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
+from bastion.transport.limits import MEASUREMENT_HEADER, PLAN_HEADER, RECEIPT_HEADER
 from bastion.transport.secagg_frames import read_reply, send_parts
 from bastion.transport.server import channel_options
 
@@ -50,7 +53,22 @@ class GrpcAggregatorClient:
         insecure_name: str | None = None,
         timeout_seconds: float = 600.0,
         workspace_measurement: str = "",
+        check_server: Callable[[], None] | None = None,
+        plan_tasks: Mapping[str, TaskSpec] | None = None,
+        tls_files: TLSFiles | None = None,
+        receipts_dir: Path | None = None,
     ) -> None:
+        """``check_server`` verifies who answers (the plan's aggregator) before the first
+        task request and after the aggregator was unreachable; ``plan_tasks`` (the signed
+        plan's) define each task the aggregator names: its reply never supplies arguments."""
+        self._check_server = check_server
+        self._server_checked = check_server is None
+        self._plan_tasks = dict(plan_tasks) if plan_tasks is not None else None
+        # A renewed certificate (same files, new content) is picked up between rounds.
+        self._tls_files = tls_files
+        self._tls_stamp = _stamp(tls_files) if tls_files is not None else None
+        self._options = channel_options(chunk_bytes)
+        self._receipts_dir = receipts_dir
         options = channel_options(chunk_bytes)
         if tls is not None:
             self._channel = grpc.secure_channel(target, channel_credentials(*tls), options=options)
@@ -58,6 +76,12 @@ class GrpcAggregatorClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
             self._metadata = ((INSECURE_NAME_HEADER, insecure_name or ""),)
+        # Every call names the plan and workspace it runs, so the aggregator checks them
+        # before it reads anything else of the call.
+        self._metadata += (
+            (PLAN_HEADER, plan_hash),
+            (MEASUREMENT_HEADER, workspace_measurement),
+        )
         self._stub = pb_grpc.FederationStub(self._channel)
         self._target = target
         self._plan_hash = plan_hash
@@ -95,9 +119,55 @@ class GrpcAggregatorClient:
             self._explained[details] = found if found.reason else Diagnosis(_short(details))
         return self._explained[details]
 
-    def get_tasks(self) -> Assignment:
+    def _verify_server(self, after_call: bool = False) -> None:
+        """Check who answers; a failed dial is left to the gRPC call's own diagnosis, but a
+        reply is never used until the check has passed."""
+        if self._server_checked or self._check_server is None:
+            return
         try:
-            reply = self._stub.GetTasks(
+            self._check_server()
+        except OSError as exc:
+            if after_call:
+                raise AggregatorUnavailable(
+                    f"aggregator at {self._target}: cannot check its certificate: {exc}"
+                ) from None
+            return
+        except BastionError as exc:
+            raise AggregatorMisconfigured(str(exc)) from None
+        self._server_checked = True
+
+    def _planned(self, name: str, kind: str) -> TaskSpec:
+        assert self._plan_tasks is not None
+        task = self._plan_tasks.get(name)
+        if task is None:
+            raise AggregatorMisconfigured(
+                f"the aggregator assigned task {name!r}, which the signed plan does not define"
+            )
+        return task
+
+    def _reload_tls(self) -> None:
+        """Dial with the renewed certificate when its files changed (no restart needed)."""
+        if self._tls_files is None:
+            return
+        stamp = _stamp(self._tls_files)
+        if stamp == self._tls_stamp:
+            return
+        try:
+            tls = self._tls_files.read()
+        except (BastionError, OSError, ValueError):
+            return  # half-written: try again at the next request
+        self._tls_stamp = stamp
+        self._channel.close()
+        self._channel = grpc.secure_channel(
+            self._target, channel_credentials(*tls), options=self._options
+        )
+        self._stub = pb_grpc.FederationStub(self._channel)
+
+    def get_tasks(self) -> Assignment:
+        self._reload_tls()
+        self._verify_server()
+        try:
+            reply, call = self._stub.GetTasks.with_call(
                 pb.TasksRequest(
                     plan_hash=self._plan_hash, workspace_measurement=self._workspace_measurement
                 ),
@@ -105,18 +175,47 @@ class GrpcAggregatorClient:
                 timeout=30,
             )
         except grpc.RpcError as exc:
-            raise self._translate(exc, "the task request") from None
-        tasks = tuple(
-            TaskSpec(name=t.name, kind=t.kind, model=t.model, args=json.loads(t.args_json or "{}"))
-            for t in reply.tasks
+            error = self._translate(exc, "the task request")
+            if isinstance(error, AggregatorUnavailable) and self._check_server is not None:
+                self._server_checked = False  # whoever answers next is checked again
+            raise error from None
+        self._verify_server(after_call=True)
+        receipts = tuple(
+            bytes(value)
+            for key, value in (call.trailing_metadata() or ())
+            if key == RECEIPT_HEADER and isinstance(value, bytes)
         )
+        self._keep_receipts(receipts)
+        if self._plan_tasks is not None:
+            tasks = tuple(self._planned(t.name, t.kind) for t in reply.tasks)
+        else:
+            tasks = tuple(
+                TaskSpec(
+                    name=t.name, kind=t.kind, model=t.model, args=json.loads(t.args_json or "{}")
+                )
+                for t in reply.tasks
+            )
         return Assignment(
             _ACTIONS.get(reply.action, "wait"),  # type: ignore[arg-type]
             reply.round,
             tasks,
             reply.retry_after_seconds or 0.5,
             reply.total_rounds,
+            receipts,
         )
+
+    def _keep_receipts(self, receipts: tuple[bytes, ...]) -> None:
+        """Store each signed receipt as ``receipts_dir/<record number>.json`` (to check
+        against the audit log with `bastion audit verify LOG --receipt FILE`)."""
+        if self._receipts_dir is None or not receipts:
+            return
+        self._receipts_dir.mkdir(parents=True, exist_ok=True)
+        for receipt in receipts[:1000]:
+            try:
+                seq = int(json.loads(receipt)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            (self._receipts_dir / f"{seq:08d}.json").write_bytes(receipt + b"\n")
 
     def get_model(self, round_number: int) -> Weights:
         try:
@@ -231,6 +330,10 @@ class GrpcAggregatorClient:
         except grpc.RpcError as exc:
             raise self._translate(exc, "our attestation evidence") from None
         return ack.accepted, ack.reason
+
+
+def _stamp(files: TLSFiles) -> tuple[int, ...]:
+    return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (files.cert, files.key))
 
 
 def _short(details: str) -> str:

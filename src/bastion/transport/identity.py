@@ -15,7 +15,9 @@ from cryptography import x509
 
 from bastion.errors import PKIError
 from bastion.pki import Role, identity_of
+from bastion.pki.layout import TLSFiles
 from bastion.pki.pem import parse_certificate
+from bastion.pki.revocation import CrlWatch
 
 log = logging.getLogger("bastion.transport")
 
@@ -41,6 +43,53 @@ def certificate_identity(context: grpc.ServicerContext) -> str:
             f"peer certificate belongs to {identity}; only collaborators may call the aggregator"
         )
     return identity.name
+
+
+def revocation_checked(identify: Identify, crl: CrlWatch) -> Identify:
+    """``identify``, then the caller's certificate against the current CRL (reloaded when it
+    changes): a revoked or superseded certificate is refused on every call."""
+
+    def checked(context: grpc.ServicerContext) -> str:
+        name = identify(context)
+        certificate = peer_certificate(context)
+        if certificate is not None:
+            crl.check(certificate, name)
+        return name
+
+    return checked
+
+
+def reloading_server_credentials(files: TLSFiles) -> grpc.ServerCredentials:
+    """Mutual TLS whose own certificate and trust anchor are read again when their files
+    change, at the next handshake: a renewed certificate needs no restart."""
+
+    def stamp() -> tuple[int, ...]:
+        return tuple(
+            p.stat().st_mtime_ns if p.exists() else 0 for p in (files.ca, files.cert, files.key)
+        )
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        ca, cert, key = files.read()
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    seen = [stamp()]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        now = stamp()
+        if now == seen[0]:
+            return None
+        try:
+            fresh = configuration()
+        except (PKIError, OSError, ValueError) as exc:
+            log.error("keeping the current server certificate: %s", exc)
+            return None
+        seen[0] = now
+        log.info("server certificate reloaded from %s", files.cert)
+        return fresh
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(), fetch, require_client_authentication=True
+    )
 
 
 def insecure_identity(context: grpc.ServicerContext) -> str:

@@ -15,12 +15,14 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from bastion.errors import BastionError, PKIError, ProtocolError
 from bastion.protocol import (
     AttestationPort,
+    Busy,
     CannotServe,
     FederationPort,
     NotAssigned,
@@ -34,10 +36,20 @@ from bastion.protocol import (
     take_result,
 )
 from bastion.tee.attestation import AttestationError
+from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.frames import from_chunk, to_chunk
 from bastion.transport.identity import Identify, peer_certificate
+from bastion.transport.limits import (
+    MEASUREMENT_HEADER,
+    PLAN_HEADER,
+    RECEIPT_HEADER,
+    PeerStreams,
+    RefusalLog,
+    StreamLimits,
+    Watched,
+)
 from bastion.transport.secagg_frames import first_header, read_payload, reply_parts
 
 log = logging.getLogger("bastion.transport")
@@ -54,6 +66,7 @@ STATUS_FOR: tuple[tuple[type[BastionError], grpc.StatusCode], ...] = (
     (PlanMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
     (CannotServe, grpc.StatusCode.UNAVAILABLE),
+    (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
     (Refused, grpc.StatusCode.PERMISSION_DENIED),
 )
@@ -65,16 +78,30 @@ def status_for(error: BastionError) -> grpc.StatusCode | None:
 
 
 @contextlib.contextmanager
-def answering(context: grpc.ServicerContext, name: str, what: str) -> Iterator[None]:
-    """Turn a refusal raised while serving ``what`` into its status code, logged once."""
+def answering(
+    context: grpc.ServicerContext,
+    name: str,
+    what: str,
+    refusals: RefusalLog | None = None,
+    serial: str = "",
+) -> Iterator[None]:
+    """Turn a refusal raised while serving ``what`` into its status code, logged once
+    (once per peer, serial and reason per interval with ``refusals``)."""
     try:
         yield
     except BastionError as exc:
         code = status_for(exc)
         if code is None:
             raise
-        log.warning("refused %s by %s: %s", what, name, exc)
+        if refusals is None:
+            log.warning("refused %s by %s: %s", what, name, exc)
+        else:
+            refusals.refused(name, serial, f"{what}:{type(exc).__name__}", f"{what}: {exc}")
         context.abort(code, str(exc))
+
+
+#: Room for a message's header fields (a tensor's name, dtype, shape; a stage's metadata).
+FRAMING_BYTES = 64 * 1024
 
 
 def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
@@ -105,42 +132,103 @@ class FederationServicer(pb_grpc.FederationServicer):
         max_concurrent_uploads: int = 2,
         gate: AttestationPort | None = None,
         workspace_measurement: str | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self._port = port
         self._gate = gate
         self._workspace_measurement = workspace_measurement
-        # Uploads beyond this wait in gRPC flow control, so memory is O(model), not O(clients).
-        self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
+        limits = limits or StreamLimits()
+        if limits.upload_slots != max_concurrent_uploads:
+            limits = StreamLimits(
+                limits.idle_timeout,
+                limits.receive_deadline,
+                limits.streams_per_peer,
+                max_concurrent_uploads,
+                limits.refusal_log_interval,
+            )
+        # Uploads beyond the slots wait in gRPC flow control, so memory is O(model), not
+        # O(clients); each identity holds a bounded share of streams, each stream a deadline.
+        self._streams = PeerStreams(limits)
+        self._plan_checked: set[str] = set()
+        self._checked_lock = threading.Lock()
         self._plan_hash = plan_hash
         self._identify = identify
         self._chunk_bytes = chunk_bytes
         self.told_done: set[str] = set()
 
+    def close(self) -> None:
+        self._streams.close()
+
     def _caller(self, context: grpc.ServicerContext) -> str:
         try:
             return self._identify(context)
         except BastionError as exc:
-            log.warning("refused a peer: %s", exc)
+            self._streams.refusals.refused(
+                context.peer(), _serial(context), "identity", f"a peer: {exc}"
+            )
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise  # unreachable: abort raises
 
-    def GetTasks(self, request: pb.TasksRequest, context: grpc.ServicerContext) -> pb.TasksReply:
+    @contextlib.contextmanager
+    def _admitted(
+        self, context: grpc.ServicerContext, what: str, needs_plan: bool = True
+    ) -> Iterator[tuple[str, Watched]]:
+        """Identity, role, roster and plan checked before anything of the call is read;
+        then one of the caller's bounded streams, watched, for the rest of the call."""
         name = self._caller(context)
-        with answering(context, name, "a task request"):
-            self._check_plan(name, request.plan_hash, request.workspace_measurement)
-            assignment = self._port.get_tasks(name)
-        if assignment.action == "done":
-            self.told_done.add(name)
-        return pb.TasksReply(
-            action=_ACTIONS[assignment.action],
-            round=assignment.round,
-            tasks=[
-                pb.Task(name=t.name, kind=t.kind, model=t.model, args_json=json.dumps(t.args))
-                for t in assignment.tasks
-            ],
-            retry_after_seconds=assignment.retry_after,
-            total_rounds=assignment.total_rounds,
+        serial = _serial(context)
+        with answering(context, name, what, self._streams.refusals, serial):
+            self._port.check_member(name)
+            if needs_plan:
+                self._check_plan_metadata(name, context)
+            stream = self._streams.stream(name, serial, context, what)
+            watched = stream.__enter__()
+        try:
+            yield name, watched
+        finally:
+            stream.__exit__(None, None, None)
+
+    def _answering(self, context: grpc.ServicerContext, name: str, what: str) -> Any:
+        return answering(context, name, what, self._streams.refusals, _serial(context))
+
+    def _check_plan_metadata(self, name: str, context: grpc.ServicerContext) -> None:
+        """The plan and measurement every call carries in its metadata; a caller that sends
+        none must have matched them in ``GetTasks`` (an older client) before any stream."""
+        headers = dict(context.invocation_metadata() or ())
+        plan_hash = headers.get(PLAN_HEADER)
+        if plan_hash is not None:
+            self._check_plan(name, str(plan_hash), str(headers.get(MEASUREMENT_HEADER, "")))
+            return
+        with self._checked_lock:
+            if name in self._plan_checked:
+                return
+        raise PlanMismatch(
+            f"{name} sent no plan hash; ask for tasks (GetTasks) with the federation's plan first"
         )
+
+    def GetTasks(self, request: pb.TasksRequest, context: grpc.ServicerContext) -> pb.TasksReply:
+        with self._admitted(context, "a task request", needs_plan=False) as (name, _):
+            with self._answering(context, name, "a task request"):
+                self._check_plan(name, request.plan_hash, request.workspace_measurement)
+                with self._checked_lock:
+                    self._plan_checked.add(name)
+                assignment = self._port.get_tasks(name)
+            if assignment.action == "done":
+                self.told_done.add(name)
+            if assignment.receipts:
+                context.set_trailing_metadata(
+                    tuple((RECEIPT_HEADER, receipt) for receipt in assignment.receipts)
+                )
+            return pb.TasksReply(
+                action=_ACTIONS[assignment.action],
+                round=assignment.round,
+                tasks=[
+                    pb.Task(name=t.name, kind=t.kind, model=t.model, args_json=json.dumps(t.args))
+                    for t in assignment.tasks
+                ],
+                retry_after_seconds=assignment.retry_after,
+                total_rounds=assignment.total_rounds,
+            )
 
     def _check_plan(self, name: str, plan_hash: str, reported: str) -> None:
         """Refuse a collaborator whose plan or workspace measurement differs from ours.
@@ -168,13 +256,13 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetModel(
         self, request: pb.ModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TensorChunk]:
-        name = self._caller(context)
-        with answering(context, name, "a model download"):
-            self._require_attested(name, context)
-            frames = self._port.model_frames(name, request.round)
-        log.info("sending the round %d model to %s", request.round, name)
-        for frame in frames:
-            yield to_chunk(frame)
+        with self._admitted(context, "a model download") as (name, watched):
+            with self._answering(context, name, "a model download"):
+                self._require_attested(name, context)
+                frames = self._port.model_frames(name, request.round)
+            log.info("sending the round %d model to %s", request.round, name)
+            for frame in self._streams.sent(watched, frames):
+                yield to_chunk(frame)
 
     def _require_attested(self, name: str, context: grpc.ServicerContext) -> None:
         if self._gate is not None:
@@ -188,103 +276,136 @@ class FederationServicer(pb_grpc.FederationServicer):
     def AttestAggregator(
         self, request: pb.AggregatorChallenge, context: grpc.ServicerContext
     ) -> pb.AggregatorEvidence:
-        name = self._caller(context)
-        with answering(context, name, "an attestation challenge"):
-            gate = self._attestation_gate()
-            try:
-                evidence, challenge = gate.prove(name, request.nonce)
-            except BastionError as exc:
-                log.error("cannot produce attestation evidence for %s: %s", name, exc)
-                raise CannotServe(f"aggregator cannot attest: {exc}") from None
-        return pb.AggregatorEvidence(
-            kind=evidence.kind,
-            quote=evidence.quote,
-            certificate=gate.certificate_pem,
-            nonce=challenge,
-        )
+        with self._admitted(context, "an attestation challenge") as (name, _):
+            with self._answering(context, name, "an attestation challenge"):
+                gate = self._attestation_gate()
+                try:
+                    evidence, challenge = gate.prove(name, request.nonce)
+                except BastionError as exc:
+                    log.error("cannot produce attestation evidence for %s: %s", name, exc)
+                    raise CannotServe(f"aggregator cannot attest: {exc}") from None
+            return pb.AggregatorEvidence(
+                kind=evidence.kind,
+                quote=evidence.quote,
+                certificate=gate.certificate_pem,
+                nonce=challenge,
+            )
 
     def AttestCollaborator(
         self, request: pb.CollaboratorEvidence, context: grpc.ServicerContext
     ) -> pb.AttestationAck:
-        name = self._caller(context)
-        certificate = peer_certificate(context)
-        with answering(context, name, "attestation evidence"):
-            gate = self._attestation_gate()
-            if certificate is None:
-                raise NotConfigured("attestation needs the caller's TLS certificate")
-            try:
-                gate.admit(name, certificate, request.kind, request.quote, request.nonce)
-            except AttestationError as exc:
-                return pb.AttestationAck(accepted=False, reason=str(exc))
-        return pb.AttestationAck(accepted=True)
+        with self._admitted(context, "attestation evidence") as (name, _):
+            certificate = peer_certificate(context)
+            with self._answering(context, name, "attestation evidence"):
+                gate = self._attestation_gate()
+                if certificate is None:
+                    raise NotConfigured("attestation needs the caller's TLS certificate")
+                try:
+                    gate.admit(name, certificate, request.kind, request.quote, request.nonce)
+                except AttestationError as exc:
+                    return pb.AttestationAck(accepted=False, reason=str(exc))
+            return pb.AttestationAck(accepted=True)
 
     def SendResult(
         self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext
     ) -> pb.ResultAck:
-        name = self._caller(context)
-        with answering(context, name, "a result"):
-            first = next(request_iterator, None)
-            if first is None or first.WhichOneof("part") != "header":
-                raise ProtocolError("a result must start with its header")
-            message = first.header
-            self._require_attested(name, context)
-            header = ResultHeader(
-                message.round,
-                message.task,
-                int(message.example_count),
-                dict(message.metrics),
-                message.declined or None,
-                message.failed or None,
-            )
-            frames = (from_chunk(_tensor_part(part)) for part in request_iterator)
-            if header.declined is not None or header.failed is not None:
-                ack = take_result(self._port, name, header, frames)
-            else:
-                self._port.check_result_allowed(name, header.round, header.task)
-                with self._uploads:
-                    ack = take_result(self._port, name, header, frames)
-        return pb.ResultAck(accepted=ack.accepted, reason=ack.reason)
+        with self._admitted(context, "a result") as (name, watched):
+            with self._answering(context, name, "a result"):
+                self._require_attested(name, context)
+                messages = self._streams.received(watched, request_iterator)
+                first = next(messages, None)
+                if first is None or first.WhichOneof("part") != "header":
+                    raise ProtocolError("a result must start with its header")
+                message = first.header
+                header = ResultHeader(
+                    message.round,
+                    message.task,
+                    int(message.example_count),
+                    dict(message.metrics),
+                    message.declined or None,
+                    message.failed or None,
+                )
+                if header.declined is not None or header.failed is not None:
+                    ack = take_result(self._port, name, header, _frames(messages))
+                else:
+                    self._port.check_result_allowed(name, header.round, header.task)
+                    with self._streams.upload(name), contextlib.ExitStack() as slot:
+                        frames = self._slotted(watched, messages, slot)
+                        ack = take_result(self._port, name, header, frames)
+            return pb.ResultAck(accepted=ack.accepted, reason=ack.reason)
+
+    def _slotted(
+        self, watched: Watched, messages: Iterator[pb.ResultChunk], slot: contextlib.ExitStack
+    ) -> Iterator[Frame]:
+        """The result's frames; an upload slot is taken when the first tensor arrives, so a
+        result without tensors never waits behind another site's upload."""
+        for index, frame in enumerate(_frames(messages)):
+            if index == 0:
+                slot.enter_context(self._streams.slot(watched))
+            yield frame
 
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
-        name = self._caller(context)
-        with answering(context, name, "a heartbeat"):
-            current = self._port.heartbeat(name, request.round)
-        return pb.HeartbeatReply(round=current)
+        with self._admitted(context, "a heartbeat") as (name, _):
+            with self._answering(context, name, "a heartbeat"):
+                current = self._port.heartbeat(name, request.round)
+            return pb.HeartbeatReply(round=current)
 
     def SecAggSend(
         self, request_iterator: Iterator[pb.SecAggPart], context: grpc.ServicerContext
     ) -> pb.SecAggAck:
-        name = self._caller(context)
-        with answering(context, name, "a secure aggregation message"):
-            self._require_attested(name, context)
-            header = first_header(request_iterator)
-            limit = self._port.stage_payload_limit(name, header.round, header.attempt, header.step)
-        if limit == 0:
-            return pb.SecAggAck(accepted=False, reason="no secure aggregation session is open")
-        # A large message (a masked model) waits for an upload slot like a plain result.
-        large = header.total_bytes > self._chunk_bytes
-        with self._uploads if large else contextlib.nullcontext():
-            try:
-                payload = read_payload(request_iterator, header.total_bytes, limit)
-            except ProtocolError as exc:
-                log.warning("refused %s's secure aggregation message: %s", name, exc)
-                return pb.SecAggAck(accepted=False, reason=str(exc))
-            with answering(context, name, "a secure aggregation message"):
-                ack = self._port.stage_send(
-                    name, header.round, header.attempt, header.step, payload, dict(header.metrics)
+        with self._admitted(context, "a secure aggregation message") as (name, watched):
+            messages = self._streams.received(watched, request_iterator)
+            with self._answering(context, name, "a secure aggregation message"):
+                self._require_attested(name, context)
+                header = first_header(messages)
+                limit = self._port.stage_payload_limit(
+                    name, header.round, header.attempt, header.step
                 )
-        return pb.SecAggAck(accepted=ack.accepted, reason=ack.reason)
+            if limit == 0:
+                return pb.SecAggAck(accepted=False, reason="no secure aggregation session is open")
+            # A large message (a masked model) waits for an upload slot like a plain result.
+            large = header.total_bytes > self._chunk_bytes
+            with self._answering(context, name, "a secure aggregation message"):
+                upload = self._streams.upload(name) if large else contextlib.nullcontext()
+                with upload, self._streams.slot(watched) if large else contextlib.nullcontext():
+                    try:
+                        payload = read_payload(messages, header.total_bytes, limit)
+                    except ProtocolError as exc:
+                        log.warning("refused %s's secure aggregation message: %s", name, exc)
+                        return pb.SecAggAck(accepted=False, reason=str(exc))
+                    ack = self._port.stage_send(
+                        name,
+                        header.round,
+                        header.attempt,
+                        header.step,
+                        payload,
+                        dict(header.metrics),
+                    )
+            return pb.SecAggAck(accepted=ack.accepted, reason=ack.reason)
 
     def SecAggFetch(
         self, request: pb.SecAggPoll, context: grpc.ServicerContext
     ) -> Iterator[pb.SecAggPart]:
-        name = self._caller(context)
-        with answering(context, name, "a secure aggregation poll"):
-            self._require_attested(name, context)
-            reply = self._port.stage_fetch(name, request.round, request.attempt, request.step)
-        yield from reply_parts(reply, self._chunk_bytes)
+        with self._admitted(context, "a secure aggregation poll") as (name, watched):
+            with self._answering(context, name, "a secure aggregation poll"):
+                self._require_attested(name, context)
+                reply = self._port.stage_fetch(name, request.round, request.attempt, request.step)
+            yield from self._streams.sent(watched, reply_parts(reply, self._chunk_bytes))
+
+
+def _serial(context: grpc.ServicerContext) -> str:
+    """The caller's certificate serial (hex) for the log; empty without one."""
+    try:
+        certificate = peer_certificate(context)
+    except BastionError:
+        return ""
+    return f"{certificate.serial_number:x}" if certificate is not None else ""
+
+
+def _frames(messages: Iterator[pb.ResultChunk]) -> Iterator[Frame]:
+    return (from_chunk(_tensor_part(part)) for part in messages)
 
 
 def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:
@@ -301,6 +422,7 @@ class RunningServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
+        self.servicer.close()
 
 
 def start_server(
@@ -316,11 +438,24 @@ def start_server(
     gate: AttestationPort | None = None,
     workspace_measurement: str | None = None,
     max_concurrent_uploads: int = 2,
+    limits: StreamLimits | None = None,
+    max_receive_bytes: int | None = None,
 ) -> RunningServer:
-    """Bind and start the server; ``credentials=None`` means plain text (``--insecure``)."""
+    """Bind and start the server; ``credentials=None`` means plain text (``--insecure``).
+
+    ``max_receive_bytes`` caps one incoming message below the chunk size when the model is
+    smaller (gRPC refuses a longer message from its length prefix, before Python sees it).
+    """
+    options = server_options(chunk_bytes)
+    if max_receive_bytes is not None:
+        limit = min(chunk_bytes + 1024 * 1024, max_receive_bytes + FRAMING_BYTES)
+        options = [
+            (key, limit if key == "grpc.max_receive_message_length" else value)
+            for key, value in options
+        ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bastion-rpc"),
-        options=server_options(chunk_bytes),
+        options=options,
     )
     servicer = FederationServicer(
         port_impl,
@@ -330,6 +465,7 @@ def start_server(
         max_concurrent_uploads,
         gate,
         workspace_measurement,
+        limits,
     )
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"

@@ -30,7 +30,12 @@ from bastion.storage.atomic import atomic_writer
 from bastion.storage.checkpoints import INITIAL
 from bastion.tee.workspace_files import SECRET_SUFFIXES, is_secret_file
 from bastion.workspace.compare import require_unchanged
-from bastion.workspace.manifest import WorkspaceManifest, measure_workspace, read_manifest
+from bastion.workspace.manifest import (
+    MAX_MANIFEST_BYTES,
+    WorkspaceManifest,
+    measure_workspace,
+    read_manifest,
+)
 from bastion.workspace.scope import MANIFEST_FILE, SIGNATURE_FILE, runtime_dirs
 
 DEFAULT_MAX_FILE_BYTES = 4 << 30
@@ -90,7 +95,9 @@ def export_members(workspace: Path, *, initial_model: bool = True) -> tuple[list
             and not checkpoint.is_symlink()
             and checkpoint.resolve().is_relative_to(root)
         ):
-            members.append(checkpoint.resolve().relative_to(root).as_posix())
+            path = checkpoint.resolve().relative_to(root).as_posix()
+            if path not in members:
+                members.append(path)
     return members, signed
 
 
@@ -128,10 +135,53 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> None:
         tar.addfile(info, handle)
 
 
+#: Without explicit limits, an archive may unpack to this multiple of what its manifest declares.
+DECLARED_MULTIPLE = 2
+_DECLARED_SLACK = 1 << 20
+
+
+def declared_limits(archive: Path) -> Limits:
+    """Limits from the archive's own manifest: each member at most the largest declared
+    file, all of them at most ``DECLARED_MULTIPLE`` x the declared total (plus room for the
+    manifest and signature); the fixed defaults for an archive without a manifest."""
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > DEFAULT_MAX_MEMBERS:
+                    break
+                if member.name != MANIFEST_FILE or not member.isfile():
+                    continue
+                if member.size > MAX_MANIFEST_BYTES:
+                    raise ArchiveError(
+                        f"{archive}: its manifest is larger than {MAX_MANIFEST_BYTES} bytes"
+                    )
+                data = tar.extractfile(member)
+                manifest = WorkspaceManifest.parse(data.read() if data else b"", MANIFEST_FILE)
+                break
+            else:
+                return Limits()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"{archive} is not a readable tar archive: {exc}") from None
+    except BastionError as exc:
+        raise ArchiveError(f"{archive}: {exc}") from None
+    sizes = [d.size for d in (*manifest.files.values(), *manifest.shipped.values())]
+    declared = sum(sizes)
+    return Limits(
+        max_file_bytes=min(DEFAULT_MAX_FILE_BYTES, max([*sizes, 0]) + _DECLARED_SLACK),
+        max_total_bytes=min(
+            DEFAULT_MAX_TOTAL_BYTES, DECLARED_MULTIPLE * declared + 2 * _DECLARED_SLACK
+        ),
+        max_members=min(DEFAULT_MAX_MEMBERS, 2 * len(sizes) + 16),
+    )
+
+
 def import_workspace(archive: Path, directory: Path, limits: Limits | None = None) -> Path:
-    """Unpack ``archive`` into ``directory`` (new or empty), refusing anything unsafe."""
-    limits = limits or Limits()
+    """Unpack ``archive`` into ``directory`` (new or empty), refusing anything unsafe;
+    without ``limits``, the archive's declared size bounds it (``declared_limits``)."""
     archive, directory = Path(archive), Path(directory)
+    if limits is None and archive.is_file():
+        limits = declared_limits(archive)
+    limits = limits or Limits()
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ArchiveError(f"{directory} exists and is not an empty directory: choose a new one")
     if not archive.is_file():

@@ -54,6 +54,25 @@ def changes(workspace: Path, manifest: WorkspaceManifest) -> list[Change]:
     for path in manifest.files:
         if path not in seen:
             found.append(Change(path, "missing", "is missing"))
+    # A file shipped in a run-time folder (the initial model) is compared where it lies;
+    # a site that received the workspace without it needs none (the aggregator serves it).
+    for path, expected in manifest.shipped.items():
+        file = workspace / path
+        if not file.exists() and not file.is_symlink():
+            continue
+        if file.is_symlink() or not file.is_file():
+            found.append(Change(path, "differs", "is not a regular file"))
+            continue
+        actual = hash_file(file)
+        if actual != expected:
+            found.append(
+                Change(
+                    path,
+                    "differs",
+                    f"differs (sha256 {actual.sha256[:16]}…, {actual.size} bytes here; "
+                    f"{expected.sha256[:16]}…, {expected.size} bytes in the manifest)",
+                )
+            )
     return sorted(found, key=lambda change: change.path)
 
 

@@ -29,6 +29,16 @@ def initialize_plan(workspace: Path, force: bool = False) -> Initialized:
     plan = load_plan(workspace)
     create_plan_strategy(plan)  # fail early on a bad config
     save_dir = workspace / plan.output.checkpoints
+    root = workspace.resolve()
+    if (
+        save_dir.is_symlink()
+        or not save_dir.resolve().is_relative_to(root)
+        or (save_dir.resolve() == root)
+    ):
+        raise BastionError(
+            f"output.checkpoints {plan.output.checkpoints!r} must be a folder inside the "
+            f"workspace {workspace}, not a link and not the workspace itself"
+        )
     if save_dir.exists() and any(save_dir.iterdir()):
         if not force:
             raise BastionError(

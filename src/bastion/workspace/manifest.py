@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bastion.errors import BastionError
-from bastion.plan import load_plan
+from bastion.plan import Plan, load_plan
 from bastion.storage.atomic import atomic_write_bytes
+from bastion.storage.checkpoints import INITIAL
 from bastion.workspace.scope import (
     MANIFEST_FILE,
     WorkspaceScopeError,
     check_relative_path,
+    is_excluded,
     runtime_dirs,
     walk_scope,
 )
@@ -47,9 +49,12 @@ class WorkspaceManifest:
     plan_sha256: str
     excluded: tuple[str, ...]
     files: dict[str, FileDigest]
+    #: Files shipped inside a run-time folder (the initial model): signed, compared where
+    #: they lie when present; written only when there are any (older manifests unchanged).
+    shipped: dict[str, FileDigest] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        document = {
+        document: dict[str, Any] = {
             "format": FORMAT,
             "plan_sha256": self.plan_sha256,
             "excluded": list(self.excluded),
@@ -58,6 +63,11 @@ class WorkspaceManifest:
                 for path, digest in sorted(self.files.items())
             },
         }
+        if self.shipped:
+            document["shipped"] = {
+                path: {"sha256": digest.sha256, "size": digest.size}
+                for path, digest in sorted(self.shipped.items())
+            }
         return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
 
     @property
@@ -86,7 +96,8 @@ class WorkspaceManifest:
     def _from_document(cls, document: Any, source: str) -> WorkspaceManifest:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ManifestFormatError(f"{source} is not a {FORMAT} manifest")
-        if set(document) != {"format", "plan_sha256", "excluded", "files"}:
+        keys = {"format", "plan_sha256", "excluded", "files"}
+        if set(document) not in (keys, keys | {"shipped"}):
             raise ManifestFormatError(
                 f"{source} has keys {sorted(document)}; expected format, plan_sha256, "
                 "excluded, files"
@@ -95,23 +106,32 @@ class WorkspaceManifest:
         excluded = document["excluded"]
         if not isinstance(excluded, list) or not all(isinstance(e, str) for e in excluded):
             raise ManifestFormatError(f"{source}: 'excluded' must be a list of paths")
-        files: dict[str, FileDigest] = {}
-        if not isinstance(document["files"], dict):
-            raise ManifestFormatError(f"{source}: 'files' must map paths to digests")
         try:
             for path in excluded:
                 check_relative_path(path)
-            for path, entry in document["files"].items():
-                check_relative_path(path)
-                if not isinstance(entry, dict) or set(entry) != {"sha256", "size"}:
-                    raise ManifestFormatError(f"{source}: entry {path!r} needs sha256 and size")
-                size = entry["size"]
-                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                    raise ManifestFormatError(f"{source}: entry {path!r} has a bad size")
-                files[path] = FileDigest(_hex_digest(entry["sha256"], f"{source}: {path}"), size)
+            files = _digests(document["files"], source, "files")
+            shipped = _digests(document.get("shipped", {}), source, "shipped")
         except WorkspaceScopeError as exc:
             raise ManifestFormatError(f"{source}: {exc}") from None
-        return cls(plan_sha256, tuple(excluded), files)
+        for path in shipped:
+            if not is_excluded(path, excluded):
+                raise ManifestFormatError(f"{source}: shipped {path!r} is not in a run-time folder")
+        return cls(plan_sha256, tuple(excluded), files, shipped)
+
+
+def _digests(entries: Any, source: str, key: str) -> dict[str, FileDigest]:
+    if not isinstance(entries, dict):
+        raise ManifestFormatError(f"{source}: {key!r} must map paths to digests")
+    found: dict[str, FileDigest] = {}
+    for path, entry in entries.items():
+        check_relative_path(path)
+        if not isinstance(entry, dict) or set(entry) != {"sha256", "size"}:
+            raise ManifestFormatError(f"{source}: entry {path!r} needs sha256 and size")
+        size = entry["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ManifestFormatError(f"{source}: entry {path!r} has a bad size")
+        found[path] = FileDigest(_hex_digest(entry["sha256"], f"{source}: {path}"), size)
+    return found
 
 
 def _hex_digest(value: Any, where: str) -> str:
@@ -148,7 +168,20 @@ def measure_workspace(workspace: Path) -> WorkspaceManifest:
                 f"it: {fix}"
             )
         files[entry.path] = hash_file(workspace / entry.path)
-    return WorkspaceManifest(plan.canonical_hash(), excluded, files)
+    return WorkspaceManifest(
+        plan.canonical_hash(), excluded, files, shipped_models(workspace, plan)
+    )
+
+
+def shipped_models(workspace: Path, plan: Plan) -> dict[str, FileDigest]:
+    """The initial model ``plan initialize`` wrote: it lives in the (otherwise unmeasured)
+    checkpoint folder but is served to every site as the round-1 model, so the signature
+    covers it; later checkpoints are run-time state and are not measured."""
+    path = PurePosixPath(plan.output.checkpoints.replace("\\", "/").strip("/")) / INITIAL
+    file = workspace / path
+    if file.is_symlink() or not file.is_file():
+        return {}
+    return {path.as_posix(): hash_file(file)}
 
 
 def manifest_path(workspace: Path) -> Path:

@@ -79,7 +79,8 @@ def _parse_fields(certificate: x509.Certificate, what: str) -> None:
     for part, read in parts:
         try:
             read()
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # TypeError: odd names
+        # TypeError: odd names; DuplicateExtension: an extension twice (not a ValueError)
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
             raise CertificateChainError(
                 f"a certificate in the {what} has malformed {part}: {exc}"
             ) from None
@@ -240,7 +241,7 @@ def _check_is_ca(certificate: x509.Certificate, what: str) -> None:
 def _extensions(certificate: x509.Certificate) -> x509.Extensions:
     try:
         return certificate.extensions
-    except ValueError as exc:
+    except (ValueError, x509.DuplicateExtension) as exc:
         raise CertificateChainError(
             f"{_name(certificate)!r} has malformed extensions: {exc}", reason="certificate_format"
         ) from exc

@@ -201,7 +201,13 @@ def _certificate(blob: bytes, what: str) -> x509.Certificate:
             certificate.public_key()
             (certificate.subject, certificate.issuer)  # noqa: B018
             (certificate.not_valid_before_utc, certificate.not_valid_after_utc)  # noqa: B018
-    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except (
+        ValueError,
+        TypeError,
+        UnsupportedAlgorithm,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+    ) as exc:
         raise CertificateChainError(
             f"the {what} certificate in the SNP evidence is malformed: {exc}",
             reason="certificate_format",
