@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,15 +174,26 @@ def test_nothing_listening_is_explained_once_then_retried_quietly(
             sys.executable, "-m", "bastion", "collaborator", "start", "site-1",
             "-w", str(workspace), "--aggregator", f"127.0.0.1:{port}",
         ],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "COLUMNS": "300"},
     )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
-        time.sleep(10)  # the data loads, then a few dials fail (0.5, 1, 2, 4 s of backoff)
+        # The clock starts when the site has loaded its data and begins to dial (start-up
+        # itself is slow on a loaded machine); then 10 s: a few dials at 0.5, 1, 2, 4 s.
+        deadline = time.monotonic() + 120
+        while not any("validation examples" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        time.sleep(10)
     finally:
         process.kill()
-        _, stderr = process.communicate()
-    mentions = [line for line in stderr.splitlines() if "nothing is listening" in line]
+        process.wait()
+        reader.join(timeout=10)
+    stderr = "".join(lines)
+    mentions = [line for line in lines if "nothing is listening" in line]
     assert len(mentions) == 1, stderr
     assert f"nothing is listening at 127.0.0.1:{port} (connection refused)" in mentions[0]
     assert "retrying quietly" in mentions[0]
