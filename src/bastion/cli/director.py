@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.console import configure_logging
-from bastion.cli.options import VerboseOption
+from bastion.cli.console import configure_logging, console
+from bastion.cli.options import DashboardOption, DashboardTokensOption, VerboseOption
 
 app = typer.Typer(help="Run the federation service's director.", no_args_is_help=True)
 
@@ -26,10 +26,29 @@ def start(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (jobs listen there too)."),
     port: int = typer.Option(50051, help="Listen port (0 picks one)."),
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
+    dashboard: str | None = DashboardOption,
+    dashboard_tokens: Path | None = DashboardTokensOption,
+    dashboard_offline_after: float = typer.Option(
+        15.0, help="The dashboard shows a site offline after this many silent seconds."
+    ),
     verbose: bool = VerboseOption,
 ) -> None:
     """Serve until SIGTERM; restarted, queued jobs stay queued and running jobs resume."""
     configure_logging(verbose)
     from bastion.director.service import Director
 
-    Director(state_dir, pki_dir, name, host=host, port=port).run_forever(port_file)
+    director = Director(state_dir, pki_dir, name, host=host, port=port)
+    server = None
+    if dashboard is not None:
+        from bastion.dashboard.server import DashboardServer, parse_address
+        from bastion.dashboard.sources import DirectorSource
+
+        source = DirectorSource(director.db, director.jobs_dir, dashboard_offline_after)
+        dash_host, dash_port = parse_address(dashboard)
+        server = DashboardServer(source, dash_host, dash_port, dashboard_tokens).start()
+        console.print(f"dashboard: {server.url}")
+    try:
+        director.run_forever(port_file)
+    finally:
+        if server is not None:
+            server.stop()

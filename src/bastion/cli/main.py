@@ -72,6 +72,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("director", "director"),
     ("site", "site"),
     ("job", None),
+    ("dashboard", "dashboard"),
 ]
 
 
