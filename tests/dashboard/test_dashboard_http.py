@@ -1,0 +1,180 @@
+"""The dashboard over HTTP: authentication off loopback, per-identity visibility, CSP,
+read-only, server-sent events. A real uvicorn server on an ephemeral port; the director's
+database filled directly."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bastion.dashboard.auth import MODEL_OWNER, OPERATOR, TokenStore
+from bastion.dashboard.server import DashboardServer
+from bastion.dashboard.sources import DirectorSource
+from bastion.director.db import DirectorDB
+from bastion.errors import BastionError
+
+
+def _job(job_id: str, owner: str) -> dict[str, object]:
+    return {
+        "id": job_id, "owner": owner, "plan_name": f"plan-{owner}", "dataset": "records",
+        "rounds": 3, "measurement": "m", "targeting": {"dataset": "records"},
+        "open_roster": False, "attestation": False, "state": "running",
+    }  # fmt: skip
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Iterator[DirectorDB]:
+    db = DirectorDB(tmp_path / "director.db")
+    db.register_site("site-1", {"datasets": {"records": {"examples": 10}}})
+    db.add_job(_job("job-alice", "alice"))
+    db.add_job(_job("job-bob", "bob"))
+    db.update_job("job-alice", started=time.time() - 10)
+    db.add_event("job-alice", {"type": "round_started", "round": 1})
+    db.add_event(
+        "job-alice",
+        {"type": "round", "round": 1, "record": {
+            "round": 1, "final_evaluation": False,
+            "tasks": {"validate": {"accuracy": 0.5, "examples": 10}}, "lost": [], "failed": [],
+            "timed_out": [], "privacy": {"epsilon": 0.7, "delta": 1e-5},
+        }},
+    )  # fmt: skip
+    yield db
+    db.close()
+
+
+@pytest.fixture()
+def tokens(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    store = TokenStore(tmp_path / "tokens.json")
+    issued = {
+        "alice": store.create("alice", MODEL_OWNER),
+        "bob": store.create("bob", MODEL_OWNER),
+        "ops": store.create("ops", OPERATOR),
+    }
+    return store.path, issued
+
+
+def _serve(db: DirectorDB, tmp_path: Path, host: str, tokens: Path | None) -> DashboardServer:
+    return DashboardServer(DirectorSource(db, tmp_path / "jobs"), host, 0, tokens).start()
+
+
+def test_tokens_are_stored_hashed(tokens: tuple[Path, dict[str, str]]) -> None:
+    path, issued = tokens
+    text = path.read_text()
+    assert all(token not in text for token in issued.values())
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    store = TokenStore(path)
+    assert store.check(issued["alice"]).name == "alice"  # type: ignore[union-attr]
+    assert store.check("bdt_guess") is None
+
+
+def test_a_non_loopback_address_without_tokens_refuses_to_start(
+    db: DirectorDB, tmp_path: Path
+) -> None:
+    with pytest.raises(BastionError, match="requires authentication"):
+        _serve(db, tmp_path, "0.0.0.0", None)
+
+
+def test_off_loopback_unauthenticated_is_refused_and_owners_see_only_their_jobs(
+    db: DirectorDB, tmp_path: Path, tokens: tuple[Path, dict[str, str]]
+) -> None:
+    path, issued = tokens
+    server = _serve(db, tmp_path, "0.0.0.0", path)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        for url in ("/", "/api/overview", "/api/stream", "/api/jobs/job-alice"):
+            answer = requests.get(base + url, timeout=5)
+            assert answer.status_code == 401, url
+            assert "job-alice" not in answer.text
+        bad = requests.get(
+            base + "/api/overview", headers={"Authorization": "Bearer bdt_nope"}, timeout=5
+        )
+        assert bad.status_code == 401
+
+        def seen(who: str) -> list[str]:
+            answer = requests.get(
+                base + "/api/overview",
+                headers={"Authorization": f"Bearer {issued[who]}"},
+                timeout=5,
+            )
+            assert answer.status_code == 200
+            return [job["id"] for job in answer.json()["jobs"]]
+
+        assert seen("alice") == ["job-alice"]
+        assert seen("bob") == ["job-bob"]
+        assert seen("ops") == ["job-alice", "job-bob"]
+        alice = {"Authorization": f"Bearer {issued['alice']}"}
+        other = requests.get(base + "/api/jobs/job-bob", headers=alice, timeout=5)
+        assert other.status_code == 404 and "plan-bob" not in other.text
+        own = requests.get(base + "/api/jobs/job-alice", headers=alice, timeout=5).json()
+        assert own["progress"]["rounds_done"] == 1
+        assert own["progress"]["series"]["validate/accuracy"] == [0.5]
+        assert own["progress"]["privacy"]["epsilon"] == 0.7
+        # the login link sets an HttpOnly, SameSite=Strict cookie the page and its stream use
+        session = requests.Session()
+        login = session.get(base + f"/login?token={issued['bob']}", timeout=5)
+        assert login.status_code == 200 and "Bastion federation" in login.text
+        cookie = login.history[0].headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert [j["id"] for j in session.get(base + "/api/overview", timeout=5).json()["jobs"]] == [
+            "job-bob"
+        ]
+        # the bob stream carries no alice data
+        with session.get(base + "/api/stream", stream=True, timeout=5) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            data = _first_snapshot(stream)
+        assert [j["id"] for j in data["jobs"]] == ["job-bob"]
+    finally:
+        server.stop()
+
+
+def _snapshots(stream: requests.Response) -> Iterator[dict[str, object]]:
+    event = None
+    for line in stream.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event == "snapshot":
+            yield json.loads(line[6:])
+
+
+def _first_snapshot(stream: requests.Response) -> dict[str, object]:
+    return next(_snapshots(stream))
+
+
+def test_loopback_page_is_read_only_with_a_strict_csp_and_pushes_changes(
+    db: DirectorDB, tmp_path: Path
+) -> None:
+    server = _serve(db, tmp_path, "127.0.0.1", None)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        page = requests.get(base + "/", timeout=5)
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "<script>" not in page.text and "http" not in page.text.split("<body>")[0]
+        assert page.headers["x-frame-options"] == "DENY"
+        for method in ("post", "put", "delete", "patch"):
+            assert getattr(requests, method)(base + "/api/overview", timeout=5).status_code == 405
+        js = requests.get(base + "/static/uPlot.iife.min.js", timeout=5)
+        assert js.status_code == 200 and "uPlot" in js.text
+        with requests.get(base + "/api/stream", stream=True, timeout=10) as stream:
+            snapshots = _snapshots(stream)
+            first = next(snapshots)
+            assert first["viewer"] == {"name": "local", "role": "operator"}
+            db.add_event(
+                "job-alice",
+                {"type": "round", "round": 2, "record": {
+                    "round": 2, "tasks": {"validate": {"accuracy": 0.75}},
+                }},
+            )  # fmt: skip
+            second = next(snapshots)
+        alice = next(j for j in second["jobs"] if j["id"] == "job-alice")  # type: ignore[attr-defined]
+        assert alice["progress"]["series"]["validate/accuracy"] == [0.5, 0.75]
+        assert alice["progress"]["eta_seconds"] > 0
+    finally:
+        server.stop()
