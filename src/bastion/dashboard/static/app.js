@@ -76,7 +76,7 @@ function renderChart(progress) {
     state.chart = new uPlot({
       width: Math.max(320, container.clientWidth || 640), height: 300,
       scales: { x: { time: false } },
-      axes: [{ label: "round" }, {}],
+      axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
       series: [{ label: "round" }, ...keys.map((k, i) => ({ label: k, stroke: colors[i % colors.length], width: 2, points: { show: true } }))],
     }, data, container);
     state.chartKeys = signature;
@@ -111,7 +111,10 @@ function renderDetail(job) {
   document.getElementById("final").textContent = p.final_metrics
     ? Object.entries(p.final_metrics).map(([t, m]) => t + ": " + Object.entries(m).map(([k, v]) => k + "=" + Number(v).toFixed(4)).join(" ")).join("; ")
     : "not yet evaluated";
-  document.getElementById("log").textContent = job.log.join("\n");
+  const log = document.getElementById("log");
+  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.textContent = job.log.join("\n");
+  if (atEnd) log.scrollTop = log.scrollHeight;
 }
 
 function render(data) {
