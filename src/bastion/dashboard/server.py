@@ -8,12 +8,19 @@ import threading
 import time
 from pathlib import Path
 
-import uvicorn
+from bastion.errors import BastionError
+
+try:
+    import starlette  # noqa: F401
+    import uvicorn
+except ModuleNotFoundError as exc:  # an optional extra
+    raise BastionError(
+        f"the dashboard needs {exc.name}: pip install 'bastion-fl[dashboard]'"
+    ) from None
 
 from bastion.dashboard.app import create_app
 from bastion.dashboard.auth import TokenStore, is_loopback
 from bastion.dashboard.sources import Source
-from bastion.errors import BastionError
 
 log = logging.getLogger("bastion.dashboard")
 
