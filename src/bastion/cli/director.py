@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -31,11 +32,19 @@ def start(
     dashboard_offline_after: float = typer.Option(
         15.0, help="The dashboard shows a site offline after this many silent seconds."
     ),
+    mlflow_uri: str | None = typer.Option(
+        None,
+        "--mlflow-uri",
+        help="Log every job to this MLflow tracking server (a plan's tracking.mlflow wins).",
+    ),
     verbose: bool = VerboseOption,
 ) -> None:
     """Serve until SIGTERM; restarted, queued jobs stay queued and running jobs resume."""
     configure_logging(verbose)
     from bastion.director.service import Director
+
+    if mlflow_uri:  # each job's aggregator process inherits it (bastion.aggregator.tracking)
+        os.environ["BASTION_MLFLOW_URI"] = mlflow_uri
 
     director = Director(state_dir, pki_dir, name, host=host, port=port)
     server = None

@@ -26,8 +26,9 @@ function duration(seconds) {
 function attestation(value) {
   if (!value) return "–";
   if (value.devices) return value.devices.length ? value.devices.join(", ") : "none";
-  const verdict = value.verdict || value.status || JSON.stringify(value);
-  return value.simulated ? verdict + " (SIMULATED)" : verdict;
+  const verdict = value.accepted === undefined ? JSON.stringify(value)
+    : value.accepted ? "ok" + (value.tcb_status ? ", TCB " + value.tcb_status : "") : "refused: " + (value.reason || "");
+  return value.simulated ? "SIMULATED " + verdict : verdict;
 }
 
 function renderSites(sites) {
