@@ -309,10 +309,12 @@ class SiteAgent:
             f"{self.director_host}:{job['port']}",
             "--pki-dir",
             str(self.pki_dir),
+            "--log-file",  # the job's own rotated log; stray output and crashes: .out
+            str(job_dir / "collaborator.log"),
         ]
         if self.data is not None:
             command += ["--data", str(self.data)]
-        with (job_dir / "collaborator.log").open("ab") as log_file:
+        with (job_dir / "collaborator.out").open("ab") as log_file:
             process = subprocess.Popen(
                 command,
                 stdout=log_file,
