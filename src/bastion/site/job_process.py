@@ -12,7 +12,6 @@ from bastion.collaborator.service import run_collaborator
 from bastion.data.site import load_site_data
 from bastion.errors import BastionError
 
-
 #: a job's log at the site rotates at this size, keeping this many older files
 LOG_MAX_BYTES = 10 << 20
 LOG_BACKUPS = 5
