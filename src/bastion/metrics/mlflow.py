@@ -72,7 +72,10 @@ class MlflowLogger:
 
         stamp = int(time.time() * 1000)
         items = [Metric(k, float(v), stamp, step) for k, v in sorted(metrics.items())]
-        self._run(lambda run_id: self._client.log_batch(run_id, metrics=items))
+        def send(run_id: str) -> None:
+            self._client.log_batch(run_id, metrics=items)
+
+        self._run(send)
 
     def artifact(self, path: Path, folder: str) -> None:
         self._run(lambda run_id: self._client.log_artifact(run_id, str(path), folder))
