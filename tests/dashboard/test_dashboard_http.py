@@ -178,3 +178,42 @@ def test_loopback_page_is_read_only_with_a_strict_csp_and_pushes_changes(
         assert alice["progress"]["eta_seconds"] > 0
     finally:
         server.stop()
+
+
+def test_a_standalone_aggregators_dashboard_follows_its_round_events(tmp_path: Path) -> None:
+    """``aggregator start --dashboard``: the LiveFeed observer and the status file."""
+    from bastion.aggregator.events import FederationFinished, ResultAccepted, RoundReported
+    from bastion.dashboard.sources import AggregatorSource, LiveFeed
+
+    feed = LiveFeed()
+    status = tmp_path / "state.json"
+    status.write_text(json.dumps({
+        "collaborators_seen": {"site-1": time.time(), "site-2": time.time() - 60},
+        "attestation": {"site-1": {"accepted": True, "simulated": True, "tcb_status": "UpToDate"}},
+    }))  # fmt: skip
+    job = {"id": "fed", "owner": "", "plan_name": "fed", "dataset": "d", "rounds": 2,
+           "roster": ["site-1", "site-2"], "attestation": True}  # fmt: skip
+    source = AggregatorSource(feed, job, status, offline_after=30)
+    source.remember("a log line")
+    server = DashboardServer(source, "127.0.0.1", 0, None).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        feed.notify(ResultAccepted(1, "site-1", "train", "train", 10, {"loss": 0.3}))
+        for number, accuracy in ((1, 0.6), (2, 0.8)):
+            record = {"round": number, "tasks": {"validate": {"accuracy": accuracy}}}
+            feed.notify(RoundReported(number, record))
+        first = requests.get(base + "/api/overview", timeout=5).json()
+        (fed,) = first["jobs"]
+        assert fed["state"] == "running" and fed["progress"]["rounds_done"] == 2
+        assert fed["progress"]["series"]["validate/accuracy"] == [0.6, 0.8]
+        assert fed["progress"]["participation"]["site-1"]["results"] == 1
+        assert fed["log"] == ["a log line"]
+        sites = {s["name"]: s for s in first["sites"]}
+        assert sites["site-1"]["online"] and not sites["site-2"]["online"]
+        assert sites["site-1"]["attestation"]["simulated"] is True
+        feed.notify(FederationFinished(2, 0.8))
+        assert requests.get(base + "/api/overview", timeout=5).json()["jobs"][0]["state"] == (
+            "finished"
+        )
+    finally:
+        server.stop()
