@@ -114,6 +114,8 @@ def test_the_page_follows_a_running_federation(
     browser.get(url)
     wait_for(lambda: _text(browser, "#connection") == "live", "the event stream", 30)
     wait_for(lambda: "online" in _text(browser, "#sites tr[data-site='site-2']"), "site-2", 30)
+    row = _text(browser, "#sites tr[data-site='site-1']")
+    assert "records" in row and "UTC" in row, row  # datasets offered, certificate expiry
     # load time and size of the first (cold) load, measured by the browser itself
     timing = browser.execute_script(
         "const n = performance.getEntriesByType('navigation')[0];"

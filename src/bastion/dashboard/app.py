@@ -69,7 +69,7 @@ def snapshot(source: Source, viewer: Viewer) -> dict[str, Any]:
                 "datasets": sorted((offers.get("datasets") or {}).keys()),
                 "attestation": site.get("attestation")
                 or {"devices": offers.get("attestation") or []},
-                "certificate_expiry": site.get("certificate_expiry"),
+                "certificate_expiry": (offers.get("certificate") or {}).get("not_after"),
             }
         )
     jobs = []
