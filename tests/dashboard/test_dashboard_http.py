@@ -217,3 +217,26 @@ def test_a_standalone_aggregators_dashboard_follows_its_round_events(tmp_path: P
         )
     finally:
         server.stop()
+
+
+def test_summary_of_secure_aggregation_dropouts_and_privacy_budget() -> None:
+    from bastion.dashboard.sources import summarize
+
+    events = [
+        {"type": "secure_aggregation", "round": 1, "outcome": "ok", "dropped": {"site-3": "x"}},
+        {"type": "round", "record": {
+            "round": 1, "tasks": {"v": {"accuracy": 0.5}}, "timed_out": ["site-2"],
+            "privacy": {"epsilon": 1.5, "delta": 1e-5, "epsilon_budget": 3.0},
+        }},
+        {"type": "round", "record": {
+            "round": 2, "final_evaluation": True, "tasks": {"v": {"accuracy": 0.9, "examples": 4}},
+        }},
+    ]  # fmt: skip
+    summary = summarize({"rounds": 3, "state": "running", "started": time.time() - 5}, events)
+    assert summary["dropouts"] == [
+        {"round": 1, "sites": ["site-3"], "why": "secure aggregation ok"},
+        {"round": 1, "sites": ["site-2"], "why": "timed out"},
+    ]
+    assert summary["privacy"]["epsilon_budget"] == 3.0
+    assert summary["final_metrics"] == {"v": {"accuracy": 0.9}}
+    assert summary["rounds_done"] == 1 and summary["eta_seconds"] > 0

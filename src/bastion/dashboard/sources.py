@@ -214,9 +214,17 @@ def summarize(job: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, An
                     entry[what] += 1
             missing = sorted({*(record.get("timed_out") or []), *(record.get("lost") or [])})
             if missing:
-                dropouts.append({"round": rounds[-1], "sites": missing})
+                dropouts.append({"round": rounds[-1], "sites": missing, "why": "timed out"})
             if isinstance(record.get("privacy"), dict):
                 privacy = record["privacy"]
+        elif kind == "secure_aggregation" and event.get("dropped"):
+            dropouts.append(
+                {
+                    "round": int(event.get("round", 0)),
+                    "sites": sorted(event["dropped"]),
+                    "why": f"secure aggregation {event.get('outcome')}",
+                }
+            )
         elif kind == "site_lost":
             participation.setdefault(
                 str(event.get("collaborator")), {"results": 0, "failed": 0, "lost": 0}

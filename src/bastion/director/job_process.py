@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from bastion.aggregator.events import (
     FederationFinished,
+    ProtocolReported,
     ResultAccepted,
     RoundEvent,
     RoundObserver,
@@ -56,6 +57,15 @@ def event_message(event: RoundEvent) -> dict[str, Any] | None:
         return {"type": "site_back", "collaborator": event.collaborator}
     if isinstance(event, FederationFinished):
         return {"type": "finished", "rounds": event.rounds, "best": event.best}
+    if isinstance(event, ProtocolReported) and event.kind == "secure_aggregation":
+        fields = event.fields
+        return {
+            "type": "secure_aggregation",
+            "round": event.round,
+            "outcome": fields.get("outcome"),
+            "participants": fields.get("participants"),
+            "dropped": dict(fields.get("dropped") or {}),
+        }
     return None
 
 

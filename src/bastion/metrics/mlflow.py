@@ -72,6 +72,7 @@ class MlflowLogger:
 
         stamp = int(time.time() * 1000)
         items = [Metric(k, float(v), stamp, step) for k, v in sorted(metrics.items())]
+
         def send(run_id: str) -> None:
             self._client.log_batch(run_id, metrics=items)
 

@@ -104,10 +104,10 @@ function renderDetail(job) {
     body.append(row);
   }
   const drops = document.getElementById("dropouts");
-  drops.replaceChildren(...(p.dropouts.length ? p.dropouts.map((d) => el("li", "round " + d.round + ": " + d.sites.join(", "))) : [el("li", "none")]));
+  drops.replaceChildren(...(p.dropouts.length ? p.dropouts.map((d) => el("li", "round " + d.round + ": " + d.sites.join(", ") + " (" + d.why + ")")) : [el("li", "none")]));
   const priv = p.privacy;
   document.getElementById("privacy").textContent = priv
-    ? "ε = " + Number(priv.epsilon).toFixed(3) + " at δ = " + priv.delta + (priv.budget !== undefined ? " (budget " + JSON.stringify(priv.budget) + ")" : "")
+    ? "ε = " + Number(priv.epsilon).toFixed(3) + " at δ = " + priv.delta + (priv.epsilon_budget !== undefined && priv.epsilon_budget !== null ? " of a budget of ε = " + priv.epsilon_budget : "") + (priv.stopped ? "; stopped: " + priv.stopped : "")
     : "no differential privacy";
   document.getElementById("final").textContent = p.final_metrics
     ? Object.entries(p.final_metrics).map(([t, m]) => t + ": " + Object.entries(m).map(([k, v]) => k + "=" + Number(v).toFixed(4)).join(" ")).join("; ")
