@@ -29,6 +29,8 @@ from bastion.storage.checkpoints import BEST, LAST
 log = logging.getLogger("bastion.aggregator.tracking")
 
 MLFLOW_URI_ENV = "BASTION_MLFLOW_URI"
+#: per-site series for this many sites at most (a simulation may have thousands)
+MAX_SITE_SERIES = 64
 
 
 def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
@@ -47,9 +49,14 @@ def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 class TensorBoardObserver(RoundObserver):
     def __init__(self, logdir: Path) -> None:
         self.writer = tensorboard.TensorBoardWriter(logdir)
+        self._sites: set[str] = set()
 
     def notify(self, event: RoundEvent) -> None:
         if isinstance(event, ResultAccepted):
+            if event.collaborator not in self._sites:
+                if len(self._sites) >= MAX_SITE_SERIES:
+                    return
+                self._sites.add(event.collaborator)
             for key, value in event.metrics.items():
                 if isinstance(value, (int, float)):
                     self.writer.scalar(
