@@ -240,3 +240,22 @@ def test_summary_of_secure_aggregation_dropouts_and_privacy_budget() -> None:
     assert summary["privacy"]["epsilon_budget"] == 3.0
     assert summary["final_metrics"] == {"v": {"accuracy": 0.9}}
     assert summary["rounds_done"] == 1 and summary["eta_seconds"] > 0
+
+
+def test_token_cli_prints_a_token_once_and_stores_its_hash(tmp_path: Path) -> None:
+    from support.cli import run_bastion
+
+    path = tmp_path / "tokens.json"
+    made = run_bastion(
+        "dashboard", "token", "create", "alice", "--role", "model-owner", "--tokens", str(path)
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("bdt_") and token not in path.read_text()
+    assert TokenStore(path).check(token) == TokenStore(path).check(token) is not None
+    listed = run_bastion("dashboard", "token", "list", "--tokens", str(path))
+    assert "alice" in listed.stdout and "model-owner" in listed.stdout
+    bad = run_bastion("dashboard", "token", "create", "x", "--role", "root", "--tokens", str(path))
+    assert bad.returncode != 0 and "choose one of" in bad.stdout + bad.stderr
+    revoked = run_bastion("dashboard", "token", "revoke", "alice", "--tokens", str(path))
+    assert revoked.returncode == 0 and TokenStore(path).check(token) is None
