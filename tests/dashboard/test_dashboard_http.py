@@ -259,3 +259,23 @@ def test_token_cli_prints_a_token_once_and_stores_its_hash(tmp_path: Path) -> No
     assert bad.returncode != 0 and "choose one of" in bad.stdout + bad.stderr
     revoked = run_bastion("dashboard", "token", "revoke", "alice", "--tokens", str(path))
     assert revoked.returncode == 0 and TokenStore(path).check(token) is None
+
+
+def test_the_dashboard_over_https_with_the_federations_ca(db: DirectorDB, tmp_path: Path) -> None:
+    from bastion.pki import Role, init_ca, issue
+
+    ca = tmp_path / "ca"
+    init_ca(ca)
+    issue(ca, "director", Role.AGGREGATOR, hosts=["127.0.0.1", "localhost"])
+    server = DashboardServer(
+        DirectorSource(db, tmp_path / "jobs"), "127.0.0.1", 0, None,
+        ca / "director.crt", ca / "director.key",
+    ).start()  # fmt: skip
+    try:
+        assert server.url.startswith("https://")
+        answer = requests.get(server.url + "api/overview", verify=str(ca / "ca.crt"), timeout=5)
+        assert answer.status_code == 200 and answer.json()["viewer"]["role"] == "operator"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(server.url, timeout=5)  # not the system's CAs: the federation's
+    finally:
+        server.stop()

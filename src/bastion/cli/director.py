@@ -29,6 +29,11 @@ def start(
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
     dashboard: str | None = DashboardOption,
     dashboard_tokens: Path | None = DashboardTokensOption,
+    dashboard_tls: bool = typer.Option(
+        False,
+        "--dashboard-tls",
+        help="Serve the dashboard over HTTPS with the director's certificate (the federation CA).",
+    ),
     dashboard_offline_after: float = typer.Option(
         15.0, help="The dashboard shows a site offline after this many silent seconds."
     ),
@@ -54,7 +59,8 @@ def start(
 
         source = DirectorSource(director.db, director.jobs_dir, dashboard_offline_after)
         dash_host, dash_port = parse_address(dashboard)
-        server = DashboardServer(source, dash_host, dash_port, dashboard_tokens).start()
+        tls = (director.tls.cert, director.tls.key) if dashboard_tls else (None, None)
+        server = DashboardServer(source, dash_host, dash_port, dashboard_tokens, *tls).start()
         console.print(f"dashboard: {server.url}")
     try:
         director.run_forever(port_file)

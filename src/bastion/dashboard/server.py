@@ -59,6 +59,7 @@ class DashboardServer:
         if tokens is not None and not tokens.identities():
             raise BastionError(f"{tokens.path}: no tokens yet (bastion dashboard token create)")
         self.host = host
+        self.scheme = "https" if certfile else "http"
         self.app = create_app(source, tokens)
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -85,7 +86,7 @@ class DashboardServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"{self.scheme}://{host}:{self.port}/"
 
     def start(self) -> DashboardServer:
         self._thread.start()
