@@ -4,16 +4,12 @@ MLflow run on a local ``mlflow server`` read back with ``MlflowClient``."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.federations import SITES, run_template_federation
-from support.service import free_port, wait_for
+from support.mlflow_server import local_mlflow_server
 
 ROUNDS = 3
 
@@ -50,39 +46,8 @@ def test_tensorboard_event_files_hold_every_rounds_metrics(tmp_path: Path) -> No
 @pytest.fixture()
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     pytest.importorskip("mlflow.server", reason="the test's server needs: pip install mlflow")
-    port = free_port()
-    store = tmp_path / "mlflow"
-    store.mkdir()
-    env = {**os.environ, "HOME": str(tmp_path), "MLFLOW_TRACKING_DIR": str(store)}
-    log = (tmp_path / "mlflow.out").open("wb")
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    command = [str(mlflow_bin)] if mlflow_bin.exists() else [shutil.which("mlflow") or "mlflow"]
-    process = subprocess.Popen(
-        [
-            *command, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"),
-        ],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import requests
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise AssertionError((tmp_path / "mlflow.out").read_text()[-3000:])
-            try:
-                return requests.get(uri + "/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, "the mlflow server", 120)
+    with local_mlflow_server(tmp_path) as uri:
         yield uri
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
 
 
 def test_mlflow_run_has_params_metrics_and_the_model(mlflow_server: str, tmp_path: Path) -> None:
