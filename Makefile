@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 # Pip prints a warning per package for the machine's empty extra indexes; hide only those.
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
 STAMP := $(VENV)/.installed
-FRAMEWORK_EXTRAS := lightning,transformers,keras,jax,sklearn,ray,parquet,images,cvm
+FRAMEWORK_EXTRAS := lightning,transformers,keras,jax,sklearn,ray,parquet,images,cvm,dashboard,tensorboard,mlflow
 MXNET_VENV := .venv-mxnet
 MXNET_STAMP := $(MXNET_VENV)/.installed
 MXNET_TESTS := tests/runners/test_mxnet_runner.py tests/e2e/test_frameworks_mxnet.py
 WHEELHOUSE := .cache/wheelhouse
 
-.PHONY: run test test-docker lint typecheck proto clean
+.PHONY: run test test-docker browser lint typecheck proto clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ $(MXNET_STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	bash scripts/run_demo.sh
 
-test: $(STAMP) $(MXNET_STAMP)
+test: $(STAMP) $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
@@ -56,6 +56,13 @@ test: $(STAMP) $(MXNET_STAMP)
 # debootstrap when absent, starts a private dockerd, and builds the base image offline from a
 # debootstrap root file system (cached in .cache/docker). Not part of `make test`: about 5
 # minutes cold (2 of them debootstrap), 2.5 warm, on 2 cores.
+# The dashboard's browser test drives Debian's chromium through chromedriver (Selenium's own
+# browser download cannot reach the internet); without root or apt it skips, saying so.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || \
+		echo "no chromium/chromedriver: tests/dashboard/test_dashboard_browser.py will skip"
+
 test-docker: $(STAMP)
 	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }

@@ -30,6 +30,7 @@ from bastion.spec.compression import CompressionSpec, check_plan_composition
 from bastion.spec.differential_privacy import DifferentialPrivacySpec, central_dp_problem
 from bastion.spec.network import NetworkSpec
 from bastion.spec.secure_aggregation import SecureAggregationSpec, secure_aggregation_problem
+from bastion.spec.tracking import TrackingSpec
 
 PLAN_FILE = "plan.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -318,6 +319,7 @@ class Plan(_Strict):
     compression: CompressionSpec | None = None
     secure_aggregation: SecureAggregationSpec | None = None
     task_groups: TaskGroupsSpec | None = None
+    tracking: TrackingSpec | None = None
     assigner: str | None = Field(
         default=None,
         pattern=CALLABLE_PATTERN,
@@ -469,6 +471,8 @@ class Plan(_Strict):
         data = self.model_dump(mode="json")
         if not self.participation.open_roster:  # plans written before the field keep their hash
             del data["participation"]["open_roster"]
+        if self.tracking is None:  # nor do plans written before tracking
+            del data["tracking"]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -16,6 +16,7 @@ from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import pin_mmap_threshold
 from bastion.aggregator.plugins import standard_protocol
 from bastion.aggregator.round_protocol import ProtocolFactory
+from bastion.aggregator.tracking import tracking_observers
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.algorithms.secure_sum import secure_sum_strategy
 from bastion.errors import PKIError, PlanError
@@ -86,7 +87,7 @@ def build_aggregator(
         store,
         metrics,
         protocol=protocol or standard_protocol(plan, secure_verifier),
-        observers=observers,
+        observers=[*observers, *tracking_observers(plan, workspace)],
         roster=roster,
         open_roster=open_roster,
     )

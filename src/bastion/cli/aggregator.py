@@ -9,6 +9,8 @@ import typer
 from bastion.cli.console import configure_logging
 from bastion.cli.options import (
     AllowUnsignedWorkspaceOption,
+    DashboardOption,
+    DashboardTokensOption,
     InsecureOption,
     PkiDirOption,
     VerboseOption,
@@ -31,18 +33,33 @@ def start(
     pki_dir: Path | None = PkiDirOption,
     insecure: bool = InsecureOption,
     allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,
+    dashboard: str | None = DashboardOption,
+    dashboard_tokens: Path | None = DashboardTokensOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """Serve the plan's rounds over mutual TLS; resumes from the last checkpoint if there is one."""
     configure_logging(verbose)
+    from bastion.aggregator.events import RoundObserver
     from bastion.aggregator.service import run_aggregator
 
-    run_aggregator(
-        workspace,
-        host=host,
-        port=port,
-        insecure=insecure,
-        port_file=port_file,
-        allow_unsigned_workspace=allow_unsigned_workspace,
-        pki_dir=pki_dir,
-    )
+    observers: list[RoundObserver] = []
+    server = None
+    if dashboard is not None:
+        from bastion.dashboard.standalone import start_standalone_dashboard
+
+        feed, server = start_standalone_dashboard(workspace, dashboard, dashboard_tokens)
+        observers.append(feed)
+    try:
+        run_aggregator(
+            workspace,
+            host=host,
+            port=port,
+            insecure=insecure,
+            port_file=port_file,
+            allow_unsigned_workspace=allow_unsigned_workspace,
+            pki_dir=pki_dir,
+            observers=observers,
+        )
+    finally:
+        if server is not None:
+            server.stop()

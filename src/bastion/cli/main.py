@@ -73,6 +73,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("site", "site"),
     ("job", None),
     ("audit", "audit"),
+    ("dashboard", "dashboard"),
 ]
 
 

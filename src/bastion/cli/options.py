@@ -29,3 +29,16 @@ AllowUnsignedWorkspaceOption = typer.Option(
     help="DEVELOPMENT ONLY: run a workspace without a valid model-owner signature (still "
     "measured, so the aggregator can compare). Never with real data.",
 )
+
+DashboardOption = typer.Option(
+    None,
+    "--dashboard",
+    help="Serve the web dashboard on HOST:PORT (127.0.0.1 unless told; any other address "
+    "needs --dashboard-tokens).",
+)
+DashboardTokensOption = typer.Option(
+    None,
+    "--dashboard-tokens",
+    dir_okay=False,
+    help="Token file of `bastion dashboard token create`: every request must bear one.",
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -20,8 +21,61 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
 
 
-def status(workspace: Path = WorkspaceOption) -> None:
+def status(
+    workspace: Path = WorkspaceOption,
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object: the status file and the last round's record."
+    ),
+    watch: float | None = typer.Option(
+        None,
+        "--watch",
+        min=0.2,
+        help="Redraw every SECONDS until the federation finishes (Ctrl-C stops watching).",
+    ),
+) -> None:
     """Round, collaborators seen, best model and the last round's metrics."""
+    show = _print_json if as_json else _show
+    if watch is None:
+        show(workspace)
+        return
+    try:
+        while True:
+            if not as_json:
+                console.clear()
+            finished = show(workspace)
+            if finished:
+                return
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_json(workspace: Path) -> bool:
+    """The status as one JSON line (``--watch``: one line per redraw)."""
+    plan = load_plan(workspace)
+    store = CheckpointStore(Path(workspace) / plan.output.checkpoints, plan.canonical_hash())
+    summary = store.read_summary()
+    rounds = round_summaries(read_metrics(_metrics_path(workspace, plan)))
+    state = "not started" if summary is None else ("finished" if summary["finished"] else "running")
+    print(
+        json.dumps(
+            {
+                "plan": plan.name,
+                "state": state,
+                "rounds": plan.rounds,
+                "collaborators": plan.collaborator_names(),
+                "summary": summary,
+                "last_round": rounds[-1] if rounds else None,
+            },
+            default=str,
+            sort_keys=True,
+        ),
+        flush=True,
+    )
+    return bool(summary and summary["finished"])
+
+
+def _show(workspace: Path) -> bool:
     plan = load_plan(workspace)
     store = CheckpointStore(Path(workspace) / plan.output.checkpoints, plan.canonical_hash())
     summary = store.read_summary()
@@ -29,7 +83,7 @@ def status(workspace: Path = WorkspaceOption) -> None:
         initialized = (store.directory / "initial.safetensors").exists()
         hint = "start the aggregator" if initialized else "run `bastion plan initialize`"
         console.print(f"plan [bold]{plan.name}[/]: not started yet; {hint}")
-        return
+        return False
     if summary["finished"]:
         state = "finished"
     elif summary.get("final_evaluation"):
@@ -85,6 +139,7 @@ def status(workspace: Path = WorkspaceOption) -> None:
             for key, value in values.items():
                 table.add_row(task, key, f"{value:.4f}" if key != "examples" else f"{int(value)}")
         console.print(table)
+    return bool(summary["finished"])
 
 
 def _failures(entry: dict[str, object] | None) -> str:

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from bastion.aggregator.events import (
     FederationFinished,
+    ProtocolReported,
     ResultAccepted,
     RoundEvent,
     RoundObserver,
@@ -29,6 +30,45 @@ from bastion.aggregator.service import run_aggregator
 from bastion.errors import BastionError
 
 
+def event_message(event: RoundEvent) -> dict[str, Any] | None:
+    """The JSON form of the round events a submitter (and the dashboard) follows."""
+    if isinstance(event, RoundStarted):
+        return {
+            "type": "round_started",
+            "round": event.round,
+            "final_evaluation": event.final_evaluation,
+            "collaborators": list(event.collaborators),
+        }
+    if isinstance(event, ResultAccepted):
+        return {
+            "type": "result",
+            "round": event.round,
+            "collaborator": event.collaborator,
+            "task": event.task,
+            "kind": event.kind,
+            "example_count": event.example_count,
+            "metrics": dict(event.metrics),
+        }
+    if isinstance(event, RoundReported):
+        return {"type": "round", "round": event.round, "record": dict(event.record)}
+    if isinstance(event, SiteLost):
+        return {"type": "site_lost", "collaborator": event.collaborator}
+    if isinstance(event, SiteBack):
+        return {"type": "site_back", "collaborator": event.collaborator}
+    if isinstance(event, FederationFinished):
+        return {"type": "finished", "rounds": event.rounds, "best": event.best}
+    if isinstance(event, ProtocolReported) and event.kind == "secure_aggregation":
+        fields = event.fields
+        return {
+            "type": "secure_aggregation",
+            "round": event.round,
+            "outcome": fields.get("outcome"),
+            "participants": fields.get("participants"),
+            "dropped": dict(fields.get("dropped") or {}),
+        }
+    return None
+
+
 class EventStream(RoundObserver):
     """Writes the round events a submitter follows, one JSON line each, to ``out``."""
 
@@ -36,32 +76,7 @@ class EventStream(RoundObserver):
         self.out = out
 
     def notify(self, event: RoundEvent) -> None:
-        message: dict[str, Any] | None = None
-        if isinstance(event, RoundStarted):
-            message = {
-                "type": "round_started",
-                "round": event.round,
-                "final_evaluation": event.final_evaluation,
-                "collaborators": list(event.collaborators),
-            }
-        elif isinstance(event, ResultAccepted):
-            message = {
-                "type": "result",
-                "round": event.round,
-                "collaborator": event.collaborator,
-                "task": event.task,
-                "kind": event.kind,
-                "example_count": event.example_count,
-                "metrics": dict(event.metrics),
-            }
-        elif isinstance(event, RoundReported):
-            message = {"type": "round", "round": event.round, "record": dict(event.record)}
-        elif isinstance(event, SiteLost):
-            message = {"type": "site_lost", "collaborator": event.collaborator}
-        elif isinstance(event, SiteBack):
-            message = {"type": "site_back", "collaborator": event.collaborator}
-        elif isinstance(event, FederationFinished):
-            message = {"type": "finished", "rounds": event.rounds, "best": event.best}
+        message = event_message(event)
         if message is None:
             return
         try:  # observers run under the engine's lock: never let a closed pipe break a round

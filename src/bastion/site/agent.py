@@ -29,7 +29,7 @@ from typing import Any
 
 from bastion.data.site import SiteData, load_site_data
 from bastion.errors import BastionError, PKIError
-from bastion.pki import Role, tls_files_for
+from bastion.pki import Role, load_certificate, tls_files_for
 from bastion.plan import load_plan
 from bastion.site.policy import SitePolicy
 from bastion.storage.atomic import atomic_write_text
@@ -113,6 +113,9 @@ class SiteAgent:
         if identity.role is not Role.COLLABORATOR or identity.name != name:
             raise PKIError(f"{files.cert} belongs to {identity}, not to site {name!r}")
         self.tls = files.read()
+        # published with the offers, for the operator's view (the dashboard)
+        expiry = load_certificate(files.cert).not_valid_after_utc
+        self.certificate = {"not_after": expiry.strftime("%Y-%m-%d %H:%M UTC")}
         self.jobs_dir = self.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / APPROVALS).mkdir(exist_ok=True)
@@ -169,7 +172,8 @@ class SiteAgent:
 
     def step(self) -> None:
         if not self._registered:
-            self._client.call("Register", {"offers": offers(self.site_data)})
+            published = {**offers(self.site_data), "certificate": self.certificate}
+            self._client.call("Register", {"offers": published})
             self._registered = True
             log.info("registered with the director at %s as %s", self.director, self.name)
         try:
@@ -309,10 +313,12 @@ class SiteAgent:
             f"{self.director_host}:{job['port']}",
             "--pki-dir",
             str(self.pki_dir),
+            "--log-file",  # the job's own rotated log; stray output and crashes: .out
+            str(job_dir / "collaborator.log"),
         ]
         if self.data is not None:
             command += ["--data", str(self.data)]
-        with (job_dir / "collaborator.log").open("ab") as log_file:
+        with (job_dir / "collaborator.out").open("ab") as log_file:
             process = subprocess.Popen(
                 command,
                 stdout=log_file,

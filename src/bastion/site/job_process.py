@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import sys
 from pathlib import Path
 
 from bastion.collaborator.service import run_collaborator
 from bastion.data.site import load_site_data
 from bastion.errors import BastionError
+
+#: a job's log at the site rotates at this size, keeping this many older files
+LOG_MAX_BYTES = 10 << 20
+LOG_BACKUPS = 5
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(
+    log_file: Path | None, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS
+) -> None:
+    """The job's own rotated log file at the site (``collaborator.log``), else stderr."""
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aggregator", required=True)
     parser.add_argument("--pki-dir", required=True, type=Path)
     parser.add_argument("--data", type=Path)
+    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_file)
     try:
         run_collaborator(
             args.workspace,
@@ -34,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             pki_dir=args.pki_dir,
         )
     except BastionError as exc:
+        logging.getLogger("bastion.site").error("error: %s", exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
