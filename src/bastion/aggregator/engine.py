@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from bastion import faults
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
 from bastion.aggregator.events import (
     AttestationVerdict,
@@ -212,6 +213,7 @@ class Aggregator:
         self._check_roster(collaborator)
         with self._lock:
             self._require_assigned(collaborator, round_number)
+            faults.point("engine.download", collaborator)
             return iter_frames(self.model, self.chunk_bytes)
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
@@ -280,6 +282,7 @@ class Aggregator:
             )
         except UpdateRejected as exc:
             return self.reject_result(collaborator, round_number, task_name, str(exc))
+        faults.point("engine.upload", collaborator)
         with self._lock:
             # The round may have closed (timeout) while the tensors were in flight.
             self.check_result_allowed(collaborator, round_number, task_name)
@@ -428,6 +431,7 @@ class Aggregator:
             found = self._interactive(collaborator, round_number)
             if isinstance(found, str):
                 return Ack(False, found)
+            faults.point(f"secure.{step}", collaborator)
             ack = found.stage_send(collaborator, attempt, step, payload, metrics)
             self._advance()
             return ack
@@ -538,6 +542,7 @@ class Aggregator:
             pending={name: [t.name for t in tasks] for name, tasks in assignments.items() if tasks},
             started=self._clock(),
         )
+        faults.point("engine.assign")
         self._round = progress
         if not final:
             self.strategy.begin_round(self.model, number)
@@ -595,6 +600,7 @@ class Aggregator:
         self._update_best(summary, model_round=number - 1)
         accepted = 0
         if not progress.final_evaluation:
+            faults.point("engine.aggregate")
             accepted = self._aggregate(progress)
             self.state.round_completed = number
         else:
@@ -669,6 +675,7 @@ class Aggregator:
             self.store.save_best(self.model, model_round, value)
 
     def _checkpoint(self) -> None:
+        faults.point("engine.checkpoint")
         self.store.save_round(self.model, self.strategy.state_dict(), self.state)
         self._publish(Checkpointed(self.state.round_completed, self.state.finished))
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from bastion import faults
+
 
 @contextmanager
 def atomic_writer(path: Path | str, mode: int | None = None) -> Iterator[BinaryIO]:
@@ -32,8 +34,11 @@ def atomic_writer(path: Path | str, mode: int | None = None) -> Iterator[BinaryI
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
+            faults.point("atomic.before_fsync", path.name)
             os.fsync(handle.fileno())
+        faults.point("atomic.before_rename", path.name)
         os.replace(tmp, path)
+        faults.point("atomic.after_rename", path.name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
