@@ -57,6 +57,21 @@ def atomic_write_text(path: Path | str, text: str, mode: int | None = None) -> N
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
+def discard_temporaries(path: Path | str) -> list[Path]:
+    """Remove the temporary files a crash left behind while ``path`` was being written.
+
+    ``atomic_writer`` removes its temp file when the block raises, but a process killed
+    between the write and the rename cannot: without this, every such crash leaves a
+    whole-model ``.<name>.*.tmp`` in the directory for good. Call it only where one
+    writer owns the directory (the aggregator under its lock, at startup).
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def fsync_directory(directory: Path | str) -> None:
     """Make a rename in ``directory`` durable: the directory entry itself must reach the disk."""
     dir_fd = os.open(directory, os.O_RDONLY)

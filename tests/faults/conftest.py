@@ -1,0 +1,32 @@
+"""Fixtures of the fault suite: one undisturbed deterministic run, the reference model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faults.harness import FaultFederation
+
+#: ``make faults`` sets it: every scenario × injection point; otherwise a fast subset.
+FULL = os.environ.get("BASTION_FAULTS_FULL") == "1"
+
+
+def full_only(*values: object) -> list[object]:
+    """Parameters that run only under ``make faults``."""
+    return [pytest.param(v, marks=pytest.mark.skipif(not FULL, reason="make faults")) for v in values]
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The final model of an undisturbed run (2 sites, 3 rounds)."""
+    run = FaultFederation(Path(tmp_path_factory.mktemp("baseline")))
+    try:
+        run.start()
+        codes = run.finish()
+        run.assert_invariants(codes)
+        return run.final_model()
+    finally:
+        run.close()
