@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from faults.harness import FaultFederation
-
-#: ``make faults`` sets it: every scenario × injection point; otherwise a fast subset.
-FULL = os.environ.get("BASTION_FAULTS_FULL") == "1"
-
-
-def full_only(*values: object) -> list[object]:
-    """Parameters that run only under ``make faults``."""
-    return [pytest.param(v, marks=pytest.mark.skipif(not FULL, reason="make faults")) for v in values]
 
 
 @pytest.fixture(scope="session")

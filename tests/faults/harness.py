@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.faults import ENV, LOG_ENV
@@ -27,9 +28,20 @@ from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
 
+#: ``make faults`` sets it: every scenario × injection point; otherwise a fast subset.
+FULL = os.environ.get("BASTION_FAULTS_FULL") == "1"
+
+
+def full_only(*values: object) -> list[object]:
+    """Parameters that run only under ``make faults``."""
+    return [
+        pytest.param(v, marks=pytest.mark.skipif(not FULL, reason="make faults")) for v in values
+    ]
+
+
 # The template's model, made a pure function of (global model, data): a round retried after a
 # crash trains exactly as it did the first time, so a disturbed run ends on the same model.
-DETERMINISTIC_TASK = '''
+DETERMINISTIC_TASK = """
 import time
 import zlib
 
@@ -63,7 +75,7 @@ class Deterministic(SoftmaxRegression):
 
 def build_runner(seed=0, delay=0.0, extra=0):
     return NumpyRunner(Deterministic(seed=seed, delay=delay, extra=extra))
-'''
+"""
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -185,7 +197,8 @@ class FaultFederation:
         while not what():
             if time.monotonic() - started > timeout:
                 raise AssertionError(
-                    f"{label}: not within {timeout:.0f}s\n" + self.federation.log_text("aggregator")[-4000:]
+                    f"{label}: not within {timeout:.0f}s\n"
+                    + self.federation.log_text("aggregator")[-4000:]
                 )
             time.sleep(0.02)
         return time.monotonic() - started

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from faults.conftest import full_only
-from faults.harness import FaultFederation
+from faults.harness import FaultFederation, full_only
 
 # Injection point (with the hit that fires: round 2's, after round 1 closed cleanly).
 AGGREGATOR_POINTS = [
@@ -93,7 +91,9 @@ def test_aggregator_stopped_mid_upload_then_continued(
         continued = time.monotonic()
         codes = run.finish()
         run.assert_invariants(codes, baseline)
-        print(f"RESULT engine.upload:stop finished lost={run.lost_rounds()} "
-              f"recover={time.monotonic() - continued:.1f}s")
+        print(
+            f"RESULT engine.upload:stop finished lost={run.lost_rounds()} "
+            f"recover={time.monotonic() - continued:.1f}s"
+        )
     finally:
         run.close()
