@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from faults.proxy import FaultProxy
 from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.faults import ENV, LOG_ENV
@@ -127,7 +128,8 @@ class FaultFederation:
     rounds: int = 3
     plan_changes: dict[str, Any] = field(default_factory=dict)
     delay: float = 0.0
-    extra: int = 0
+    # 100k float32 of padding: a 400 KB model, so a download is many TCP segments.
+    extra: int = 100_000
 
     def __post_init__(self) -> None:
         timeouts = {"round_seconds": 60, "poll_seconds": 0.2}
@@ -223,6 +225,8 @@ class FaultFederation:
 
     def close(self) -> None:
         self.federation.stop()
+        for proxy in getattr(self, "proxies", {}).values():
+            proxy.close()
         if self.watcher.is_alive():
             self.watcher.stop()
 
@@ -261,6 +265,24 @@ class FaultFederation:
             assert set(model) == set(baseline)
             for name, value in baseline.items():
                 np.testing.assert_array_equal(model[name], value, err_msg=name)
+
+    def rounds_done(self) -> int:
+        return max((r["round"] for r in self.records() if r.get("event") == "round"), default=0)
+
+    def wait_round(self, number: int, timeout: float = 120) -> float:
+        return self.wait_for(lambda: self.rounds_done() >= number, timeout, f"round {number}")
+
+    def start_behind_proxies(self, **settings: Any) -> dict[str, FaultProxy]:
+        """Aggregator, then each site through a proxy of its own (``settings`` for all)."""
+        own = self.start_aggregator()
+        self.watcher.start()
+        proxies = {}
+        for index, name in enumerate(self.names):
+            proxy = FaultProxy(own, seed=index, **settings)
+            proxies[name] = proxy
+            self.start_collaborator(name, port=proxy.start())
+        self.proxies = proxies
+        return proxies
 
     def lost_rounds(self) -> int:
         """Rounds started more than once (work redone because of the fault)."""
