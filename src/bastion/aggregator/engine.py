@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from bastion import faults
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
@@ -65,7 +66,14 @@ from bastion.algorithms.base import Strategy
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
-from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
+from bastion.protocol import (
+    Ack,
+    Assignment,
+    CannotServe,
+    NotAssigned,
+    StageReply,
+    UnknownCollaborator,
+)
 from bastion.storage.checkpoints import CheckpointStore, RoundState
 from bastion.tensors import Frame, TensorSpec, Weights, iter_frames, spec_of
 
@@ -126,6 +134,7 @@ class Aggregator:
         self.spec: list[TensorSpec] = spec_of(self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
         self.state: RoundState = resumed.state
+        self._saved_round = self.state.round_completed
         if self.state.round_completed:
             log.info(
                 "resuming from %s: %d of %d rounds complete",
@@ -138,6 +147,8 @@ class Aggregator:
         self.round_protocol: RoundProtocol | None = None  # the current (or last) round's
         self._stopped: TrainingStop | None = None
         self._empty_streak = 0
+        # Set when a storage error left memory ahead of the disk: the service exits with it.
+        self.halted: str | None = None
         with self._lock:
             self._advance()
 
@@ -149,6 +160,8 @@ class Aggregator:
             return self._round.number if self._round else self.plan.rounds + 1
 
     def _check_roster(self, collaborator: str) -> None:
+        if self.halted is not None:  # every call passes here first; sites retry UNAVAILABLE
+            raise CannotServe(self.halted)
         if collaborator in self._roster:
             return
         if self._open_roster and collaborator in self.plan.collaborator_names():
@@ -451,6 +464,8 @@ class Aggregator:
     def check_timeout(self) -> None:
         """Close or restart the current round if it has run past ``timeouts.round_seconds``."""
         with self._lock:
+            if self.halted is not None:
+                return
             lost = self._status.newly_lost(self.plan.timeouts.lost_seconds)
             for name, silent in lost:
                 log.warning("%s lost: no contact for %.0fs", name, silent)
@@ -477,7 +492,8 @@ class Aggregator:
             closes = progress.final_evaluation or protocol.closes_late_round()
             if closes or accepted >= self.plan.timeouts.min_results:
                 log.warning("round %d timed out; closing without %s", progress.number, late)
-                self._close_round(timed_out=late)
+                with self._fail_stop():
+                    self._close_round(timed_out=late)
             else:
                 log.warning(
                     "round %d timed out with %d of %d required results; restarting it",
@@ -492,14 +508,33 @@ class Aggregator:
 
     def _advance(self) -> None:
         """Move the federation as far as it can go now: open, close, skip, finish. Iterative."""
-        while not self.finished.is_set():
+        while not self.finished.is_set() and self.halted is None:
             progress, protocol = self._round, self.round_protocol
-            if progress is None:
-                self._open_next_round()
-            elif protocol is not None and protocol.is_settled() and not progress.waiting_for():
-                self._close_round(timed_out=[])
-            else:
-                return
+            with self._fail_stop():
+                if progress is None:
+                    self._open_next_round()
+                elif protocol is not None and protocol.is_settled() and not progress.waiting_for():
+                    self._close_round(timed_out=[])
+                else:
+                    return
+
+    @contextmanager
+    def _fail_stop(self) -> Iterator[None]:
+        """A storage error (disk full, read-only, I/O) in the middle of a round's transition
+        leaves the model and round counter in memory ahead of the last whole checkpoint, so
+        nothing more may happen: the round must not close twice nor the next one open. Every
+        call is refused from then on (UNAVAILABLE: sites keep retrying), the service exits
+        with the reason, and a restart resumes from the checkpoint on disk."""
+        try:
+            yield
+        except OSError as exc:
+            self.halted = (
+                f"the aggregator stopped: writing its state failed ({exc}); the last checkpoint "
+                f"on disk is whole (round {self._saved_round}); fix the cause and restart to "
+                "resume from it"
+            )
+            log.error("%s", self.halted)
+            raise CannotServe(self.halted) from None
 
     def _open_next_round(self) -> None:
         number = self.state.round_completed + 1
@@ -677,6 +712,7 @@ class Aggregator:
     def _checkpoint(self) -> None:
         faults.point("engine.checkpoint")
         self.store.save_round(self.model, self.strategy.state_dict(), self.state)
+        self._saved_round = self.state.round_completed
         self._publish(Checkpointed(self.state.round_completed, self.state.finished))
 
     def _finish(self) -> None:
