@@ -67,3 +67,17 @@ def test_enospc_while_closing_a_round_halts_the_engine(tmp_path: Path, point: st
 
 def _aggregator_again(tmp_path: Path, old: Aggregator) -> Aggregator:
     return Aggregator(old.plan, FedAvg(), old.store, MetricsLog(tmp_path / "metrics.jsonl"))
+
+
+def test_unwritable_metrics_log_halts_instead_of_escaping_as_unknown(tmp_path: Path) -> None:
+    """The metrics log (like a DP ledger) is a durable record: when it cannot be written the
+    engine stops with the reason rather than raising an untyped error into a site's call."""
+    aggregator = _aggregator(tmp_path)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.unlink()
+    metrics.mkdir()  # opening it for append now fails, as a read-only log directory does
+    with pytest.raises(CannotServe, match="writing its state failed"):
+        _train(aggregator, 1)
+    assert aggregator.halted is not None
+    with pytest.raises(CannotServe):
+        aggregator.heartbeat("a", 1)

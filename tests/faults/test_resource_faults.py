@@ -95,3 +95,40 @@ def test_clock_step_across_a_site_certificate(tmp_path: Path, step: str) -> None
         print(f"RESULT clock.{step} site-2 stopped('{reason}'), federation finished lost=0")
     finally:
         run.close()
+
+
+@pytest.mark.slow
+def test_read_only_log_directory_stops_with_one_reason_then_resumes(
+    tmp_path: Path, baseline: dict[str, np.ndarray]
+) -> None:
+    """The metrics log becomes unwritable after round 1 (chattr +i: read-only even for root):
+    the aggregator stops naming it; made writable again, a restart finishes the same model."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    run = FaultFederation(tmp_path)
+    metrics = run.metrics_path
+    try:
+        port = run.start()
+        run.wait_round(1)
+        if subprocess.run(["chattr", "+i", str(metrics)], capture_output=True).returncode:
+            pytest.skip("this file system does not support chattr +i")
+        try:
+            code = run.wait_exit("aggregator", timeout=60)
+            stopped = time.monotonic()
+        finally:
+            subprocess.run(["chattr", "-i", str(metrics)], check=True)
+        log = run.federation.log_text("aggregator")
+        assert code != 0 and "writing its state failed" in log, log[-3000:]
+        run.start_aggregator(port=port)
+        codes = run.finish()
+        run.assert_invariants(codes, baseline)
+        print(
+            f"RESULT logs.read_only stopped(EPERM)+restart finished lost={run.lost_rounds()} "
+            f"recover={time.monotonic() - stopped:.1f}s"
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(metrics)], capture_output=True)
+        run.close()

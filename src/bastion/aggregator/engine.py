@@ -734,7 +734,8 @@ class Aggregator:
         self.finished.set()
 
     def _publish(self, event: RoundEvent) -> None:
-        publish(self.observers, event)
+        with self._fail_stop():  # the metrics log and the DP ledgers are durable records too
+            publish(self.observers, event)
 
     def _write_summary(self) -> None:
         progress = self._round
@@ -755,4 +756,5 @@ class Aggregator:
         }
         for observer in self.observers:
             summary.update(observer.status_fields(self.state.round_completed))
-        self._status.write(summary)
+        with self._fail_stop():
+            self._status.write(summary)
