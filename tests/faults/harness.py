@@ -145,7 +145,13 @@ class FaultFederation:
         )
         (self.workspace / "det_task.py").write_text(DETERMINISTIC_TASK)
         args = {"seed": 0, "delay": self.delay, "extra": self.extra}
-        edit_plan(self.workspace, {"task_runner": {"path": "det_task:build_runner", "args": args}})
+        edit_plan(
+            self.workspace,
+            {
+                "task_runner": {"path": "det_task:build_runner", "args": args},
+                "data": {"loader": "det_task:load_blobs"},
+            },
+        )
         initialize_plan(self.workspace)
         sign_workspace(self.workspace)
         self.names = [f"site-{i}" for i in range(1, self.collaborators + 1)]
