@@ -76,6 +76,18 @@ class Deterministic(SoftmaxRegression):
 
 def build_runner(seed=0, delay=0.0, extra=0):
     return NumpyRunner(Deterministic(seed=seed, delay=delay, extra=extra))
+
+
+# Ten Gaussian classes in 64 dimensions: digits' shape without importing scikit-learn
+# (which alone took ~15 s of every process start on two busy cores).
+def load_blobs():
+    from bastion.data.types import Dataset
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, 64)).astype(np.float32)
+    y = np.arange(1800, dtype=np.int64) % 10
+    x = (centers[y] + rng.normal(scale=1.5, size=(1800, 64))).astype(np.float32)
+    return Dataset("blobs", x[:1440], y[:1440], x[1440:], y[1440:], 10)
 """
 
 
