@@ -80,7 +80,8 @@ def main() -> None:
             seen, next_fault = 0, rng.randint(3, 5)
             while run.federation.aggregator_process.poll() is None:  # type: ignore[union-attr]
                 if time.monotonic() - started > args.time_limit:
-                    raise SystemExit(f"soak: not finished within {args.time_limit:.0f}s")
+                    print(f"soak: stopped at the time limit ({args.time_limit:.0f}s)", flush=True)
+                    break
                 done = run.rounds_done()
                 if done > seen:
                     seen = done
@@ -98,26 +99,29 @@ def main() -> None:
                         next_fault = done + rng.randint(3, 5)
                     print(f"round {done}: rss {rss / 2**20:.1f} MiB, fds {fds}", flush=True)
                 time.sleep(0.05)
-            codes = run.finish(timeout=300)
+            timed_out = run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
+            codes = {} if timed_out else run.finish(timeout=300)
             state = read_state(run.last)
             violations = run.watcher.violations
         finally:
             run.close()
     by_round = {int(s["round"]): s for s in samples}
     early = by_round.get(20) or samples[min(19, len(samples) - 1)]
-    late = by_round.get(args.rounds) or samples[-1]
+    late = samples[-1]
     fds = [int(s["fds"]) for s in samples if s["round"] >= 20]
     result = {
         "rounds": args.rounds,
         "collaborators": args.collaborators,
         "model_mb": args.model_mb,
         "seconds": round(time.monotonic() - started, 1),
+        "stopped_at_time_limit": timed_out,
         "exit_codes": codes,
         "round_completed": state["round_completed"],
         "finished": state["finished"],
         "checkpoint_violations": violations,
         "faults": faults,
         "rss_round_20": early["rss"],
+        "last_sampled_round": late["round"],
         "rss_last_round": late["rss"],
         "rss_growth": round(late["rss"] / early["rss"] - 1, 4),
         "fds_after_round_20": {"min": min(fds, default=0), "max": max(fds, default=0)},
