@@ -124,6 +124,7 @@ def main() -> None:
         "last_sampled_round": late["round"],
         "rss_last_round": late["rss"],
         "rss_growth": round(late["rss"] / early["rss"] - 1, 4),
+        **window_medians(samples),
         "fds_after_round_20": {"min": min(fds, default=0), "max": max(fds, default=0)},
         "samples": samples,
     }
@@ -131,6 +132,22 @@ def main() -> None:
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     _plot(samples, faults, args.out / "soak.png")
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+
+
+def window_medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Median RSS over rounds 11-30 and over the last 20: single samples swing by tens of
+    MB as glibc returns or keeps freed 10 MB buffers, a leak moves the medians."""
+    ordered = sorted(samples, key=lambda s: s["round"])
+    early = sorted(s["rss"] for s in ordered if 11 <= s["round"] <= 30)
+    late = sorted(s["rss"] for s in ordered[-20:])
+    if not early or not late:
+        return {}
+    first, last = early[len(early) // 2], late[len(late) // 2]
+    return {
+        "rss_median_rounds_11_30": first,
+        "rss_median_last_20": last,
+        "rss_median_growth": round(last / first - 1, 4),
+    }
 
 
 def _plot(samples: list[dict[str, float]], faults: list[dict[str, object]], path: Path) -> None:
