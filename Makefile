@@ -13,7 +13,7 @@ MXNET_STAMP := $(MXNET_VENV)/.installed
 MXNET_TESTS := tests/runners/test_mxnet_runner.py tests/e2e/test_frameworks_mxnet.py
 WHEELHOUSE := .cache/wheelhouse
 
-.PHONY: run test test-docker browser lint typecheck proto clean
+.PHONY: run test test-docker browser faults soak lint typecheck proto clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,16 @@ test-docker: $(STAMP)
 	command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }
 	BASTION_TEST_DOCKER=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/workspace/test_docker_build.py
+
+# The fault-injection suite (tests/faults): every scenario x injection point. `make test`
+# runs a fast subset of it (each scenario once).
+faults: $(STAMP)
+	BASTION_FAULTS_FULL=1 $(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 tests/faults
+
+# 200 rounds, 10 collaborators, a 10 MB model, a random fault every few rounds; the
+# aggregator's RSS and open fds each round -> benchmarks/results/soak.json and soak.png.
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --rounds 200 --collaborators 10 --model-mb 10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

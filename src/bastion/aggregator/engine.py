@@ -17,7 +17,9 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
+from bastion import faults
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
 from bastion.aggregator.events import (
     AttestationVerdict,
@@ -67,7 +69,14 @@ from bastion.algorithms.base import Strategy
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
-from bastion.protocol import Ack, Assignment, NotAssigned, StageReply, UnknownCollaborator
+from bastion.protocol import (
+    Ack,
+    Assignment,
+    CannotServe,
+    NotAssigned,
+    StageReply,
+    UnknownCollaborator,
+)
 from bastion.storage.checkpoints import CheckpointStore, RoundState
 from bastion.tensors import (
     Frame,
@@ -137,6 +146,7 @@ class Aggregator:
         self.max_update_bytes = update_limit(plan, self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
         self.state: RoundState = resumed.state
+        self._saved_round = self.state.round_completed
         if self.state.round_completed:
             log.info(
                 "resuming from %s: %d of %d rounds complete",
@@ -149,6 +159,8 @@ class Aggregator:
         self.round_protocol: RoundProtocol | None = None  # the current (or last) round's
         self._stopped: TrainingStop | None = None
         self._empty_streak = 0
+        # Set when a storage error left memory ahead of the disk: the service exits with it.
+        self.halted: str | None = None
         with self._lock:
             self._advance()
 
@@ -171,6 +183,8 @@ class Aggregator:
         return None if self.plan.compression is not None else self.spec
 
     def _check_roster(self, collaborator: str) -> None:
+        if self.halted is not None:  # every call passes here first; sites retry UNAVAILABLE
+            raise CannotServe(self.halted)
         if collaborator in self._roster:
             return
         if self._open_roster and collaborator in self.plan.collaborator_names():
@@ -244,6 +258,7 @@ class Aggregator:
         self._check_roster(collaborator)
         with self._lock:
             self._require_assigned(collaborator, round_number)
+            faults.point("engine.download", collaborator)
             return iter_frames(self.model, self.chunk_bytes)
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
@@ -314,6 +329,7 @@ class Aggregator:
             )
         except UpdateRejected as exc:
             return self.reject_result(collaborator, round_number, task_name, str(exc))
+        faults.point("engine.upload", collaborator)
         with self._lock:
             # The round may have closed (timeout) while the tensors were in flight.
             self.check_result_allowed(collaborator, round_number, task_name)
@@ -468,6 +484,7 @@ class Aggregator:
             found = self._interactive(collaborator, round_number)
             if isinstance(found, str):
                 return Ack(False, found)
+            faults.point(f"secure.{step}", collaborator)
             ack = found.stage_send(collaborator, attempt, step, payload, metrics)
             self._advance()
             return ack
@@ -487,6 +504,8 @@ class Aggregator:
     def check_timeout(self) -> None:
         """Close or restart the current round if it has run past ``timeouts.round_seconds``."""
         with self._lock:
+            if self.halted is not None:
+                return
             lost = self._status.newly_lost(self.plan.timeouts.lost_seconds)
             for name, silent in lost:
                 log.warning("%s lost: no contact for %.0fs", name, silent)
@@ -513,7 +532,8 @@ class Aggregator:
             closes = progress.final_evaluation or protocol.closes_late_round()
             if closes or accepted >= self.plan.timeouts.min_results:
                 log.warning("round %d timed out; closing without %s", progress.number, late)
-                self._close_round(timed_out=late)
+                with self._fail_stop():
+                    self._close_round(timed_out=late)
             else:
                 log.warning(
                     "round %d timed out with %d of %d required results; restarting it",
@@ -528,14 +548,33 @@ class Aggregator:
 
     def _advance(self) -> None:
         """Move the federation as far as it can go now: open, close, skip, finish. Iterative."""
-        while not self.finished.is_set():
+        while not self.finished.is_set() and self.halted is None:
             progress, protocol = self._round, self.round_protocol
-            if progress is None:
-                self._open_next_round()
-            elif protocol is not None and protocol.is_settled() and not progress.waiting_for():
-                self._close_round(timed_out=[])
-            else:
-                return
+            with self._fail_stop():
+                if progress is None:
+                    self._open_next_round()
+                elif protocol is not None and protocol.is_settled() and not progress.waiting_for():
+                    self._close_round(timed_out=[])
+                else:
+                    return
+
+    @contextmanager
+    def _fail_stop(self) -> Iterator[None]:
+        """A storage error (disk full, read-only, I/O) in the middle of a round's transition
+        leaves the model and round counter in memory ahead of the last whole checkpoint, so
+        nothing more may happen: the round must not close twice nor the next one open. Every
+        call is refused from then on (UNAVAILABLE: sites keep retrying), the service exits
+        with the reason, and a restart resumes from the checkpoint on disk."""
+        try:
+            yield
+        except OSError as exc:
+            self.halted = (
+                f"the aggregator stopped: writing its state failed ({exc}); the last checkpoint "
+                f"on disk is whole (round {self._saved_round}); fix the cause and restart to "
+                "resume from it"
+            )
+            log.error("%s", self.halted)
+            raise CannotServe(self.halted) from None
 
     def _open_next_round(self) -> None:
         number = self.state.round_completed + 1
@@ -578,6 +617,7 @@ class Aggregator:
             pending={name: [t.name for t in tasks] for name, tasks in assignments.items() if tasks},
             started=self._clock(),
         )
+        faults.point("engine.assign")
         self._round = progress
         if not final:
             self.strategy.begin_round(self.model, number)
@@ -635,6 +675,7 @@ class Aggregator:
         self._update_best(summary, model_round=number - 1)
         accepted = 0
         if not progress.final_evaluation:
+            faults.point("engine.aggregate")
             accepted = self._aggregate(progress)
             self.state.round_completed = number
         else:
@@ -720,10 +761,12 @@ class Aggregator:
             self.store.save_best(self.model, model_round, value)
 
     def _checkpoint(self) -> None:
+        faults.point("engine.checkpoint")
         self.state.anchors = {
             k: v for o in self.observers for k, v in o.checkpoint_fields().items()
         }
         self.store.save_round(self.model, self.strategy.state_dict(), self.state)
+        self._saved_round = self.state.round_completed
         self._publish(Checkpointed(self.state.round_completed, self.state.finished))
 
     def _finish(self) -> None:
@@ -745,7 +788,8 @@ class Aggregator:
         self.finished.set()
 
     def _publish(self, event: RoundEvent) -> None:
-        publish(self.observers, event)
+        with self._fail_stop():  # the metrics log and the DP ledgers are durable records too
+            publish(self.observers, event)
 
     def _write_summary(self) -> None:
         progress = self._round
@@ -766,4 +810,5 @@ class Aggregator:
         }
         for observer in self.observers:
             summary.update(observer.status_fields(self.state.round_completed))
-        self._status.write(summary)
+        with self._fail_stop():
+            self._status.write(summary)

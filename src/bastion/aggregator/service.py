@@ -19,7 +19,7 @@ from bastion.aggregator.round_protocol import ProtocolFactory
 from bastion.aggregator.tracking import tracking_observers
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.algorithms.secure_sum import secure_sum_strategy
-from bastion.errors import PKIError, PlanError
+from bastion.errors import BastionError, PKIError, PlanError
 from bastion.metrics.log import METRICS_FILE, MetricsLog
 from bastion.pki import Role, load_certificate, tls_files_for
 from bastion.pki.revocation import CrlWatch, crl_path
@@ -220,6 +220,8 @@ def run_aggregator(
         try:
             while not stop.is_set() and not aggregator.finished.wait(0.5):
                 aggregator.check_timeout()
+                if aggregator.halted is not None:
+                    raise BastionError(aggregator.halted)
             if aggregator.finished.is_set():
                 _tell_everyone_done(aggregator, server.servicer.told_done)
         finally:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from bastion import faults
 from bastion.collaborator.local_privacy import NoLocalPrivacy, Refusal, SitePrivacy
 from bastion.collaborator.secure_update import SecureUpdate
 from bastion.collaborator.update_path import Handover, SendWeights, UpdatePath
@@ -269,6 +270,7 @@ class Collaborator:
             self._attested = True
         self._round_hooks.begin_round(round_number)
         global_weights = self._client.get_model(round_number)
+        faults.point("collaborator.downloaded", self.name)
         self._runner.set_weights(global_weights)
         log.info(
             "%s: %s: %s",
@@ -301,6 +303,7 @@ class Collaborator:
             if task.kind == "train":
                 holds_global = False
                 result, weights = self._guarded(round_number, task, self._train)
+                faults.point("collaborator.upload", self.name)
                 handover = self._update_path.hand_in(
                     round_number, task.name, result, global_weights, weights
                 )

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from bastion import faults
+
 
 @contextmanager
 def atomic_writer(path: Path | str, mode: int | None = None) -> Iterator[BinaryIO]:
@@ -32,8 +34,11 @@ def atomic_writer(path: Path | str, mode: int | None = None) -> Iterator[BinaryI
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
+            faults.point("atomic.before_fsync", path.name)
             os.fsync(handle.fileno())
+        faults.point("atomic.before_rename", path.name)
         os.replace(tmp, path)
+        faults.point("atomic.after_rename", path.name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -50,6 +55,21 @@ def atomic_write_bytes(path: Path | str, data: bytes, mode: int | None = None) -
 def atomic_write_text(path: Path | str, text: str, mode: int | None = None) -> None:
     """Write ``text`` as UTF-8 to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def discard_temporaries(path: Path | str) -> list[Path]:
+    """Remove the temporary files a crash left behind while ``path`` was being written.
+
+    ``atomic_writer`` removes its temp file when the block raises, but a process killed
+    between the write and the rename cannot: without this, every such crash leaves a
+    whole-model ``.<name>.*.tmp`` in the directory for good. Call it only where one
+    writer owns the directory (the aggregator under its lock, at startup).
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def fsync_directory(directory: Path | str) -> None:

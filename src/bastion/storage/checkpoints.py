@@ -21,7 +21,7 @@ import numpy as np
 from safetensors import safe_open
 
 from bastion.errors import BastionError
-from bastion.storage.atomic import atomic_write_bytes, atomic_writer
+from bastion.storage.atomic import atomic_write_bytes, atomic_writer, discard_temporaries
 from bastion.tensors import WIRE_DTYPES, Weights, dtype_name
 
 INITIAL = "initial.safetensors"
@@ -143,7 +143,12 @@ class CheckpointStore:
         return path
 
     def load(self) -> Resumed:
-        """The newest whole state: the last round if any, else the initial model."""
+        """The newest whole state: the last round if any, else the initial model.
+
+        Temporary files of writes a crash interrupted are removed first (whole-model size each).
+        """
+        for name in (LAST, BEST, STATE, INITIAL):
+            discard_temporaries(self.path(name))
         for name in (LAST, INITIAL):
             path = self.path(name)
             if path.exists():

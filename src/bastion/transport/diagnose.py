@@ -92,6 +92,13 @@ def explain_unreachable(address: Address, ca_pem: bytes | None, timeout: float =
     try:
         with raw, context.wrap_socket(raw, server_hostname=address.host) as connection:
             der = connection.getpeercert(binary_form=True)
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError) as exc:
+        # The peer went away mid-handshake: an aggregator killed, restarting or overloaded,
+        # not one that speaks another protocol; retrying can help.
+        return Diagnosis(
+            f"{where} closed the connection during the TLS handshake "
+            f"({exc.__class__.__name__}); is the aggregator restarting?"
+        )
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc.__class__.__name__
         return Diagnosis(

@@ -1,0 +1,175 @@
+"""Soak: a long federation under a random fault every few rounds; does the aggregator leak?
+
+Runs the fault suite's federation (tests/faults/harness.py: real processes over mTLS, each
+site behind its own fault proxy) for ROUNDS rounds with N collaborators and a model of
+MODEL_MB megabytes, injects a seeded random fault every 3-5 rounds (kill -9 and restart of
+a collaborator, SIGSTOP/SIGCONT, connection resets, a mid-stream drop, a latency spike),
+and samples the aggregator's RSS and open file descriptors after every round. Writes
+benchmarks/results/soak.json and soak.png.
+
+    .venv/bin/python benchmarks/soak.py --rounds 200 --collaborators 10 --model-mb 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from faults.harness import FaultFederation, read_state, rss_and_fds  # noqa: E402
+
+FAULTS = ("kill_collaborator", "stop_collaborator", "reset", "drop_mid_stream", "latency")
+
+
+def inject(run: FaultFederation, rng: random.Random, round_number: int) -> dict[str, object]:
+    kind, site = rng.choice(FAULTS), rng.choice(run.names)
+    proxy = run.proxies[site]
+    if kind == "kill_collaborator":
+        process = run.federation.collaborator_processes[site]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        run.start_collaborator(site, port=proxy.port)
+    elif kind == "stop_collaborator":
+        pid = run.federation.collaborator_processes[site].pid
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGCONT)
+    elif kind == "reset":
+        proxy.reset_all()
+    elif kind == "drop_mid_stream":
+        proxy.drop_after = 4 * 1024 * 1024
+    else:
+        proxy.latency = 0.05
+    return {"round": round_number, "kind": kind, "site": site}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--collaborators", type=int, default=10)
+    parser.add_argument("--model-mb", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-limit", type=float, default=3 * 3600)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    extra = int(args.model_mb * 1024 * 1024 / 4)
+    samples: list[dict[str, float]] = []
+    faults: list[dict[str, object]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bastion-soak-") as tmp:
+        run = FaultFederation(
+            Path(tmp),
+            collaborators=args.collaborators,
+            rounds=args.rounds,
+            extra=extra,
+            plan_changes={"timeouts": {"round_seconds": 120, "min_results": 1}},
+        )
+        try:
+            run.start_behind_proxies()
+            pid = run.federation.aggregator_process.pid  # type: ignore[union-attr]
+            seen, next_fault = 0, rng.randint(3, 5)
+            while run.federation.aggregator_process.poll() is None:  # type: ignore[union-attr]
+                if time.monotonic() - started > args.time_limit:
+                    print(f"soak: stopped at the time limit ({args.time_limit:.0f}s)", flush=True)
+                    break
+                done = run.rounds_done()
+                if done > seen:
+                    seen = done
+                    try:
+                        rss, fds = rss_and_fds(pid)
+                    except FileNotFoundError:
+                        break
+                    samples.append(
+                        {"round": done, "rss": rss, "fds": fds, "t": time.monotonic() - started}
+                    )
+                    for proxy in run.proxies.values():
+                        proxy.latency = 0.0
+                    if done >= next_fault and done < args.rounds:
+                        faults.append(inject(run, rng, done + 1))
+                        next_fault = done + rng.randint(3, 5)
+                    print(f"round {done}: rss {rss / 2**20:.1f} MiB, fds {fds}", flush=True)
+                time.sleep(0.05)
+            timed_out = run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
+            codes = {} if timed_out else run.finish(timeout=300)
+            state = read_state(run.last)
+            violations = run.watcher.violations
+        finally:
+            run.close()
+    by_round = {int(s["round"]): s for s in samples}
+    early = by_round.get(20) or samples[min(19, len(samples) - 1)]
+    late = samples[-1]
+    fds = [int(s["fds"]) for s in samples if s["round"] >= 20]
+    result = {
+        "rounds": args.rounds,
+        "collaborators": args.collaborators,
+        "model_mb": args.model_mb,
+        "seconds": round(time.monotonic() - started, 1),
+        "stopped_at_time_limit": timed_out,
+        "exit_codes": codes,
+        "round_completed": state["round_completed"],
+        "finished": state["finished"],
+        "checkpoint_violations": violations,
+        "faults": faults,
+        "rss_round_20": early["rss"],
+        "last_sampled_round": late["round"],
+        "rss_last_round": late["rss"],
+        "rss_growth": round(late["rss"] / early["rss"] - 1, 4),
+        **window_medians(samples),
+        "fds_after_round_20": {"min": min(fds, default=0), "max": max(fds, default=0)},
+        "samples": samples,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    _plot(samples, faults, args.out / "soak.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+
+
+def window_medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Median RSS over rounds 11-30 and over the last 20: single samples swing by tens of
+    MB as glibc returns or keeps freed 10 MB buffers, a leak moves the medians."""
+    ordered = sorted(samples, key=lambda s: s["round"])
+    early = sorted(s["rss"] for s in ordered if 11 <= s["round"] <= 30)
+    late = sorted(s["rss"] for s in ordered[-20:])
+    if not early or not late:
+        return {}
+    first, last = early[len(early) // 2], late[len(late) // 2]
+    return {
+        "rss_median_rounds_11_30": first,
+        "rss_median_last_20": last,
+        "rss_median_growth": round(last / first - 1, 4),
+    }
+
+
+def _plot(samples: list[dict[str, float]], faults: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [s["round"] for s in samples]
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    top.plot(rounds, [s["rss"] / 2**20 for s in samples], label="aggregator RSS")
+    top.set_ylabel("RSS (MiB)")
+    bottom.plot(rounds, [s["fds"] for s in samples], color="tab:orange", label="open fds")
+    bottom.set_ylabel("open file descriptors")
+    bottom.set_xlabel("round")
+    for fault in faults:
+        for axis in (top, bottom):
+            axis.axvline(float(fault["round"]), color="grey", alpha=0.25, lw=0.8)  # type: ignore[arg-type]
+    top.set_title("Soak: aggregator under a random fault every 3-5 rounds (grey lines)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
