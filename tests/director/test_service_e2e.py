@@ -18,6 +18,61 @@ import bastion
 from bastion.storage.checkpoints import INITIAL, load_checkpoint
 
 SITES = ["site-1", "site-2", "site-3"]
+
+# Job B's model: a two-layer network, where job A trains the template's softmax regression.
+MLP_TASK = """
+import numpy as np
+
+from bastion.runners.numpy import NumpyRunner
+
+
+class TwoLayerNetwork:
+    def __init__(self, num_features, hidden, num_classes, seed):
+        rng = np.random.default_rng(seed)
+        self.w1 = (rng.standard_normal((num_features, hidden)) * 0.1).astype(np.float32)
+        self.b1 = np.zeros(hidden, np.float32)
+        self.w2 = (rng.standard_normal((hidden, num_classes)) * 0.1).astype(np.float32)
+        self.b2 = np.zeros(num_classes, np.float32)
+        self.rng = rng
+
+    def get_weights(self):
+        return {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2}
+
+    def set_weights(self, weights):
+        for name in ("w1", "b1", "w2", "b2"):
+            setattr(self, name, weights[name].astype(np.float32))
+
+    def _forward(self, x):
+        hidden = np.maximum(x @ self.w1 + self.b1, 0)
+        logits = hidden @ self.w2 + self.b2
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return hidden, p / p.sum(axis=1, keepdims=True)
+
+    def fit(self, x, y, epochs=1, batch_size=32, lr=0.1):
+        onehot = np.eye(self.w2.shape[1], dtype=np.float32)[y]
+        for _ in range(int(epochs)):
+            order = self.rng.permutation(len(y))
+            for start in range(0, len(y), int(batch_size)):
+                i = order[start : start + int(batch_size)]
+                hidden, p = self._forward(x[i])
+                error = (p - onehot[i]) / len(i)
+                back = (error @ self.w2.T) * (hidden > 0)
+                self.w2 -= lr * hidden.T @ error
+                self.b2 -= lr * error.sum(axis=0)
+                self.w1 -= lr * x[i].T @ back
+                self.b1 -= lr * back.sum(axis=0)
+        return self.evaluate(x, y)
+
+    def evaluate(self, x, y):
+        _, p = self._forward(x)
+        loss = -np.log(p[np.arange(len(y)), y] + 1e-12).mean()
+        return {"loss": float(loss), "accuracy": float((p.argmax(axis=1) == y).mean())}
+
+
+def build_runner(num_features=64, hidden=32, num_classes=10, seed=0):
+    return NumpyRunner(TwoLayerNetwork(num_features, hidden, num_classes, seed))
+"""
 ROWS = {"site-1": 300, "site-2": 420, "site-3": 540}
 OFFSETS = {"site-1": 0, "site-2": 300, "site-3": 720}
 
@@ -58,10 +113,14 @@ def test_two_jobs_run_concurrently_on_overlapping_sites_and_a_third_is_stopped(
         "bob",
         ["site-2", "site-3"],
         rounds=3,
-        plan_changes={"task_runner": {"args": {"seed": 7}}, "tasks": [
-            {"name": "validate_global", "kind": "validate", "model": "global"},
-            {"name": "train", "kind": "train", "args": {"epochs": 1, "batch_size": 32, "lr": 0.5}},
-        ]},
+        plan_changes={
+            "task_runner": {"path": "mlp_task:build_runner", "args": {"hidden": 32, "seed": 7}},
+            "tasks": [
+                {"name": "validate_global", "kind": "validate", "model": "global"},
+                {"name": "train", "kind": "train", "args": {"epochs": 1, "batch_size": 32, "lr": 0.5}},
+            ],
+        },
+        files={"mlp_task.py": MLP_TASK},
     )  # fmt: skip
     job_a = alice.submit(ws_a, dataset="records", min_sites=3)
     job_b = bob.submit(ws_b, sites=["site-2", "site-3"])
@@ -111,8 +170,11 @@ def test_two_jobs_run_concurrently_on_overlapping_sites_and_a_third_is_stopped(
     initial_a, _ = load_checkpoint(ws_a / "save" / INITIAL)
     assert set(weights_a) == set(initial_a)
     assert any(not np.array_equal(weights_a[k], initial_a[k]) for k in initial_a)
-    assert set(weights_b) == set(initial_a)
-    assert any(not np.array_equal(weights_a[k], weights_b[k]) for k in weights_a)
+    # two different models: softmax regression (w, b) and a two-layer network
+    initial_b, _ = load_checkpoint(ws_b / "save" / INITIAL)
+    assert set(weights_a) == {"w", "b"} and set(weights_b) == {"w1", "b1", "w2", "b2"}
+    assert {k: v.shape for k, v in weights_b.items()} == {k: v.shape for k, v in initial_b.items()}
+    assert any(not np.array_equal(weights_b[k], initial_b[k]) for k in initial_b)
 
     # a third job, long, stopped from the CLI: it ends cleanly at every site
     ws_c = service.workspace("job-c", "alice", SITES, rounds=500)

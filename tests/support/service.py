@@ -186,11 +186,15 @@ class Service:
         roster: list[str],
         rounds: int,
         plan_changes: dict[str, Any] | None = None,
+        files: dict[str, str] | None = None,
     ) -> Path:
-        """A signed workspace of ``owner`` (the tabular template: each site's own CSV)."""
+        """A signed workspace of ``owner`` (the tabular template: each site's own CSV), with
+        ``files`` (name -> text) added, e.g. task code for another model."""
         workspace = create_workspace(
             self.root / owner / name, "numpy_logreg_tabular", collaborators=roster, rounds=rounds
         )
+        for file_name, text in (files or {}).items():
+            (workspace / file_name).write_text(text)
         changes: dict[str, Any] = {
             "name": name,
             "network": {"aggregator_name": DIRECTOR, "address": "127.0.0.1"},
