@@ -269,17 +269,18 @@ class Collaborator:
             self._attest()
             self._attested = True
         self._round_hooks.begin_round(round_number)
-        global_weights = self._client.get_model(round_number)
-        faults.point("collaborator.downloaded", self.name)
-        self._runner.set_weights(global_weights)
         log.info(
             "%s: %s: %s",
             self.name,
             _round_label(assignment),
             ", ".join(t.name for t in assignment.tasks),
         )
+        # A large model's download can outlast timeouts.lost_seconds: beat through it too.
         self._heartbeat.start(round_number)
         try:
+            global_weights = self._client.get_model(round_number)
+            faults.point("collaborator.downloaded", self.name)
+            self._runner.set_weights(global_weights)
             secure_update = self._run_assigned(assignment, global_weights)
         finally:
             self._heartbeat.stop()
