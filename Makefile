@@ -13,7 +13,7 @@ MXNET_STAMP := $(MXNET_VENV)/.installed
 MXNET_TESTS := tests/runners/test_mxnet_runner.py tests/e2e/test_frameworks_mxnet.py
 WHEELHOUSE := .cache/wheelhouse
 
-.PHONY: run test test-docker browser faults soak lint typecheck proto clean
+.PHONY: run test test-docker browser faults soak bench lint typecheck proto clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,16 @@ faults: $(STAMP)
 # aggregator's RSS and open fds each round -> benchmarks/results/soak.json and soak.png.
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py --rounds 200 --collaborators 10 --model-mb 10
+
+# Scale and speed (benchmarks/scale.py; never part of `make test`): round overhead against the
+# floor measured in the same run, and aggregator/collaborator peak memory for 100 MB, 1 GB and
+# 3 GiB models (the last needs about 14 GB of free memory). Results: benchmarks/results/scale*.
+bench: $(STAMP)
+	$(PY) benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 4
+	$(PY) benchmarks/scale.py memory --size-mb 95.367 --collaborators 3 10 --out scale_memory_100mb.json
+	$(PY) benchmarks/scale.py memory --size-mb 1024 --collaborators 2 --out scale_memory_1gb.json
+	$(PY) benchmarks/scale.py memory --size-mb 3072 --layout one many --collaborators 2 --out scale_memory_3gib.json
+	$(PY) benchmarks/scale_report.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,0 +1,365 @@
+"""Scale and speed: memory for large models and round overhead against the machine's floor.
+
+Each run is a real federation: the aggregator and N collaborators as separate processes
+over mutual TLS on 127.0.0.1 (``bastion.sim.processes.LocalFederation``), FedAvg, a NumPy
+model (``NumpyRunner``) whose training step nudges every weight in place.
+
+    python benchmarks/scale.py memory --size-mb 100 --collaborators 3 10
+    python benchmarks/scale.py memory --size-mb 3072 --layout one many --collaborators 2
+    python benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 3
+
+``memory``: the aggregator's peak RSS (VmHWM) above its idle RSS (model loaded, server
+listening, no collaborator yet), and each collaborator's peak above its idle RSS (recorded
+by the task code when its runner is built, before any network traffic).
+``overhead``: seconds per round (the aggregator's own round timings in
+``logs/metrics.jsonl``) against the floor measured in the same run: bytes moved
+(N models down, N up) at the loopback bandwidth measured between two processes, plus
+N weighted accumulates at the memory bandwidth measured with NumPy.
+Results go to ``benchmarks/results/`` as JSON; ``report.py`` writes the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bastion.pki import Role, init_ca, issue
+from bastion.sim.processes import LocalFederation
+from bastion.workspace.initialize import initialize_plan
+from bastion.workspace.templates import create_workspace
+from bastion.workspace.verify import measure, sign
+
+RESULTS = Path(__file__).parent / "results"
+
+TASK = '''
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bastion.runners.numpy import NumpyRunner
+
+TENSOR_PARAMS = 16 * 1024 * 1024  # 64 MiB float32 tensors in the "many" layout
+
+
+class BigModel:
+    """Float32 tensors, initialized (resident) like a real model's; fit nudges them in place."""
+
+    def __init__(self, params, layout, seed):
+        if layout == "one":
+            rows = 1000
+            sizes = [("dense.weight", (rows, params // rows))]
+        else:
+            sizes, left, i = [], params, 0
+            while left > 0:
+                n = min(TENSOR_PARAMS, left)
+                sizes.append((f"layer{i}.weight", (n,)))
+                left, i = left - n, i + 1
+        self.weights = {n: np.full(shape, 0.01, dtype=np.float32) for n, shape in sizes}
+        self.step = np.float32(0.001 * (seed + 1))
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+    def fit(self, x, y, **args):
+        for value in self.weights.values():
+            value += self.step
+        return {"loss": 1.0}
+
+    def evaluate(self, x, y, **args):
+        return {"accuracy": 0.5}
+
+
+def _rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def build_runner(params, layout="one", seed=0):
+    runner = NumpyRunner(BigModel(params, layout, seed))
+    out = os.environ.get("BASTION_BENCH_IDLE_DIR")
+    if out:
+        Path(out, f"{os.getpid()}.idle").write_text(str(_rss()))
+    return runner
+'''
+
+
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine() -> dict[str, object]:
+    mem = _status_meminfo("MemTotal")
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem / 2**30, 1),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def _status_meminfo(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def loopback_bandwidth(total_bytes: int = 512 * 2**20, chunk: int = 4 * 2**20) -> float:
+    """Bytes/s from one process to another over a TCP socket on 127.0.0.1 (no TLS)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    code = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('127.0.0.1',{port}));b=bytearray({chunk})\n"
+        f"left={total_bytes}\n"
+        "while left>0:\n n=s.send(memoryview(b)[:min(len(b),left)]);left-=n\n"
+        "s.shutdown(socket.SHUT_WR);s.recv(1)\n"
+    )
+    sender = subprocess.Popen([sys.executable, "-c", code])
+    conn, _ = server.accept()
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    received, started = 0, time.perf_counter()
+    while received < total_bytes:
+        n = conn.recv_into(view)
+        if n == 0:
+            break
+        received += n
+    seconds = time.perf_counter() - started
+    conn.close()
+    server.close()
+    sender.wait()
+    return received / seconds
+
+
+def accumulate_seconds(params: int) -> float:
+    """One weighted accumulate of a float32 model into a float32 delta sum (best of 3)."""
+    total = np.zeros(params, dtype=np.float32)
+    update = np.full(params, 0.5, dtype=np.float32)
+    base = np.full(params, 0.25, dtype=np.float32)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        step = update - base
+        step *= np.float32(3.0)
+        total += step
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+# --------------------------------------------------------------------------- a federation
+
+
+def build_workspace(
+    root: Path, params: int, layout: str, collaborators: int, rounds: int, poll: float
+) -> Path:
+    workspace = create_workspace(
+        root / "ws", "numpy_logreg_digits", collaborators=collaborators, rounds=rounds
+    )
+    (workspace / "big_task.py").write_text(TASK)
+    plan = yaml.safe_load((workspace / "plan.yaml").read_text())
+    plan["tasks"] = [{"name": "train", "kind": "train"}]
+    plan["task_runner"] = {
+        "path": "big_task:build_runner",
+        "args": {"params": params, "layout": layout},
+    }
+    plan.setdefault("timeouts", {})["poll_seconds"] = poll
+    plan.setdefault("network", {})["max_update_mib"] = max(4096, params * 4 // 2**20 + 64)
+    (workspace / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    pki = workspace / "pki"
+    init_ca(pki)
+    issue(pki, "aggregator", Role.AGGREGATOR, hosts=["127.0.0.1"])
+    issue(pki, "model-owner", Role.MODEL_OWNER)
+    for i in range(1, collaborators + 1):
+        issue(pki, f"site-{i}", Role.COLLABORATOR)
+    initialize_plan(workspace)
+    measure(workspace)
+    sign(workspace, pki / "model-owner.key", pki / "model-owner.crt")
+    return workspace
+
+
+def run_federation(
+    params: int, layout: str, collaborators: int, rounds: int, poll: float = 0.5
+) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix="bastion-scale-"))
+    idle_dir = root / "idle"
+    idle_dir.mkdir()
+    try:
+        workspace = build_workspace(root, params, layout, collaborators, rounds, poll)
+        started = time.monotonic()
+        federation = LocalFederation(workspace, extra_env={"BASTION_BENCH_IDLE_DIR": str(idle_dir)})
+        with federation:
+            federation.start_aggregator(timeout=600)
+            assert federation.aggregator_process is not None
+            aggregator = federation.aggregator_process.pid
+            idle = _status(aggregator, "VmRSS")
+            for name in federation.collaborators or []:
+                federation.start_collaborator(name)
+            pids = {n: p.pid for n, p in federation.collaborator_processes.items()}
+            peaks = dict.fromkeys(pids, 0)
+            peak = 0
+            while federation.aggregator_process.poll() is None:
+                try:
+                    peak = max(peak, _status(aggregator, "VmHWM"))
+                except (FileNotFoundError, ProcessLookupError):
+                    break
+                for name, pid in pids.items():
+                    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                        peaks[name] = max(peaks[name], _status(pid, "VmHWM"))
+                time.sleep(0.05)
+            codes = federation.wait(timeout=1800)
+        wall = time.monotonic() - started
+        if any(codes.values()):
+            log = (workspace / "logs" / "aggregator.log").read_text()[-3000:]
+            raise SystemExit(f"federation failed: {codes}\n{log}")
+        idles = {
+            name: int((idle_dir / f"{pid}.idle").read_text())
+            for name, pid in pids.items()
+            if (idle_dir / f"{pid}.idle").exists()
+        }
+        records = [
+            json.loads(line)
+            for line in (workspace / "logs" / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        seconds = [
+            float(r["seconds"])
+            for r in records
+            if "seconds" in r and not r.get("final_evaluation") and "round" in r
+        ]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    model_bytes = params * 4
+    above = {n: (peaks[n] - idles.get(n, 0)) for n in pids}
+    return {
+        "params": params,
+        "layout": layout,
+        "collaborators": collaborators,
+        "rounds": rounds,
+        "model_mb": model_bytes / 1e6,
+        "aggregator_idle_mb": idle / 1e6,
+        "aggregator_peak_mb": peak / 1e6,
+        "aggregator_above_idle_over_model": (peak - idle) / model_bytes,
+        "collaborator_idle_mb": {n: v / 1e6 for n, v in idles.items()},
+        "collaborator_peak_mb": {n: v / 1e6 for n, v in peaks.items()},
+        "collaborator_above_idle_over_model_max": max(above.values()) / model_bytes,
+        "round_seconds": seconds,
+        "wall_seconds": wall,
+    }
+
+
+def _write(name: str, payload: dict[str, object]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def memory(args: argparse.Namespace) -> None:
+    rows = []
+    for size in args.size_mb:
+        params = int(size * 2**20) // 4
+        for layout in args.layout:
+            for n in args.collaborators:
+                row = run_federation(params, layout, n, args.rounds)
+                rows.append(row)
+                print(
+                    f"{size:>7} MiB {layout:>4} x{n:<3} aggregator peak {row['aggregator_peak_mb']:.0f} MB "
+                    f"(above idle {row['aggregator_above_idle_over_model']:.2f}x model), "
+                    f"collaborators above idle <= {row['collaborator_above_idle_over_model_max']:.2f}x, "
+                    f"rounds {row['round_seconds']}",
+                    flush=True,
+                )
+    path = _write(args.out, {"machine": machine(), "label": args.label, "results": rows})
+    print(f"written to {path}")
+
+
+def overhead(args: argparse.Namespace) -> None:
+    bandwidth = loopback_bandwidth()
+    rows = []
+    for params in args.params:
+        accumulate = accumulate_seconds(params)
+        row = run_federation(params, "one", args.collaborators, args.rounds, poll=args.poll)
+        moved = 2 * args.collaborators * params * 4
+        floor = moved / bandwidth + args.collaborators * accumulate
+        steady = row["round_seconds"][1:] or row["round_seconds"]
+        row.update(
+            {
+                "loopback_gb_s": bandwidth / 1e9,
+                "accumulate_seconds": accumulate,
+                "bytes_moved_per_round": moved,
+                "floor_seconds": floor,
+                "steady_round_seconds": float(np.median(steady)),
+                "steady_over_floor": float(np.median(steady)) / floor,
+            }
+        )
+        rows.append(row)
+        print(
+            f"{params:>12,} params x{args.collaborators}: steady round {row['steady_round_seconds']:.3f}s, "
+            f"floor {floor:.3f}s (loopback {bandwidth / 1e9:.2f} GB/s), "
+            f"{row['steady_over_floor']:.1f}x the floor",
+            flush=True,
+        )
+    path = _write(args.out, {"machine": machine(), "label": args.label, "results": rows})
+    print(f"written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    mem = sub.add_parser("memory")
+    mem.add_argument("--size-mb", type=float, nargs="+", default=[100.0])
+    mem.add_argument("--layout", nargs="+", choices=["one", "many"], default=["one"])
+    mem.add_argument("--collaborators", type=int, nargs="+", default=[2])
+    mem.add_argument("--rounds", type=int, default=2)
+    mem.add_argument("--out", default="scale_memory.json")
+    mem.add_argument("--label", default="after")
+    over = sub.add_parser("overhead")
+    over.add_argument("--params", type=int, nargs="+", default=[1_000_000])
+    over.add_argument("--collaborators", type=int, default=10)
+    over.add_argument("--rounds", type=int, default=3)
+    over.add_argument("--poll", type=float, default=0.5)
+    over.add_argument("--out", default="scale_overhead.json")
+    over.add_argument("--label", default="after")
+    args = parser.parse_args()
+    {"memory": memory, "overhead": overhead}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Write benchmarks/results/scale.md from the JSON that ``scale.py`` wrote (before and after)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def memory_rows(payload: dict) -> list[str]:
+    rows = []
+    for r in payload["results"]:
+        collab = r["collaborator_peak_mb"]
+        idles = r["collaborator_idle_mb"]
+        worst = max(collab, key=lambda n: collab[n] - idles.get(n, 0))
+        rows.append(
+            f"| {payload.get('label', '')} | {r['model_mb']:.0f} | {r['layout']} | {r['collaborators']} "
+            f"| {r['aggregator_idle_mb']:.0f} | {r['aggregator_peak_mb']:.0f} "
+            f"| {r['aggregator_above_idle_over_model']:.2f}× "
+            f"| {idles.get(worst, 0):.0f} → {collab[worst]:.0f} "
+            f"| {r['collaborator_above_idle_over_model_max']:.2f}× "
+            f"| {', '.join(f'{s:.1f}' for s in r['round_seconds'])} |"
+        )
+    return rows
+
+
+def overhead_rows(payload: dict) -> list[str]:
+    return [
+        f"| {payload.get('label', '')} | {r['params']:,} | {r['collaborators']} "
+        f"| {r['steady_round_seconds']:.3f} | {r['floor_seconds']:.3f} "
+        f"| {r['steady_over_floor']:.1f}× | {r['loopback_gb_s']:.2f} | {r['wall_seconds']:.1f} |"
+        for r in payload["results"]
+    ]
+
+
+def main() -> None:
+    lines = ["# Scale and speed (`benchmarks/scale.py`)", ""]
+    machine = None
+    memory: list[str] = []
+    overhead: list[str] = []
+    for path in sorted(RESULTS.glob("scale_*.json")):
+        payload = json.loads(path.read_text())
+        if "results" not in payload or not payload["results"]:
+            continue
+        machine = machine or payload.get("machine")
+        if "floor_seconds" in payload["results"][0]:
+            overhead += overhead_rows(payload)
+        elif "collaborator_peak_mb" in payload["results"][0]:
+            memory += memory_rows(payload)
+    if machine:
+        lines += [
+            "Machine: "
+            + ", ".join(f"{k} {v}" for k, v in machine.items())
+            + "; shared with other work while measured.",
+            "",
+        ]
+    if memory:
+        lines += [
+            "## Memory: 2 or more collaborators over mTLS, FedAvg, NumPy runner",
+            "",
+            "Peak = VmHWM. Aggregator idle = model loaded, server listening, no collaborator yet; "
+            "collaborator idle = runner built (model initialized), before any traffic.",
+            "",
+            "| code | model MB | layout | collabs | agg idle MB | agg peak MB | agg above idle / model "
+            "| worst collab idle → peak MB | collab above idle / model | round seconds |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            *memory,
+            "",
+        ]
+    if overhead:
+        lines += [
+            "## Round overhead: collaborators as processes over mTLS, trivial training",
+            "",
+            "Floor = (N models down + N up) ÷ loopback bandwidth (measured in the same run, "
+            "between two processes, no TLS) + N weighted accumulates (NumPy, same run).",
+            "",
+            "| code | params | collabs | steady round s | floor s | round / floor "
+            "| loopback GB/s | wall s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *overhead,
+            "",
+        ]
+    peers = _load("peers.json")
+    if peers:
+        lines += ["## Flower and OpenFL", "", peers.get("summary", ""), ""]
+    (RESULTS / "scale.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
