@@ -55,6 +55,8 @@ from bastion.tee.workspace_files import (
 
 Role = Literal["aggregator", "collaborator", "seal"]
 ROLES: tuple[Role, ...] = ("aggregator", "collaborator", "seal")
+TIME_ZONES = Path("/usr/share/zoneinfo")
+
 #: Host variables an enclave may read (``loader.env.NAME = { passthrough = true }``): only
 #: names and addresses, which mTLS and attestation make harmless; never paths or code.
 HOST_ENV_ALLOWED = ("BASTION_COLLABORATOR_NAME", "BASTION_AGGREGATOR")
@@ -213,6 +215,10 @@ def _render(options: ManifestOptions, libos: str, runtime_dir: str, *, template:
         m.trusted.append(f"file:{directory}/")
     m.mounts.append(Mount("/etc", "file:/etc"))
     m.mounts.append(Mount("/tmp", type="tmpfs"))
+    # The time zone database: libraries read it when they load (dateutil, through pandas).
+    if TIME_ZONES.is_dir():
+        m.mounts.append(_identity(TIME_ZONES))
+        m.trusted.append(f"file:{TIME_ZONES}/")
 
     m.trusted.append(f"file:{python.executable}")
     m.mounts.append(_identity(python.executable))
