@@ -91,10 +91,15 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def _text(driver: Any, selector: str) -> str:
+    """The element's text now; "" while the live page is replacing it (a stale element)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return str(found[0].text) if found else ""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, selector)
+        return str(found[0].text) if found else ""
+    except StaleElementReferenceException:
+        return ""
 
 
 def _chart_points(driver: Any) -> int:
