@@ -22,25 +22,19 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
         run.close()
 
 
-#: What `make test` runs of this suite (on 2 cores, a few minutes): the unit-level checks
-#: and one real federation per kind of fault. `make faults` (BASTION_FAULTS_FULL=1) runs all.
+#: What `make test` runs of this suite: the unit-level checks. The real federations under
+#: faults run in `make faults` (BASTION_FAULTS_FULL=1): they take minutes on 2 cores.
 FAST = (
     "test_checkpoint_temporaries.py::",
     "test_engine_storage_errors.py::",
     "test_transient_dial.py::",
-    "test_process_faults.py::test_aggregator_killed_at_point_resumes_to_same_model"
-    "[atomic.before_rename@last.safetensors:kill:2]",
-    "test_network_faults.py::test_partition_longer_than_round_timeout_then_heal",
-    "test_resource_faults.py::test_disk_full_at_checkpoint_stops_with_one_reason_and_resumes"
-    "[engine.checkpoint:enospc:2]",
-    "test_hostile_traffic.py::test_flood_without_certificates",
 )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if FULL:
         return
-    skip = pytest.mark.skip(reason="runs in `make faults` (make test runs one case per kind)")
+    skip = pytest.mark.skip(reason="a federation under faults: runs in `make faults`")
     for item in items:
         if "tests/faults/" in item.nodeid and not any(key in item.nodeid for key in FAST):
             item.add_marker(skip)
