@@ -7,6 +7,7 @@ import datetime as dt
 import secrets
 from pathlib import Path
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,3 +72,21 @@ def test_duplicate_extension_in_the_pck_gives_one_rejected_line(tmp_path: Path) 
     assert len(lines) == 1 and lines[0].startswith("REJECTED ("), result.stdout
     assert "Traceback" not in result.stderr and "DuplicateExtension" not in result.stderr
     print(lines[0])
+
+
+def test_on_the_federation_path_it_is_an_attestation_rejection() -> None:
+    """What the aggregator's gate and a collaborator call (``verify_evidence``) refuse it with
+    an ``AttestationError`` (a rejection the federation reports), not a raw exception."""
+    from bastion.tee.attestation import AttestationError, AttestationPolicy
+    from bastion.tee.attestation.evidence import TrustAnchors, verify_evidence
+
+    hierarchy = build_simulated_hierarchy()
+    leaf, *rest = hierarchy.pck_chain
+    corrupted = dataclasses.replace(hierarchy, pck_chain=(_with_duplicate_extension(leaf), *rest))
+    report_data = secrets.token_bytes(64)
+    provider = SimulatedProvider(corrupted, mr_enclave=MRENCLAVE, mr_signer="bb" * 32)
+    quote = provider.quote(report_data).quote
+    policy = AttestationPolicy(mrenclave=[MRENCLAVE], allow_simulated=True, collateral="none")
+    anchors = TrustAnchors(sgx_simulated_root=hierarchy.root_certificate)
+    with pytest.raises(AttestationError, match="malformed extensions"):
+        verify_evidence(quote, policy, report_data, anchors=anchors)
