@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml Makefile
 
 # MXNet 1.9.1 (retired by Apache in 2023) imports only with NumPy below 1.24, so it gets its
 # own venv; tests/e2e/test_frameworks_mxnet.py runs there, with Bastion's core on NumPy 1.23.
-$(MXNET_STAMP): pyproject.toml Makefile
+# After the main venv: both editable installs write src/bastion_fl.egg-info.
+$(MXNET_STAMP): pyproject.toml Makefile $(STAMP)
 	test -x $(MXNET_VENV)/bin/python || $(PYTHON) -m venv $(MXNET_VENV)
 	$(MXNET_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(MXNET_VENV)/bin/python -m pip install -q -e '.[mxnet]' 'numpy==1.23.5' \
@@ -44,10 +45,13 @@ $(MXNET_STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	bash scripts/run_demo.sh
 
-test: $(STAMP) $(MXNET_STAMP) browser
+# The venvs install while apt fetches chromium (network-bound, side by side). The suite runs
+# on two workers: most of its time is federations waiting on sockets and subprocesses.
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25
 	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
 	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
 
