@@ -32,6 +32,7 @@ class BufferedRound:
         self._strategy: Strategy = context.strategy
         self._model = context.model
         self._number = context.progress.number
+        self._final = context.progress.final_evaluation
         self._publish = context.publish
         self._staleness: list[int] = []
         self._weights: list[float] = []
@@ -52,7 +53,7 @@ class BufferedRound:
         return None
 
     def is_settled(self) -> bool:
-        return len(self._staleness) >= self._spec.buffer_size
+        return self._final or len(self._staleness) >= self._spec.buffer_size
 
     def blocks_timeout(self) -> bool:
         return False

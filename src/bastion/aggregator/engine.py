@@ -220,7 +220,7 @@ class Aggregator:
                     total_rounds=self.plan.rounds,
                     receipts=self._messages_for(collaborator),
                 )
-            pending = self._round.pending.get(collaborator)
+            pending = self._round.pending.get(collaborator) or self._more_work(collaborator)
             if not pending:
                 return Assignment(
                     "wait",
@@ -237,6 +237,21 @@ class Aggregator:
                 total_rounds=self.plan.rounds,
                 receipts=self._messages_for(collaborator),
             )
+
+    def _more_work(self, collaborator: str) -> list[str]:
+        """In an overlapping round a site that is free again is (re)given its tasks of the
+        round, on the latest model, instead of waiting for the next round to open."""
+        progress = self._round
+        if (
+            progress is None
+            or progress.final_evaluation
+            or not isinstance(self.round_protocol, OverlappingRound)
+            or collaborator in self._carried
+            or not progress.assignments.get(collaborator)
+        ):
+            return []
+        progress.pending[collaborator] = [t.name for t in progress.assignments[collaborator]]
+        return progress.pending[collaborator]
 
     def _messages_for(self, collaborator: str) -> tuple[bytes, ...]:
         return tuple(m for o in self.observers for m in o.messages_for(collaborator))
@@ -719,9 +734,8 @@ class Aggregator:
             log.info("training is over; work still out at %s is not used", sorted(self._carried))
             self._carried.clear()
             self._prune_origins()
-        # Sites known to be gone are not waited for; they rejoin when they call again. Sites
-        # still working on an earlier round's tasks are given no more.
-        present = [n for n in self._status.available(self._roster) if n not in self._carried]
+        # Sites known to be gone are not waited for; they rejoin when they call again.
+        present = self._status.available(self._roster)
         if final:
             assignments = {
                 name: tasks
@@ -752,7 +766,13 @@ class Aggregator:
             number=number,
             final_evaluation=final,
             assignments=assignments,
-            pending={name: [t.name for t in tasks] for name, tasks in assignments.items() if tasks},
+            # A site still working on an earlier round's tasks is given its tasks of this
+            # round only once it is free again (``_more_work``).
+            pending={
+                name: [t.name for t in tasks]
+                for name, tasks in assignments.items()
+                if tasks and name not in self._carried
+            },
             started=self._clock(),
         )
         faults.point("engine.assign")
