@@ -39,8 +39,8 @@ def _raw(**changes: object) -> dict:
     return raw
 
 
-def _aggregator(tmp_path: Path) -> Aggregator:
-    plan = parse_plan(_raw())
+def _aggregator(tmp_path: Path, **changes: object) -> Aggregator:
+    plan = parse_plan(_raw(**changes))
     store = CheckpointStore(tmp_path / "save", plan.canonical_hash())
     if not (tmp_path / "save" / "initial.safetensors").exists():
         store.save_initial({"w": np.zeros(2, np.float64)})
@@ -130,6 +130,20 @@ def test_resume_continues_at_the_saved_version_and_refuses_old_work(tmp_path: Pa
     ack = _send(resumed, "c", 1, 4.0)  # work the restarted aggregator does not know
     assert not ack.accepted and "no longer collected" in ack.reason
     assert resumed.get_tasks("c").round == 2
+
+
+def test_work_still_out_when_the_federation_ends_is_answered_not_refused(
+    tmp_path: Path,
+) -> None:
+    agg = _aggregator(tmp_path, rounds=1)
+    for name in ROSTER:
+        agg.get_tasks(name)
+    _send(agg, "a", 1, 1.0)
+    _send(agg, "b", 1, 1.0)  # the last version; no validate task, so the federation ends
+    assert agg.finished.is_set()
+    ack = _send(agg, "c", 1, 5.0)
+    assert not ack.accepted and "after the federation finished" in ack.reason
+    assert agg.get_tasks("c").action == "done"
 
 
 @pytest.mark.parametrize(

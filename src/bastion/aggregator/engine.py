@@ -349,10 +349,8 @@ class Aggregator:
                 )
             return next(t for t in carried.tasks if t.name == task)
         progress = self._round
-        if (
-            progress is not None
-            and round_number < progress.number
-            and isinstance(self.round_protocol, OverlappingRound)
+        if isinstance(self.round_protocol, OverlappingRound) and (
+            progress is None or round_number < progress.number
         ):
             return next((t for t in self.plan.tasks if t.name == task), None)
         return None
@@ -360,6 +358,11 @@ class Aggregator:
     def _late_refusal(self, collaborator: str, round_number: int, task: TaskSpec) -> str | None:
         """Why a result for an earlier round is not taken (too stale, no longer collected)."""
         progress, protocol = self._round, self.round_protocol
+        if progress is None and isinstance(protocol, OverlappingRound):
+            return (
+                f"{collaborator}'s {task.name} result of round {round_number} came after the "
+                "federation finished; it is not used"
+            )
         if progress is None or round_number >= progress.number:
             return None
         carried = self._carried_for(collaborator, round_number)
