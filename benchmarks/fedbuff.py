@@ -35,6 +35,7 @@ from bastion.aggregator.events import RoundClosed, RoundEvent, RoundObserver
 from bastion.aggregator.service import build_aggregator
 from bastion.collaborator.factory import build_collaborator
 from bastion.data.types import DataShard
+from bastion.metrics.log import read_metrics
 from bastion.plan import load_plan
 from bastion.runners.base import TaskResult, TaskRunner
 from bastion.sim.inprocess import InProcessClient
@@ -130,7 +131,19 @@ def run(workspace: Path, seconds: float, slow_factor: float) -> dict[str, Any]:
         total = sum(r.example_count for r in results)
         accuracy = sum(r.metrics["accuracy"] * r.example_count for r in results) / total
         curve.append({"version": number, "seconds": round(at, 3), "accuracy": round(accuracy, 4)})
-    return {"wall_seconds": round(wall, 3), "versions": curve}
+    buffered = [
+        r
+        for r in read_metrics(workspace / plan.output.logs / "metrics.jsonl")
+        if r["event"] == "buffered_version"
+    ]
+    staleness = [tau for r in buffered for tau in r["staleness"]]
+    return {
+        "wall_seconds": round(wall, 3),
+        "updates_folded": len(staleness),
+        "stale_updates_folded": sum(tau > 0 for tau in staleness),
+        "max_staleness_folded": max(staleness, default=0),
+        "versions": curve,
+    }
 
 
 def time_to(curve: list[dict[str, float]], target: float) -> float | None:
@@ -208,6 +221,11 @@ def main() -> None:
             f"{label:<8} {count:>6} {row['final_accuracy']:>9.4f} {shown:>11} "
             f"{row['wall_seconds']:>8.2f}"
         )
+    print(
+        f"async: {buffered['updates_folded']} updates folded, "
+        f"{buffered['stale_updates_folded']} of them stale (τ up to "
+        f"{buffered['max_staleness_folded']})"
+    )
     print(f"figures written to {RESULTS}")
 
 

@@ -79,9 +79,7 @@ def _buffer(protocol, versions, rng, current_round):
 @pytest.mark.parametrize("function", ["constant", "polynomial", "hinge"])
 def test_fedavg_server_step_is_w_minus_eta_g_mean_of_weighted_deltas(function: str) -> None:
     rng = np.random.default_rng(1)
-    plan = _plan(
-        server_learning_rate=0.7, staleness={"function": function, "a": 0.5, "b": 1}
-    )
+    plan = _plan(server_learning_rate=0.7, staleness={"function": function, "a": 0.5, "b": 1})
     versions = _models(rng)
     current = versions[5]
     protocol, events = _version(plan, FedAvg(), current, 5)
@@ -111,9 +109,9 @@ def test_fedadam_server_step_takes_the_buffered_pseudo_gradient() -> None:
     new = strategy.finalize()
     for name in current:
         # Reddi et al. 2021 Algorithm 2 on the buffered pseudo-gradient -Δ̄ (first step).
-        delta_bar = sum(
-            (1 + tau) ** -0.5 * (start[name] - local[name]) for tau, start, local in fed
-        ) / 3
+        delta_bar = (
+            sum((1 + tau) ** -0.5 * (start[name] - local[name]) for tau, start, local in fed) / 3
+        )
         m = (1 - args.beta_1) * -delta_bar
         v = args.beta_2 * args.tau**2 + (1 - args.beta_2) * delta_bar**2
         expected = current[name] + args.eta * m / (np.sqrt(v) + args.tau)

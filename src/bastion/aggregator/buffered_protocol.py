@@ -62,8 +62,8 @@ class BufferedRound:
         return False
 
     def close(self, summary: dict[str, dict[str, float]]) -> None:
-        count = len(self._staleness)
-        self._publish(self._report(count))
+        if not self._final:  # the final evaluation publishes no version
+            self._publish(self._report(len(self._staleness)))
 
     # -------------------------------------------------------------- OverlappingRound
 

@@ -212,7 +212,9 @@ class Aggregator:
         with self._lock:
             self._contact(collaborator)
             if self._carried.pop(collaborator, None) is not None:
-                log.info("%s asks for new work; its unfinished earlier work is dropped", collaborator)
+                log.info(
+                    "%s asks for new work; its unfinished earlier work is dropped", collaborator
+                )
                 self._prune_origins()
             if self.finished.is_set() or self._round is None:
                 return Assignment(
