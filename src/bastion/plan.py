@@ -492,6 +492,8 @@ class Plan(_Strict):
             del data["participation"]["open_roster"]
         if self.tracking is None:  # nor do plans written before tracking
             del data["tracking"]
+        if self.asynchronous is None:  # nor synchronous plans, written before it existed
+            del data["asynchronous"]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

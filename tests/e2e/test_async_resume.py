@@ -108,3 +108,5 @@ def test_aggregator_killed_mid_version_resumes_at_the_saved_version(tmp_path: Pa
     assert any("site-3" in s.get("carried_over", ()) for s in summaries)
     versions = [r for r in records if r["event"] == "buffered_version"]
     assert all(v["buffered"] <= 2 for v in versions)
+    # ... and folded into a later version, weighted by its staleness.
+    assert any(v["max_staleness_seen"] > 0 for v in versions)

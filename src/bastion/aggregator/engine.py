@@ -360,15 +360,17 @@ class Aggregator:
     def _late_refusal(self, collaborator: str, round_number: int, task: TaskSpec) -> str | None:
         """Why a result for an earlier round is not taken (too stale, no longer collected)."""
         progress, protocol = self._round, self.round_protocol
-        if progress is None and isinstance(protocol, OverlappingRound):
+        if not isinstance(protocol, OverlappingRound):
+            return None
+        if progress is None:
             return (
                 f"{collaborator}'s {task.name} result of round {round_number} came after the "
                 "federation finished; it is not used"
             )
-        if progress is None or round_number >= progress.number:
+        if round_number >= progress.number:
             return None
         carried = self._carried_for(collaborator, round_number)
-        if carried is not None and isinstance(protocol, OverlappingRound):
+        if carried is not None:
             return protocol.carried_refusal(collaborator, task, carried.round)
         return (
             f"{collaborator}'s {task.name} result is for round {round_number}, whose work is no "
@@ -706,7 +708,7 @@ class Aggregator:
 
     def _settled(self, progress: RoundProgress, protocol: RoundProtocol) -> bool:
         """Whether the round may close now. An overlapping protocol's round closes when the
-        protocol says so, whoever still works (or when no result can come any more)."""
+        protocol says so, whoever still works, or when nobody works for it any more."""
         if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
             return protocol.is_settled() or not (progress.waiting_for() or self._carried)
         return protocol.is_settled() and not progress.waiting_for()
