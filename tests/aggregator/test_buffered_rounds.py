@@ -132,6 +132,20 @@ def test_resume_continues_at_the_saved_version_and_refuses_old_work(tmp_path: Pa
     assert resumed.get_tasks("c").round == 2
 
 
+def test_max_concurrency_caps_the_sites_training_at_once(tmp_path: Path) -> None:
+    agg = _aggregator(
+        tmp_path, asynchronous={"buffer_size": 2, "max_concurrency": 2, "max_staleness": 5}
+    )
+    actions = {name: agg.get_tasks(name).action for name in ROSTER}
+    assert sorted(actions.values()) == ["run", "run", "wait"]  # round 1: 1 % 3 rotates
+    idle = next(name for name, action in actions.items() if action == "wait")
+    first = next(name for name, action in actions.items() if action == "run")
+    assert _send(agg, first, 1, 1.0).accepted
+    # A site is done: the slot goes to whoever asks first; then both slots are taken again.
+    assert agg.get_tasks(idle).action == "run"
+    assert agg.get_tasks(first).action == "wait"
+
+
 def test_work_still_out_when_the_federation_ends_is_answered_not_refused(
     tmp_path: Path,
 ) -> None:

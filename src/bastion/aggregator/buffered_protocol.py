@@ -67,6 +67,10 @@ class BufferedRound:
 
     # -------------------------------------------------------------- OverlappingRound
 
+    def admits(self, busy: int) -> bool:
+        cap = self._spec.max_concurrency
+        return cap is None or busy < cap
+
     def carried_refusal(self, collaborator: str, task: TaskSpec, origin: int) -> str | None:
         tau = self._number - origin
         if tau > self._spec.max_staleness:

@@ -243,17 +243,22 @@ class Aggregator:
     def _more_work(self, collaborator: str) -> list[str]:
         """In an overlapping round a site that is free again is (re)given its tasks of the
         round, on the latest model, instead of waiting for the next round to open."""
-        progress = self._round
+        progress, protocol = self._round, self.round_protocol
         if (
             progress is None
             or progress.final_evaluation
-            or not isinstance(self.round_protocol, OverlappingRound)
+            or not isinstance(protocol, OverlappingRound)
             or collaborator in self._carried
             or not progress.assignments.get(collaborator)
+            or not protocol.admits(self._busy(progress))
         ):
             return []
         progress.pending[collaborator] = [t.name for t in progress.assignments[collaborator]]
         return progress.pending[collaborator]
+
+    def _busy(self, progress: RoundProgress) -> int:
+        """How many sites work now: on the round's tasks, or on carried-over ones."""
+        return len(progress.waiting_for()) + len(self._carried)
 
     def _messages_for(self, collaborator: str) -> tuple[bytes, ...]:
         return tuple(m for o in self.observers for m in o.messages_for(collaborator))
@@ -789,10 +794,24 @@ class Aggregator:
         self.round_protocol = self._open_protocol(
             RoundContext(self.plan, progress, self.model, self.strategy, self._clock, self._publish)
         )
+        if isinstance(self.round_protocol, OverlappingRound) and not final:
+            self._admit(progress, self.round_protocol)
         label = "final evaluation" if final else f"round {number}/{self.plan.rounds}"
         log.info("%s: %d collaborators assigned", label, len(progress.pending))
         self._publish(RoundStarted(number, final, tuple(sorted(progress.pending))))
         self._write_summary()
+
+    def _admit(self, progress: RoundProgress, protocol: OverlappingRound) -> None:
+        """Give work only to as many sites as the protocol admits; the others keep their
+        assignment and start when they ask once a site is done (``_more_work``)."""
+        starting = progress.waiting_for()
+        turn = progress.number % len(starting) if starting else 0  # who starts first rotates
+        busy = len(self._carried)
+        for name in starting[turn:] + starting[:turn]:
+            if protocol.admits(busy):
+                busy += 1
+            else:
+                del progress.pending[name]
 
     def _skip_empty_round(self, number: int) -> None:
         """Nobody was assigned: the round passes with the model unchanged, or training ends."""

@@ -95,6 +95,10 @@ class OverlappingRound(Protocol):
     carried task started from is kept (one per round with work out) to serve and check it.
     """
 
+    def admits(self, busy: int) -> bool:
+        """Whether one more site may start work while ``busy`` sites work (a concurrency cap)."""
+        ...
+
     def carried_refusal(self, collaborator: str, task: TaskSpec, origin: int) -> str | None:
         """Why a result of work assigned in the earlier round ``origin`` is not taken now."""
         ...

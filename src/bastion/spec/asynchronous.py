@@ -3,7 +3,8 @@
 ```yaml
 asynchronous:
   buffer_size: 3            # K: updates buffered before the server step publishes a version
-  max_staleness: 10         # an update that started this many versions back or more is refused
+  max_staleness: 10         # an update that started more versions back is refused
+  max_concurrency: null     # at most this many sites train at once (null: every site)
   staleness:
     function: polynomial    # constant | polynomial | hinge (Nguyen et al. 2022, after Xie et al.)
     a: 0.5                  # polynomial: s(τ) = (1 + τ)^-a; hinge: the slope a
@@ -54,6 +55,12 @@ class AsynchronousSpec(BaseModel):
         ge=0,
         description="an update whose starting version is more than this many versions old "
         "is refused (its site gets fresh work)",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="the paper's concurrency: at most this many sites train at once (each "
+        "site holds one task at a time); unset: every site",
     )
     staleness: StalenessSpec = Field(default_factory=StalenessSpec)
     server_learning_rate: float = Field(
