@@ -25,9 +25,14 @@ from pydantic import (
 )
 
 from bastion.errors import PlanError
+from bastion.spec.asynchronous import AsynchronousSpec, asynchronous_problem
 from bastion.spec.attestation import AttestationPolicy
 from bastion.spec.compression import CompressionSpec, check_plan_composition
-from bastion.spec.differential_privacy import DifferentialPrivacySpec, central_dp_problem
+from bastion.spec.differential_privacy import (
+    CENTRAL_STRATEGY,
+    DifferentialPrivacySpec,
+    central_dp_problem,
+)
 from bastion.spec.network import NetworkSpec
 from bastion.spec.secure_aggregation import SecureAggregationSpec, secure_aggregation_problem
 from bastion.spec.tracking import TrackingSpec
@@ -318,6 +323,7 @@ class Plan(_Strict):
     differential_privacy: DifferentialPrivacySpec | None = None
     compression: CompressionSpec | None = None
     secure_aggregation: SecureAggregationSpec | None = None
+    asynchronous: AsynchronousSpec | None = None
     task_groups: TaskGroupsSpec | None = None
     tracking: TrackingSpec | None = None
     assigner: str | None = Field(
@@ -397,6 +403,15 @@ class Plan(_Strict):
                 if self.task_groups or self.assigner
                 else sum(t.kind == "train" for t in self.tasks),
             )
+        if problem is None:
+            problem = asynchronous_problem(
+                self.asynchronous,
+                self.aggregation.strategy,
+                len(names),
+                secure_aggregation=self.uses_secure_aggregation,
+                central_dp=self.aggregation.strategy == CENTRAL_STRATEGY,
+                compression=self.compression is not None,
+            )
         if problem is None and self.compression is not None:
             problem = check_plan_composition(
                 self.compression, secure_aggregation=self.uses_secure_aggregation
@@ -446,6 +461,10 @@ class Plan(_Strict):
     def uses_secure_aggregation(self) -> bool:
         return self.secure_aggregation is not None and self.secure_aggregation.enabled
 
+    @property
+    def is_asynchronous(self) -> bool:
+        return self.asynchronous is not None and self.asynchronous.enabled
+
     def collaborator_names(self) -> list[str]:
         return [c.name for c in self.collaborators]
 
@@ -473,6 +492,8 @@ class Plan(_Strict):
             del data["participation"]["open_roster"]
         if self.tracking is None:  # nor do plans written before tracking
             del data["tracking"]
+        if self.asynchronous is None:  # nor synchronous plans, written before it existed
+            del data["asynchronous"]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -51,6 +51,7 @@ from bastion.aggregator.plugins import (
 )
 from bastion.aggregator.records import (
     MAX_REASON,
+    CarriedWork,
     RoundProgress,
     TaskRecord,
     check_metrics,
@@ -60,6 +61,7 @@ from bastion.aggregator.records import (
 )
 from bastion.aggregator.round_protocol import (
     InteractiveRound,
+    OverlappingRound,
     ProtocolFactory,
     RoundContext,
     RoundProtocol,
@@ -159,6 +161,10 @@ class Aggregator:
         self.round_protocol: RoundProtocol | None = None  # the current (or last) round's
         self._stopped: TrainingStop | None = None
         self._empty_streak = 0
+        # Overlapping round protocols (asynchronous aggregation): work of closed rounds that
+        # sites still do, and the model each such round started from (to serve and check it).
+        self._carried: dict[str, CarriedWork] = {}
+        self._origins: dict[int, Weights] = {}
         # Set when a storage error left memory ahead of the disk: the service exits with it.
         self.halted: str | None = None
         with self._lock:
@@ -205,13 +211,18 @@ class Aggregator:
         self._check_roster(collaborator)
         with self._lock:
             self._contact(collaborator)
+            if self._carried.pop(collaborator, None) is not None:
+                log.info(
+                    "%s asks for new work; its unfinished earlier work is dropped", collaborator
+                )
+                self._prune_origins()
             if self.finished.is_set() or self._round is None:
                 return Assignment(
                     "done",
                     total_rounds=self.plan.rounds,
                     receipts=self._messages_for(collaborator),
                 )
-            pending = self._round.pending.get(collaborator)
+            pending = self._round.pending.get(collaborator) or self._more_work(collaborator)
             if not pending:
                 return Assignment(
                     "wait",
@@ -228,6 +239,26 @@ class Aggregator:
                 total_rounds=self.plan.rounds,
                 receipts=self._messages_for(collaborator),
             )
+
+    def _more_work(self, collaborator: str) -> list[str]:
+        """In an overlapping round a site that is free again is (re)given its tasks of the
+        round, on the latest model, instead of waiting for the next round to open."""
+        progress, protocol = self._round, self.round_protocol
+        if (
+            progress is None
+            or progress.final_evaluation
+            or not isinstance(protocol, OverlappingRound)
+            or collaborator in self._carried
+            or not progress.assignments.get(collaborator)
+            or not protocol.admits(self._busy(progress))
+        ):
+            return []
+        progress.pending[collaborator] = [t.name for t in progress.assignments[collaborator]]
+        return progress.pending[collaborator]
+
+    def _busy(self, progress: RoundProgress) -> int:
+        """How many sites work now: on the round's tasks, or on carried-over ones."""
+        return len(progress.waiting_for()) + len(self._carried)
 
     def _messages_for(self, collaborator: str) -> tuple[bytes, ...]:
         return tuple(m for o in self.observers for m in o.messages_for(collaborator))
@@ -257,14 +288,22 @@ class Aggregator:
         """
         self._check_roster(collaborator)
         with self._lock:
-            self._require_assigned(collaborator, round_number)
+            carried = self._carried_for(collaborator, round_number)
+            if carried is not None:
+                model = self._origins[carried.round]
+            else:
+                self._require_assigned(collaborator, round_number)
+                model = self.model
             faults.point("engine.download", collaborator)
-            return iter_frames(self.model, self.chunk_bytes)
+            return iter_frames(model, self.chunk_bytes)
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
         """Refuse a result before its tensors are read if the caller may not send it."""
         self._check_roster(collaborator)
         with self._lock:
+            late = self._late_task(collaborator, round_number, task)
+            if late is not None:
+                return late
             progress = self._require_assigned(collaborator, round_number)
             if task not in progress.pending[collaborator]:
                 assigned = [t.name for t in progress.assignments[collaborator]]
@@ -282,6 +321,78 @@ class Aggregator:
             if refusal is not None:
                 raise NotAssigned(refusal)
             return spec
+
+    # ------------------------------------------------------------------ carried-over work
+
+    def _carried_for(self, collaborator: str, round_number: int) -> CarriedWork | None:
+        """``collaborator``'s carried-over work of the closed round ``round_number``, if any."""
+        carried = self._carried.get(collaborator)
+        return carried if carried is not None and carried.round == round_number else None
+
+    def _drop_carried(self, collaborator: str, round_number: int | None = None) -> bool:
+        """Forget ``collaborator``'s carried-over work (of ``round_number`` if given)."""
+        carried = self._carried.get(collaborator)
+        if carried is None or (round_number is not None and carried.round != round_number):
+            return False
+        del self._carried[collaborator]
+        self._prune_origins()
+        return True
+
+    def _prune_origins(self) -> None:
+        """Keep only the starting models that carried-over work still refers to."""
+        wanted = {c.round for c in self._carried.values()}
+        for number in [n for n in self._origins if n not in wanted]:
+            del self._origins[number]
+
+    def _late_task(self, collaborator: str, round_number: int, task: str) -> TaskSpec | None:
+        """The task of a result for an earlier round that an overlapping protocol answers:
+        carried-over work, or work it no longer collects (refused once read, with a reason,
+        so the site goes on to new work). None for a result of the current round."""
+        carried = self._carried_for(collaborator, round_number)
+        if carried is not None:
+            if task not in carried.pending:
+                raise NotAssigned(
+                    f"{collaborator} has no carried-over task {task!r} of round {round_number}"
+                )
+            return next(t for t in carried.tasks if t.name == task)
+        progress = self._round
+        if isinstance(self.round_protocol, OverlappingRound) and (
+            progress is None or round_number < progress.number
+        ):
+            return next((t for t in self.plan.tasks if t.name == task), None)
+        return None
+
+    def _late_refusal(self, collaborator: str, round_number: int, task: TaskSpec) -> str | None:
+        """Why a result for an earlier round is not taken (too stale, no longer collected)."""
+        progress, protocol = self._round, self.round_protocol
+        if not isinstance(protocol, OverlappingRound):
+            return None
+        if progress is None:
+            return (
+                f"{collaborator}'s {task.name} result of round {round_number} came after the "
+                "federation finished; it is not used"
+            )
+        if round_number >= progress.number:
+            return None
+        carried = self._carried_for(collaborator, round_number)
+        if carried is not None:
+            return protocol.carried_refusal(collaborator, task, carried.round)
+        return (
+            f"{collaborator}'s {task.name} result is for round {round_number}, whose work is no "
+            f"longer collected in round {progress.number} (the aggregator restarted, or the "
+            "final evaluation began, since it was assigned); the site gets new work next"
+        )
+
+    def _carry_over(self, progress: RoundProgress) -> list[str]:
+        """The round closes while sites still work: their tasks carry over to later rounds."""
+        waiting = progress.waiting_for()
+        for name in waiting:
+            tasks = tuple(progress.assignments[name])
+            self._carried[name] = CarriedWork(progress.number, tasks, list(progress.pending[name]))
+            progress.pending[name] = []
+        if waiting:
+            self._origins[progress.number] = self.model  # replaced by finalize, never mutated
+        return waiting
 
     def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
         progress = self._round
@@ -314,13 +425,19 @@ class Aggregator:
     ) -> Ack:
         """Validate and fold in one result."""
         task = self.check_result_allowed(collaborator, round_number, task_name)
+        with self._lock:
+            late = self._late_refusal(collaborator, round_number, task)
+            carried = self._carried_for(collaborator, round_number)
+            base = self._origins[carried.round] if carried is not None else self.model
+        if late is not None:
+            return self.reject_result(collaborator, round_number, task_name, late)
         try:
             weights = checked_content(
                 task,
                 example_count,
                 metrics,
                 weights,
-                self.model,
+                base,
                 self.spec,
                 round_number,
                 self._decode,
@@ -333,16 +450,35 @@ class Aggregator:
         with self._lock:
             # The round may have closed (timeout) while the tensors were in flight.
             self.check_result_allowed(collaborator, round_number, task_name)
+            late = self._late_refusal(collaborator, round_number, task)
+            if late is not None:
+                return self.reject_result(collaborator, round_number, task_name, late)
             progress, protocol = self._round, self.round_protocol
             assert progress is not None and protocol is not None
-            protocol.on_result(collaborator, task, example_count, weights)
+            carried = self._carried_for(collaborator, round_number)
+            if carried is not None:
+                assert isinstance(protocol, OverlappingRound)
+                protocol.on_carried_result(
+                    collaborator,
+                    task,
+                    example_count,
+                    weights,
+                    carried.round,
+                    self._origins[carried.round],
+                )
+                carried.pending.remove(task_name)
+                if not carried.pending:
+                    del self._carried[collaborator]
+                    self._prune_origins()
+            else:
+                protocol.on_result(collaborator, task, example_count, weights)
+                progress.pending[collaborator].remove(task_name)
             progress.results.setdefault(task_name, []).append(
                 TaskRecord(collaborator, example_count, dict(metrics))
             )
-            progress.pending[collaborator].remove(task_name)
             self._publish(
                 ResultAccepted(
-                    round_number,
+                    progress.number,
                     collaborator,
                     task_name,
                     task.kind,
@@ -360,7 +496,11 @@ class Aggregator:
         )
         with self._lock:
             progress, protocol = self._round, self.round_protocol
-            if progress is not None and protocol is not None and progress.number == round_number:
+            if self._drop_carried(collaborator, round_number) and progress is not None:
+                progress.rejected[collaborator] = f"{task} (round {round_number}): {reason}"
+                self._publish(ResultRejected(progress.number, collaborator, task, reason))
+                self._advance()
+            elif progress is not None and protocol is not None and progress.number == round_number:
                 progress.rejected[collaborator] = f"{task}: {reason}"
                 # A collaborator whose update is bad has nothing trustworthy left to report.
                 progress.pending[collaborator] = []
@@ -384,6 +524,11 @@ class Aggregator:
         """
         self._check_roster(collaborator)
         with self._lock:
+            if self._drop_carried(collaborator, round_number):
+                log.warning("%s declined its carried-over %s: %s", collaborator, task_name, reason)
+                self._publish(TaskDeclined(round_number, collaborator, task_name, reason, metrics))
+                self._advance()
+                return Ack(True, "")
             progress = self._require_assigned(collaborator, round_number)
             spec = next(
                 (t for t in progress.assignments[collaborator] if t.name == task_name), None
@@ -417,12 +562,19 @@ class Aggregator:
         """``collaborator``'s task raised: the rest of its round is dropped, the round goes on."""
         self._check_roster(collaborator)
         with self._lock:
+            error = " ".join(error.split())[:MAX_REASON] or "an unnamed error"
+            if self._drop_carried(collaborator, round_number):
+                self._status.down.add(collaborator)
+                log.warning("%s: carried-over task %s failed: %s", collaborator, task_name, error)
+                self._publish(TaskFailed(round_number, collaborator, task_name, error))
+                self._write_summary()
+                self._advance()
+                return Ack(True, "")
             progress = self._require_assigned(collaborator, round_number)
             if task_name not in progress.pending[collaborator]:
                 raise NotAssigned(
                     f"{collaborator} has no pending task {task_name!r} in round {round_number}"
                 )
-            error = " ".join(error.split())[:MAX_REASON] or "an unnamed error"
             progress.failed[collaborator] = f"{task_name}: {error}"
             progress.pending[collaborator] = []
             self._status.down.add(collaborator)  # it stops; not assigned again until it calls
@@ -438,6 +590,7 @@ class Aggregator:
 
     def _leave_round(self, collaborator: str, reason: str) -> None:
         """A lost site's pending work is not waited for (the protocol drops it too)."""
+        self._drop_carried(collaborator)
         progress, protocol = self._round, self.round_protocol
         if progress is None or protocol is None or not progress.pending.get(collaborator):
             return
@@ -553,10 +706,17 @@ class Aggregator:
             with self._fail_stop():
                 if progress is None:
                     self._open_next_round()
-                elif protocol is not None and protocol.is_settled() and not progress.waiting_for():
+                elif protocol is not None and self._settled(progress, protocol):
                     self._close_round(timed_out=[])
                 else:
                     return
+
+    def _settled(self, progress: RoundProgress, protocol: RoundProtocol) -> bool:
+        """Whether the round may close now. An overlapping protocol's round closes when the
+        protocol says so, whoever still works, or when nobody works for it any more."""
+        if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
+            return protocol.is_settled() or not (progress.waiting_for() or self._carried)
+        return protocol.is_settled() and not progress.waiting_for()
 
     @contextmanager
     def _fail_stop(self) -> Iterator[None]:
@@ -582,6 +742,10 @@ class Aggregator:
             self._finish()
             return
         final = number == self.plan.rounds + 1 or self._training_stopped(number)
+        if final and self._carried:
+            log.info("training is over; work still out at %s is not used", sorted(self._carried))
+            self._carried.clear()
+            self._prune_origins()
         # Sites known to be gone are not waited for; they rejoin when they call again.
         present = self._status.available(self._roster)
         if final:
@@ -602,7 +766,7 @@ class Aggregator:
                 raise BastionError(
                     f"the task assigner returned collaborators not on the roster: {unknown}"
                 )
-            if not any(assignments.values()):
+            if not any(assignments.values()) and not self._carried:
                 self._skip_empty_round(number)
                 return
         self._empty_streak = 0
@@ -614,7 +778,13 @@ class Aggregator:
             number=number,
             final_evaluation=final,
             assignments=assignments,
-            pending={name: [t.name for t in tasks] for name, tasks in assignments.items() if tasks},
+            # A site still working on an earlier round's tasks is given its tasks of this
+            # round only once it is free again (``_more_work``).
+            pending={
+                name: [t.name for t in tasks]
+                for name, tasks in assignments.items()
+                if tasks and name not in self._carried
+            },
             started=self._clock(),
         )
         faults.point("engine.assign")
@@ -624,10 +794,24 @@ class Aggregator:
         self.round_protocol = self._open_protocol(
             RoundContext(self.plan, progress, self.model, self.strategy, self._clock, self._publish)
         )
+        if isinstance(self.round_protocol, OverlappingRound) and not final:
+            self._admit(progress, self.round_protocol)
         label = "final evaluation" if final else f"round {number}/{self.plan.rounds}"
         log.info("%s: %d collaborators assigned", label, len(progress.pending))
         self._publish(RoundStarted(number, final, tuple(sorted(progress.pending))))
         self._write_summary()
+
+    def _admit(self, progress: RoundProgress, protocol: OverlappingRound) -> None:
+        """Give work only to as many sites as the protocol admits; the others keep their
+        assignment and start when they ask once a site is done (``_more_work``)."""
+        starting = progress.waiting_for()
+        turn = progress.number % len(starting) if starting else 0  # who starts first rotates
+        busy = len(self._carried)
+        for name in starting[turn:] + starting[:turn]:
+            if protocol.admits(busy):
+                busy += 1
+            else:
+                del progress.pending[name]
 
     def _skip_empty_round(self, number: int) -> None:
         """Nobody was assigned: the round passes with the model unchanged, or training ends."""
@@ -669,6 +853,9 @@ class Aggregator:
         progress, protocol = self._round, self.round_protocol
         assert progress is not None and protocol is not None
         number = progress.number
+        carried_over: list[str] = []
+        if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
+            carried_over = self._carry_over(progress)
         rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}
         summary = summarize_metrics(progress, rules)
         protocol.close(summary)
@@ -705,6 +892,8 @@ class Aggregator:
             "timed_out": timed_out,
             "seconds": seconds,
         }
+        if carried_over:
+            record["carried_over"] = carried_over
         for observer in self.observers:
             record.update(observer.round_fields(closed))
         self._publish(RoundReported(number, record))

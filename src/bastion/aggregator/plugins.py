@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bastion.aggregator.buffered_protocol import BufferedRounds
 from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.local_privacy import LocalPrivacyTracker
 from bastion.aggregator.observers import AttestationStatus, MetricsRecorder, SiteFailures
@@ -40,7 +41,10 @@ def standard_observers(plan: Plan, metrics: MetricsLog) -> list[RoundObserver]:
 
 
 def standard_protocol(plan: Plan, verifier: IdentityVerifier | None = None) -> ProtocolFactory:
-    """Secure aggregation's sessions when the plan turns it on, else streaming rounds."""
+    """Secure aggregation's sessions or buffered asynchronous versions when the plan turns
+    them on (never both: the plan refuses it), else streaming rounds."""
+    if plan.asynchronous is not None and plan.asynchronous.enabled:
+        return BufferedRounds(plan.asynchronous)
     if plan.uses_secure_aggregation:
         pipeline = build_pipeline(plan.compression) if plan.compression else None
         return SecureAggregationRounds(verifier, pipeline)

@@ -46,6 +46,16 @@ class TaskRecord:
 
 
 @dataclass
+class CarriedWork:
+    """A site's tasks of an earlier round that closed while it still worked on them (an
+    overlapping round protocol): their results are taken into a later round."""
+
+    round: int
+    tasks: tuple[TaskSpec, ...]
+    pending: list[str]
+
+
+@dataclass
 class RoundProgress:
     number: int
     final_evaluation: bool

@@ -85,6 +85,37 @@ class InteractiveRound(Protocol):
     def stage_fetch(self, collaborator: str, attempt: int, step: str) -> StageReply: ...
 
 
+@runtime_checkable
+class OverlappingRound(Protocol):
+    """A protocol whose round may close while assigned sites still work (asynchronous
+    aggregation): their work carries over, and its results are taken into a later round.
+
+    The engine then closes the round when ``is_settled`` says so, whoever is still
+    working; a site with carried work is not assigned more until it is in; the model a
+    carried task started from is kept (one per round with work out) to serve and check it.
+    """
+
+    def admits(self, busy: int) -> bool:
+        """Whether one more site may start work while ``busy`` sites work (a concurrency cap)."""
+        ...
+
+    def carried_refusal(self, collaborator: str, task: TaskSpec, origin: int) -> str | None:
+        """Why a result of work assigned in the earlier round ``origin`` is not taken now."""
+        ...
+
+    def on_carried_result(
+        self,
+        collaborator: str,
+        task: TaskSpec,
+        example_count: int,
+        weights: Weights | None,
+        origin: int,
+        origin_model: Weights,
+    ) -> None:
+        """An accepted result of work assigned in round ``origin`` (from ``origin_model``)."""
+        ...
+
+
 ProtocolFactory = Callable[[RoundContext], RoundProtocol]
 
 

@@ -64,6 +64,13 @@ def refuse_unsupported(plan: Plan) -> None:
             "take part in; use `bastion simulate --in-process` or the process backend "
             "(`bastion simulate`)"
         )
+    if plan.asynchronous is not None and plan.asynchronous.enabled:
+        raise BastionError(
+            "key 'asynchronous': buffered asynchronous aggregation lets each client train on "
+            "the model version it was given while others publish newer ones, and the Ray "
+            "backend hands every client of a round the same model in one batch; use "
+            "`bastion simulate --in-process` or the process backend (`bastion simulate`)"
+        )
 
 
 def _temp_parent() -> str:
