@@ -36,7 +36,7 @@ from bastion.errors import UpdateRejected
 #: Blocks of this many values share one scale unless the plan says otherwise.
 DEFAULT_BLOCK_SIZE = 64
 #: Values decoded at a time by ``dequantize_chunks`` (rounded down to whole blocks).
-CHUNK_VALUES = 1 << 20
+CHUNK_VALUES = 1 << 16
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 

@@ -48,10 +48,11 @@ class ModelCodec:
 
     def encode(self, model: Mapping[str, np.ndarray], round_number: int) -> Weights:
         """The wire payload of ``model`` (float tensors coded, the rest as they are)."""
-        payload = self.pipeline.encode(model, round_number)
-        for name, array in model.items():
+        payload: Weights = {}
+        for name, array in model.items():  # layout first: the decoded model keeps the order
             if _is_float(array):
                 payload[f"{name}{SEPARATOR}{LAYOUT}"] = np.empty((0, *array.shape), array.dtype)
+            payload.update(self.pipeline.encode({name: array}, round_number))
         return payload
 
     def decode(self, payload: Mapping[str, np.ndarray], round_number: int) -> Weights:

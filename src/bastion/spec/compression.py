@@ -137,7 +137,7 @@ def downstream_problem(name: str, kind: str) -> str | None:
     """Why ``name`` cannot code the model sent to the sites, or None when it can."""
     if kind == SPARSIFIER:
         return (
-            f"compression.downstream: {name!r} would zero most of the model's weights; the "
+            f"downstream: {name!r} would zero most of the model's weights; the "
             "model sent to the sites takes one value codec (e.g. blockwise8, nf4, float16)"
         )
     return None
