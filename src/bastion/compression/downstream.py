@@ -111,7 +111,9 @@ class Downlink:
 
     def __init__(self, codec: ModelCodec | None = None) -> None:
         self.codec = codec
-        self._cached: tuple[int, Mapping[str, np.ndarray], Weights] | None = None
+        # (round, its coded model): a round's model never changes, and keeping no reference
+        # to the model itself lets the previous one go as soon as the engine replaces it.
+        self._cached: tuple[int, Weights] | None = None
 
     @classmethod
     def for_spec(cls, spec: CompressionSpec | None) -> Downlink:
@@ -123,14 +125,14 @@ class Downlink:
     def payload(
         self, model: Mapping[str, np.ndarray], round_number: int, task_kinds: Iterable[str]
     ) -> Mapping[str, np.ndarray]:
-        """What a site with these tasks downloads: the model, or its coding for the round."""
+        """What a site with these tasks downloads: the model, or its coding for the round
+        (``model`` must be the round's model: the coding is kept per round number)."""
         if self.codec is None or not codes_round(task_kinds):
             return model
-        cached = self._cached
-        if cached is None or cached[0] != round_number or cached[1] is not model:
-            cached = (round_number, model, self.codec.encode(model, round_number))
-            self._cached = cached
-        return cached[2]
+        if self._cached is None or self._cached[0] != round_number:
+            self._cached = None  # the old coding goes before the new one is built
+            self._cached = (round_number, self.codec.encode(model, round_number))
+        return self._cached[1]
 
     def receive(self, payload: Weights, round_number: int, task_kinds: Iterable[str]) -> Weights:
         """The model a site trains from (``ProtocolError`` if the payload is malformed)."""
