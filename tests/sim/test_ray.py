@@ -65,8 +65,13 @@ PER_CLIENT_PLAN = {
     "task_runner": {"path": "per_client:build_runner", "args": {"seed": 0}},
     "participation": {"fraction": 0.5, "seed": 4},
     "data": {"partition": {"method": "dirichlet", "alpha": 0.5, "seed": 2}},
-    # Top-k with error feedback: each client's residual must follow it too.
-    "compression": {"stages": [{"stage": "topk", "fraction": 0.3}], "error_feedback": True},
+    # Top-k with error feedback: each client's residual must follow it too; the model goes
+    # down in NF4, coded on the workers as the aggregator codes it in-process.
+    "compression": {
+        "stages": [{"stage": "topk", "fraction": 0.3}],
+        "error_feedback": True,
+        "downstream": {"stage": "nf4"},
+    },
 }
 
 

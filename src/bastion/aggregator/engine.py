@@ -68,6 +68,7 @@ from bastion.aggregator.round_protocol import (
 )
 from bastion.aggregator.status import StatusFile
 from bastion.algorithms.base import Strategy
+from bastion.compression.downstream import Downlink
 from bastion.errors import BastionError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
@@ -130,6 +131,7 @@ class Aggregator:
         self.observers: list[RoundObserver] = [*standard_observers(plan, metrics), *observers]
         self._open_protocol = protocol or standard_protocol(plan)
         self._decode: UpdateDecoder = update_decoder(plan)
+        self._downlink = Downlink.for_spec(plan.compression)
         self._bounds = InfluenceBounds.of(plan)
         self._clock = clock
         self._lock = threading.RLock()
@@ -284,18 +286,20 @@ class Aggregator:
         """The global model for ``round_number`` as wire frames, if the caller was assigned it.
 
         Frames are cut lazily from the model of this instant (finalize replaces the dict,
-        never mutates it), so serving N collaborators holds no extra copy of the model.
+        never mutates it), so serving N collaborators holds no extra copy of the model;
+        with ``compression.downstream`` a training round's model is coded once, for all.
         """
         self._check_roster(collaborator)
         with self._lock:
             carried = self._carried_for(collaborator, round_number)
             if carried is not None:
-                model = self._origins[carried.round]
-            else:
-                self._require_assigned(collaborator, round_number)
-                model = self.model
+                faults.point("engine.download", collaborator)
+                return iter_frames(self._origins[carried.round], self.chunk_bytes)
+            progress = self._require_assigned(collaborator, round_number)
             faults.point("engine.download", collaborator)
-            return iter_frames(model, self.chunk_bytes)
+            kinds = [t.kind for t in progress.assignments[collaborator]]
+            payload = self._downlink.payload(self.model, round_number, kinds)
+            return iter_frames(payload, self.chunk_bytes)
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
         """Refuse a result before its tensors are read if the caller may not send it."""

@@ -20,6 +20,7 @@ from bastion.collaborator.loop import (
 )
 from bastion.collaborator.secure_update import SecureAggregation
 from bastion.collaborator.update_path import SendCompressed, SendSecurely, SendWeights, UpdatePath
+from bastion.compression.downstream import Downlink
 from bastion.compression.wire import UpdateEncoder
 from bastion.data.types import DataShard
 from bastion.errors import PlanError
@@ -64,6 +65,7 @@ def build_collaborator(
         update_path=choose_update_path(plan, name, client, secure, encoder, retryable),
         privacy=site_privacy(plan, name, runner, ledger),
         heartbeat_seconds=heartbeat_interval(plan) if heartbeat else None,
+        downlink=Downlink.for_spec(plan.compression),
     )
 
 

@@ -23,6 +23,7 @@ from bastion import faults
 from bastion.collaborator.local_privacy import NoLocalPrivacy, Refusal, SitePrivacy
 from bastion.collaborator.secure_update import SecureUpdate
 from bastion.collaborator.update_path import Handover, SendWeights, UpdatePath
+from bastion.compression.downstream import Downlink
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
@@ -153,7 +154,8 @@ class Collaborator:
     """Runs the tasks the aggregator assigns, on this site's data, until the federation ends.
 
     What differs between plans is chosen before the loop starts (``build_collaborator``):
-    how a training result leaves the site (``update_path``), the site's local DP
+    how a training result leaves the site (``update_path``), how the model arrives
+    (``downlink``: plain, or coded by ``compression.downstream``), the site's local DP
     (``privacy``) and the attestation run before the first model (``attest``).
     """
 
@@ -171,6 +173,7 @@ class Collaborator:
         update_path: UpdatePath | None = None,
         privacy: SitePrivacy = NO_LOCAL_PRIVACY,
         heartbeat_seconds: float | None = None,
+        downlink: Downlink | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -186,6 +189,7 @@ class Collaborator:
         self._update_path = update_path if update_path is not None else SendWeights(client)
         self._privacy = privacy
         self._heartbeat = Heartbeat(client, heartbeat_seconds)
+        self._downlink = downlink if downlink is not None else Downlink()
         self.rounds_run = 0  # rounds this site took part in, the final evaluation included
         self.final_evaluations = 0
 
@@ -278,7 +282,11 @@ class Collaborator:
         # A large model's download can outlast timeouts.lost_seconds: beat through it too.
         self._heartbeat.start(round_number)
         try:
-            global_weights = self._client.get_model(round_number)
+            global_weights = self._downlink.receive(
+                self._client.get_model(round_number),
+                round_number,
+                [task.kind for task in assignment.tasks],
+            )
             faults.point("collaborator.downloaded", self.name)
             self._runner.set_weights(global_weights)
             secure_update = self._run_assigned(assignment, global_weights)

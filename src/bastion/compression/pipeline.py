@@ -17,12 +17,17 @@ Which pipelines compose (``Pipeline`` refuses the rest):
   supports cannot be summed under masks. Value codecs (float16, bfloat16, 8-bit) compose
   as rounding applied on the client before masking; they save nothing on the wire,
   since secure aggregation sends its own fixed-point words (set their width with
-  ``FixedPointQuantizer.bits`` instead).
+  ``FixedPointQuantizer.bits`` instead). Block quantizers (``blockwise8``,
+  ``blockwise4``, ``nf4``) are refused there: each client's blocks carry their own
+  scales, which masked fixed-point sums cannot carry.
+
+``delta_chunks`` decodes one tensor at a time, and a streaming codec (the block
+quantizers) chunk by chunk, so the aggregator never holds a float64 copy of the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -30,14 +35,20 @@ from bastion.compression.errors import IncompatibleCompression
 from bastion.compression.stages import (
     VALUES,
     BFloat16,
+    BlockQuantizer,
+    Blockwise4,
+    Blockwise8,
     Float16,
+    NormalFloat4,
     Parts,
     Quantize8,
     RandomK,
     Stage,
     StageContext,
     StageKind,
+    StreamingCodec,
     TopK,
+    with_size,
 )
 from bastion.errors import UpdateRejected
 from bastion.spec.compression import (
@@ -96,10 +107,10 @@ class Pipeline:
                 payload[f"{name}{SEPARATOR}{part}"] = value
         return payload
 
-    def decode(
-        self, payload: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray], round_number: int
-    ) -> Weights:
-        """Dense float64 tensors shaped like ``like`` from an untrusted payload."""
+    def check_payload_names(
+        self, payload: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]
+    ) -> None:
+        """Refuse a payload whose parts are not exactly those of tensors shaped like ``like``."""
         expected = {
             f"{name}{SEPARATOR}{part}"
             for name, array in like.items()
@@ -111,28 +122,71 @@ class Pipeline:
                 f"compressed update does not match pipeline {self.names}: "
                 f"missing {missing[:3]}, unexpected {extra[:3]}"
             )
+
+    def raw_tensor(
+        self, payload: Mapping[str, np.ndarray], name: str, reference: np.ndarray
+    ) -> np.ndarray:
+        """A non-float tensor, sent as it is; checked against the model's shape."""
+        raw = np.asarray(payload[f"{name}{SEPARATOR}{RAW}"])
+        if raw.shape != reference.shape:
+            raise UpdateRejected(
+                f"tensor {name!r} has shape {raw.shape}, expected {reference.shape}"
+            )
+        return raw
+
+    def delta_chunks(
+        self,
+        payload: Mapping[str, np.ndarray],
+        name: str,
+        reference: np.ndarray,
+        round_number: int,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset, float64 values) of the float tensor ``name``, covering it once, in order.
+
+        A streaming codec without a sparsifier yields chunks; otherwise one dense tensor.
+        Each chunk is checked finite; the payload's names were checked before.
+        """
+        context = StageContext(name, int(reference.size), round_number)
+        parts = {part: np.asarray(payload[f"{name}{SEPARATOR}{part}"]) for part in self._parts()}
+        if self.sparsifier is None and isinstance(self.codec, StreamingCodec):
+            chunks: Iterator[tuple[int, np.ndarray]] = self.codec.decode_chunks(parts, context)
+        else:
+            chunks = iter([(0, self._decode_dense(parts, context))])
+        covered = 0
+        for start, values in chunks:
+            if start != covered or not np.isfinite(values).all():
+                raise UpdateRejected(f"compressed tensor {name!r} decodes to non-finite values")
+            covered += values.size
+            yield start, values
+        if covered != reference.size:
+            raise UpdateRejected(
+                f"compressed tensor {name!r} decodes to {covered} values "
+                f"(expected {reference.size})"
+            )
+
+    def _decode_dense(self, parts: Parts, context: StageContext) -> np.ndarray:
+        coded = with_size(context, self.coded_size(context.size))
+        for stage in reversed(self.stages):
+            parts = stage.decode(parts, coded if stage is self.codec else context)
+        return np.asarray(parts[VALUES], dtype=np.float64).reshape(-1)
+
+    def coded_size(self, size: int) -> int:
+        """How many values the codec codes for a tensor of ``size`` (after the sparsifier)."""
+        return size if self.sparsifier is None else self.sparsifier.coded_size(size)
+
+    def decode(
+        self, payload: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray], round_number: int
+    ) -> Weights:
+        """Dense float64 tensors shaped like ``like`` from an untrusted payload."""
+        self.check_payload_names(payload, like)
         out: Weights = {}
         for name, reference in like.items():
             if not _is_float(reference):
-                raw = np.asarray(payload[f"{name}{SEPARATOR}{RAW}"])
-                if raw.shape != reference.shape:
-                    raise UpdateRejected(
-                        f"tensor {name!r} has shape {raw.shape}, expected {reference.shape}"
-                    )
-                out[name] = raw
+                out[name] = self.raw_tensor(payload, name, reference)
                 continue
-            context = StageContext(name, int(reference.size), round_number)
-            parts = {
-                part: np.asarray(payload[f"{name}{SEPARATOR}{part}"]) for part in self._parts()
-            }
-            for stage in reversed(self.stages):
-                parts = stage.decode(parts, context)
-            values = np.asarray(parts[VALUES], dtype=np.float64)
-            if values.size != reference.size or not np.isfinite(values).all():
-                raise UpdateRejected(
-                    f"compressed tensor {name!r} decodes to {values.size} values (expected "
-                    f"{reference.size}) or to non-finite values"
-                )
+            values = np.empty(reference.size, dtype=np.float64)
+            for start, chunk in self.delta_chunks(payload, name, reference, round_number):
+                values[start : start + chunk.size] = chunk
             out[name] = values.reshape(reference.shape)
         return out
 
@@ -185,6 +239,12 @@ class Pipeline:
 
 def check_secure_aggregation(pipeline: Pipeline) -> None:
     """Refuse a pipeline whose clients' vectors could not be summed under masks."""
+    if isinstance(pipeline.codec, BlockQuantizer):
+        raise IncompatibleCompression(
+            f"{pipeline.codec.name!r} scales each block of each client's update by its own "
+            "factor, and secure aggregation can only sum words of one shared fixed-point "
+            "field: drop it, or turn off secure aggregation"
+        )
     sparsifier = pipeline.sparsifier
     problem = masking_problem(
         sparsifier.name if sparsifier else None,
@@ -206,6 +266,11 @@ def build_stage(spec: StageSpec) -> Stage:
         return Float16()
     if spec.stage == "bfloat16":
         return BFloat16()
+    blocks = {"blockwise8": Blockwise8, "blockwise4": Blockwise4, "nf4": NormalFloat4}
+    if spec.stage in blocks:
+        if spec.block_size is None:
+            return blocks[spec.stage]()
+        return blocks[spec.stage](block_size=spec.block_size)
     return Quantize8()
 
 

@@ -13,11 +13,13 @@ import enum
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from bastion.compression import blockwise
 from bastion.compression.errors import CompressionError
 from bastion.errors import UpdateRejected
 from bastion.spec import compression as spec
@@ -63,6 +65,10 @@ class Stage(ABC):
     #: Wire parts this stage adds next to ``values``.
     side_parts: ClassVar[tuple[str, ...]] = ()
 
+    def coded_size(self, size: int) -> int:
+        """How many values the stages after this one code, for a tensor of ``size``."""
+        return size
+
     @abstractmethod
     def encode(self, parts: Parts, context: StageContext) -> Parts:
         """Replace ``parts[VALUES]`` (and add side parts) with the compressed form."""
@@ -93,6 +99,9 @@ class TopK(Stage):
 
     def __post_init__(self) -> None:
         _check_fraction(self.fraction)
+
+    def coded_size(self, size: int) -> int:
+        return _keep_count(self.fraction, size)
 
     def encode(self, parts: Parts, context: StageContext) -> Parts:
         values = parts[VALUES]
@@ -136,6 +145,9 @@ class RandomK(Stage):
 
     def __post_init__(self) -> None:
         _check_fraction(self.fraction)
+
+    def coded_size(self, size: int) -> int:
+        return _keep_count(self.fraction, size)
 
     def indices(self, context: StageContext) -> np.ndarray:
         """The coordinates every client keeps for this tensor in this round."""
@@ -236,3 +248,85 @@ class Quantize8(Stage):
         values = low + codes.astype(np.float64) * ((high - low) / 255.0)
         rest = {k: v for k, v in parts.items() if k != "range"}
         return {**rest, VALUES: values}
+
+
+@runtime_checkable
+class StreamingCodec(Protocol):
+    """A value codec that decodes chunk by chunk, so a receiver never holds a tensor's
+    float64 values whole (the aggregator adds each chunk to the model as it goes)."""
+
+    def decode_chunks(
+        self, parts: Parts, context: StageContext
+    ) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+@dataclass(frozen=True)
+class BlockQuantizer(Stage):
+    """Block-wise quantization with one float32 scale per ``block_size`` values
+    (``bastion.compression.blockwise``: codebooks and their error bounds)."""
+
+    block_size: int = blockwise.DEFAULT_BLOCK_SIZE
+    codebook: ClassVar[blockwise.Codebook]
+    kind: ClassVar[StageKind] = StageKind.VALUE_CODEC
+    side_parts: ClassVar[tuple[str, ...]] = ("scales",)
+
+    def __post_init__(self) -> None:
+        low, high = spec.BLOCK_SIZE_RANGE
+        if not low <= self.block_size <= high:
+            raise CompressionError(
+                f"{self.name}: block_size must be in [{low}, {high}], got {self.block_size}"
+            )
+
+    def encode(self, parts: Parts, context: StageContext) -> Parts:
+        codes, scales = blockwise.quantize(
+            parts[VALUES], self.codebook, self.block_size, context.tensor
+        )
+        return {**parts, VALUES: codes, "scales": scales}
+
+    def decode_chunks(
+        self, parts: Parts, context: StageContext
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        codes = _part(parts, VALUES, context, "uint8")
+        scales = _part(parts, "scales", context, "float32")
+        blockwise.check_payload(
+            codes, scales, context.size, self.codebook, self.block_size, context.tensor
+        )
+        return blockwise.dequantize_chunks(
+            codes, scales, context.size, self.codebook, self.block_size, tensor=context.tensor
+        )
+
+    def decode(self, parts: Parts, context: StageContext) -> Parts:
+        values = np.empty(context.size, dtype=np.float64)
+        for start, chunk in self.decode_chunks(parts, context):
+            values[start : start + chunk.size] = chunk
+        rest = {k: v for k, v in parts.items() if k != "scales"}
+        return {**rest, VALUES: values}
+
+
+@dataclass(frozen=True)
+class Blockwise8(BlockQuantizer):
+    """8 bits per value, symmetric absmax levels k/127: error <= absmax(block) / 254."""
+
+    name: ClassVar[str] = "blockwise8"
+    codebook: ClassVar[blockwise.Codebook] = blockwise.UNIFORM8
+
+
+@dataclass(frozen=True)
+class Blockwise4(BlockQuantizer):
+    """4 bits per value, symmetric absmax levels k/7: error <= absmax(block) / 14."""
+
+    name: ClassVar[str] = "blockwise4"
+    codebook: ClassVar[blockwise.Codebook] = blockwise.UNIFORM4
+
+
+@dataclass(frozen=True)
+class NormalFloat4(BlockQuantizer):
+    """4 bits per value, QLoRA's NF4 levels: error <= 0.1519 * absmax(block)."""
+
+    name: ClassVar[str] = "nf4"
+    codebook: ClassVar[blockwise.Codebook] = blockwise.NF4
+
+
+def with_size(context: StageContext, size: int) -> StageContext:
+    """The same tensor and round, with ``size`` values to code (after a sparsifier)."""
+    return replace(context, size=size)

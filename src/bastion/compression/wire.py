@@ -5,6 +5,9 @@ the plan asks for it) instead of its model; the aggregator decodes the payload a
 the round's global model and rebuilds ``global + delta`` at the model's dtypes, so
 every strategy, central DP included, sees an ordinary update and validates it as such.
 Non-float tensors (counters) are not deltas: they travel raw, as the model has them.
+Decoding goes tensor by tensor, and chunk by chunk for the block quantizers, adding each
+decoded piece to the model as it goes: besides the payload and the rebuilt update, the
+aggregator holds at most one chunk (or, behind a sparsifier, one tensor) in float64.
 """
 
 from __future__ import annotations
@@ -54,15 +57,19 @@ def decode_update(
     round_number: int,
 ) -> Weights:
     """The full model a compressed payload stands for; ``UpdateRejected`` if it is malformed."""
-    delta = pipeline.decode(payload, global_weights, round_number)
+    pipeline.check_payload_names(payload, global_weights)
     model: Weights = {}
     for name, reference in global_weights.items():
         if not _is_float(reference):
-            model[name] = delta[name]
+            model[name] = pipeline.raw_tensor(payload, name, reference)
             continue
-        with np.errstate(over="ignore", invalid="ignore"):
-            value = (reference.astype(np.float64) + delta[name]).astype(reference.dtype)
-        if not np.isfinite(value).all():
-            raise UpdateRejected(f"compressed update for {name!r} overflows {reference.dtype}")
-        model[name] = value
+        out = np.empty(reference.shape, dtype=reference.dtype)
+        flat, base = out.reshape(-1), reference.reshape(-1)
+        for start, delta in pipeline.delta_chunks(payload, name, reference, round_number):
+            stop = start + delta.size
+            with np.errstate(over="ignore", invalid="ignore"):
+                flat[start:stop] = base[start:stop].astype(np.float64) + delta
+            if not np.isfinite(flat[start:stop]).all():
+                raise UpdateRejected(f"compressed update for {name!r} overflows {reference.dtype}")
+        model[name] = out
     return model

@@ -21,6 +21,7 @@ from bastion.aggregator.influence import InfluenceBounds
 from bastion.aggregator.plugins import update_decoder
 from bastion.aggregator.records import checked_content, update_limit
 from bastion.collaborator.factory import build_collaborator
+from bastion.compression.downstream import Downlink
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, UpdateRejected
 from bastion.plan import Plan, TaskSpec, load_plan
@@ -148,18 +149,20 @@ class RecordingTransport:
         self.sent = ClientRound(name, assignment.round)
         self._model = model
         self._checks = ContentCheckPort(plan, assignment, model)
+        self._downlink = Downlink.for_spec(plan.compression)
+        self._task_kinds = [task.kind for task in assignment.tasks]
 
     def get_tasks(self) -> Assignment:
         raise BastionError(f"{self.name}: a simulated client is handed its assignment")
 
     def get_model(self, round_number: int) -> Weights:
-        """A private copy of the round's model, rebuilt from wire frames as the transports do."""
+        """A private copy of the round's model (coded as the aggregator would code it),
+        rebuilt from wire frames as the transports do."""
         if round_number != self.sent.round:
             raise BastionError(f"{self.name} asked for round {round_number}, not {self.sent.round}")
         checks = self._checks
-        return assemble_frames(
-            iter_frames(self._model, checks.chunk_bytes), checks.max_update_bytes
-        )
+        payload = self._downlink.payload(self._model, round_number, self._task_kinds)
+        return assemble_frames(iter_frames(payload, checks.chunk_bytes), checks.max_update_bytes)
 
     def send_result(
         self,

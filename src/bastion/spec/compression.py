@@ -4,12 +4,14 @@
 compression:
   stages: [{stage: topk, fraction: 0.01}, {stage: quantize8}]
   error_feedback: true
+  downstream: {stage: blockwise8, block_size: 64}   # optional: the model sent to sites
 ```
 
 Which stages compose is decided here by stage name and kind (``composition_problem``), so a
 plan that cannot run is one plan error; ``bastion.compression.pipeline.Pipeline`` applies the
 same rules to the stage objects it is given. ``check_plan_composition`` adds the checks that
-involve other sections (secure aggregation).
+involve other sections (secure aggregation). ``downstream`` codes the model the aggregator
+sends to the sites for training rounds with one value codec.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-StageName = Literal["topk", "randomk", "float16", "bfloat16", "quantize8"]
+StageName = Literal[
+    "topk", "randomk", "float16", "bfloat16", "quantize8", "blockwise8", "blockwise4", "nf4"
+]
 SPARSIFIER = "sparsifier"
 VALUE_CODEC = "value codec"
 #: The kind of each stage the plan can name.
@@ -29,7 +33,14 @@ STAGE_KINDS: dict[str, str] = {
     "float16": VALUE_CODEC,
     "bfloat16": VALUE_CODEC,
     "quantize8": VALUE_CODEC,
+    "blockwise8": VALUE_CODEC,
+    "blockwise4": VALUE_CODEC,
+    "nf4": VALUE_CODEC,
 }
+#: Codecs with one scale per block of values (``bastion.compression.blockwise``).
+BLOCK_QUANTIZERS = frozenset({"blockwise8", "blockwise4", "nf4"})
+#: The block sizes a block quantizer accepts (values per float32 scale).
+BLOCK_SIZE_RANGE = (8, 1 << 16)
 #: Sparsifiers that keep different coordinates at each client (no shared pattern).
 PER_CLIENT_PATTERN = frozenset({"topk"})
 
@@ -44,6 +55,12 @@ class StageSpec(BaseModel):
         default=None, gt=0, le=1, description="sparsifiers: share of coordinates kept"
     )
     seed: int = Field(default=0, ge=0, description="randomk: public seed of the shared pattern")
+    block_size: int | None = Field(
+        default=None,
+        ge=BLOCK_SIZE_RANGE[0],
+        le=BLOCK_SIZE_RANGE[1],
+        description="blockwise8, blockwise4, nf4: values per float32 scale (default 64)",
+    )
 
     @model_validator(mode="after")
     def _fraction_where_it_belongs(self) -> StageSpec:
@@ -51,6 +68,10 @@ class StageSpec(BaseModel):
             raise ValueError(f"stage {self.stage!r} needs 'fraction' (share of coordinates kept)")
         if self.kind != SPARSIFIER and self.fraction is not None:
             raise ValueError(f"stage {self.stage!r} codes values and takes no 'fraction'")
+        if self.block_size is not None and self.stage not in BLOCK_QUANTIZERS:
+            raise ValueError(
+                f"stage {self.stage!r} takes no 'block_size' (only {sorted(BLOCK_QUANTIZERS)} do)"
+            )
         return self
 
     @property
@@ -67,10 +88,15 @@ class CompressionSpec(BaseModel):
     error_feedback: bool = Field(
         default=True, description="carry what compression dropped into the next round's delta"
     )
+    downstream: StageSpec | None = Field(
+        default=None, description="the value codec of the model sent to sites for training"
+    )
 
     @model_validator(mode="after")
     def _stages_compose(self) -> CompressionSpec:
         problem = composition_problem([(s.stage, s.kind) for s in self.stages])
+        if problem is None and self.downstream is not None:
+            problem = downstream_problem(self.downstream.stage, self.downstream.kind)
         if problem is not None:
             raise ValueError(problem)
         return self
@@ -107,6 +133,16 @@ def composition_problem(stages: Sequence[tuple[str, str]]) -> str | None:
     return None
 
 
+def downstream_problem(name: str, kind: str) -> str | None:
+    """Why ``name`` cannot code the model sent to the sites, or None when it can."""
+    if kind == SPARSIFIER:
+        return (
+            f"downstream: {name!r} would zero most of the model's weights; the "
+            "model sent to the sites takes one value codec (e.g. blockwise8, nf4, float16)"
+        )
+    return None
+
+
 def masking_problem(sparsifier: str | None, shared_pattern: bool) -> str | None:
     """Why a pipeline with this sparsifier cannot run under secure aggregation's masks, or None."""
     if sparsifier is not None and not shared_pattern:
@@ -123,6 +159,14 @@ def check_plan_composition(spec: CompressionSpec, secure_aggregation: bool) -> s
     """Why this compression cannot run with the plan's other mechanisms, or None."""
     if not secure_aggregation:
         return None
+    quantizer = next((s.stage for s in spec.stages if s.stage in BLOCK_QUANTIZERS), None)
+    if quantizer is not None:
+        return (
+            f"compression: {quantizer!r} scales each block of each client's update by its own "
+            "factor, and secure aggregation can only sum words of one shared fixed-point field: "
+            "drop it from compression.stages (secure_aggregation.bits sets the width of the "
+            "masked words) or turn off secure aggregation"
+        )
     sparsifier = next((s.stage for s in spec.stages if s.kind == SPARSIFIER), None)
     problem = masking_problem(sparsifier, sparsifier not in PER_CLIENT_PATTERN)
     return None if problem is None else f"compression: {problem}"
