@@ -35,7 +35,7 @@ LOADER = """
 
 
 def test_registered_names() -> None:
-    assert registered_datasets() == ["digits", "mnist"]
+    assert registered_datasets() == ["descriptions", "digits", "mnist"]
 
 
 def test_registered_dataset_with_arguments() -> None:

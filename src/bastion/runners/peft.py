@@ -15,8 +15,10 @@ comes from a local folder, or from the Hugging Face Hub cache for a repository i
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ try:
     from transformers.utils import logging as transformers_logging
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without peft
     raise MissingDependency(exc.name or "peft", "peft", "the PEFT task runner") from exc
+
+log = logging.getLogger("bastion.runners")
 
 #: ``task`` values: what head the base model gets and how it trains.
 SEQUENCE_CLASSIFICATION = "sequence_classification"
@@ -99,6 +103,27 @@ def resolve_base(base: str | Path, revision: str | None = None) -> Path:
         ) from None
 
 
+@dataclass(frozen=True)
+class TransferSizes:
+    """What one model transfer carries: the adapter, against the whole model (full fine-tuning)."""
+
+    adapter_bytes: int
+    full_bytes: int
+
+
+def transfer_sizes(model: PeftModel) -> TransferSizes:
+    """Bytes of the trainable (adapter) tensors, and of the model without LoRA's additions
+    (the base plus one copy of each saved module: what full fine-tuning would send)."""
+    adapter = full = 0
+    for name, parameter in model.named_parameters():
+        size = parameter.numel() * parameter.element_size()
+        if parameter.requires_grad:
+            adapter += size
+        if ".lora_" not in name and ".modules_to_save." not in name:
+            full += size
+    return TransferSizes(adapter, full)
+
+
 class PeftRunner(TransformersRunner):
     """A ``TaskRunner`` over a ``PeftModel`` classifier: only adapter tensors federate and train.
 
@@ -127,6 +152,15 @@ class PeftRunner(TransformersRunner):
         self.peft_model = model
         self.base_sha256 = base_sha256
         self.base_name = base_name
+        self.sizes = transfer_sizes(model)
+        log.info(
+            "PEFT: %d adapter tensors, %s bytes each way per round; full fine-tuning of this "
+            "model would send %s (%.0fx more)",
+            len(adapter),
+            f"{self.sizes.adapter_bytes:,}",
+            f"{self.sizes.full_bytes:,}",
+            self.sizes.full_bytes / max(self.sizes.adapter_bytes, 1),
+        )
 
     @classmethod
     def from_base(
