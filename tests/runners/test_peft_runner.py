@@ -29,6 +29,7 @@ from bastion.runners.base import ExportsModel, TaskRunner
 from bastion.runners.peft import BASE_MODEL_FILE, PeftCausalLMRunner, PeftRunner
 from bastion.runners.pinned_base import BaseModelMismatch, base_digest, pin_base
 from bastion.runners.transformers import packaged_minilm
+from bastion.tensors import total_bytes
 
 LORA = {"r": 4, "alpha": 8}
 
@@ -68,6 +69,9 @@ def test_only_adapter_tensors_federate_and_train(bert_base: Path) -> None:
     assert set(runner.trainable()) == set(names)
     frozen = {n: p.detach().clone() for n, p in runner.model.named_parameters() if n not in names}
     before = runner.get_weights()
+    assert runner.sizes.adapter_bytes == total_bytes(before)
+    plain = AutoModelForSequenceClassification.from_pretrained(bert_base, num_labels=3)
+    assert runner.sizes.full_bytes == sum(p.numel() * 4 for p in plain.parameters())
     runner.train(text_shard(), epochs=2, batch_size=4)
     after = runner.get_weights()
     assert all(torch.equal(p, frozen[n]) for n, p in runner.model.named_parameters() if n in frozen)
