@@ -181,6 +181,8 @@ class PeftRunner(TransformersRunner):
         """
         folder = resolve_base(base, revision)
         verify_base(folder, base_sha256)
+        if options.get("threads"):  # loading the base is already work: it obeys the plan too
+            torch.set_num_threads(int(options["threads"]))
         config = lora_config(task, **(lora or {}))
         transformers_logging.disable_progress_bar()  # a collaborator's log is not a terminal
         torch.manual_seed(seed)  # the new head and LoRA's A matrices start seeded
