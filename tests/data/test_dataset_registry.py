@@ -44,7 +44,9 @@ def test_registered_dataset_with_arguments() -> None:
 
 
 def test_unknown_name_lists_the_registered_ones() -> None:
-    with pytest.raises(DataError, match="unknown dataset 'cifar': use one of digits, mnist"):
+    with pytest.raises(
+        DataError, match="unknown dataset 'cifar': use one of descriptions, digits, mnist"
+    ):
         load_dataset("cifar")
 
 
