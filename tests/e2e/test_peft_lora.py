@@ -18,7 +18,7 @@ from faults.proxy import FaultProxy
 from peft import PeftModel
 from support.cli import run_bastion
 from support.simulation import plain_workspace
-from support.workspaces import make_workspace
+from support.workspaces import make_workspace, sign_workspace
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -47,14 +47,6 @@ SMALL: dict[str, Any] = {
 }
 
 
-def full_model_bytes(num_labels: int) -> int:
-    """What full fine-tuning of the same model sends one way: every parameter of it."""
-    model = AutoModelForSequenceClassification.from_pretrained(
-        packaged_minilm(), num_labels=num_labels, local_files_only=True
-    )
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 def final_evaluation(workspace: Path) -> dict[str, dict[str, float]]:
     """Each site's metrics of the final model, as the aggregator recorded them."""
     records = read_metrics(workspace / "logs" / "metrics.jsonl")
@@ -66,16 +58,25 @@ def final_evaluation(workspace: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def plain_peft_metrics(adapter: Path, texts: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and loss of the exported adapter, loaded with nothing but transformers + peft."""
-    config = json.loads((adapter / "adapter_config.json").read_text())
+def parameter_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def load_plain_peft(adapter: Path) -> tuple[PeftModel, int]:
+    """The exported adapter on the pinned base, with nothing but transformers and peft; and
+    what full fine-tuning of the same model sends one way (every parameter of the base)."""
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
     head = load_checkpoint(adapter / "adapter_model.safetensors")[0]
     num_labels = next(v.shape[0] for k, v in head.items() if k.endswith("classifier.bias"))
     base = AutoModelForSequenceClassification.from_pretrained(
         packaged_minilm(), num_labels=num_labels, local_files_only=True
     )
-    model = PeftModel.from_pretrained(base, adapter).eval()
-    assert config["peft_type"] == "LORA"
+    full = parameter_bytes(base)
+    return PeftModel.from_pretrained(base, adapter).eval(), full
+
+
+def plain_peft_metrics(model: PeftModel, texts: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and loss as the runner's validation computes them."""
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm(), local_files_only=True)
     encoded = tokenizer(
         [str(t) for t in texts],
@@ -123,10 +124,12 @@ def test_lora_template_federates_adapters_over_mtls(tmp_path: Path) -> None:
 
     # Bytes on the wire: every model download and update upload of the whole run (the final
     # evaluation's download included), per site and training round, against full fine-tuning.
-    model = load_checkpoint(workspace / "save" / "last.safetensors")[0]
-    adapter = sum(v.nbytes for k, v in model.items() if not k.startswith("strategy/"))
+    last = load_checkpoint(workspace / "save" / "last.safetensors")[0]
+    adapter = sum(v.nbytes for k, v in last.items() if not k.startswith("strategy/"))
     per_round = max(proxy.forwarded for proxy in proxies.values()) / ROUNDS
-    full = 2 * full_model_bytes(num_labels=12)  # the model down and the update up
+    folder = export_model(workspace, tmp_path / "adapter")
+    model, full_one_way = load_plain_peft(folder)
+    full = 2 * full_one_way  # full fine-tuning: the model down and the update up
     print(
         f"accuracy {' -> '.join(f'{a:.3f}' for a in accuracy)}; adapter {adapter:,} bytes; "
         f"measured {per_round:,.0f} bytes per site per round; full fine-tuning {full:,} "
@@ -136,14 +139,13 @@ def test_lora_template_federates_adapters_over_mtls(tmp_path: Path) -> None:
     assert full / per_round >= 20
 
     # The artifact: plain peft on the pinned base predicts what the final evaluation saw.
-    folder = export_model(workspace, tmp_path / "adapter")
     record = json.loads((folder / BASE_MODEL_FILE).read_text())
     assert record["digest"] == base_digest(pin_base(packaged_minilm()))
     plan = load_plan(workspace)
     reported = final_evaluation(workspace)
     for site in SITES:
         shard = load_shard(plan, site, workspace)
-        got = plain_peft_metrics(folder, shard.x_valid, shard.y_valid)
+        got = plain_peft_metrics(model, shard.x_valid, shard.y_valid)
         assert got["accuracy"] == pytest.approx(reported[site]["accuracy"], abs=1e-9), site
         assert got["loss"] == pytest.approx(reported[site]["loss"], rel=1e-4), site
 
@@ -161,7 +163,11 @@ def test_a_site_with_a_different_base_file_is_refused_before_training(tmp_path: 
         **SMALL,
         "task_runner": {"args": {**SMALL["task_runner"]["args"], "base": str(copy)}},
     }
-    workspace = make_workspace(tmp_path, TEMPLATE, collaborators=1, rounds=1, plan_changes=changes)
+    # A site needs no initial model to be refused: the workspace is signed without one.
+    workspace = make_workspace(
+        tmp_path, TEMPLATE, collaborators=1, rounds=1, plan_changes=changes, initialize=False
+    )
+    sign_workspace(workspace)
     config = json.loads((original / "config.json").read_text())
     (copy / "config.json").unlink()
     (copy / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0}))
