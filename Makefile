@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Pip prints a warning per package for the machine's empty extra indexes; hide only those.
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
 STAMP := $(VENV)/.installed
-FRAMEWORK_EXTRAS := lightning,transformers,keras,jax,sklearn,ray,parquet,images,cvm,dashboard,tensorboard,mlflow
+FRAMEWORK_EXTRAS := lightning,transformers,peft,keras,jax,sklearn,ray,parquet,images,cvm,dashboard,tensorboard,mlflow
 MXNET_VENV := .venv-mxnet
 MXNET_STAMP := $(MXNET_VENV)/.installed
 MXNET_TESTS := tests/runners/test_mxnet_runner.py tests/e2e/test_frameworks_mxnet.py

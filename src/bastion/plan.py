@@ -105,7 +105,7 @@ class DataSpec(_Strict):
     loader: str = Field(
         min_length=1,
         description="a site's files: csv, parquet, image_folder, arrays; a demo dataset "
-        "(digits, mnist); or module:function in the workspace",
+        "(descriptions, digits, mnist); or module:function in the workspace",
     )
     args: dict[str, Any] = Field(default_factory=dict)
     partition: PartitionSpec = Field(

@@ -35,7 +35,7 @@ LOADER = """
 
 
 def test_registered_names() -> None:
-    assert registered_datasets() == ["digits", "mnist"]
+    assert registered_datasets() == ["descriptions", "digits", "mnist"]
 
 
 def test_registered_dataset_with_arguments() -> None:
@@ -44,7 +44,9 @@ def test_registered_dataset_with_arguments() -> None:
 
 
 def test_unknown_name_lists_the_registered_ones() -> None:
-    with pytest.raises(DataError, match="unknown dataset 'cifar': use one of digits, mnist"):
+    with pytest.raises(
+        DataError, match="unknown dataset 'cifar': use one of descriptions, digits, mnist"
+    ):
         load_dataset("cifar")
 
 

@@ -45,6 +45,7 @@ class FaultProxy:
     port: int = 0
     connections: int = 0
     dropped: int = 0
+    forwarded: int = 0  # bytes forwarded over every connection so far, both ways
     links: set[_Link] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -137,6 +138,7 @@ class FaultProxy:
             sink.write(data)
             await sink.drain()
             link.forwarded += len(data)
+            self.forwarded += len(data)
             if self.drop_after is not None and link.forwarded >= self.drop_after:
                 self.drop_after = None  # once: the next connection goes through
                 self.dropped += 1

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 from support.roundtrip import assert_same_weights, through_checkpoint, through_wire
-from support.torch_modules import DEVICES, TORCH_DTYPES, native_bytes, randomize
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from support.torch_modules import (
+    DEVICES,
+    TORCH_DTYPES,
+    native_bytes,
+    randomize,
+    text_shard,
+    tiny_bert_config,
+)
+from transformers import AutoTokenizer, BertForSequenceClassification
 
-from bastion.data.types import DataShard
 from bastion.errors import BastionError, PlanError
 from bastion.runners.transformers import TransformersRunner, packaged_minilm
 from bastion.tensors import Weights
@@ -21,31 +27,12 @@ HEAD_AND_TOP = ["classifier.*", "bert.pooler.*", "bert.encoder.layer.1.*"]
 
 def tiny_bert(dtype: torch.dtype = torch.float32) -> BertForSequenceClassification:
     """Two layers of 32 units with MiniLM's vocabulary; no dropout, so training is repeatable."""
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(config).to(dtype)
+    return BertForSequenceClassification(tiny_bert_config(num_labels=3)).to(dtype)
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> object:
     return AutoTokenizer.from_pretrained(packaged_minilm(), local_files_only=True)
-
-
-def text_shard() -> DataShard:
-    texts = np.array(
-        ["the iris flowers", "wine from italy", "handwritten digits"] * 4 + ["iris petals"]
-    )
-    labels = np.array([0, 1, 2] * 4 + [0])
-    return DataShard(texts, labels, texts, labels, num_classes=3)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bastion.data.types import DataShard
 
 #: Every floating dtype a CPU torch keeps parameters in; bfloat16 and the float8 formats
 #: (storage only: quantized checkpoints) travel widened to float32.
@@ -37,3 +42,33 @@ def native_bytes(module: nn.Module) -> dict[str, tuple[torch.dtype, bytes]]:
         name: (tensor.dtype, tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
         for name, tensor in module.state_dict().items()
     }
+
+
+def tiny_bert_config(num_labels: int = 2) -> object:
+    """Two BERT layers of 32 units with MiniLM's vocabulary; no dropout, so training repeats."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def text_shard() -> DataShard:
+    """Thirteen short texts of three classes, for the text adapters' tests."""
+    import numpy as np
+
+    from bastion.data.types import DataShard
+
+    texts = np.array(
+        ["the iris flowers", "wine from italy", "handwritten digits"] * 4 + ["iris petals"]
+    )
+    labels = np.array([0, 1, 2] * 4 + [0])
+    return DataShard(texts, labels, texts, labels, num_classes=3)

@@ -20,6 +20,7 @@ TEMPLATES = [
     ("torch_cnn_mnist", "torch", "torch"),
     ("lightning_mlp_digits", "lightning", "lightning"),
     ("transformers_minilm_text", "transformers", "transformers"),
+    ("peft_minilm_lora", "peft", "peft"),
     ("keras_mlp_digits", "keras", "keras"),
     ("jax_mlp_mnist", "jax", "jax"),
     ("sklearn_sgd_mnist", "sklearn", "sklearn"),

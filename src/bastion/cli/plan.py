@@ -46,3 +46,17 @@ def validate(workspace: Path = WorkspaceOption) -> None:
         f"[green]valid[/] plan {plan.name!r}: {plan.rounds} rounds, {len(plan.collaborators)} collaborators, "
         f"strategy {plan.aggregation.strategy}; hash {plan.canonical_hash()}"
     )
+
+
+@app.command("export-model")
+def export_model(
+    out: Path = typer.Option(..., "--out", help="Folder to write the model into."),
+    workspace: Path = WorkspaceOption,
+    checkpoint: str = typer.Option("last", help="last (the final model) or best."),
+) -> None:
+    """Write the federation's model in its framework's own form (a PEFT runner: the adapter
+    folder plus base_model.json, loadable with PeftModel.from_pretrained on the pinned base)."""
+    from bastion.workspace.model_export import export_model as export
+
+    folder = export(workspace, out, checkpoint)
+    console.print(f"[green]exported[/] the {checkpoint} model to {folder}")

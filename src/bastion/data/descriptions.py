@@ -1,4 +1,4 @@
-"""A small text-classification dataset from text that ships with scikit-learn.
+"""``descriptions``: a small text-classification dataset from text that ships with scikit-learn.
 
 scikit-learn installs the description of each of its datasets as an .rst file
 (``sklearn/datasets/descr/*.rst``): prose, attribute lists and references. Each line of
