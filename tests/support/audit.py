@@ -36,6 +36,16 @@ def covered(path: str, entries: Iterable[str | dict[str, str]]) -> bool:
     return False
 
 
+#: Files Gramine's LibOS answers itself (its /proc pseudo file system), never from the host:
+#: no manifest entry covers them and none is needed. psutil reads /proc/stat when imported.
+GRAMINE_PSEUDO_FILES = frozenset({"/proc/stat", "/proc/meminfo", "/proc/cpuinfo"})
+GRAMINE_PSEUDO_DIRS = ("/proc/self/", "/proc/sys/")
+
+
+def emulated(path: str) -> bool:
+    return path in GRAMINE_PSEUDO_FILES or path.startswith(GRAMINE_PSEUDO_DIRS)
+
+
 def opened_paths(log_text: str, cwd: str) -> set[str]:
     return {os.path.normpath(os.path.join(cwd, line)) for line in log_text.splitlines()}
 
@@ -44,7 +54,8 @@ def uncovered(
     opened: Iterable[str], manifest: dict[str, Any], exists: Any = os.path.exists
 ) -> list[str]:
     """Opened files that exist and that the enclave could not open: neither trusted, nor
-    allowed, nor inside a sealed mount. (A failed open of a missing file needs no entry.)"""
+    allowed, nor inside a sealed mount, nor emulated by Gramine. (A failed open of a missing
+    file needs no entry.)"""
     entries = manifest["sgx"]["trusted_files"] + manifest["sgx"]["allowed_files"]
     sealed = tuple(
         mount["path"] + "/"
@@ -54,5 +65,8 @@ def uncovered(
     return sorted(
         path
         for path in opened
-        if exists(path) and not covered(path, entries) and not path.startswith(sealed)
+        if exists(path)
+        and not covered(path, entries)
+        and not path.startswith(sealed)
+        and not emulated(path)
     )

@@ -33,7 +33,7 @@ from bastion.transport.limits import StreamLimits
 TRAIN_ONLY = {"tasks": [{"name": "train", "kind": "train"}]}
 ROUNDS = 2
 WORK_SECONDS = 1.5  # an honest site's local training, the same in both runs
-LIMITS = StreamLimits(idle_timeout=0.6, receive_deadline=60.0, streams_per_peer=4, upload_slots=2)
+LIMITS = StreamLimits(idle_timeout=1.0, receive_deadline=60.0, streams_per_peer=4, upload_slots=2)
 
 
 def _header(round_number: int, count: int = 100) -> pb.ResultChunk:
