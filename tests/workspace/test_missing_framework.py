@@ -40,8 +40,14 @@ class Uninstalled(importlib.abc.MetaPathFinder):
 
 
 def hide(monkeypatch: pytest.MonkeyPatch, framework: str) -> None:
-    """Make ``framework`` unimportable in this test, as if it were not installed."""
-    for name in [n for n in sys.modules if n == framework or n.startswith(framework + ".")]:
+    """Make ``framework`` unimportable in this test, as if it were not installed.
+
+    Bastion's adapters go too: one imported earlier in this process would hand the template
+    its runner without importing the framework again."""
+    hidden = (framework, "bastion.runners")
+    for name in [
+        n for n in sys.modules if n in hidden or n.startswith(tuple(h + "." for h in hidden))
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [Uninstalled(framework), *sys.meta_path])
 
