@@ -1,12 +1,22 @@
-"""Fixtures of the fault suite: one undisturbed deterministic run, the reference model."""
+"""Fixtures of the fault suite (the undisturbed reference model) and its results table.
+
+Without ``BASTION_FAULTS_FULL=1`` (``make test``) every scenario runs once, at its first
+injection point; ``make faults`` runs every scenario × injection point and writes
+benchmarks/results/faults.json and faults.md from what the scenarios recorded.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import results
 from faults.harness import FULL, FaultFederation
+
+_STARTED = time.monotonic()
 
 
 @pytest.fixture(scope="session")
@@ -22,19 +32,21 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
         run.close()
 
 
-#: What `make test` runs of this suite: the unit-level checks. The real federations under
-#: faults run in `make faults` (BASTION_FAULTS_FULL=1): they take minutes on 2 cores.
-FAST = (
-    "test_checkpoint_temporaries.py::",
-    "test_engine_storage_errors.py::",
-    "test_transient_dial.py::",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if FULL:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Name each recorded row after its test; record a failed scenario as a FAILED row."""
+    before = len(results.ROWS)
+    outcome = yield
+    report = outcome.get_result()
+    if "tests/faults/" not in item.nodeid.replace("\\", "/") and "faults/" not in item.nodeid:
         return
-    skip = pytest.mark.skip(reason="a federation under faults: runs in `make faults`")
-    for item in items:
-        if "tests/faults/" in item.nodeid and not any(key in item.nodeid for key in FAST):
-            item.add_marker(skip)
+    for row in results.ROWS[before:]:
+        row.test = item.nodeid
+    if report.when == "call" and report.failed:
+        message = str(call.excinfo.value).splitlines()[0][:160] if call.excinfo else ""
+        results.ROWS.append(results.Row(item.name, "-", f"FAILED: {message}", test=item.nodeid))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if FULL and results.ROWS and not hasattr(session.config, "workerinput"):
+        results.write(time.monotonic() - _STARTED)

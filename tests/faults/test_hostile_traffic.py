@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from faults.harness import FULL, FaultFederation, read_state, rss_and_fds
+from faults.results import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,7 +175,12 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
             if record.get("event") == "round":
                 for kind in ("rejected", "failed"):
                     assert set(record[kind]) <= {"site-3"}, record
-        print(f"RESULT hostile.fuzz finished fds_before={fds_before} calls={sum(seen.values())}")
+        record(
+            "hostile traffic",
+            f"gRPC fuzzer, site-3's valid identity, {sum(seen.values())} calls",
+            f"finished; status codes {sorted(seen)}; only site-3 could be blamed",
+            0,
+        )
     finally:
         run.close()
 
@@ -228,9 +234,12 @@ def test_flood_without_certificates(tmp_path: Path, baseline: dict[str, np.ndarr
         run.assert_invariants(codes, baseline)
         assert handshakes == 0, "a TLS session without a client certificate got data through"
         assert fds_after <= fds_before + 8, (fds_before, fds_after)
-        print(
-            f"RESULT hostile.flood finished refused={refused} fds {fds_before}->{fds_after} "
-            f"rss {rss_before >> 20}->{rss_after >> 20} MiB lost={run.lost_rounds()}"
+        record(
+            "hostile traffic",
+            "connections without a certificate (half TLS, half garbage), held then closed",
+            f"finished, = undisturbed; none got data through; aggregator fds "
+            f"{fds_before} -> {fds_after}, RSS {rss_before >> 20} -> {rss_after >> 20} MiB",
+            run.lost_rounds(),
         )
     finally:
         run.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faults.harness import FaultFederation, full_only
+from faults.results import record
 
 
 @pytest.mark.slow
@@ -17,7 +18,12 @@ def test_latency_jitter_and_bandwidth_cap(tmp_path: Path, baseline: dict[str, np
         run.start_behind_proxies(latency=0.02, jitter=0.015, bandwidth=2_000_000)
         codes = run.finish()
         run.assert_invariants(codes, baseline)
-        print(f"RESULT net.latency+jitter+2MB/s finished lost={run.lost_rounds()} recover=0")
+        record(
+            "network",
+            "latency 20 ms ± 15 ms, 2 MB/s cap, both sites",
+            "finished, = undisturbed",
+            run.lost_rounds(),
+        )
     finally:
         run.close()
 
@@ -46,9 +52,12 @@ def test_connection_faults_lose_nothing(
         run.assert_invariants(codes, baseline)
         if how == "drop_mid_stream":
             assert proxies["site-1"].dropped == 1
-        print(
-            f"RESULT net.{how} finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - started:.1f}s"
+        record(
+            "network",
+            how,
+            "finished, = undisturbed",
+            run.lost_rounds(),
+            time.monotonic() - started,
         )
     finally:
         run.close()
@@ -90,9 +99,13 @@ def test_partition_longer_than_round_timeout_then_heal(tmp_path: Path) -> None:
         # Site 2 came back after the heal: it validated the final model.
         final = rounds[-1]
         assert final["final_evaluation"] and "site-2" not in final["timed_out"], final
-        print(
-            f"RESULT net.partition>timeout finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - healed:.1f}s"
+        record(
+            "network",
+            "site-2 partitioned 10 s > round timeout 6 s, healed",
+            "finished; a round closed without site-2 (timed out, unblamed); each round = "
+            "its accepted results; site-2 back for the final evaluation",
+            run.lost_rounds(),
+            time.monotonic() - healed,
         )
     finally:
         run.close()

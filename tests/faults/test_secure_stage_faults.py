@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faults.harness import FaultFederation, full_only
+from faults.results import record
 
 SECURE = {
     "secure_aggregation": {"stage_seconds": 30},
@@ -58,9 +59,12 @@ def test_aggregator_killed_at_secure_stage_resumes_to_same_model(
         run.start_aggregator(port=port)
         codes = run.finish(timeout=240)
         run.assert_invariants(codes, secure_baseline)
-        print(
-            f"RESULT {fault} finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - killed:.1f}s"
+        record(
+            "aggregator kill -9, secure aggregation (3 sites)",
+            fault,
+            "finished, = undisturbed secure run",
+            run.lost_rounds(),
+            time.monotonic() - killed,
         )
     finally:
         run.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from faults.harness import full_only
+from faults.results import record
 from support.service import Service, wait_for
 
 import bastion
@@ -79,7 +80,8 @@ def _last_seen(federation: bastion.Federation, site: str) -> float:
     return float(next(s for s in federation.sites() if s["name"] == site)["last_seen"])
 
 
-def _finished_unblamed(service: Service, job: bastion.Job) -> None:
+def _finished_unblamed(service: Service, job: bastion.Job) -> int:
+    """Finished with every planned round and nobody blamed; the rounds started twice."""
     status = job.wait(timeout=300)
     assert status["state"] == "finished", (status, service.output("site-1")[-3000:])
     out = service.root / "metrics"
@@ -87,9 +89,11 @@ def _finished_unblamed(service: Service, job: bastion.Job) -> None:
     records = read_metrics(out / "metrics.jsonl")
     rounds = [r["round"] for r in round_summaries(records)]
     assert rounds[:ROUNDS] == list(range(1, ROUNDS + 1)), rounds
-    for record in records:
-        if record.get("event") == "round":
-            assert not record["rejected"] and not record["failed"], record
+    for entry in records:
+        if entry.get("event") == "round":
+            assert not entry["rejected"] and not entry["failed"], entry
+    starts = [r["round"] for r in records if r.get("event") == "round_start"]
+    return len(starts) - len(set(starts))
 
 
 @pytest.mark.slow
@@ -108,8 +112,14 @@ def test_site_agent_killed_at_point_restarts_and_the_job_finishes(
     _start_site(service, "site-1")
     wait_for(lambda: job.status()["rounds_done"] >= 1, "a round after the restart", 180)
     assert len(_collaborators_of(service, "site-1", job.id)) <= 1
-    _finished_unblamed(service, job)
-    print(f"RESULT site-agent kill -9 at {point} finished recover={time.monotonic() - killed:.1f}s")
+    lost = _finished_unblamed(service, job)
+    record(
+        "site agent kill -9 + restart (director service)",
+        f"{point}:kill",
+        "job finished, every round, site unblamed, one collaborator per site",
+        lost,
+        time.monotonic() - killed,
+    )
 
 
 @pytest.mark.slow
@@ -131,6 +141,12 @@ def test_site_agent_stopped_past_offline_then_continued(service: Service) -> Non
     finally:
         os.kill(agent.pid, signal.SIGCONT)
     continued = time.monotonic()
-    _finished_unblamed(service, job)
+    lost = _finished_unblamed(service, job)
     assert agent.poll() is None
-    print(f"RESULT site-agent SIGSTOP>offline finished recover={time.monotonic() - continued:.1f}s")
+    record(
+        "site agent SIGSTOP + SIGCONT (director service)",
+        f"stopped > {OFFLINE_AFTER_SECONDS:.0f} s (director marks it offline)",
+        "job finished, every round, site unblamed",
+        lost,
+        time.monotonic() - continued,
+    )
