@@ -47,7 +47,10 @@ run: $(STAMP)
 test: $(STAMP) $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 --ignore=tests/faults
+	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
+	# each other, so four at a time even on two cores). Every point: `make faults`.
+	$(PY) -m pytest -q --durations=10 -n 4 tests/faults
 	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
 	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
 
@@ -68,8 +71,8 @@ test-docker: $(STAMP)
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }
 	BASTION_TEST_DOCKER=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/workspace/test_docker_build.py
 
-# The fault-injection suite (tests/faults): every scenario x injection point. `make test`
-# runs a fast subset of it (each scenario once).
+# The fault-injection suite (tests/faults): every scenario x injection point, one at a time;
+# writes benchmarks/results/faults.json and faults.md. `make test` runs each scenario once.
 faults: $(STAMP)
 	BASTION_FAULTS_FULL=1 $(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 tests/faults
 

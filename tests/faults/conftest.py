@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from faults import results
-from faults.harness import FULL, FaultFederation
+from faults.harness import FULL, shared_model, undisturbed
 
 _STARTED = time.monotonic()
 
@@ -22,14 +21,7 @@ _STARTED = time.monotonic()
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """The final model of an undisturbed run (2 sites, 3 rounds)."""
-    run = FaultFederation(Path(tmp_path_factory.mktemp("baseline")))
-    try:
-        run.start()
-        codes = run.finish()
-        run.assert_invariants(codes)
-        return run.final_model()
-    finally:
-        run.close()
+    return shared_model(tmp_path_factory, "baseline", undisturbed)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -38,8 +30,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     before = len(results.ROWS)
     outcome = yield
     report = outcome.get_result()
-    if "tests/faults/" not in item.nodeid.replace("\\", "/") and "faults/" not in item.nodeid:
-        return
     for row in results.ROWS[before:]:
         row.test = item.nodeid
     if report.when == "call" and report.failed:

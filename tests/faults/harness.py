@@ -308,6 +308,39 @@ class FaultFederation:
         return len(starts) - len(set(starts))
 
 
+def undisturbed(root: Path, **settings: Any) -> dict[str, np.ndarray]:
+    """The final model of a federation run without any fault."""
+    run = FaultFederation(root, **settings)
+    try:
+        run.start()
+        codes = run.finish(timeout=240)
+        run.assert_invariants(codes)
+        return run.final_model()
+    finally:
+        run.close()
+
+
+def shared_model(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``build``'s model, built once per test session even across pytest-xdist workers (they
+    share the parent of their base temp folders; the first takes the lock and builds)."""
+    import fcntl
+
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / f"{name}.npz"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            model = build(factory.mktemp(name))
+            np.savez(root / f"{name}.tmp.npz", **model)
+            os.replace(root / f"{name}.tmp.npz", path)
+    with np.load(path) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
 def rss_and_fds(pid: int) -> tuple[int, int]:
     """Resident set size in bytes and open file descriptors of ``pid`` (Linux)."""
     rss = 0

@@ -171,10 +171,10 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
         state = read_state(run.last)
         assert state["round_completed"] == run.rounds and state["finished"]
         assert not run.watcher.violations
-        for record in run.records():
-            if record.get("event") == "round":
+        for entry in run.records():
+            if entry.get("event") == "round":
                 for kind in ("rejected", "failed"):
-                    assert set(record[kind]) <= {"site-3"}, record
+                    assert set(entry[kind]) <= {"site-3"}, entry
         record(
             "hostile traffic",
             f"gRPC fuzzer, site-3's valid identity, {sum(seen.values())} calls",

@@ -88,14 +88,14 @@ def test_partition_longer_than_round_timeout_then_heal(tmp_path: Path) -> None:
         # Every round's aggregate is of exactly the train results that round accepted
         # (counted from the round's last start: a restarted round discards its first try).
         since_start: list[str] = []
-        for record in run.records():
-            if record.get("event") == "round_start":
+        for entry in run.records():
+            if entry.get("event") == "round_start":
                 since_start = []
-            elif record.get("event") == "task" and record["task"] == "train":
-                since_start.append(record["collaborator"])
-            elif record.get("event") == "round" and not record["final_evaluation"]:
-                assert record["accepted"] == len(since_start), (record, since_start)
-                assert "site-2" not in since_start or "site-2" not in record["timed_out"]
+            elif entry.get("event") == "task" and entry["task"] == "train":
+                since_start.append(entry["collaborator"])
+            elif entry.get("event") == "round" and not entry["final_evaluation"]:
+                assert entry["accepted"] == len(since_start), (entry, since_start)
+                assert "site-2" not in since_start or "site-2" not in entry["timed_out"]
         # Site 2 came back after the heal: it validated the final model.
         final = rounds[-1]
         assert final["final_evaluation"] and "site-2" not in final["timed_out"], final

@@ -14,9 +14,9 @@ from faults.results import record
 
 # Injection point (with the hit that fires: round 2's, after round 1 closed cleanly).
 AGGREGATOR_POINTS = [
-    "engine.checkpoint:kill:2",  # round 2 aggregated, checkpoint not yet written
     "atomic.before_rename@last.safetensors:kill:2",  # temp written and fsynced, not renamed
     *full_only(
+        "engine.checkpoint:kill:2",  # round 2 aggregated, checkpoint not yet written
         "engine.assign:kill:3",  # opening round 3 (round 1 was assigned at startup)
         "engine.download:kill:3",  # serving round 2's model
         "engine.upload:kill:2",  # a round-2 result being taken in (validate_global)

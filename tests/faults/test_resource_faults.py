@@ -94,9 +94,9 @@ def test_clock_step_across_a_site_certificate(tmp_path: Path, step: str) -> None
         state = read_state(run.last)
         assert state["round_completed"] == run.rounds and state["finished"]
         assert not run.watcher.violations
-        for record in run.records():
-            if record.get("event") == "round":
-                assert not record["rejected"] and not record["failed"], record
+        for entry in run.records():
+            if entry.get("event") == "round":
+                assert not entry["rejected"] and not entry["failed"], entry
         record(
             "clock step across site-2's certificate",
             step,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults.harness import FaultFederation, full_only
+from faults.harness import FaultFederation, full_only, shared_model, undisturbed
 from faults.results import record
 
 SECURE = {
@@ -28,16 +28,11 @@ SITES = 3
 
 @pytest.fixture(scope="module")
 def secure_baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    run = FaultFederation(
-        Path(tmp_path_factory.mktemp("secure-baseline")), collaborators=SITES, plan_changes=SECURE
+    return shared_model(
+        tmp_path_factory,
+        "secure-baseline",
+        lambda root: undisturbed(root, collaborators=SITES, plan_changes=SECURE),
     )
-    try:
-        run.start()
-        codes = run.finish(timeout=240)
-        run.assert_invariants(codes)
-        return run.final_model()
-    finally:
-        run.close()
 
 
 @pytest.mark.slow
