@@ -71,10 +71,10 @@ test-docker: $(STAMP)
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }
 	BASTION_TEST_DOCKER=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/workspace/test_docker_build.py
 
-# The fault-injection suite (tests/faults): every scenario x injection point, one at a time;
+# The fault-injection suite (tests/faults): every scenario x injection point, four at a time;
 # writes benchmarks/results/faults.json and faults.md. `make test` runs each scenario once.
 faults: $(STAMP)
-	BASTION_FAULTS_FULL=1 $(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 tests/faults
+	BASTION_FAULTS_FULL=1 $(PY) -m pytest -q -n 4 -p no:cacheprovider --timeout=900 tests/faults
 
 # 200 rounds, 10 collaborators, a 10 MB model, a random fault every few rounds; the
 # aggregator's RSS and open fds each round -> benchmarks/results/soak.json and soak.png.

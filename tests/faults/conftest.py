@@ -38,5 +38,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if FULL and results.ROWS and not hasattr(session.config, "workerinput"):
+    """A pytest-xdist worker hands its rows to the controller through the shared base temp
+    folder; the controller (or a run without workers) writes the table."""
+    if not FULL:
+        return
+    factory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    worker = getattr(session.config, "workerinput", None)
+    if worker is not None:
+        shared = factory.getbasetemp().parent
+        results.dump(shared / f"fault-rows-{worker['workerid']}.json")
+        return
+    for path in sorted(factory.getbasetemp().glob("fault-rows-*.json")):
+        results.load(path)
+    if results.ROWS:
         results.write(time.monotonic() - _STARTED)

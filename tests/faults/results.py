@@ -42,6 +42,16 @@ def record(
     print(f"RESULT {scenario} | {point} | {outcome} | lost={rounds_lost} | recover={recover}")
 
 
+def dump(path: Path) -> None:
+    """This process's rows, for the process that writes the table."""
+    path.write_text(json.dumps([asdict(r) for r in ROWS]))
+
+
+def load(path: Path) -> None:
+    """Rows another process dumped."""
+    ROWS.extend(Row(**row) for row in json.loads(path.read_text()))
+
+
 def write(seconds: float, directory: Path = RESULTS_DIR) -> None:
     """``faults.json`` (every row) and ``faults.md`` (the table) under ``directory``."""
     rows = sorted(ROWS, key=lambda r: (r.scenario, r.point))
