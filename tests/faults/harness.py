@@ -29,6 +29,9 @@ from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
 
+#: How long an aggregator may take to listen (bounded, but patient under load).
+START_SECONDS = 240.0
+
 #: ``make faults`` sets it: every scenario × injection point; otherwise a fast subset.
 FULL = os.environ.get("BASTION_FAULTS_FULL") == "1"
 
@@ -186,7 +189,8 @@ class FaultFederation:
     def start_aggregator(self, fault: str | None = None, port: int = 0) -> int:
         self.federation.extra_env = self._env(fault)
         try:
-            return self.federation.start_aggregator(port=port)
+            # Generous: on two cores shared with other suites, imports alone took over 60 s.
+            return self.federation.start_aggregator(timeout=START_SECONDS, port=port)
         finally:
             self.federation.extra_env = {}
 

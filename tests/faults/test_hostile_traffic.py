@@ -121,8 +121,12 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
     """Site 3's identity (on the roster, never running honestly) sends malformed, truncated,
     oversized and out-of-order messages for a bounded time; the federation of sites 1 and 2
     finishes, only site 3 can be blamed, the aggregator's fds and memory stay bounded."""
+    # Enough rounds to outlast the fuzzing (60 s under make faults): it targets a live round.
     run = FaultFederation(
-        tmp_path, collaborators=3, plan_changes={"timeouts": {"round_seconds": 8}}
+        tmp_path,
+        collaborators=3,
+        rounds=12 if FULL else 3,
+        plan_changes={"timeouts": {"round_seconds": 8}},
     )
     pki = run.workspace / "pki"
     try:
@@ -130,8 +134,9 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
         run.watcher.start()
         for name in ("site-1", "site-2"):
             run.start_collaborator(name)
-        pid = run.federation.aggregator_process.pid  # type: ignore[union-attr]
-        _, fds_before = rss_and_fds(pid)
+        aggregator = run.federation.aggregator_process
+        assert aggregator is not None
+        _, fds_before = rss_and_fds(aggregator.pid)
         credentials = channel_credentials(
             (pki / "ca.crt").read_bytes(),
             (pki / "site-3.crt").read_bytes(),
@@ -153,12 +158,15 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
             )
             @given(request)
             def fuzz(call: tuple[str, list[bytes]]) -> None:
-                if time.monotonic() > budget:
+                if time.monotonic() > budget or aggregator.poll() is not None:
                     return
                 seen[_call(channel, *call)] += 1
 
             fuzz()
-        assert run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
+        assert aggregator.poll() in (None, 0), "the fuzzer crashed the aggregator"
+        if aggregator.poll() is None:
+            _, fds_after = rss_and_fds(aggregator.pid)
+            assert fds_after <= fds_before + 8, (fds_before, fds_after)
         print(f"FUZZ status codes: {dict(seen)}")
         unexpected = {
             c: n
