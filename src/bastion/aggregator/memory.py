@@ -7,10 +7,11 @@ collaborators. Pinning the threshold keeps large chunks on mmap, returned on fre
 Measured with 8 collaborators and a 25M-parameter model: peak 1113 MB → 775 MB.
 
 What stays below the threshold (gRPC's slices, protobuf and frame buffers of many threads)
-still fragments those arenas: in the 200-round soak their free-but-held pages made RSS
-creep about 0.4 MiB a round while Python's traced memory stayed flat (malloc_trim on the
-live aggregator at round 25 gave back 94 of its 350 MiB). ``HeapTrim`` hands those pages
-back once a round.
+still fills those arenas with free-but-held pages: malloc_trim on the live soak aggregator
+at round 25 gave back 94 of its 350 MiB while Python's traced memory stayed flat.
+``HeapTrim`` hands those pages back once a round; in the 200-round soak it lowered the RSS
+medians by about 130 MiB. It does not stop the slower creep (about 0.4 MiB a round) that the
+soak still shows: that is open.
 """
 
 from __future__ import annotations
