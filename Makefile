@@ -51,7 +51,10 @@ test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 --ignore=tests/faults
+	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
+	# each other, so four at a time even on two cores). Every point: `make faults`.
+	$(PY) -m pytest -q --durations=10 -n 4 tests/faults
 	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
 	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
 
@@ -72,10 +75,10 @@ test-docker: $(STAMP)
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }
 	BASTION_TEST_DOCKER=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/workspace/test_docker_build.py
 
-# The fault-injection suite (tests/faults): every scenario x injection point. `make test`
-# runs a fast subset of it (each scenario once).
+# The fault-injection suite (tests/faults): every scenario x injection point, four at a time;
+# writes benchmarks/results/faults.json and faults.md. `make test` runs each scenario once.
 faults: $(STAMP)
-	BASTION_FAULTS_FULL=1 $(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 tests/faults
+	BASTION_FAULTS_FULL=1 $(PY) -m pytest -q -n 4 -p no:cacheprovider --timeout=900 tests/faults
 
 # 200 rounds, 10 collaborators, a 10 MB model, a random fault every few rounds; the
 # aggregator's RSS and open fds each round -> benchmarks/results/soak.json and soak.png.

@@ -105,10 +105,13 @@ def main() -> None:
             violations = run.watcher.violations
         finally:
             run.close()
-    by_round = {int(s["round"]): s for s in samples}
-    early = by_round.get(20) or samples[min(19, len(samples) - 1)]
-    late = samples[-1]
-    fds = [int(s["fds"]) for s in samples if s["round"] >= 20]
+    # Training rounds only: the sample after the last one is the final evaluation, taken
+    # while the aggregator shuts down.
+    training = [s for s in samples if s["round"] <= args.rounds]
+    by_round = {int(s["round"]): s for s in training}
+    early = by_round.get(20) or training[min(19, len(training) - 1)]
+    late = by_round.get(args.rounds) or training[-1]
+    fds = [int(s["fds"]) for s in training if s["round"] >= 20]
     result = {
         "rounds": args.rounds,
         "collaborators": args.collaborators,
@@ -121,11 +124,11 @@ def main() -> None:
         "checkpoint_violations": violations,
         "faults": faults,
         "rss_round_20": early["rss"],
-        "last_sampled_round": late["round"],
-        "rss_last_round": late["rss"],
-        "rss_growth": round(late["rss"] / early["rss"] - 1, 4),
-        **window_medians(samples),
-        "fds_after_round_20": {"min": min(fds, default=0), "max": max(fds, default=0)},
+        "last_training_round_sampled": late["round"],
+        "rss_last_training_round": late["rss"],
+        "rss_growth_20_to_last": round(late["rss"] / early["rss"] - 1, 4),
+        **window_medians(training),
+        "fds_rounds_20_to_last": {"min": min(fds, default=0), "max": max(fds, default=0)},
         "samples": samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)

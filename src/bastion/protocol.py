@@ -36,6 +36,11 @@ class NotAssigned(Refused):
     """The caller asked for a round or task it was not assigned."""
 
 
+class RoundOver(NotAssigned):
+    """The round the caller works on closed without it (it was late, lost or partitioned):
+    not a fault of the caller's; it drops the round and asks for its next task."""
+
+
 class NotAttested(Refused):
     """A collaborator asked for the model or sent a result before proving its enclave."""
 

@@ -1,40 +1,54 @@
-"""Fixtures of the fault suite: one undisturbed deterministic run, the reference model."""
+"""Fixtures of the fault suite (the undisturbed reference model) and its results table.
+
+Without ``BASTION_FAULTS_FULL=1`` (``make test``) every scenario runs once, at its first
+injection point; ``make faults`` runs every scenario × injection point and writes
+benchmarks/results/faults.json and faults.md from what the scenarios recorded.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from faults.harness import FULL, FaultFederation
+from faults import results
+from faults.harness import FULL, shared_model, undisturbed
+
+_STARTED = time.monotonic()
 
 
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """The final model of an undisturbed run (2 sites, 3 rounds)."""
-    run = FaultFederation(Path(tmp_path_factory.mktemp("baseline")))
-    try:
-        run.start()
-        codes = run.finish()
-        run.assert_invariants(codes)
-        return run.final_model()
-    finally:
-        run.close()
+    return shared_model(tmp_path_factory, "baseline", undisturbed)
 
 
-#: What `make test` runs of this suite: the unit-level checks. The real federations under
-#: faults run in `make faults` (BASTION_FAULTS_FULL=1): they take minutes on 2 cores.
-FAST = (
-    "test_checkpoint_temporaries.py::",
-    "test_engine_storage_errors.py::",
-    "test_transient_dial.py::",
-)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Name each recorded row after its test; record a failed scenario as a FAILED row."""
+    before = len(results.ROWS)
+    outcome = yield
+    report = outcome.get_result()
+    for row in results.ROWS[before:]:
+        row.test = item.nodeid
+    if report.when == "call" and report.failed:
+        message = str(call.excinfo.value).splitlines()[0][:160] if call.excinfo else ""
+        results.ROWS.append(results.Row(item.name, "-", f"FAILED: {message}", test=item.nodeid))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if FULL:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A pytest-xdist worker hands its rows to the controller through the shared base temp
+    folder; the controller (or a run without workers) writes the table."""
+    if not FULL:
         return
-    skip = pytest.mark.skip(reason="a federation under faults: runs in `make faults`")
-    for item in items:
-        if "tests/faults/" in item.nodeid and not any(key in item.nodeid for key in FAST):
-            item.add_marker(skip)
+    factory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    worker = getattr(session.config, "workerinput", None)
+    if worker is not None:
+        shared = factory.getbasetemp().parent
+        results.dump(shared / f"fault-rows-{worker['workerid']}.json")
+        return
+    for path in sorted(factory.getbasetemp().glob("fault-rows-*.json")):
+        results.load(path)
+    if results.ROWS:
+        results.write(time.monotonic() - _STARTED)

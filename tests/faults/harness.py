@@ -29,6 +29,9 @@ from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
 
+#: How long an aggregator may take to listen (bounded, but patient under load).
+START_SECONDS = 240.0
+
 #: ``make faults`` sets it: every scenario × injection point; otherwise a fast subset.
 FULL = os.environ.get("BASTION_FAULTS_FULL") == "1"
 
@@ -186,7 +189,8 @@ class FaultFederation:
     def start_aggregator(self, fault: str | None = None, port: int = 0) -> int:
         self.federation.extra_env = self._env(fault)
         try:
-            return self.federation.start_aggregator(port=port)
+            # Generous: on two cores shared with other suites, imports alone took over 60 s.
+            return self.federation.start_aggregator(timeout=START_SECONDS, port=port)
         finally:
             self.federation.extra_env = {}
 
@@ -306,6 +310,39 @@ class FaultFederation:
         """Rounds started more than once (work redone because of the fault)."""
         starts = [r["round"] for r in self.records() if r.get("event") == "round_start"]
         return len(starts) - len(set(starts))
+
+
+def undisturbed(root: Path, **settings: Any) -> dict[str, np.ndarray]:
+    """The final model of a federation run without any fault."""
+    run = FaultFederation(root, **settings)
+    try:
+        run.start()
+        codes = run.finish(timeout=240)
+        run.assert_invariants(codes)
+        return run.final_model()
+    finally:
+        run.close()
+
+
+def shared_model(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``build``'s model, built once per test session even across pytest-xdist workers (they
+    share the parent of their base temp folders; the first takes the lock and builds)."""
+    import fcntl
+
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / f"{name}.npz"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            model = build(factory.mktemp(name))
+            np.savez(root / f"{name}.tmp.npz", **model)
+            os.replace(root / f"{name}.tmp.npz", path)
+    with np.load(path) as stored:
+        return {key: stored[key] for key in stored.files}
 
 
 def rss_and_fds(pid: int) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from faults.harness import FULL, FaultFederation, read_state, rss_and_fds
+from faults.results import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,8 +121,12 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
     """Site 3's identity (on the roster, never running honestly) sends malformed, truncated,
     oversized and out-of-order messages for a bounded time; the federation of sites 1 and 2
     finishes, only site 3 can be blamed, the aggregator's fds and memory stay bounded."""
+    # Enough rounds to outlast the fuzzing (60 s under make faults): it targets a live round.
     run = FaultFederation(
-        tmp_path, collaborators=3, plan_changes={"timeouts": {"round_seconds": 8}}
+        tmp_path,
+        collaborators=3,
+        rounds=12 if FULL else 3,
+        plan_changes={"timeouts": {"round_seconds": 8}},
     )
     pki = run.workspace / "pki"
     try:
@@ -129,8 +134,9 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
         run.watcher.start()
         for name in ("site-1", "site-2"):
             run.start_collaborator(name)
-        pid = run.federation.aggregator_process.pid  # type: ignore[union-attr]
-        _, fds_before = rss_and_fds(pid)
+        aggregator = run.federation.aggregator_process
+        assert aggregator is not None
+        _, fds_before = rss_and_fds(aggregator.pid)
         credentials = channel_credentials(
             (pki / "ca.crt").read_bytes(),
             (pki / "site-3.crt").read_bytes(),
@@ -152,12 +158,15 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
             )
             @given(request)
             def fuzz(call: tuple[str, list[bytes]]) -> None:
-                if time.monotonic() > budget:
+                if time.monotonic() > budget or aggregator.poll() is not None:
                     return
                 seen[_call(channel, *call)] += 1
 
             fuzz()
-        assert run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
+        assert aggregator.poll() in (None, 0), "the fuzzer crashed the aggregator"
+        if aggregator.poll() is None:
+            _, fds_after = rss_and_fds(aggregator.pid)
+            assert fds_after <= fds_before + 8, (fds_before, fds_after)
         print(f"FUZZ status codes: {dict(seen)}")
         unexpected = {
             c: n
@@ -170,11 +179,16 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
         state = read_state(run.last)
         assert state["round_completed"] == run.rounds and state["finished"]
         assert not run.watcher.violations
-        for record in run.records():
-            if record.get("event") == "round":
+        for entry in run.records():
+            if entry.get("event") == "round":
                 for kind in ("rejected", "failed"):
-                    assert set(record[kind]) <= {"site-3"}, record
-        print(f"RESULT hostile.fuzz finished fds_before={fds_before} calls={sum(seen.values())}")
+                    assert set(entry[kind]) <= {"site-3"}, entry
+        record(
+            "hostile traffic",
+            f"gRPC fuzzer, site-3's valid identity, {sum(seen.values())} calls",
+            f"finished; status codes {sorted(seen)}; only site-3 could be blamed",
+            0,
+        )
     finally:
         run.close()
 
@@ -228,9 +242,12 @@ def test_flood_without_certificates(tmp_path: Path, baseline: dict[str, np.ndarr
         run.assert_invariants(codes, baseline)
         assert handshakes == 0, "a TLS session without a client certificate got data through"
         assert fds_after <= fds_before + 8, (fds_before, fds_after)
-        print(
-            f"RESULT hostile.flood finished refused={refused} fds {fds_before}->{fds_after} "
-            f"rss {rss_before >> 20}->{rss_after >> 20} MiB lost={run.lost_rounds()}"
+        record(
+            "hostile traffic",
+            "connections without a certificate (half TLS, half garbage), held then closed",
+            f"finished, = undisturbed; none got data through; aggregator fds "
+            f"{fds_before} -> {fds_after}, RSS {rss_before >> 20} -> {rss_after >> 20} MiB",
+            run.lost_rounds(),
         )
     finally:
         run.close()

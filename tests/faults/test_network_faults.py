@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faults.harness import FaultFederation, full_only
+from faults.results import record
 
 
 @pytest.mark.slow
@@ -17,7 +18,12 @@ def test_latency_jitter_and_bandwidth_cap(tmp_path: Path, baseline: dict[str, np
         run.start_behind_proxies(latency=0.02, jitter=0.015, bandwidth=2_000_000)
         codes = run.finish()
         run.assert_invariants(codes, baseline)
-        print(f"RESULT net.latency+jitter+2MB/s finished lost={run.lost_rounds()} recover=0")
+        record(
+            "network",
+            "latency 20 ms ± 15 ms, 2 MB/s cap, both sites",
+            "finished, = undisturbed",
+            run.lost_rounds(),
+        )
     finally:
         run.close()
 
@@ -46,9 +52,12 @@ def test_connection_faults_lose_nothing(
         run.assert_invariants(codes, baseline)
         if how == "drop_mid_stream":
             assert proxies["site-1"].dropped == 1
-        print(
-            f"RESULT net.{how} finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - started:.1f}s"
+        record(
+            "network",
+            how,
+            "finished, = undisturbed",
+            run.lost_rounds(),
+            time.monotonic() - started,
         )
     finally:
         run.close()
@@ -79,20 +88,24 @@ def test_partition_longer_than_round_timeout_then_heal(tmp_path: Path) -> None:
         # Every round's aggregate is of exactly the train results that round accepted
         # (counted from the round's last start: a restarted round discards its first try).
         since_start: list[str] = []
-        for record in run.records():
-            if record.get("event") == "round_start":
+        for entry in run.records():
+            if entry.get("event") == "round_start":
                 since_start = []
-            elif record.get("event") == "task" and record["task"] == "train":
-                since_start.append(record["collaborator"])
-            elif record.get("event") == "round" and not record["final_evaluation"]:
-                assert record["accepted"] == len(since_start), (record, since_start)
-                assert "site-2" not in since_start or "site-2" not in record["timed_out"]
+            elif entry.get("event") == "task" and entry["task"] == "train":
+                since_start.append(entry["collaborator"])
+            elif entry.get("event") == "round" and not entry["final_evaluation"]:
+                assert entry["accepted"] == len(since_start), (entry, since_start)
+                assert "site-2" not in since_start or "site-2" not in entry["timed_out"]
         # Site 2 came back after the heal: it validated the final model.
         final = rounds[-1]
         assert final["final_evaluation"] and "site-2" not in final["timed_out"], final
-        print(
-            f"RESULT net.partition>timeout finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - healed:.1f}s"
+        record(
+            "network",
+            "site-2 partitioned 10 s > round timeout 6 s, healed",
+            "finished; a round closed without site-2 (timed out, unblamed); each round = "
+            "its accepted results; site-2 back for the final evaluation",
+            run.lost_rounds(),
+            time.monotonic() - healed,
         )
     finally:
         run.close()

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faults.harness import FaultFederation, full_only
+from faults.results import record
 
 # Injection point (with the hit that fires: round 2's, after round 1 closed cleanly).
 AGGREGATOR_POINTS = [
-    "engine.checkpoint:kill:2",  # round 2 aggregated, checkpoint not yet written
     "atomic.before_rename@last.safetensors:kill:2",  # temp written and fsynced, not renamed
     *full_only(
+        "engine.checkpoint:kill:2",  # round 2 aggregated, checkpoint not yet written
         "engine.assign:kill:3",  # opening round 3 (round 1 was assigned at startup)
         "engine.download:kill:3",  # serving round 2's model
         "engine.upload:kill:2",  # a round-2 result being taken in (validate_global)
@@ -41,7 +42,7 @@ def test_aggregator_killed_at_point_resumes_to_same_model(
         codes = run.finish()
         recovered = time.monotonic() - killed
         run.assert_invariants(codes, baseline)
-        print(f"RESULT {fault} finished lost={run.lost_rounds()} recover={recovered:.1f}s")
+        record("aggregator kill -9", fault, "finished, = undisturbed", run.lost_rounds(), recovered)
     finally:
         run.close()
 
@@ -70,7 +71,13 @@ def test_collaborator_killed_at_point_restarts_to_same_model(
         codes = run.finish()
         run.assert_invariants(codes, baseline)
         recovered = time.monotonic() - killed
-        print(f"RESULT {fault} finished lost={run.lost_rounds()} recover={recovered:.1f}s")
+        record(
+            "collaborator kill -9 + restart",
+            fault,
+            "finished, = undisturbed",
+            run.lost_rounds(),
+            recovered,
+        )
     finally:
         run.close()
 
@@ -91,9 +98,12 @@ def test_aggregator_stopped_mid_upload_then_continued(
         continued = time.monotonic()
         codes = run.finish()
         run.assert_invariants(codes, baseline)
-        print(
-            f"RESULT engine.upload:stop finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - continued:.1f}s"
+        record(
+            "aggregator SIGSTOP 3 s + SIGCONT",
+            "engine.upload:stop:3",
+            "finished, = undisturbed",
+            run.lost_rounds(),
+            time.monotonic() - continued,
         )
     finally:
         run.close()

@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from faults.harness import FaultFederation, full_only, read_state
+from faults.results import record
 
 ENOSPC_POINTS = [
     "atomic.before_fsync@last.safetensors:enospc:2",
@@ -38,9 +39,13 @@ def test_disk_full_at_checkpoint_stops_with_one_reason_and_resumes(
         run.start_aggregator(port=port)  # the disk has room again
         codes = run.finish()
         run.assert_invariants(codes, baseline)
-        print(
-            f"RESULT {fault} stopped(ENOSPC)+restart finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - stopped:.1f}s"
+        record(
+            "disk full (ENOSPC)",
+            fault,
+            "stopped: writing its state failed (No space left on device), round 1 on disk; "
+            "restart finished, = undisturbed",
+            run.lost_rounds(),
+            time.monotonic() - stopped,
         )
     finally:
         run.close()
@@ -89,10 +94,15 @@ def test_clock_step_across_a_site_certificate(tmp_path: Path, step: str) -> None
         state = read_state(run.last)
         assert state["round_completed"] == run.rounds and state["finished"]
         assert not run.watcher.violations
-        for record in run.records():
-            if record.get("event") == "round":
-                assert not record["rejected"] and not record["failed"], record
-        print(f"RESULT clock.{step} site-2 stopped('{reason}'), federation finished lost=0")
+        for entry in run.records():
+            if entry.get("event") == "round":
+                assert not entry["rejected"] and not entry["failed"], entry
+        record(
+            "clock step across site-2's certificate",
+            step,
+            f"site-2 stopped: '... {reason} ...'; federation finished with site-1, nobody blamed",
+            0,
+        )
     finally:
         run.close()
 
@@ -125,9 +135,12 @@ def test_read_only_log_directory_stops_with_one_reason_then_resumes(
         run.start_aggregator(port=port)
         codes = run.finish()
         run.assert_invariants(codes, baseline)
-        print(
-            f"RESULT logs.read_only stopped(EPERM)+restart finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - stopped:.1f}s"
+        record(
+            "read-only log directory",
+            "chattr +i logs/metrics.jsonl after round 1",
+            "stopped: writing its state failed (EPERM); restart finished, = undisturbed",
+            run.lost_rounds(),
+            time.monotonic() - stopped,
         )
     finally:
         subprocess.run(["chattr", "-i", str(metrics)], capture_output=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults.harness import FaultFederation, full_only
+from faults.harness import FaultFederation, full_only, shared_model, undisturbed
+from faults.results import record
 
 SECURE = {
     "secure_aggregation": {"stage_seconds": 30},
@@ -27,16 +28,11 @@ SITES = 3
 
 @pytest.fixture(scope="module")
 def secure_baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    run = FaultFederation(
-        Path(tmp_path_factory.mktemp("secure-baseline")), collaborators=SITES, plan_changes=SECURE
+    return shared_model(
+        tmp_path_factory,
+        "secure-baseline",
+        lambda root: undisturbed(root, collaborators=SITES, plan_changes=SECURE),
     )
-    try:
-        run.start()
-        codes = run.finish(timeout=240)
-        run.assert_invariants(codes)
-        return run.final_model()
-    finally:
-        run.close()
 
 
 @pytest.mark.slow
@@ -58,9 +54,12 @@ def test_aggregator_killed_at_secure_stage_resumes_to_same_model(
         run.start_aggregator(port=port)
         codes = run.finish(timeout=240)
         run.assert_invariants(codes, secure_baseline)
-        print(
-            f"RESULT {fault} finished lost={run.lost_rounds()} "
-            f"recover={time.monotonic() - killed:.1f}s"
+        record(
+            "aggregator kill -9, secure aggregation (3 sites)",
+            fault,
+            "finished, = undisturbed secure run",
+            run.lost_rounds(),
+            time.monotonic() - killed,
         )
     finally:
         run.close()

@@ -170,14 +170,14 @@ class Service:
             self.kill(key, signal.SIGTERM)
         # anything a killed parent left behind (aggregators, collaborators) of this test
         for pid_file in self.root.glob("**/state/jobs/*/pid"):
-            _kill_quietly(int(pid_file.read_text()))
+            _kill_quietly(int(pid_file.read_text()), f"BASTION_SITE_JOB={pid_file.parent.name}")
         director_db = self.parties[DIRECTOR] / "state" / "director.db"
         if director_db.is_file():
             import sqlite3
 
             with sqlite3.connect(director_db) as conn:
-                for (pid,) in conn.execute("SELECT pid FROM jobs WHERE pid IS NOT NULL"):
-                    _kill_quietly(pid, marker=b"BASTION_JOB_ID=")
+                for job_id, pid in conn.execute("SELECT id, pid FROM jobs WHERE pid IS NOT NULL"):
+                    _kill_quietly(pid, f"BASTION_JOB_ID={job_id}")
 
     def workspace(
         self,
@@ -210,11 +210,14 @@ class Service:
         return workspace
 
 
-def _kill_quietly(pid: int, marker: bytes = b"BASTION_") -> None:
+def _kill_quietly(pid: int, marker: str) -> None:
+    """SIGKILL ``pid`` if it is still the process of this test: its environment holds
+    ``marker`` (one job's id). Any ``BASTION_`` variable is not enough: with pids reused
+    under load, every process of a parallel test has some (``BASTION_CACHE_DIR``)."""
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return
-    if marker in environ:
+    if marker.encode() in environ:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

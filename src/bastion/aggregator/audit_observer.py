@@ -28,6 +28,7 @@ from bastion.aggregator.events import (
     RoundClosed,
     RoundEvent,
     RoundObserver,
+    RoundRestarted,
     RoundStarted,
     TaskFailed,
 )
@@ -76,6 +77,10 @@ class AuditObserver(RoundObserver):
                 self._updates[event.round].append(
                     (event.collaborator, event.task, event.update_digest)
                 )
+        elif isinstance(event, RoundRestarted):
+            # The first try's updates are discarded with it: no receipt may name them.
+            self._updates.pop(event.round, None)
+            self.log.append("round_restarted", {"round": event.round, "late": sorted(event.late)})
         elif isinstance(event, ResultRejected):
             self.log.append(
                 "result_rejected",

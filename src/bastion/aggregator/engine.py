@@ -77,6 +77,7 @@ from bastion.protocol import (
     Assignment,
     CannotServe,
     NotAssigned,
+    RoundOver,
     StageReply,
     UnknownCollaborator,
 )
@@ -401,13 +402,19 @@ class Aggregator:
     def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
         progress = self._round
         if progress is None or self.finished.is_set():
-            raise NotAssigned("the federation is finished")
+            raise RoundOver("the federation is finished")
         if round_number != progress.number:
-            raise NotAssigned(
+            # An earlier round closed without the caller (late, lost, partitioned): it moves
+            # on. Any other number is a round it was never given.
+            stale = 1 <= round_number < progress.number
+            raise (RoundOver if stale else NotAssigned)(
                 f"{collaborator} asked for round {round_number}, but the current round is {progress.number}"
             )
         if not progress.pending.get(collaborator):
-            raise NotAssigned(f"{collaborator} has no pending task in round {round_number}")
+            dropped = collaborator in progress.assignments
+            raise (RoundOver if dropped else NotAssigned)(
+                f"{collaborator} has no pending task in round {round_number}"
+            )
         return progress
 
     def record_attestation(self, collaborator: str, result: dict[str, object]) -> None:

@@ -27,7 +27,7 @@ from bastion.compression.downstream import Downlink
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
-from bastion.protocol import Assignment
+from bastion.protocol import Assignment, RoundOver
 from bastion.runners.base import RoundAware, TaskResult, TaskRunner
 from bastion.tensors import Weights
 
@@ -224,6 +224,12 @@ class Collaborator:
                     self._sleep(assignment.retry_after)
                     continue
                 self.run_round(assignment)
+                backoff.reset()
+                last_contact = time.monotonic()
+            except RoundOver as exc:
+                # Late for a round that closed without us (slow, partitioned, lost): the next
+                # task request gets the current round. Nobody is at fault; nothing to retry.
+                log.warning("%s: %s; asking for the next task", self.name, exc)
                 backoff.reset()
                 last_contact = time.monotonic()
             except self._retryable as exc:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bastion import faults
 from bastion.data.site import SiteData, load_site_data
 from bastion.errors import BastionError, PKIError
 from bastion.pki import Role, load_certificate, tls_files_for
@@ -43,6 +44,8 @@ log = logging.getLogger("bastion.site")
 FINAL = ("finished", "failed", "stopped")
 APPROVALS = "approvals"
 MAX_RESTARTS = 20
+#: set in each collaborator the agent starts: which agent's folder it belongs to
+SITE_DIR_ENV = "BASTION_SITE_DIR"
 
 
 @dataclass
@@ -157,16 +160,15 @@ class SiteAgent:
         self._client.close()
 
     def _adopt_or_end_leftovers(self) -> None:
-        """Collaborators a killed agent left behind are ended; accepted jobs restart them."""
-        for pid_file in self.jobs_dir.glob("*/pid"):
-            try:
-                pid = int(pid_file.read_text())
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-            except (OSError, ValueError):
-                continue
-            if f"BASTION_SITE_JOB={pid_file.parent.name}".encode() in environ.split(b"\0"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        """Collaborators a killed agent left behind are ended; accepted jobs restart them.
+
+        Found by their environment, not by the pid files alone: an agent killed between
+        starting a collaborator and recording its pid left one no file names, and a second
+        collaborator of this site then joined the same job.
+        """
+        for pid in _leftover_collaborators(self.state_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ one poll
 
@@ -236,6 +238,7 @@ class SiteAgent:
             refusal = self._prepare(job)
         decision = "rejected" if refusal else "accepted"
         self._write_record(job_id, {"decision": decision, "reason": refusal or "", "job": job})
+        faults.point("site.decided", job_id)
         log.info(
             "job %s of %s %s%s", job_id, job["owner"], decision, f": {refusal}" if refusal else ""
         )
@@ -325,9 +328,14 @@ class SiteAgent:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=job_dir,
-                env={**os.environ, "BASTION_SITE_JOB": job["id"]},
+                env={
+                    **os.environ,
+                    "BASTION_SITE_JOB": job["id"],
+                    SITE_DIR_ENV: str(self.state_dir),
+                },
                 start_new_session=True,
             )
+        faults.point("site.spawned", job["id"])
         atomic_write_text(job_dir / "pid", str(process.pid))
         self._local[job["id"]] = _Local(process, time.time(), restarts)
         log.info("job %s: collaborator started (pid %d)", job["id"], process.pid)
@@ -352,6 +360,22 @@ def verify_job_archive(archive: Path, workspace: Path, ca_cert: Path, job: dict[
         raise BastionError("its measurement is not the one the director announced")
     if plan.data.dataset != job["dataset"]:
         raise BastionError(f"its plan trains on {plan.data.dataset!r}, not {job['dataset']!r}")
+
+
+def _leftover_collaborators(state_dir: Path) -> list[int]:
+    """Live processes started by an agent on ``state_dir`` for one of its jobs (Linux /proc)."""
+    marker = f"{SITE_DIR_ENV}={state_dir}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        if entry.name == str(os.getpid()):
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and any(item.startswith(b"BASTION_SITE_JOB=") for item in environ):
+            found.append(int(entry.name))
+    return found
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

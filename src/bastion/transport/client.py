@@ -12,7 +12,7 @@ from bastion.errors import BastionError
 from bastion.pki.layout import TLSFiles
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
-from bastion.protocol import Assignment, StageReply
+from bastion.protocol import Assignment, RoundOver, StageReply
 from bastion.spec.network import AddressError, parse_address
 from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
@@ -105,6 +105,8 @@ class GrpcAggregatorClient:
             return AggregatorUnavailable(
                 f"aggregator at {self._target} unreachable ({what}): {diagnosis.reason}"
             )
+        if code == grpc.StatusCode.ABORTED:
+            return RoundOver(f"the aggregator moved on ({what}): {details}")
         return AggregatorRefused(
             f"aggregator refused {what}: {details} [{code.name if code else '?'}]"
         )
