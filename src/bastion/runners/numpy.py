@@ -31,7 +31,8 @@ class NumpyModel(Protocol):
 
 
 class NumpyRunner:
-    """A ``TaskRunner`` over a ``NumpyModel``; weights are copied at the boundary."""
+    """A ``TaskRunner`` over a ``NumpyModel``; weights are copied at the boundary, except
+    the read-only views ``lend_weights`` gives to send a result from (``LendsWeights``)."""
 
     def __init__(self, model: NumpyModel) -> None:
         self.model = model
@@ -45,6 +46,15 @@ class NumpyRunner:
         self.model.set_weights(
             {name: np.array(value, copy=True) for name, value in weights.items()}
         )
+
+    def lend_weights(self) -> Weights:
+        """Read-only views of the model's arrays: what the collaborator sends after training."""
+        lent: Weights = {}
+        for name, value in self.model.get_weights().items():
+            view = np.asarray(value).view()
+            view.flags.writeable = False
+            lent[name] = view
+        return lent
 
     def train(self, data: DataShard, **args: Any) -> TaskResult:
         metrics = self.model.fit(data.x_train, data.y_train, **args)
