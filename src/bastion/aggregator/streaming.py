@@ -198,6 +198,7 @@ class StreamingIntake:
             for upload in self._in_flight:
                 upload.mode = "dead"  # what it folded is dropped with the old sums
             self._in_flight = []
+            self._model = {}  # the last round's model goes before the new accumulator comes
             self._strategy.begin_round(model, round_number)
             self._model, self._limit, self._guard = model, limit, guard
             self._generation += 1
