@@ -165,6 +165,20 @@ class KnowsUpdateSpec(Protocol):
     def update_spec(self, task: TaskSpec) -> Sequence[TensorSpec] | None: ...
 
 
+@runtime_checkable
+class FoldsResults(Protocol):
+    """A result sink that folds a training result in chunk by chunk as its frames stream,
+    never assembling the whole update (``aggregator/streaming.py``), with the same checks."""
+
+    def folds(self, task: TaskSpec) -> bool:
+        """Whether a result of ``task`` (already allowed) is folded as it streams."""
+        ...
+
+    def fold_result(
+        self, collaborator: str, header: ResultHeader, task: TaskSpec, frames: Iterable[Frame]
+    ) -> Ack: ...
+
+
 class FederationPort(ResultSink, Protocol):
     """The aggregator-side operations a transport may call, with the caller's certified name."""
 
@@ -228,7 +242,8 @@ def take_result(
     port: ResultSink, collaborator: str, header: ResultHeader, frames: Iterable[Frame]
 ) -> Ack:
     """Take one result in: refuse it before reading if it is not expected, rebuild its
-    tensors from untrusted frames within the size limit, then hand it to the federation.
+    tensors from untrusted frames within the size limit, then hand it to the federation
+    (or let a ``FoldsResults`` sink fold it in as it streams, under the same checks).
 
     Every transport calls this; a malformed stream is a rejected result (the round goes
     on), a result the caller may not send is a ``Refused`` raised before any tensor is read.
@@ -243,6 +258,8 @@ def take_result(
             raise ProtocolError("a declined task carries no tensors")
         return port.decline_task(collaborator, header.round, header.task, header.declined, metrics)
     task = port.check_result_allowed(collaborator, header.round, header.task)
+    if isinstance(port, FoldsResults) and port.folds(task):
+        return port.fold_result(collaborator, header, task, frames)
     expected = port.update_spec(task) if isinstance(port, KnowsUpdateSpec) else None
     try:
         received = assemble_frames(frames, port.max_update_bytes, expected)

@@ -109,12 +109,17 @@ def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name, array in weights.items():
         dtype = dtype_name(array.dtype)
-        header = f"{name}\0{dtype}\0{','.join(str(d) for d in array.shape)}\0".encode()
-        digest.update(len(header).to_bytes(8, "little") + header)
+        digest.update(digest_header(name, dtype, array.shape))
         flat = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype]).reshape(-1)
         for part in blocks(flat):
             digest.update(flat[part].tobytes())
     return digest.hexdigest()
+
+
+def digest_header(name: str, dtype: str, shape: Iterable[int]) -> bytes:
+    """What ``weights_digest`` hashes before a tensor's bytes (also hashed chunk by chunk)."""
+    header = f"{name}\0{dtype}\0{','.join(str(d) for d in shape)}\0".encode()
+    return len(header).to_bytes(8, "little") + header
 
 
 BLOCK_ELEMENTS = 1 << 20
@@ -216,6 +221,7 @@ class FrameAssembler:
         self._weights: Weights = {}
         self._current: tuple[str, np.dtype, tuple[int, ...], np.ndarray | None, int] | None = None
         self._unknown: str | None = None
+        self._stray = False  # whether the current tensor is read past (not in the model)
         self._filled = 0
 
     def add(self, frame: Frame) -> None:
@@ -233,8 +239,8 @@ class FrameAssembler:
         end = self._filled + len(frame.data)
         if end > expected:
             raise ProtocolError(f"tensor {name!r}: more bytes than its shape holds")
-        if buffer is not None:
-            buffer[self._filled : end] = np.frombuffer(frame.data, dtype=np.uint8)
+        if not self._stray:
+            self._write(buffer, self._filled, frame.data)
         self._filled = end
         if end == expected:
             self._finish()
@@ -280,11 +286,12 @@ class FrameAssembler:
         self._total += expected
         # Allocated once at its final size (only after the limit check above); a stray
         # tensor gets no buffer.
+        self._stray = skip
         self._current = (
             frame.name,
             dtype,
             tuple(frame.shape),
-            None if skip else np.empty(expected, np.uint8),
+            None if skip else self._allocate(frame.name, dtype, tuple(frame.shape), expected),
             expected,
         )
         self._filled = 0
@@ -294,12 +301,31 @@ class FrameAssembler:
     def _finish(self) -> None:
         assert self._current is not None
         name, dtype, shape, buffer, _ = self._current
-        if buffer is None:
-            self._current = None
-            return
+        self._current = None
+        if not self._stray:
+            self._store(name, dtype, shape, buffer)
+
+    # Where a tensor's bytes go: overridden by readers that fold chunks as they arrive
+    # (``bastion.aggregator.streaming``) instead of assembling whole tensors.
+
+    def _allocate(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], nbytes: int
+    ) -> np.ndarray | None:
+        """The buffer for a tensor whose header passed every check."""
+        return np.empty(nbytes, np.uint8)
+
+    def _write(self, buffer: np.ndarray | None, start: int, data: bytes) -> None:
+        """One chunk's bytes at byte ``start`` of the current tensor (already bounds-checked)."""
+        assert buffer is not None
+        buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    def _store(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], buffer: np.ndarray | None
+    ) -> None:
+        """A tensor whose bytes all arrived."""
+        assert buffer is not None
         array = buffer.view(dtype).reshape(shape)  # shares the buffer: no copy
         self._weights[name] = array.astype(dtype.newbyteorder("="), copy=False)
-        self._current = None
 
     def result(self) -> Weights:
         """The assembled weights; an error if a tensor is incomplete."""

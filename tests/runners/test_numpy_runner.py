@@ -65,3 +65,16 @@ def test_weights_are_copied_at_the_boundary() -> None:
     runner.set_weights(incoming)
     incoming["w"][0, 0] = 1e6
     assert model.weights["w"][0, 0] != 1e6
+
+
+def test_lent_weights_are_read_only_views_of_the_model() -> None:
+    model = ArrayModel(arrays("float32", 0))
+    runner = NumpyRunner(model)
+    lent = runner.lend_weights()
+    assert set(lent) == set(model.weights)
+    for name, view in lent.items():
+        assert np.shares_memory(view, model.weights[name])
+        assert not view.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        lent["w"][0, 0] = 1.0
+    assert model.weights["w"].flags.writeable  # the model's own arrays stay writable

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from bastion import faults
@@ -54,6 +54,7 @@ from bastion.aggregator.records import (
     CarriedWork,
     RoundProgress,
     TaskRecord,
+    check_header,
     check_metrics,
     checked_content,
     summarize_metrics,
@@ -65,11 +66,13 @@ from bastion.aggregator.round_protocol import (
     ProtocolFactory,
     RoundContext,
     RoundProtocol,
+    StreamingRound,
 )
 from bastion.aggregator.status import StatusFile
-from bastion.algorithms.base import Strategy
+from bastion.aggregator.streaming import StreamingIntake
+from bastion.algorithms.base import FoldsChunks, Strategy
 from bastion.compression.downstream import Downlink
-from bastion.errors import BastionError, UpdateRejected
+from bastion.errors import BastionError, ProtocolError, UpdateRejected
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.protocol import (
@@ -77,6 +80,7 @@ from bastion.protocol import (
     Assignment,
     CannotServe,
     NotAssigned,
+    ResultHeader,
     RoundOver,
     StageReply,
     UnknownCollaborator,
@@ -150,6 +154,12 @@ class Aggregator:
         self.spec: list[TensorSpec] = spec_of(self.model)
         self.max_update_bytes = update_limit(plan, self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
+        # Results of strategies that fold are folded chunk by chunk as they stream in.
+        self._intake = (
+            StreamingIntake(strategy, self.spec, self._bounds)
+            if isinstance(strategy, FoldsChunks)
+            else None
+        )
         self.state: RoundState = resumed.state
         self._saved_round = self.state.round_completed
         if self.state.round_completed:
@@ -466,40 +476,113 @@ class Aggregator:
                 return self.reject_result(collaborator, round_number, task_name, late)
             progress, protocol = self._round, self.round_protocol
             assert progress is not None and protocol is not None
+            digest = weights_digest(weights) if weights else ""
             carried = self._carried_for(collaborator, round_number)
-            if carried is not None:
-                assert isinstance(protocol, OverlappingRound)
-                protocol.on_carried_result(
-                    collaborator,
-                    task,
-                    example_count,
-                    weights,
-                    carried.round,
-                    self._origins[carried.round],
-                )
-                carried.pending.remove(task_name)
-                if not carried.pending:
-                    del self._carried[collaborator]
-                    self._prune_origins()
-            else:
+            if carried is None:
                 protocol.on_result(collaborator, task, example_count, weights)
-                progress.pending[collaborator].remove(task_name)
-            progress.results.setdefault(task_name, []).append(
-                TaskRecord(collaborator, example_count, dict(metrics))
+                self._accepted(collaborator, task, round_number, example_count, metrics, digest)
+                return Ack(True, "")
+            assert isinstance(protocol, OverlappingRound)
+            protocol.on_carried_result(
+                collaborator,
+                task,
+                example_count,
+                weights,
+                carried.round,
+                self._origins[carried.round],
             )
-            self._publish(
-                ResultAccepted(
-                    progress.number,
-                    collaborator,
-                    task_name,
-                    task.kind,
-                    example_count,
-                    metrics,
-                    update_digest=weights_digest(weights) if weights else "",
-                )
+            carried.pending.remove(task_name)
+            if not carried.pending:
+                del self._carried[collaborator]
+                self._prune_origins()
+            self._accepted(
+                collaborator, task, progress.number, example_count, metrics, digest, carried=True
             )
-            self._advance()
         return Ack(True, "")
+
+    def folds(self, task: TaskSpec) -> bool:
+        """Whether a result of ``task`` is folded in chunk by chunk as it streams: a plain
+        training update (not compressed) on a plain streaming round, into a strategy that folds."""
+        with self._lock:
+            return (
+                self._intake is not None
+                and task.kind == "train"
+                and self.plan.compression is None
+                and type(self.round_protocol) is StreamingRound
+            )
+
+    def fold_result(
+        self, collaborator: str, header: ResultHeader, task: TaskSpec, frames: Iterable[Frame]
+    ) -> Ack:
+        """Fold a training result in as it streams (``aggregator/streaming.py``), with the
+        checks ``submit_result`` makes, in its order; what ``StreamingRound.on_result`` would
+        accumulate is folded already."""
+        assert self._intake is not None
+        round_number, task_name = header.round, header.task
+        metrics = {str(key): float(value) for key, value in header.metrics.items()}
+        example_count = int(header.example_count)
+        try:
+            check_header(example_count, metrics, self._bounds, collaborator)
+            refusal = None
+        except UpdateRejected as exc:
+            refusal = str(exc)  # told after the frames were read, as on the whole-update path
+        try:
+            upload = self._intake.receive(
+                collaborator, float(example_count), frames, self.max_update_bytes, refusal
+            )
+        except (ProtocolError, UpdateRejected) as exc:
+            return self.reject_result(collaborator, round_number, task_name, str(exc))
+        try:
+            faults.point("engine.upload", collaborator)
+            with self._lock:
+                # The round may have closed (timeout) while the tensors were in flight.
+                self.check_result_allowed(collaborator, round_number, task_name)
+                if not self._intake.commit(upload):
+                    raise RoundOver(
+                        f"round {round_number} closed or restarted while {collaborator}'s "
+                        "update streamed in; it was not counted: run the round's task again"
+                    )
+                self._accepted(
+                    collaborator, task, round_number, example_count, metrics, upload.digest
+                )
+        except BaseException:
+            self._intake.take_back(upload)  # nothing once committed
+            raise
+        finally:
+            upload.close()
+        return Ack(True, "")
+
+    def _accepted(
+        self,
+        collaborator: str,
+        task: TaskSpec,
+        round_number: int,
+        example_count: int,
+        metrics: dict[str, float],
+        digest: str,
+        carried: bool = False,
+    ) -> None:
+        """Record an accepted result in the current round (under the lock) and move on; a
+        ``carried`` one was assigned in an earlier round and is not pending in this one."""
+        progress = self._round
+        assert progress is not None
+        progress.results.setdefault(task.name, []).append(
+            TaskRecord(collaborator, example_count, dict(metrics))
+        )
+        if not carried:
+            progress.pending[collaborator].remove(task.name)
+        self._publish(
+            ResultAccepted(
+                round_number,
+                collaborator,
+                task.name,
+                task.kind,
+                example_count,
+                metrics,
+                update_digest=digest,
+            )
+        )
+        self._advance()
 
     def reject_result(self, collaborator: str, round_number: int, task: str, reason: str) -> Ack:
         log.warning(
@@ -801,7 +884,8 @@ class Aggregator:
         faults.point("engine.assign")
         self._round = progress
         if not final:
-            self.strategy.begin_round(self.model, number)
+            begin = self.strategy.begin_round if self._intake is None else self._intake.begin_round
+            begin(self.model, number)
         self.round_protocol = self._open_protocol(
             RoundContext(self.plan, progress, self.model, self.strategy, self._clock, self._publish)
         )
@@ -872,6 +956,8 @@ class Aggregator:
         protocol.close(summary)
         self._update_best(summary, model_round=number - 1)
         accepted = 0
+        if self._intake is not None:
+            self._intake.close()  # what unfinished uploads folded is taken back first
         if not progress.final_evaluation:
             faults.point("engine.aggregate")
             accepted = self._aggregate(progress)
@@ -972,6 +1058,8 @@ class Aggregator:
     def _finish(self) -> None:
         self._round = None
         self.phase = Phase.FINISHED
+        if self._intake is not None:
+            self._intake.close()
         self.strategy.close()
         self.state.finished = True
         self._write_summary()

@@ -83,29 +83,48 @@ class InfluenceBounds:
         limit = self.norm_limit(model)
         if limit is None:
             return update
-        distance = l2_distance(update, model)
-        if distance <= limit:
+        scale = self.clip_scale(collaborator, l2_distance(update, model), limit)
+        if scale is None:
             return update
+        return {
+            name: clipped(array, model[name], scale) if array.dtype.kind == "f" else array
+            for name, array in update.items()
+        }
+
+    def clip_scale(self, collaborator: str, distance: float, limit: float) -> float | None:
+        """None if ``distance`` is within ``limit``; else the factor that clips the update
+        onto it (``norm_bound: clip``, logged), or ``UpdateRejected``. The whole-update and
+        the streaming intake both decide here."""
+        if distance <= limit:
+            return None
         if self.norm_bound == "reject" or not math.isfinite(distance):
             raise UpdateRejected(
                 f"update is {distance:.3g} from the global model; the bound is {limit:.3g} "
                 "(aggregation.max_update_norm / max_update_norm_ratio)"
             )
-        scale = limit / distance
         log.warning(
             "clipped %s's update from L2 distance %.3g to the bound %.3g",
             collaborator,
             distance,
             limit,
         )
-        return {
-            name: (model[name] + (array.astype(np.float64) - model[name]) * scale).astype(
-                array.dtype
-            )
-            if array.dtype.kind == "f"
-            else array
-            for name, array in update.items()
-        }
+        return limit / distance
+
+
+def clipped(values: np.ndarray, base: np.ndarray, scale: float) -> np.ndarray:
+    """``base + (values - base) * scale`` in float64, in ``values``' dtype (a clipped update)."""
+    return (base + (values.astype(np.float64) - base) * scale).astype(values.dtype)
+
+
+def squared_distance(values: np.ndarray, base: np.ndarray) -> float:
+    """||values - base||^2 in float64, block by block (O(block) temporary memory)."""
+    a = values.reshape(-1)
+    b = base.reshape(-1)
+    total = 0.0
+    for part in blocks(a):
+        diff = a[part].astype(np.float64) - b[part].astype(np.float64)
+        total += float(np.dot(diff, diff))
+    return total
 
 
 def l2_norm(weights: Weights) -> float:
@@ -124,13 +143,8 @@ def l2_distance(update: Weights, model: Weights) -> float:
     """||update - model|| in float64, block by block (O(block) temporary memory)."""
     total = 0.0
     for name, array in update.items():
-        if array.dtype.kind != "f":
-            continue
-        a = array.reshape(-1)
-        b = model[name].reshape(-1)
-        for part in blocks(a):
-            diff = a[part].astype(np.float64) - b[part].astype(np.float64)
-            total += float(np.dot(diff, diff))
+        if array.dtype.kind == "f":
+            total += squared_distance(array, model[name])
     return math.sqrt(total)
 
 

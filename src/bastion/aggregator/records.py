@@ -116,6 +116,28 @@ def check_metrics(metrics: Mapping[str, float]) -> None:
             raise UpdateRejected(f"metric {key!r} is not finite ({value})")
 
 
+def check_count_range(example_count: int) -> None:
+    """Raise ``UpdateRejected`` for an example count outside [0, 10^12]."""
+    if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
+        raise UpdateRejected(f"example count {example_count} out of range")
+
+
+def check_header(
+    example_count: int,
+    metrics: Mapping[str, float],
+    bounds: InfluenceBounds,
+    collaborator: str,
+) -> None:
+    """The checks ``checked_content`` makes on a training result before its tensors, in its
+    order: the streaming intake makes them when the header arrives."""
+    check_metrics(metrics)
+    bounds.check_count(collaborator, example_count)
+    bounds.check_metrics(metrics)
+    check_count_range(example_count)
+    if example_count <= 0:
+        raise UpdateRejected("a training result must report a positive example count")
+
+
 def validate_result(
     task: TaskSpec,
     example_count: int,
@@ -129,8 +151,7 @@ def validate_result(
     model's tensor specs; the aggregator and the Ray simulation's workers both call this.
     """
     check_metrics(metrics)
-    if not 0 <= example_count <= MAX_EXAMPLE_COUNT:
-        raise UpdateRejected(f"example count {example_count} out of range")
+    check_count_range(example_count)
     if task.kind == "train":
         if weights is None:
             raise UpdateRejected(f"training task {task.name!r} sent no weights")

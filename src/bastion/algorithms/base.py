@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -54,6 +54,22 @@ class Strategy(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook; most strategies hold nothing
         """Release disk spill files or other resources."""
+
+
+@runtime_checkable
+class FoldsChunks(Protocol):
+    """A strategy whose ``accumulate`` is a sum of per-element folds (FedAvg and the FedOpt
+    family), so a result can be folded chunk by chunk as it streams in and taken back."""
+
+    def begin_round(self, global_weights: Weights, round_number: int) -> None: ...
+
+    def fold(self, name: str, start: int, values: np.ndarray, weight: float) -> None:
+        """Add ``weight`` x the flat elements ``values`` of tensor ``name`` from ``start``."""
+        ...
+
+    def count_folded(self, weight: float) -> None:
+        """One result's folds are complete: it counts, with ``weight``."""
+        ...
 
 
 def cast_like(values: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) -> Weights:

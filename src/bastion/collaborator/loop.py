@@ -28,7 +28,7 @@ from bastion.data.types import DataShard
 from bastion.errors import BastionError
 from bastion.plan import TaskSpec
 from bastion.protocol import Assignment, RoundOver
-from bastion.runners.base import RoundAware, TaskResult, TaskRunner
+from bastion.runners.base import LendsWeights, RoundAware, TaskResult, TaskRunner
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")
@@ -372,7 +372,12 @@ class Collaborator:
             result = self._runner.train(self._data, **task.args)
         finally:  # what training spent is on disk before any update leaves the site
             self._privacy.record()
-        weights = self._runner.get_weights()
+        # Every update path reads the weights before ``hand_in`` returns, before the runner
+        # next trains or loads: lent views spare a model-sized copy.
+        runner = self._runner
+        weights = (
+            runner.lend_weights() if isinstance(runner, LendsWeights) else runner.get_weights()
+        )
         self._log_done(task, result, started)
         return result, weights
 

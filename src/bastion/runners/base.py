@@ -62,6 +62,14 @@ class RoundAware(Protocol):
 
 
 @runtime_checkable
+class LendsWeights(Protocol):
+    """A runner that can lend read-only views of its own tensors, so a training result is
+    sent straight from them with no model-sized copy; valid until it next trains or loads."""
+
+    def lend_weights(self) -> Weights: ...
+
+
+@runtime_checkable
 class KeepsClientState(Protocol):
     """A runner that can hand over the state one client keeps between its rounds, so a
     simulation can share one runner among many clients."""

@@ -31,7 +31,9 @@ class NumpyModel(Protocol):
 
 
 class NumpyRunner:
-    """A ``TaskRunner`` over a ``NumpyModel``; weights are copied at the boundary."""
+    """A ``TaskRunner`` over a ``NumpyModel``; weights are copied at the boundary (into the
+    model's own arrays when they fit), except the read-only views ``lend_weights`` gives to
+    send a result from (``LendsWeights``)."""
 
     def __init__(self, model: NumpyModel) -> None:
         self.model = model
@@ -42,9 +44,26 @@ class NumpyRunner:
         }
 
     def set_weights(self, weights: Weights) -> None:
+        """Copy ``weights`` in: into the model's own arrays where they have the same layout
+        (no model-sized allocation while the received model is still held), else anew."""
+        current = self.model.get_weights()
+        if _same_layout(current, weights):
+            for name, target in current.items():
+                np.copyto(target, weights[name], casting="no")
+            self.model.set_weights(current)  # for models whose get_weights returns copies
+            return
         self.model.set_weights(
             {name: np.array(value, copy=True) for name, value in weights.items()}
         )
+
+    def lend_weights(self) -> Weights:
+        """Read-only views of the model's arrays: what the collaborator sends after training."""
+        lent: Weights = {}
+        for name, value in self.model.get_weights().items():
+            view = np.asarray(value).view()
+            view.flags.writeable = False
+            lent[name] = view
+        return lent
 
     def train(self, data: DataShard, **args: Any) -> TaskResult:
         metrics = self.model.fit(data.x_train, data.y_train, **args)
@@ -53,3 +72,15 @@ class NumpyRunner:
     def validate(self, data: DataShard, **args: Any) -> TaskResult:
         metrics = self.model.evaluate(data.x_valid, data.y_valid, **args)
         return TaskResult(data.valid_count, {k: float(v) for k, v in metrics.items()})
+
+
+def _same_layout(current: Weights, incoming: Weights) -> bool:
+    """Whether ``incoming`` can be copied into ``current``'s arrays as they are."""
+    return list(current) == list(incoming) and all(
+        isinstance(target, np.ndarray)
+        and target.flags.writeable
+        and not np.shares_memory(target, incoming[name])
+        and target.shape == np.shape(incoming[name])
+        and target.dtype == np.asarray(incoming[name]).dtype
+        for name, target in current.items()
+    )
