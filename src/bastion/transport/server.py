@@ -51,6 +51,7 @@ from bastion.transport.limits import (
     Watched,
 )
 from bastion.transport.secagg_frames import first_header, read_payload, reply_parts
+from bastion.transport.wait import RoundNews, TaskWaiter
 
 log = logging.getLogger("bastion.transport")
 
@@ -133,6 +134,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         gate: AttestationPort | None = None,
         workspace_measurement: str | None = None,
         limits: StreamLimits | None = None,
+        news: RoundNews | None = None,
+        max_waiting: int = 64,
     ) -> None:
         self._port = port
         self._gate = gate
@@ -155,6 +158,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._identify = identify
         self._chunk_bytes = chunk_bytes
         self.told_done: set[str] = set()
+        # Long-poll: a waiting collaborator hears of its next task at once (transport/wait.py);
+        # a hold stays well inside the idle timeout that would cut the call.
+        self.waiter = TaskWaiter(
+            port.get_tasks,
+            news,
+            hold_seconds=min(2.0, limits.idle_timeout / 4),
+            max_waiting=max_waiting,
+        )
 
     def close(self) -> None:
         self._streams.close()
@@ -212,7 +223,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 self._check_plan(name, request.plan_hash, request.workspace_measurement)
                 with self._checked_lock:
                     self._plan_checked.add(name)
-                assignment = self._port.get_tasks(name)
+                assignment = self.waiter.get_tasks(name)
             if assignment.action == "done":
                 self.told_done.add(name)
             if assignment.receipts:
@@ -421,6 +432,7 @@ class RunningServer:
     servicer: FederationServicer
 
     def stop(self, grace: float = 2.0) -> None:
+        self.servicer.waiter.stop()
         self.server.stop(grace).wait()
         self.servicer.close()
 
@@ -440,8 +452,12 @@ def start_server(
     max_concurrent_uploads: int = 2,
     limits: StreamLimits | None = None,
     max_receive_bytes: int | None = None,
+    news: RoundNews | None = None,
 ) -> RunningServer:
     """Bind and start the server; ``credentials=None`` means plain text (``--insecure``).
+
+    ``news``: announced by the aggregator when its rounds move, so held task requests are
+    answered at once (without it they ask the port every 50 ms while held).
 
     ``max_receive_bytes`` caps one incoming message below the chunk size when the model is
     smaller (gRPC refuses a longer message from its length prefix, before Python sees it).
@@ -466,6 +482,9 @@ def start_server(
         gate,
         workspace_measurement,
         limits,
+        news,
+        # Holds never take more than half the threads: the rest serve models and results.
+        max_waiting=max(1, max_workers // 2),
     )
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
