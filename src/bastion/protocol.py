@@ -160,6 +160,16 @@ class KnowsUpdateSpec(Protocol):
     def update_spec(self, task: TaskSpec) -> Sequence[TensorSpec] | None: ...
 
 
+@runtime_checkable
+class ServesOneModel(Protocol):
+    """A port that serves every collaborator of a round the same model bytes, so a
+    transport may encode them once per round instead of once per download."""
+
+    def model_nbytes(self) -> int:
+        """The size of the model's tensors (a transport keeps small models encoded)."""
+        ...
+
+
 class FederationPort(ResultSink, Protocol):
     """The aggregator-side operations a transport may call, with the caller's certified name."""
 

@@ -261,6 +261,10 @@ class Aggregator:
             faults.point("engine.download", collaborator)
             return iter_frames(self.model, self.chunk_bytes)
 
+    def model_nbytes(self) -> int:
+        """Every collaborator of a round gets the same model (``ServesOneModel``)."""
+        return sum(spec.nbytes for spec in self.spec)
+
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
         """Refuse a result before its tensors are read if the caller may not send it."""
         self._check_roster(collaborator)

@@ -31,6 +31,7 @@ from bastion.protocol import (
     PlanMismatch,
     Refused,
     ResultHeader,
+    ServesOneModel,
     Unauthenticated,
     UnknownCollaborator,
     take_result,
@@ -39,7 +40,8 @@ from bastion.tee.attestation import AttestationError
 from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.frames import from_chunk, to_chunk
+from bastion.transport.encoded import RoundModelCache, encode_chunk, passthrough
+from bastion.transport.frames import from_chunk
 from bastion.transport.identity import Identify, peer_certificate
 from bastion.transport.limits import (
     MEASUREMENT_HEADER,
@@ -158,6 +160,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._identify = identify
         self._chunk_bytes = chunk_bytes
         self.told_done: set[str] = set()
+        # The round's model is encoded once, for every download (transport/encoded.py).
+        self._model_cache = RoundModelCache()
         # Long-poll: a waiting collaborator hears of its next task at once (transport/wait.py);
         # a hold stays well inside the idle timeout that would cut the call.
         self.waiter = TaskWaiter(
@@ -264,16 +268,18 @@ class FederationServicer(pb_grpc.FederationServicer):
             "`bastion workspace verify` on both hosts)"
         )
 
-    def GetModel(
-        self, request: pb.ModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TensorChunk]:
+    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         with self._admitted(context, "a model download") as (name, watched):
             with self._answering(context, name, "a model download"):
                 self._require_attested(name, context)
                 frames = self._port.model_frames(name, request.round)
+                if isinstance(self._port, ServesOneModel):
+                    nbytes = self._port.model_nbytes()
+                    chunks = self._model_cache.chunks(request.round, nbytes, frames)
+                else:
+                    chunks = (encode_chunk(frame) for frame in frames)
             log.info("sending the round %d model to %s", request.round, name)
-            for frame in self._streams.sent(watched, frames):
-                yield to_chunk(frame)
+            yield from self._streams.sent(watched, chunks)
 
     def _require_attested(self, name: str, context: grpc.ServicerContext) -> None:
         if self._gate is not None:
@@ -425,6 +431,39 @@ def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:
     return message.tensor
 
 
+class _Handlers:
+    """Stands in for a server to collect the generated code's method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+SERVICE = "bastion.v1.Federation"
+
+
+def add_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
+    """Register the generated handlers, with ``GetModel`` sending pre-encoded chunks as they
+    are (``encoded.passthrough``) instead of serializing a message per chunk."""
+    collected = _Handlers()
+    pb_grpc.add_FederationServicer_to_server(servicer, collected)  # type: ignore[arg-type]
+    handlers = collected.handlers
+    handlers["GetModel"] = grpc.unary_stream_rpc_method_handler(
+        servicer.GetModel,
+        request_deserializer=pb.ModelRequest.FromString,
+        response_serializer=passthrough,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -486,7 +525,7 @@ def start_server(
         # Holds never take more than half the threads: the rest serve models and results.
         max_waiting=max(1, max_workers // 2),
     )
-    pb_grpc.add_FederationServicer_to_server(servicer, server)
+    add_servicer(servicer, server)
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
         bound = (
