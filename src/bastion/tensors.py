@@ -164,7 +164,7 @@ def iter_frames(
             continue
         for offset in range(0, buffer.size, chunk_bytes):
             part = buffer[offset : offset + chunk_bytes]
-            data = memoryview(part).toreadonly() if lend else part.tobytes()
+            data = part.data.toreadonly() if lend else part.tobytes()
             yield Frame(name, dtype, shape, offset, data)  # type: ignore[arg-type]
 
 

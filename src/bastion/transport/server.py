@@ -453,7 +453,7 @@ def add_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
     """Register the generated handlers, with ``GetModel`` sending pre-encoded chunks as they
     are (``encoded.passthrough``) instead of serializing a message per chunk."""
     collected = _Handlers()
-    pb_grpc.add_FederationServicer_to_server(servicer, collected)  # type: ignore[arg-type]
+    pb_grpc.add_FederationServicer_to_server(servicer, collected)
     handlers = collected.handlers
     handlers["GetModel"] = grpc.unary_stream_rpc_method_handler(
         servicer.GetModel,
