@@ -20,6 +20,7 @@ setup; plain text only flatters Flower). Results: ``benchmarks/results/peers.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -95,6 +96,22 @@ def wait_for_port(port: int, timeout: float, what: str, process: subprocess.Pope
                 return
         time.sleep(0.2)
     raise Skipped(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+def stray_processes(marker: str) -> list[int]:
+    """Processes this run started that left its process groups (Flower detaches its
+    SuperExec and ServerApp), found by the run's unique address on their command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in command and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -211,6 +228,9 @@ def run_flower(args: argparse.Namespace) -> dict[str, object]:
         return {"round_seconds": result["round_seconds"], "wall_seconds": wall}
     finally:
         stop_all(processes)
+        for pid in stray_processes(f"127.0.0.1:{link}") if "link" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -408,7 +428,8 @@ def main() -> None:
             try:
                 row.update(CONTENDERS[name](args))
             except (Skipped, subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
-                skipped[name] = str(exc)
+                if not (CACHE / name / ".installed").exists() or name == "openfl":
+                    skipped[name] = str(exc)  # cannot be installed (or driven): skip it from now on
                 row["skipped"] = str(exc)
                 print(f"{name}: skipped: {exc}", flush=True)
                 runs.append(row)
