@@ -94,6 +94,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/scale.py memory --size-mb 1024 --collaborators 2 --out scale_memory_1gb.json
 	$(PY) benchmarks/scale.py memory --size-mb 3072 --layout one many --collaborators 2 --out scale_memory_3gib.json
 	$(PY) benchmarks/scale_report.py
+	# Side by side with Flower's deployment engine and OpenFL's TaskRunner, each installed into
+	# its own virtualenv under benchmarks/.cache/peers (skipped, with the reason, if it cannot be).
+	$(PY) benchmarks/peers.py --repeats 3
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -9,7 +9,7 @@ whichever way its bytes arrived. Each transport maps the refusals to its own ter
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -177,6 +177,18 @@ class FoldsResults(Protocol):
     def fold_result(
         self, collaborator: str, header: ResultHeader, task: TaskSpec, frames: Iterable[Frame]
     ) -> Ack: ...
+
+
+@runtime_checkable
+class ServesOneModel(Protocol):
+    """A port whose downloads of a round share their bytes, so a transport may encode them
+    once per round instead of once per download."""
+
+    def shared_model(self, collaborator: str, round_number: int) -> tuple[Hashable, int] | None:
+        """A key naming the bytes this download gets (equal keys, equal bytes) and their size;
+        None where this collaborator's model is its own (a carried task's older model, a coded
+        downlink): the transport then encodes it for this download alone."""
+        ...
 
 
 class FederationPort(ResultSink, Protocol):

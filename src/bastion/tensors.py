@@ -151,9 +151,13 @@ class Frame:
 
 
 def iter_frames(
-    weights: Mapping[str, np.ndarray], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    weights: Mapping[str, np.ndarray], chunk_bytes: int = DEFAULT_CHUNK_BYTES, lend: bool = False
 ) -> Iterator[Frame]:
-    """Cut ``weights`` into frames of at most ``chunk_bytes`` payload each, in order."""
+    """Cut ``weights`` into frames of at most ``chunk_bytes`` payload each, in order.
+
+    ``lend``: each frame's data is a read-only view of the array's buffer instead of a copy
+    (for a sender that encodes it at once, while the arrays stay unchanged).
+    """
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
     for name, array in weights.items():
@@ -164,7 +168,9 @@ def iter_frames(
             yield Frame(name, dtype, shape, 0, b"")
             continue
         for offset in range(0, buffer.size, chunk_bytes):
-            yield Frame(name, dtype, shape, offset, buffer[offset : offset + chunk_bytes].tobytes())
+            part = buffer[offset : offset + chunk_bytes]
+            data = part.data.toreadonly() if lend else part.tobytes()
+            yield Frame(name, dtype, shape, offset, data)  # type: ignore[arg-type]
 
 
 MAX_DIMENSIONS = 16

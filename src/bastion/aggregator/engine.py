@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from bastion import faults
@@ -311,6 +311,14 @@ class Aggregator:
             kinds = [t.kind for t in progress.assignments[collaborator]]
             payload = self._downlink.payload(self.model, round_number, kinds)
             return iter_frames(payload, self.chunk_bytes)
+
+    def shared_model(self, collaborator: str, round_number: int) -> tuple[Hashable, int] | None:
+        """The round's model is one for all its collaborators (``ServesOneModel``), except a
+        carried task's older model and a coded downlink, which stay per download."""
+        with self._lock:
+            if self._downlink.codec is not None or self._carried_for(collaborator, round_number):
+                return None
+            return round_number, sum(spec.nbytes for spec in self.spec)
 
     def check_result_allowed(self, collaborator: str, round_number: int, task: str) -> TaskSpec:
         """Refuse a result before its tensors are read if the caller may not send it."""

@@ -16,6 +16,7 @@ from bastion.aggregator.events import RoundObserver
 from bastion.aggregator.memory import HeapTrim, pin_mmap_threshold
 from bastion.aggregator.plugins import standard_protocol
 from bastion.aggregator.round_protocol import ProtocolFactory
+from bastion.aggregator.task_news import AnnounceRounds
 from bastion.aggregator.tracking import tracking_observers
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.algorithms.secure_sum import secure_sum_strategy
@@ -41,6 +42,7 @@ from bastion.transport.identity import (
 )
 from bastion.transport.limits import StreamLimits
 from bastion.transport.server import start_server
+from bastion.transport.wait import RoundNews
 from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
 
 log = logging.getLogger("bastion.aggregator")
@@ -154,6 +156,9 @@ def run_aggregator(
             audit = audit_observer(plan, workspace, tls, verified.measurement)
             crl.subscribe(audit.revocation_list)
             observers = [*observers, audit]
+        # Held task requests are answered as soon as a round opens (long-poll GetTasks).
+        news = RoundNews()
+        observers = [*observers, AnnounceRounds(news)]
         aggregator = build_aggregator(
             plan,
             workspace,
@@ -196,6 +201,7 @@ def run_aggregator(
             # Room for every site's full share of calls: one peer holds streams_per_peer.
             max_workers=max(32, plan.network.streams_per_peer * len(plan.collaborator_names()) + 8),
             max_receive_bytes=None if plan.uses_secure_aggregation else aggregator.max_update_bytes,
+            news=news,
         )
         log.info(
             "aggregator for plan %r listening on %s:%d (%s)",

@@ -18,13 +18,17 @@ from bastion.tensors import Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable
-from bastion.transport.frames import assemble, to_chunk
+from bastion.transport.encoded import encode_result_chunk, passthrough
+from bastion.transport.frames import assemble
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
 from bastion.transport.limits import MEASUREMENT_HEADER, PLAN_HEADER, RECEIPT_HEADER
 from bastion.transport.secagg_frames import read_reply, send_parts
 from bastion.transport.server import channel_options
 
 _ACTIONS = {pb.TasksReply.RUN: "run", pb.TasksReply.WAIT: "wait", pb.TasksReply.DONE: "done"}
+#: ``SendResult`` called with a serializer that takes pre-encoded chunks as they are.
+SEND_RESULT = "/bastion.v1.Federation/SendResult"
+ResultAck = pb.ResultAck.FromString
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -236,17 +240,21 @@ class GrpcAggregatorClient:
         metrics: dict[str, float],
         weights: Weights | None,
     ) -> tuple[bool, str]:
-        def messages() -> Iterator[pb.ResultChunk]:
+        def messages() -> Iterator[pb.ResultChunk | bytes]:
             header = pb.ResultHeader(
                 round=round_number, task=task, example_count=example_count, metrics=metrics
             )
             yield pb.ResultChunk(header=header)
             if weights:
-                for frame in iter_frames(weights, self._chunk_bytes):
-                    yield pb.ResultChunk(tensor=to_chunk(frame))
+                # Encoded from views of the arrays: one copy of each byte (transport/encoded.py).
+                for frame in iter_frames(weights, self._chunk_bytes, lend=True):
+                    yield encode_result_chunk(frame)
 
         try:
-            ack = self._stub.SendResult(messages(), metadata=self._metadata, timeout=self._timeout)
+            send = self._channel.stream_unary(
+                SEND_RESULT, request_serializer=passthrough, response_deserializer=ResultAck
+            )
+            ack = send(messages(), metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as exc:
             raise self._translate(exc, f"the {task!r} result of round {round_number}") from None
         return ack.accepted, ack.reason

@@ -32,6 +32,7 @@ from bastion.protocol import (
     Refused,
     ResultHeader,
     RoundOver,
+    ServesOneModel,
     Unauthenticated,
     UnknownCollaborator,
     take_result,
@@ -40,7 +41,8 @@ from bastion.tee.attestation import AttestationError
 from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.frames import from_chunk, to_chunk
+from bastion.transport.encoded import RoundModelCache, encode_chunk, passthrough
+from bastion.transport.frames import from_chunk
 from bastion.transport.identity import Identify, peer_certificate
 from bastion.transport.limits import (
     MEASUREMENT_HEADER,
@@ -52,6 +54,7 @@ from bastion.transport.limits import (
     Watched,
 )
 from bastion.transport.secagg_frames import first_header, read_payload, reply_parts
+from bastion.transport.wait import RoundNews, TaskWaiter
 
 log = logging.getLogger("bastion.transport")
 
@@ -142,6 +145,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         gate: AttestationPort | None = None,
         workspace_measurement: str | None = None,
         limits: StreamLimits | None = None,
+        news: RoundNews | None = None,
+        max_waiting: int = 64,
     ) -> None:
         self._port = port
         self._gate = gate
@@ -164,6 +169,16 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._identify = identify
         self._chunk_bytes = chunk_bytes
         self.told_done: set[str] = set()
+        # The round's model is encoded once, for every download (transport/encoded.py).
+        self._model_cache = RoundModelCache()
+        # Long-poll: a waiting collaborator hears of its next task at once (transport/wait.py);
+        # a hold stays well inside the idle timeout that would cut the call.
+        self.waiter = TaskWaiter(
+            port.get_tasks,
+            news,
+            hold_seconds=min(2.0, limits.idle_timeout / 4),
+            max_waiting=max_waiting,
+        )
 
     def close(self) -> None:
         self._streams.close()
@@ -221,7 +236,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 self._check_plan(name, request.plan_hash, request.workspace_measurement)
                 with self._checked_lock:
                     self._plan_checked.add(name)
-                assignment = self._port.get_tasks(name)
+                assignment = self.waiter.get_tasks(name)
             if assignment.action == "done":
                 self.told_done.add(name)
             if assignment.receipts:
@@ -262,16 +277,22 @@ class FederationServicer(pb_grpc.FederationServicer):
             "`bastion workspace verify` on both hosts)"
         )
 
-    def GetModel(
-        self, request: pb.ModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TensorChunk]:
+    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         with self._admitted(context, "a model download") as (name, watched):
             with self._answering(context, name, "a model download"):
                 self._require_attested(name, context)
                 frames = self._port.model_frames(name, request.round)
+                shared = (
+                    self._port.shared_model(name, request.round)
+                    if isinstance(self._port, ServesOneModel)
+                    else None
+                )
+                if shared is not None:
+                    chunks = self._model_cache.chunks(shared[0], shared[1], frames)
+                else:
+                    chunks = (encode_chunk(frame) for frame in frames)
             log.info("sending the round %d model to %s", request.round, name)
-            for frame in self._streams.sent(watched, frames):
-                yield to_chunk(frame)
+            yield from self._streams.sent(watched, chunks)
 
     def _require_attested(self, name: str, context: grpc.ServicerContext) -> None:
         if self._gate is not None:
@@ -423,6 +444,39 @@ def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:
     return message.tensor
 
 
+class _Handlers:
+    """Stands in for a server to collect the generated code's method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+SERVICE = "bastion.v1.Federation"
+
+
+def add_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
+    """Register the generated handlers, with ``GetModel`` sending pre-encoded chunks as they
+    are (``encoded.passthrough``) instead of serializing a message per chunk."""
+    collected = _Handlers()
+    pb_grpc.add_FederationServicer_to_server(servicer, collected)
+    handlers = collected.handlers
+    handlers["GetModel"] = grpc.unary_stream_rpc_method_handler(
+        servicer.GetModel,
+        request_deserializer=pb.ModelRequest.FromString,
+        response_serializer=passthrough,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -430,6 +484,7 @@ class RunningServer:
     servicer: FederationServicer
 
     def stop(self, grace: float = 2.0) -> None:
+        self.servicer.waiter.stop()
         self.server.stop(grace).wait()
         self.servicer.close()
 
@@ -449,8 +504,12 @@ def start_server(
     max_concurrent_uploads: int = 2,
     limits: StreamLimits | None = None,
     max_receive_bytes: int | None = None,
+    news: RoundNews | None = None,
 ) -> RunningServer:
     """Bind and start the server; ``credentials=None`` means plain text (``--insecure``).
+
+    ``news``: announced by the aggregator when its rounds move, so held task requests are
+    answered at once (without it they ask the port every 50 ms while held).
 
     ``max_receive_bytes`` caps one incoming message below the chunk size when the model is
     smaller (gRPC refuses a longer message from its length prefix, before Python sees it).
@@ -475,8 +534,11 @@ def start_server(
         gate,
         workspace_measurement,
         limits,
+        news,
+        # Holds never take more than half the threads: the rest serve models and results.
+        max_waiting=max(1, max_workers // 2),
     )
-    pb_grpc.add_FederationServicer_to_server(servicer, server)
+    add_servicer(servicer, server)
     address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
         bound = (

@@ -1,0 +1,1 @@
+"""The round-overhead workload as a Flower app."""
