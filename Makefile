@@ -51,7 +51,9 @@ test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 --ignore=tests/faults
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 --ignore=tests/faults -m 'not serial'
+	# Tests that compare timings of their own runs, alone: a neighbour would skew one side.
+	$(PY) -m pytest -q --ignore=tests/faults -m serial
 	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
 	# each other, so four at a time even on two cores). Every point: `make faults`.
 	$(PY) -m pytest -q --durations=10 -n 4 tests/faults

@@ -167,6 +167,7 @@ def _code(call: grpc.Future) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+@pytest.mark.serial
 def test_one_identity_cannot_freeze_the_rounds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
