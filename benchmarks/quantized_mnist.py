@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     results: dict[str, Any] = {
-        "settings": {k: str(v) for k, v in vars(args).items() if k != "only"},
+        "settings": {k: str(v) for k, v in vars(args).items() if k not in ("only", "output")},
         "runs": {},
     }
     for name, compression in SETTINGS.items():
