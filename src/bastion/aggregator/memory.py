@@ -24,7 +24,7 @@ import logging
 import sys
 from typing import Any
 
-from bastion.aggregator.events import Checkpointed, RoundEvent, RoundObserver
+from bastion.aggregator.events import Checkpointed, ResultAccepted, RoundEvent, RoundObserver
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -58,11 +58,19 @@ def pin_mmap_threshold() -> bool:
 
 
 class HeapTrim(RoundObserver):
-    """After each checkpoint, return the free pages of every glibc arena to the system."""
+    """Return the free pages of every glibc arena to the system after each accepted result
+    and each checkpoint.
+
+    Once a round was not enough: the model downloads and uploads between two checkpoints
+    leave their freed buffers held in the arenas, and what is held grows over the rounds
+    (at round 125 of a 10 MB soak, malloc_trim took the aggregator from 313 to 123 MiB).
+    Trimming after each result also frees the downloads' leftovers, which end before the
+    first result arrives. A trim takes milliseconds; a round has ten results or so.
+    """
 
     def __init__(self) -> None:
         self._libc = _glibc()
 
     def notify(self, event: RoundEvent) -> None:
-        if isinstance(event, Checkpointed) and self._libc is not None:
+        if isinstance(event, Checkpointed | ResultAccepted) and self._libc is not None:
             self._libc.malloc_trim(0)
