@@ -9,11 +9,12 @@ Measured with 8 collaborators and a 25M-parameter model: peak 1113 MB → 775 MB
 What stays below the threshold (gRPC's slices, protobuf and frame buffers of many threads)
 still fills those arenas with free-but-held pages: malloc_trim on the live soak aggregator
 at round 25 gave back 94 of its 350 MiB while Python's traced memory stayed flat.
-``HeapTrim`` hands those pages back once a round; in the 200-round soak it lowered the RSS
-medians by about 130 MiB. It does not stop the slower creep (about 0.4 MiB a round) that the
-soak still shows: that is open. Shorter soaks (benchmarks/results/soak_bisect) show it
-without any fault, growing with the model's size, and unchanged with channelz off or
-MALLOC_ARENA_MAX=2.
+``HeapTrim`` hands those pages back. Once a round (after the checkpoint) lowered the
+soak's RSS medians by about 130 MiB but left a creep of about 0.4 MiB a round: what the
+round's transfers freed between two trims stayed held, more of it as the rounds went on
+(benchmarks/results/soak_bisect: no fault needed, unchanged with channelz off or
+MALLOC_ARENA_MAX=2, gone to round 20's level under a manual malloc_trim). It now also trims
+after every accepted result.
 """
 
 from __future__ import annotations
