@@ -8,6 +8,12 @@ and samples the aggregator's RSS and open file descriptors after every round. Wr
 benchmarks/results/soak.json and soak.png.
 
     .venv/bin/python benchmarks/soak.py --rounds 200 --collaborators 10 --model-mb 10
+
+Each sample also holds the lowest RSS seen during the round (``rss_floor``: what stays
+resident when no buffer is in flight), the thread count and the anonymous and [heap]
+bytes; the result has the least-squares RSS slope over rounds 20.. for both. To bisect a
+creep: ``--no-faults`` (does it need the faults?), ``--env KEY=VALUE`` (e.g.
+MALLOC_ARENA_MAX=2 in every process), ``--name`` to keep runs apart.
 """
 
 from __future__ import annotations
@@ -60,7 +66,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=3 * 3600)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="soak", help="Stem of the .json and .png written.")
+    parser.add_argument(
+        "--no-faults", action="store_true", help="Inject nothing: is a creep the faults' doing?"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Set in the environment of every process started (diagnostics, e.g. MALLOC_ARENA_MAX=2).",
+    )
     args = parser.parse_args()
+    for setting in args.env:
+        key, _, value = setting.partition("=")
+        os.environ[key] = value
     rng = random.Random(args.seed)
     extra = int(args.model_mb * 1024 * 1024 / 4)
     samples: list[dict[str, float]] = []
@@ -78,11 +98,17 @@ def main() -> None:
             run.start_behind_proxies()
             pid = run.federation.aggregator_process.pid  # type: ignore[union-attr]
             seen, next_fault = 0, rng.randint(3, 5)
+            floor: int | None = None  # the lowest RSS seen since the last sample
             while run.federation.aggregator_process.poll() is None:  # type: ignore[union-attr]
                 if time.monotonic() - started > args.time_limit:
                     print(f"soak: stopped at the time limit ({args.time_limit:.0f}s)", flush=True)
                     break
                 done = run.rounds_done()
+                try:
+                    current, _ = rss_and_fds(pid)
+                    floor = current if floor is None else min(floor, current)
+                except FileNotFoundError:
+                    pass
                 if done > seen:
                     seen = done
                     try:
@@ -90,14 +116,28 @@ def main() -> None:
                     except FileNotFoundError:
                         break
                     samples.append(
-                        {"round": done, "rss": rss, "fds": fds, "t": time.monotonic() - started}
+                        {
+                            "round": done,
+                            "rss": rss,
+                            "rss_floor": min(rss, floor if floor is not None else rss),
+                            "fds": fds,
+                            "t": time.monotonic() - started,
+                            **native_memory(pid),
+                        }
                     )
+                    floor = None
                     for proxy in run.proxies.values():
                         proxy.latency = 0.0
-                    if done >= next_fault and done < args.rounds:
+                    if not args.no_faults and done >= next_fault and done < args.rounds:
                         faults.append(inject(run, rng, done + 1))
                         next_fault = done + rng.randint(3, 5)
-                    print(f"round {done}: rss {rss / 2**20:.1f} MiB, fds {fds}", flush=True)
+                    print(
+                        f"round {done}: rss {rss / 2**20:.1f} MiB, fds {fds}, "
+                        f"threads {samples[-1].get('threads')}, "
+                        f"anon {samples[-1].get('anonymous', 0) / 2**20:.1f} MiB, "
+                        f"heap {samples[-1].get('heap', 0) / 2**20:.1f} MiB",
+                        flush=True,
+                    )
                 time.sleep(0.05)
             timed_out = run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
             codes = {} if timed_out else run.finish(timeout=300)
@@ -128,13 +168,57 @@ def main() -> None:
         "rss_last_training_round": late["rss"],
         "rss_growth_20_to_last": round(late["rss"] / early["rss"] - 1, 4),
         **window_medians(training),
+        "rss_slope_mib_per_round_20_to_last": rss_slope(training),
+        "rss_floor_slope_mib_per_round_20_to_last": rss_slope(training, key="rss_floor"),
+        "no_faults": args.no_faults,
+        "env": args.env,
         "fds_rounds_20_to_last": {"min": min(fds, default=0), "max": max(fds, default=0)},
         "samples": samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
-    _plot(samples, faults, args.out / "soak.png")
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    _plot(samples, faults, args.out / f"{args.name}.png")
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+
+
+def native_memory(pid: int) -> dict[str, int]:
+    """Threads, anonymous and heap-segment bytes of ``pid``: separates thread stacks and
+    arenas (anonymous mappings) from the main heap when RSS creeps."""
+    sample: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                sample["threads"] = int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                sample["anonymous"] = int(line.split()[1]) * 1024
+        heap, in_heap = 0, False
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            if "-" in line.split(" ", 1)[0]:
+                in_heap = line.rstrip().endswith("[heap]")
+            elif in_heap and line.startswith("Rss:"):
+                heap += int(line.split()[1]) * 1024
+        sample["heap"] = heap
+    except OSError:
+        pass
+    return sample
+
+
+def rss_slope(
+    samples: list[dict[str, float]], first_round: int = 20, key: str = "rss"
+) -> float | None:
+    """Least-squares slope of ``key`` (RSS, or its floor during the round) over rounds
+    ``first_round``.. in MiB per round: single samples swing by tens of MiB as 10 MB
+    buffers come and go, a leak shows as a steady slope."""
+    points = [
+        (s["round"], s[key] / 2**20) for s in samples if s["round"] >= first_round and key in s
+    ]
+    if len(points) < 3:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return round(sum((x - mean_x) * (y - mean_y) for x, y in points) / spread, 4)
 
 
 def window_medians(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -162,6 +246,9 @@ def _plot(samples: list[dict[str, float]], faults: list[dict[str, object]], path
     rounds = [s["round"] for s in samples]
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
     top.plot(rounds, [s["rss"] / 2**20 for s in samples], label="aggregator RSS")
+    if all("rss_floor" in s for s in samples):
+        top.plot(rounds, [s["rss_floor"] / 2**20 for s in samples], label="lowest in the round")
+    top.legend(loc="upper left")
     top.set_ylabel("RSS (MiB)")
     bottom.plot(rounds, [s["fds"] for s in samples], color="tab:orange", label="open fds")
     bottom.set_ylabel("open file descriptors")
