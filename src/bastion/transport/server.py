@@ -174,7 +174,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         # Long-poll: a waiting collaborator hears of its next task at once (transport/wait.py);
         # a hold stays well inside the idle timeout that would cut the call.
         self.waiter = TaskWaiter(
-            port.get_tasks,
+            lambda collaborator: port.get_tasks(collaborator),  # the port is read per call
             news,
             hold_seconds=min(2.0, limits.idle_timeout / 4),
             max_waiting=max_waiting,
