@@ -144,6 +144,7 @@ def test_the_page_follows_a_running_federation(
             {"name": "validate_global", "kind": "validate", "model": "global"},
             {"name": "train", "kind": "train", "args": {"epochs": 3, "batch_size": 8, "lr": 0.2}},
         ]},
+        train_delay=0.3,  # rounds of a tenth of a second would pass between two page updates
     )  # fmt: skip
     job = alice.submit(workspace, sites=SITES)
 

@@ -21,7 +21,13 @@ class DashboardFederation(LocalFederation):
     def _command(self, *args: str) -> list[str]:
         command = super()._command(*args)
         if args[:2] == ("aggregator", "start"):
-            command += ["--dashboard", f"127.0.0.1:{self.dashboard_port}"]
+            # the page outlives the last round for a few seconds: time to read "finished"
+            command += [
+                "--dashboard",
+                f"127.0.0.1:{self.dashboard_port}",
+                "--dashboard-linger",
+                "8",
+            ]
         return command
 
 

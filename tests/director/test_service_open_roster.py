@@ -25,33 +25,6 @@ def service(tmp_path: Path) -> Iterator[Service]:
         svc.stop_all()
 
 
-#: The tabular template's runner with each training task 0.4 s longer: with tasks delivered
-#: at once (long-poll), 25 rounds of the tiny model would end before a fourth site agent
-#: has started and registered.
-SLOW_TASK = """
-import importlib.util
-import time
-from pathlib import Path
-from typing import Any
-
-_spec = importlib.util.spec_from_file_location("tabular_task", Path(__file__).with_name("task.py"))
-_task = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_task)
-
-
-def build_runner(**args: Any):
-    runner = _task.build_runner(**args)
-    train = runner.train
-
-    def slow_train(data, **task_args):
-        time.sleep(0.4)
-        return train(data, **task_args)
-
-    runner.train = slow_train
-    return runner
-"""
-
-
 def test_a_site_registering_during_an_open_roster_job_joins_at_the_next_round(
     service: Service,
 ) -> None:
@@ -62,11 +35,9 @@ def test_a_site_registering_during_an_open_roster_job_joins_at_the_next_round(
         "alice",
         SITES,
         rounds=25,
-        plan_changes={
-            "participation": {"open_roster": True},
-            "task_runner": {"path": "slow_task:build_runner"},
-        },
-        files={"slow_task.py": SLOW_TASK},
+        plan_changes={"participation": {"open_roster": True}},
+        # with tasks delivered at once, 25 rounds would end before a fourth site agent started
+        train_delay=0.4,
     )
     job = alice.submit(workspace, dataset="records", min_sites=3)
     wait_for(lambda: job.status()["rounds_done"] >= 2, "two rounds with three sites")

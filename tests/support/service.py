@@ -32,6 +32,31 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+#: The tabular template's runner with each training task ``seconds`` longer.
+SLOW_TASK = """
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+_spec = importlib.util.spec_from_file_location("tabular_task", Path(__file__).with_name("task.py"))
+_task = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_task)
+
+
+def build_runner(**args: Any):
+    runner = _task.build_runner(**args)
+    train = runner.train
+
+    def slow_train(data, **task_args):
+        time.sleep({seconds})
+        return train(data, **task_args)
+
+    runner.train = slow_train
+    return runner
+"""
+
+
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -187,13 +212,23 @@ class Service:
         rounds: int,
         plan_changes: dict[str, Any] | None = None,
         files: dict[str, str] | None = None,
+        train_delay: float = 0.0,
     ) -> Path:
         """A signed workspace of ``owner`` (the tabular template: each site's own CSV), with
-        ``files`` (name -> text) added, e.g. task code for another model."""
+        ``files`` (name -> text) added, e.g. task code for another model. ``train_delay``
+        lengthens each training task, for tests that must watch a job mid-way: the tiny
+        model's rounds otherwise end in a tenth of a second."""
         workspace = create_workspace(
             self.root / owner / name, "numpy_logreg_tabular", collaborators=roster, rounds=rounds
         )
-        for file_name, text in (files or {}).items():
+        files = dict(files or {})
+        if train_delay:
+            files["slow_task.py"] = SLOW_TASK.format(seconds=train_delay)
+            plan_changes = {
+                **(plan_changes or {}),
+                "task_runner": {"path": "slow_task:build_runner"},
+            }
+        for file_name, text in files.items():
             (workspace / file_name).write_text(text)
         changes: dict[str, Any] = {
             "name": name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import typer
@@ -35,6 +37,12 @@ def start(
     allow_unsigned_workspace: bool = AllowUnsignedWorkspaceOption,
     dashboard: str | None = DashboardOption,
     dashboard_tokens: Path | None = DashboardTokensOption,
+    dashboard_linger: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Keep serving the dashboard this many seconds after the federation ends, so its "
+        "final state can be read (Ctrl-C ends the wait).",
+    ),
     verbose: bool = VerboseOption,
 ) -> None:
     """Serve the plan's rounds over mutual TLS; resumes from the last checkpoint if there is one."""
@@ -60,6 +68,20 @@ def start(
             pki_dir=pki_dir,
             observers=observers,
         )
+        if server is not None:
+            _linger(server.url, dashboard_linger)
     finally:
         if server is not None:
             server.stop()
+
+
+def _linger(url: str, seconds: float) -> None:
+    """Serve the finished federation's page a while longer; a standalone dashboard otherwise
+    vanishes the moment its last round ends."""
+    if seconds <= 0:
+        return
+    from bastion.cli.console import console
+
+    console.print(f"dashboard stays at {url} for {seconds:g} s (Ctrl-C to leave now)")
+    with contextlib.suppress(KeyboardInterrupt):
+        time.sleep(seconds)
