@@ -207,14 +207,28 @@ def test_central_dp_accounts_and_stops_as_in_process(ray_cluster: str, tmp_path:
     }
     in_process, on_ray = _both_backends(tmp_path, collaborators=6, rounds=8, plan_changes=changes)
 
-    def privacy(workspace: Path) -> list[tuple[int, Any]]:
-        summaries = round_summaries(read_metrics(workspace / "logs" / "metrics.jsonl"))
-        return [(s["round"], s.get("privacy")) for s in summaries if not s["final_evaluation"]]
+    def accounting(workspace: Path) -> tuple[dict[int, Any], set[int], dict[str, Any]]:
+        """Each trained round's privacy report, the rounds skipped (a Poisson sample can be
+        empty: one in 64 with six sites at 0.5) and the final evaluation's report."""
+        records = read_metrics(workspace / "logs" / "metrics.jsonl")
+        summaries = round_summaries(records)
+        trained = {s["round"]: s["privacy"] for s in summaries if not s["final_evaluation"]}
+        skipped = {r["round"] for r in records if r["event"] == "round_skipped"}
+        (final,) = [s["privacy"] for s in summaries if s["final_evaluation"]]
+        return trained, skipped, final
 
-    trained = privacy(on_ray)
-    assert trained == privacy(in_process)
-    assert 0 < len(trained) < 8  # the budget ended training early, at the same round
-    assert all(p is not None for _, p in trained)
+    reports = {}
+    for backend, workspace in (("in-process", in_process), ("ray", on_ray)):
+        trained, skipped, final = accounting(workspace)
+        assert 0 < final["rounds"] < 8 and final["stopped"], final  # the budget ended training
+        # an empty round spends budget too, so every round up to the stop is accounted for
+        assert set(trained) | skipped == set(range(1, final["rounds"] + 1)), (trained, skipped)
+        assert all(report["rounds"] == r for r, report in trained.items())
+        reports[backend] = trained, final
+    (in_process_rounds, in_process_final), (ray_rounds, ray_final) = reports.values()
+    assert ray_final == in_process_final  # the same epsilon, the same stop, after as many rounds
+    for r in set(ray_rounds) & set(in_process_rounds):
+        assert ray_rounds[r] == in_process_rounds[r]
 
 
 def _shared_shards(count: int, shards: int) -> list[dict[str, Any]]:

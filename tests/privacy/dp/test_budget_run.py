@@ -24,7 +24,8 @@ from bastion.privacy.dp import PrivacyAccountant
 from bastion.sim.inprocess import simulate_in_process
 from bastion.storage.checkpoints import load_checkpoint
 
-Z, Q, DELTA, COLLABORATORS, PLANNED = 1.0, 0.5, 1e-3, 10, 8
+# Sixteen sites: a Poisson sample of nobody (which skips a round) has odds 1 in 65,536 a round.
+Z, Q, DELTA, COLLABORATORS, PLANNED = 1.0, 0.5, 1e-3, 16, 8
 
 
 def _direct_epsilon(rounds: int) -> float:
