@@ -200,3 +200,35 @@ def test_a_site_that_declines_training_is_left_out_of_the_secure_sum(tmp_path: P
     assert declined["collaborator"] == decliner and declined["reason"] == reason
     [event] = harness.events("secure_aggregation")
     assert event["outcome"] == "ok" and event["contributors"] == sorted(others)
+
+
+def test_a_restarted_aggregator_never_offers_an_attempt_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Collaborators join only increasing attempts of a round: a restart within the same
+    second (seen under load) or after the clock stepped back must still move forward."""
+    from types import SimpleNamespace
+
+    from bastion.aggregator import secure_protocol
+    from bastion.aggregator.secure_protocol import SecureAggregationRounds
+
+    now = [1_800_000_000.25]
+    monkeypatch.setattr(secure_protocol, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(
+        secure_protocol, "SecureAggregationRound", lambda context, attempt, *rest: attempt
+    )
+    round_two = SimpleNamespace(progress=SimpleNamespace(final_evaluation=False, number=2))
+    attempts = tmp_path / "save" / secure_protocol.SECURE_ATTEMPTS_FILE
+
+    first = SecureAggregationRounds(attempts_file=attempts)
+    offered = [first(round_two), first(round_two)]  # the round's session failed once
+    assert offered == [1_800_000_000, 1_800_000_001]
+    restarted = SecureAggregationRounds(attempts_file=attempts)  # killed, back the same second
+    offered.append(restarted(round_two))
+    now[0] -= 3600  # the clock stepped back an hour
+    offered.append(SecureAggregationRounds(attempts_file=attempts)(round_two))
+    assert offered == sorted(set(offered)) and offered[-1] == 1_800_000_003
+
+    attempts.write_text("{not json")
+    assert SecureAggregationRounds(attempts_file=attempts)(round_two) == int(now[0])
+    assert "ignoring" in caplog.text and secure_protocol.SECURE_ATTEMPTS_FILE in caplog.text

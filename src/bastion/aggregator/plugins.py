@@ -7,6 +7,7 @@ handed what it returns and never asks again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from bastion.aggregator.buffered_protocol import BufferedRounds
 from bastion.aggregator.events import RoundObserver
@@ -14,7 +15,7 @@ from bastion.aggregator.local_privacy import LocalPrivacyTracker
 from bastion.aggregator.observers import AttestationStatus, MetricsRecorder, SiteFailures
 from bastion.aggregator.privacy_observers import CentralPrivacyObserver, LocalPrivacyObserver
 from bastion.aggregator.round_protocol import ProtocolFactory, StreamingRound
-from bastion.aggregator.secure_protocol import SecureAggregationRounds
+from bastion.aggregator.secure_protocol import SECURE_ATTEMPTS_FILE, SecureAggregationRounds
 from bastion.compression.pipeline import build_pipeline
 from bastion.compression.wire import decode_update
 from bastion.metrics.log import MetricsLog
@@ -40,14 +41,18 @@ def standard_observers(plan: Plan, metrics: MetricsLog) -> list[RoundObserver]:
     return observers
 
 
-def standard_protocol(plan: Plan, verifier: IdentityVerifier | None = None) -> ProtocolFactory:
+def standard_protocol(
+    plan: Plan, verifier: IdentityVerifier | None = None, state_dir: Path | None = None
+) -> ProtocolFactory:
     """Secure aggregation's sessions or buffered asynchronous versions when the plan turns
-    them on (never both: the plan refuses it), else streaming rounds."""
+    them on (never both: the plan refuses it), else streaming rounds. ``state_dir`` (the
+    checkpoints' folder) keeps what a protocol must remember across restarts."""
     if plan.asynchronous is not None and plan.asynchronous.enabled:
         return BufferedRounds(plan.asynchronous)
     if plan.uses_secure_aggregation:
         pipeline = build_pipeline(plan.compression) if plan.compression else None
-        return SecureAggregationRounds(verifier, pipeline)
+        attempts = state_dir / SECURE_ATTEMPTS_FILE if state_dir is not None else None
+        return SecureAggregationRounds(verifier, pipeline, attempts)
     return StreamingRound
 
 

@@ -9,9 +9,11 @@ global model unchanged for that round. The final evaluation streams as usual.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from bastion.aggregator.events import ProtocolReported, ResultAccepted
 from bastion.aggregator.records import RoundProgress, TaskRecord
@@ -25,30 +27,63 @@ from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Ack, StageReply
 from bastion.spec.secure_aggregation import weighting_for
+from bastion.storage.atomic import atomic_write_text
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.aggregator")
 
+#: In the checkpoints' folder: the last session attempt offered (see SecureAggregationRounds).
+SECURE_ATTEMPTS_FILE = "secure_attempts.json"
+
 
 class SecureAggregationRounds:
-    """The protocol factory: a session per training round, attempts numbered by wall clock."""
+    """The protocol factory: a session per training round, each with a new attempt number.
+
+    Collaborators join only increasing attempts of a round (a reused id would let old
+    signed keys replay), so a restarted aggregator must never offer an attempt its last
+    incarnation offered. Attempts are wall-clock seconds, and with ``attempts_file`` also
+    one more than the last attempt written there before any collaborator saw it: a restart
+    within the same second, or after the clock stepped back, still moves forward.
+    """
 
     def __init__(
-        self, verifier: IdentityVerifier | None = None, pipeline: Pipeline | None = None
+        self,
+        verifier: IdentityVerifier | None = None,
+        pipeline: Pipeline | None = None,
+        attempts_file: Path | None = None,
     ) -> None:
         self._verifier = verifier
         self._pipeline = pipeline
-        self._attempts: dict[int, int] = {}
+        self._attempts_file = attempts_file
+        self._last = _read_last_attempt(attempts_file)
 
     def __call__(self, context: RoundContext) -> RoundProtocol:
         if context.progress.final_evaluation:
             return StreamingRound(context)
-        number = context.progress.number
-        # Wall-clock seconds, so a restarted aggregator never reuses a session id (clients
-        # only join increasing attempts, and a reused id would let old signed keys replay).
-        attempt = max(self._attempts.get(number, -1) + 1, int(time.time()))
-        self._attempts[number] = attempt
+        attempt = max(self._last + 1, int(time.time()))
+        if attempt >= 2**32:
+            raise BastionError(
+                f"secure aggregation attempt {attempt} does not fit the protocol's 32 bits; "
+                f"delete {self._attempts_file} if the system clock was set far ahead"
+            )
+        if self._attempts_file is not None:
+            atomic_write_text(self._attempts_file, json.dumps({"last_attempt": attempt}))
+        self._last = attempt
         return SecureAggregationRound(context, attempt, self._verifier, self._pipeline)
+
+
+def _read_last_attempt(path: Path | None) -> int:
+    """The last attempt a previous incarnation offered, or -1 (none, or an unreadable file:
+    the wall clock then still moves attempts forward)."""
+    if path is None:
+        return -1
+    try:
+        return int(json.loads(path.read_text())["last_attempt"])
+    except FileNotFoundError:
+        return -1
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("ignoring %s (%s); secure aggregation attempts follow the clock", path, error)
+        return -1
 
 
 class SecureAggregationRound:

@@ -81,14 +81,15 @@ def build_aggregator(
     strategy = create_plan_strategy(plan)
     if plan.uses_secure_aggregation:
         secure_sum_strategy(strategy)  # refuse a rule that needs single updates, up front
-    store = CheckpointStore(workspace / plan.output.checkpoints, plan.canonical_hash())
+    checkpoints = workspace / plan.output.checkpoints
+    store = CheckpointStore(checkpoints, plan.canonical_hash())
     metrics = MetricsLog(workspace / plan.output.logs / METRICS_FILE)
     return Aggregator(
         plan,
         strategy,
         store,
         metrics,
-        protocol=protocol or standard_protocol(plan, secure_verifier),
+        protocol=protocol or standard_protocol(plan, secure_verifier, checkpoints),
         observers=[*observers, *tracking_observers(plan, workspace)],
         roster=roster,
         open_roster=open_roster,
