@@ -55,7 +55,8 @@ class StreamLimits:
 
 @dataclass
 class Watched:
-    """One stream under watch: when it last moved, and why it was cut (if it was)."""
+    """One stream under watch: when it last moved, whether the server is waiting on the
+    peer, and why it was cut (if it was)."""
 
     context: grpc.ServicerContext
     peer: str
@@ -63,11 +64,27 @@ class Watched:
     what: str
     started: float
     last: float
-    paused: int = 0
+    waiting: bool = False
     expired: str | None = None
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+    @property
+    def idle_since(self) -> float | None:
+        """Since when the peer has kept the server waiting, or None while it is not."""
+        return self.last if self.waiting else None
+
+    @contextlib.contextmanager
+    def waiting_on_peer(self) -> Iterator[None]:
+        """The peer's turn: its next message, or reading what was yielded to it."""
+        self.touch()
+        self.waiting = True
+        try:
+            yield
+        finally:
+            self.waiting = False
+            self.touch()
 
 
 class RefusalLog:
@@ -159,15 +176,10 @@ class PeerStreams:
 
     @contextlib.contextmanager
     def slot(self, watched: Watched) -> Iterator[None]:
-        """One of the shared upload slots; the wait does not count as the stream's idleness."""
-        watched.paused += 1
-        try:
-            while not self._slots.acquire(timeout=0.25):
-                if watched.expired is not None or not watched.context.is_active():
-                    raise ProtocolError(watched.expired or "the upload was cancelled")
-        finally:
-            watched.paused -= 1
-            watched.touch()
+        """One of the shared upload slots; the wait is the server's, not the peer's idleness."""
+        while not self._slots.acquire(timeout=0.25):
+            if watched.expired is not None or not watched.context.is_active():
+                raise ProtocolError(watched.expired or "the upload was cancelled")
         try:
             yield
         finally:
@@ -178,7 +190,8 @@ class PeerStreams:
         ``ProtocolError`` naming why, not in gRPC's bare cancellation."""
         while True:
             try:
-                message = next(messages)
+                with watched.waiting_on_peer():
+                    message = next(messages)
             except StopIteration:
                 return
             except grpc.RpcError:
@@ -189,15 +202,14 @@ class PeerStreams:
                 if watched.expired is not None:
                     raise ProtocolError(watched.expired) from None
                 raise
-            watched.touch()
             yield message
 
     def sent(self, watched: Watched, messages: Iterator[T]) -> Iterator[T]:
-        """``messages`` going out, each noted: a peer that stops reading is cut too."""
+        """``messages`` going out; a peer that stops reading them is cut too (a yield
+        returns only once gRPC takes the next message, which waits on the peer)."""
         for message in messages:
-            watched.touch()
-            yield message
-            watched.touch()
+            with watched.waiting_on_peer():
+                yield message
 
     def _watch(self) -> None:
         step = max(0.02, min(1.0, self.limits.idle_timeout / 5))
@@ -211,7 +223,9 @@ class PeerStreams:
                 reason = None
                 if now - watched.started > self.limits.receive_deadline:
                     reason = f"stream open longer than {self.limits.receive_deadline:g}s"
-                elif not watched.paused and now - watched.last > self.limits.idle_timeout:
+                elif (
+                    idle := watched.idle_since
+                ) is not None and now - idle > self.limits.idle_timeout:
                     reason = f"stream idle for more than {self.limits.idle_timeout:g}s"
                 if reason is None:
                     continue
