@@ -41,7 +41,9 @@ def _train_rounds(job: bastion.Job, collaborator: str) -> set[int]:
 def test_director_and_site_agent_survive_kill_9(service: Service) -> None:
     alice = bastion.Federation.connect(service.address, pki=service.pki("alice"))
     wait_for(lambda: len(alice.sites()) == 3, "three registered sites")
-    workspace = service.workspace("long", "alice", SITES, rounds=ROUNDS)
+    # tasks arrive at once: without a delay, 30 rounds of the tiny model could all end
+    # before the director and the site agent have been killed and restarted
+    workspace = service.workspace("long", "alice", SITES, rounds=ROUNDS, train_delay=0.2)
     job = alice.submit(workspace, sites=SITES)
     wait_for(lambda: job.status()["rounds_done"] >= 2, "two rounds")
 
