@@ -9,7 +9,12 @@ benchmarks/results/soak.json and soak.png.
 
     .venv/bin/python benchmarks/soak.py --rounds 200 --collaborators 10 --model-mb 10
 
-Each sample also holds the lowest RSS seen during the round (``rss_floor``: what stays
+The figure the target is read on is the aggregator's own: each round's record in the
+metrics log carries ``resident_memory`` (RSS after the round closed and free pages were
+given back, and open fds), so "RSS after round N" never depends on where an outside sample
+lands among the next round's 10 MB transfers. The outside samples are kept beside it.
+
+Each outside sample also holds the lowest RSS seen during the round (``rss_floor``: what stays
 resident when no buffer is in flight), the thread count and the anonymous and [heap]
 bytes; the result has the least-squares RSS slope over rounds 20.. for both. To bisect a
 creep: ``--no-faults`` (does it need the faults?), ``--env KEY=VALUE`` (e.g.
@@ -141,6 +146,7 @@ def main() -> None:
                 time.sleep(0.05)
             timed_out = run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
             codes = {} if timed_out else run.finish(timeout=300)
+            held = after_each_round(run.records())
             state = read_state(run.last)
             violations = run.watcher.violations
         finally:
@@ -173,12 +179,51 @@ def main() -> None:
         "no_faults": args.no_faults,
         "env": args.env,
         "fds_rounds_20_to_last": {"min": min(fds, default=0), "max": max(fds, default=0)},
+        **growth_after_rounds(held, args.rounds),
+        "after_each_round": held,
         "samples": samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    _plot(samples, faults, args.out / f"{args.name}.png")
-    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+    _plot(samples, held, faults, args.out / f"{args.name}.png")
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("samples", "after_each_round")}, indent=1
+        )
+    )
+
+
+def after_each_round(records: list[dict[str, object]]) -> list[dict[str, float]]:
+    """The aggregator's own figures, from each training round's record: RSS once the round
+    closed and free pages went back (the last record of a round wins: resumed rounds)."""
+    held: dict[int, dict[str, float]] = {}
+    for record in records:
+        memory = record.get("resident_memory")
+        if record.get("event") == "round" and not record.get("final_evaluation") and memory:
+            figures = dict(memory)  # type: ignore[call-overload]
+            held[int(record["round"])] = {  # type: ignore[call-overload]
+                "round": int(record["round"]),  # type: ignore[call-overload]
+                "rss": figures["rss_bytes"],
+                "fds": figures["open_fds"],
+            }
+    return [held[r] for r in sorted(held)]
+
+
+def growth_after_rounds(held: list[dict[str, float]], rounds: int) -> dict[str, object]:
+    """Round 20 against the last training round, on the aggregator's own figures."""
+    by_round = {int(h["round"]): h for h in held}
+    if 20 not in by_round or not held:
+        return {}
+    early, late = by_round[20], by_round.get(rounds) or held[-1]
+    fds = [int(h["fds"]) for h in held if h["round"] >= 20]
+    return {
+        "after_round_20_rss": early["rss"],
+        "after_round_last": late["round"],
+        "after_round_last_rss": late["rss"],
+        "after_round_growth_20_to_last": round(late["rss"] / early["rss"] - 1, 4),
+        "after_round_slope_mib_per_round_20_to_last": rss_slope(held),
+        "after_round_fds_20_to_last": {"min": min(fds), "max": max(fds)},
+    }
 
 
 def native_memory(pid: int) -> dict[str, int]:
@@ -237,7 +282,12 @@ def window_medians(samples: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def _plot(samples: list[dict[str, float]], faults: list[dict[str, object]], path: Path) -> None:
+def _plot(
+    samples: list[dict[str, float]],
+    held: list[dict[str, float]],
+    faults: list[dict[str, object]],
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,9 +295,18 @@ def _plot(samples: list[dict[str, float]], faults: list[dict[str, object]], path
 
     rounds = [s["round"] for s in samples]
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    top.plot(rounds, [s["rss"] / 2**20 for s in samples], label="aggregator RSS")
+    top.plot(rounds, [s["rss"] / 2**20 for s in samples], label="sampled from outside", lw=0.8)
     if all("rss_floor" in s for s in samples):
-        top.plot(rounds, [s["rss_floor"] / 2**20 for s in samples], label="lowest in the round")
+        top.plot(
+            rounds, [s["rss_floor"] / 2**20 for s in samples], label="lowest in the round", lw=0.8
+        )
+    if held:
+        top.plot(
+            [h["round"] for h in held],
+            [h["rss"] / 2**20 for h in held],
+            label="after the round (aggregator's own figure)",
+            color="black",
+        )
     top.legend(loc="upper left")
     top.set_ylabel("RSS (MiB)")
     bottom.plot(rounds, [s["fds"] for s in samples], color="tab:orange", label="open fds")

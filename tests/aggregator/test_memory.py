@@ -1,9 +1,16 @@
-"""HeapTrim returns glibc's free pages after every accepted result, not only per checkpoint."""
+"""HeapTrim returns glibc's free pages after every accepted result, not only per checkpoint;
+ResidentMemory puts what the aggregator holds after each round into the round's record."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from bastion.aggregator.events import Checkpointed, ResultAccepted, RoundStarted
-from bastion.aggregator.memory import HeapTrim
+from bastion.aggregator.memory import HeapTrim, ResidentMemory
 
 
 class _Libc:
@@ -34,3 +41,29 @@ def test_does_nothing_without_glibc() -> None:
     trim = HeapTrim()
     trim._libc = None
     trim.notify(Checkpointed(1, False))  # no error where malloc_trim does not exist
+
+
+def _closed() -> Any:
+    return object()  # ResidentMemory reads nothing of the closed round
+
+
+def test_resident_memory_reads_rss_and_fds_of_a_proc_folder(tmp_path: Path) -> None:
+    (tmp_path / "fd").mkdir()
+    for fd in ("0", "1", "2", "7"):
+        (tmp_path / "fd" / fd).touch()
+    (tmp_path / "status").write_text("Name:\tpython\nVmPeak:\t 999 kB\nVmRSS:\t  123456 kB\n")
+    memory = ResidentMemory(tmp_path)
+    memory._libc = libc = _Libc()
+    fields = memory.round_fields(_closed())
+    assert fields == {"resident_memory": {"rss_bytes": 123456 * 1024, "open_fds": 4}}
+    assert libc.trims == 1  # free pages are given back before the figure is read
+
+
+def test_resident_memory_adds_nothing_without_proc(tmp_path: Path) -> None:
+    assert ResidentMemory(tmp_path / "missing").round_fields(_closed()) == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_resident_memory_of_this_process() -> None:
+    figures = ResidentMemory().round_fields(_closed())["resident_memory"]
+    assert 10 * 2**20 < figures["rss_bytes"] < 64 * 2**30 and figures["open_fds"] >= 3

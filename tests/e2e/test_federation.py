@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,6 @@ def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> 
     # Weighted validation over all shards covers the whole test split exactly once.
     assert summaries[-1]["tasks"]["validate_global"]["examples"] == 360
     assert (workspace / "save" / "best.safetensors").exists()
+    if sys.platform.startswith("linux"):  # what the aggregator process held after each round
+        held = [s["resident_memory"] for s in summaries]
+        assert all(h["rss_bytes"] > 20 * 2**20 and h["open_fds"] >= 3 for h in held), held

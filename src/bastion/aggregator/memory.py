@@ -23,10 +23,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from bastion.aggregator.events import Checkpointed, ResultAccepted, RoundEvent, RoundObserver
+from bastion.aggregator.events import (
+    Checkpointed,
+    ResultAccepted,
+    RoundClosed,
+    RoundEvent,
+    RoundObserver,
+)
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -75,3 +83,33 @@ class HeapTrim(RoundObserver):
     def notify(self, event: RoundEvent) -> None:
         if isinstance(event, Checkpointed | ResultAccepted) and self._libc is not None:
             self._libc.malloc_trim(0)
+
+
+class ResidentMemory(RoundObserver):
+    """Each round's record says what the aggregator holds once the round has closed: its
+    resident memory (after giving free pages back) and its open file descriptors.
+
+    Operators see a leak in ``metrics.jsonl`` before it takes the machine down, and the soak
+    benchmark reads "RSS after round N" from the process itself rather than from a sample
+    that may land in the middle of the next round's transfers. Linux only (``/proc``).
+    """
+
+    def __init__(self, proc: Path = Path("/proc/self")) -> None:
+        self._proc = proc
+        self._libc = _glibc()
+
+    def round_fields(self, closed: RoundClosed) -> dict[str, Any]:
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        try:
+            status = (self._proc / "status").read_text()
+            open_fds = len(os.listdir(self._proc / "fd"))
+        except OSError:
+            return {}
+        rss_kib = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")),
+            None,
+        )
+        if rss_kib is None:
+            return {}
+        return {"resident_memory": {"rss_bytes": rss_kib * 1024, "open_fds": open_fds}}

@@ -13,7 +13,7 @@ from bastion.aggregator.attestation import AttestationGate
 from bastion.aggregator.audit_observer import audit_observer
 from bastion.aggregator.engine import Aggregator
 from bastion.aggregator.events import RoundObserver
-from bastion.aggregator.memory import HeapTrim, pin_mmap_threshold
+from bastion.aggregator.memory import HeapTrim, ResidentMemory, pin_mmap_threshold
 from bastion.aggregator.plugins import standard_protocol
 from bastion.aggregator.round_protocol import ProtocolFactory
 from bastion.aggregator.task_news import AnnounceRounds
@@ -165,7 +165,7 @@ def run_aggregator(
             workspace,
             secure_verifier=verifier,
             protocol=protocol,
-            observers=[*observers, HeapTrim()],
+            observers=[*observers, HeapTrim(), ResidentMemory()],
             roster=roster,
             open_roster=open_roster,
         )
