@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 from bastion import faults
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
+from bastion.aggregator.carried_work import CarriedWorkBook
 from bastion.aggregator.events import (
     AttestationVerdict,
     Checkpointed,
@@ -51,7 +52,6 @@ from bastion.aggregator.plugins import (
 )
 from bastion.aggregator.records import (
     MAX_REASON,
-    CarriedWork,
     RoundProgress,
     TaskRecord,
     check_header,
@@ -176,8 +176,7 @@ class Aggregator:
         self._empty_streak = 0
         # Overlapping round protocols (asynchronous aggregation): work of closed rounds that
         # sites still do, and the model each such round started from (to serve and check it).
-        self._carried: dict[str, CarriedWork] = {}
-        self._origins: dict[int, Weights] = {}
+        self._carried = CarriedWorkBook()
         # Set when a storage error left memory ahead of the disk: the service exits with it.
         self.halted: str | None = None
         with self._lock:
@@ -224,11 +223,10 @@ class Aggregator:
         self._check_roster(collaborator)
         with self._lock:
             self._contact(collaborator)
-            if self._carried.pop(collaborator, None) is not None:
+            if self._carried.drop(collaborator):
                 log.info(
                     "%s asks for new work; its unfinished earlier work is dropped", collaborator
                 )
-                self._prune_origins()
             if self.finished.is_set() or self._round is None:
                 return Assignment(
                     "done",
@@ -302,10 +300,10 @@ class Aggregator:
         """
         self._check_roster(collaborator)
         with self._lock:
-            carried = self._carried_for(collaborator, round_number)
+            carried = self._carried.of(collaborator, round_number)
             if carried is not None:
                 faults.point("engine.download", collaborator)
-                return iter_frames(self._origins[carried.round], self.chunk_bytes)
+                return iter_frames(self._carried.origin(carried), self.chunk_bytes)
             progress = self._require_assigned(collaborator, round_number)
             faults.point("engine.download", collaborator)
             kinds = [t.kind for t in progress.assignments[collaborator]]
@@ -316,7 +314,7 @@ class Aggregator:
         """The round's model is one for all its collaborators (``ServesOneModel``), except a
         carried task's older model and a coded downlink, which stay per download."""
         with self._lock:
-            if self._downlink.codec is not None or self._carried_for(collaborator, round_number):
+            if self._downlink.codec is not None or self._carried.of(collaborator, round_number):
                 return None
             return round_number, sum(spec.nbytes for spec in self.spec)
 
@@ -347,31 +345,11 @@ class Aggregator:
 
     # ------------------------------------------------------------------ carried-over work
 
-    def _carried_for(self, collaborator: str, round_number: int) -> CarriedWork | None:
-        """``collaborator``'s carried-over work of the closed round ``round_number``, if any."""
-        carried = self._carried.get(collaborator)
-        return carried if carried is not None and carried.round == round_number else None
-
-    def _drop_carried(self, collaborator: str, round_number: int | None = None) -> bool:
-        """Forget ``collaborator``'s carried-over work (of ``round_number`` if given)."""
-        carried = self._carried.get(collaborator)
-        if carried is None or (round_number is not None and carried.round != round_number):
-            return False
-        del self._carried[collaborator]
-        self._prune_origins()
-        return True
-
-    def _prune_origins(self) -> None:
-        """Keep only the starting models that carried-over work still refers to."""
-        wanted = {c.round for c in self._carried.values()}
-        for number in [n for n in self._origins if n not in wanted]:
-            del self._origins[number]
-
     def _late_task(self, collaborator: str, round_number: int, task: str) -> TaskSpec | None:
         """The task of a result for an earlier round that an overlapping protocol answers:
         carried-over work, or work it no longer collects (refused once read, with a reason,
         so the site goes on to new work). None for a result of the current round."""
-        carried = self._carried_for(collaborator, round_number)
+        carried = self._carried.of(collaborator, round_number)
         if carried is not None:
             if task not in carried.pending:
                 raise NotAssigned(
@@ -397,7 +375,7 @@ class Aggregator:
             )
         if round_number >= progress.number:
             return None
-        carried = self._carried_for(collaborator, round_number)
+        carried = self._carried.of(collaborator, round_number)
         if carried is not None:
             return protocol.carried_refusal(collaborator, task, carried.round)
         return (
@@ -405,17 +383,6 @@ class Aggregator:
             f"longer collected in round {progress.number} (the aggregator restarted, or the "
             "final evaluation began, since it was assigned); the site gets new work next"
         )
-
-    def _carry_over(self, progress: RoundProgress) -> list[str]:
-        """The round closes while sites still work: their tasks carry over to later rounds."""
-        waiting = progress.waiting_for()
-        for name in waiting:
-            tasks = tuple(progress.assignments[name])
-            self._carried[name] = CarriedWork(progress.number, tasks, list(progress.pending[name]))
-            progress.pending[name] = []
-        if waiting:
-            self._origins[progress.number] = self.model  # replaced by finalize, never mutated
-        return waiting
 
     def _require_assigned(self, collaborator: str, round_number: int) -> RoundProgress:
         progress = self._round
@@ -456,8 +423,8 @@ class Aggregator:
         task = self.check_result_allowed(collaborator, round_number, task_name)
         with self._lock:
             late = self._late_refusal(collaborator, round_number, task)
-            carried = self._carried_for(collaborator, round_number)
-            base = self._origins[carried.round] if carried is not None else self.model
+            carried = self._carried.of(collaborator, round_number)
+            base = self._carried.origin(carried) if carried is not None else self.model
         if late is not None:
             return self.reject_result(collaborator, round_number, task_name, late)
         try:
@@ -485,7 +452,7 @@ class Aggregator:
             progress, protocol = self._round, self.round_protocol
             assert progress is not None and protocol is not None
             digest = weights_digest(weights) if weights else ""
-            carried = self._carried_for(collaborator, round_number)
+            carried = self._carried.of(collaborator, round_number)
             if carried is None:
                 protocol.on_result(collaborator, task, example_count, weights)
                 self._accepted(collaborator, task, round_number, example_count, metrics, digest)
@@ -497,12 +464,9 @@ class Aggregator:
                 example_count,
                 weights,
                 carried.round,
-                self._origins[carried.round],
+                self._carried.origin(carried),
             )
-            carried.pending.remove(task_name)
-            if not carried.pending:
-                del self._carried[collaborator]
-                self._prune_origins()
+            self._carried.done(collaborator, carried, task_name)
             self._accepted(
                 collaborator, task, progress.number, example_count, metrics, digest, carried=True
             )
@@ -598,7 +562,7 @@ class Aggregator:
         )
         with self._lock:
             progress, protocol = self._round, self.round_protocol
-            if self._drop_carried(collaborator, round_number) and progress is not None:
+            if self._carried.drop(collaborator, round_number) and progress is not None:
                 progress.rejected[collaborator] = f"{task} (round {round_number}): {reason}"
                 self._publish(ResultRejected(progress.number, collaborator, task, reason))
                 self._advance()
@@ -626,7 +590,7 @@ class Aggregator:
         """
         self._check_roster(collaborator)
         with self._lock:
-            if self._drop_carried(collaborator, round_number):
+            if self._carried.drop(collaborator, round_number):
                 log.warning("%s declined its carried-over %s: %s", collaborator, task_name, reason)
                 self._publish(TaskDeclined(round_number, collaborator, task_name, reason, metrics))
                 self._advance()
@@ -665,7 +629,7 @@ class Aggregator:
         self._check_roster(collaborator)
         with self._lock:
             error = " ".join(error.split())[:MAX_REASON] or "an unnamed error"
-            if self._drop_carried(collaborator, round_number):
+            if self._carried.drop(collaborator, round_number):
                 self._status.down.add(collaborator)
                 log.warning("%s: carried-over task %s failed: %s", collaborator, task_name, error)
                 self._publish(TaskFailed(round_number, collaborator, task_name, error))
@@ -692,7 +656,7 @@ class Aggregator:
 
     def _leave_round(self, collaborator: str, reason: str) -> None:
         """A lost site's pending work is not waited for (the protocol drops it too)."""
-        self._drop_carried(collaborator)
+        self._carried.drop(collaborator)
         progress, protocol = self._round, self.round_protocol
         if progress is None or protocol is None or not progress.pending.get(collaborator):
             return
@@ -845,9 +809,8 @@ class Aggregator:
             return
         final = number == self.plan.rounds + 1 or self._training_stopped(number)
         if final and self._carried:
-            log.info("training is over; work still out at %s is not used", sorted(self._carried))
+            log.info("training is over; work still out at %s is not used", self._carried.sites())
             self._carried.clear()
-            self._prune_origins()
         # Sites known to be gone are not waited for; they rejoin when they call again.
         present = self._status.available(self._roster)
         if final:
@@ -958,7 +921,8 @@ class Aggregator:
         number = progress.number
         carried_over: list[str] = []
         if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
-            carried_over = self._carry_over(progress)
+            # the round's starting model: finalize replaces self.model, never mutates it
+            carried_over = self._carried.carry(progress, self.model)
         rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}
         summary = summarize_metrics(progress, rules)
         protocol.close(summary)
