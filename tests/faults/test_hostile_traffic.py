@@ -229,15 +229,19 @@ def _flood(port: int, ca: Path, count: int) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_flood_without_certificates(tmp_path: Path, baseline: dict[str, np.ndarray]) -> None:
-    run = FaultFederation(tmp_path)
+    # Training that lasts: the flood and the reaping must happen while the aggregator serves
+    # (with tasks delivered at once, three rounds of the bare model end within a second).
+    run = FaultFederation(tmp_path, delay=3.0)
     try:
         port = run.start()
         run.wait_round(1)
-        pid = run.federation.aggregator_process.pid  # type: ignore[union-attr]
-        rss_before, fds_before = rss_and_fds(pid)
+        aggregator = run.federation.aggregator_process
+        assert aggregator is not None
+        rss_before, fds_before = rss_and_fds(aggregator.pid)
         refused, handshakes = _flood(port, run.workspace / "pki" / "ca.crt", 600 if FULL else 200)
         time.sleep(2.0)  # the server reaps the dead connections
-        rss_after, fds_after = rss_and_fds(pid)
+        assert aggregator.poll() is None, "the federation ended before the flood was measured"
+        rss_after, fds_after = rss_and_fds(aggregator.pid)
         codes = run.finish()
         run.assert_invariants(codes, baseline)
         assert handshakes == 0, "a TLS session without a client certificate got data through"
