@@ -50,14 +50,24 @@ test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
-	# One test at a time: on a quiet 2-core machine two xdist workers took as long (1,006 s
-	# against 981 s) and made start-up timeouts flaky; the federations are CPU-bound.
-	$(PY) -m pytest -q --durations=60 --ignore=tests/faults
+	# Two pytest side by side: the slow federations, one at a time (each keeps both cores
+	# busy), and every other test (they mostly leave a core idle). See tests/conftest.py.
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-federations test-others
+	# Tests that compare timings of their own runs, alone.
+	$(PY) -m pytest -q -p no:cacheprovider -m serial --ignore=tests/faults
 	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
 	# each other, so four at a time even on two cores). Every point: `make faults`.
 	$(PY) -m pytest -q --durations=10 -n 4 tests/faults
 	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
 	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
+
+# The two halves of `make test`'s main suite (run after the install, side by side).
+.PHONY: test-federations test-others
+test-federations:
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30 -m federation --ignore=tests/faults
+test-others:
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30 -m 'not federation and not serial' \
+		--ignore=tests/faults
 
 # Real `bastion workspace dockerize` / `graminize` builds, and a federation run from the image
 # (tests/workspace/test_docker_build.py). Needs root: installs Debian's docker.io and

@@ -3,18 +3,14 @@ mid-federation; the restart resumes at the saved model version and finishes."""
 
 from __future__ import annotations
 
-import json
-import signal
-import time
 from pathlib import Path
 
 import pytest
-from support.workspaces import edit_plan, make_workspace, sign_workspace
+from support.federations import checkpoint_state, kill_aggregator_after_round, restart_aggregator
+from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
-from bastion.storage.checkpoints import load_checkpoint
-from bastion.workspace.initialize import initialize_plan
 
 SLOW_SITE_TASK = '''
 import sys
@@ -52,25 +48,20 @@ ROUNDS = 8
 SITES = ("site-1", "site-2", "site-3")
 
 
-def _state(path: Path) -> dict:
-    return json.loads(load_checkpoint(path)[1]["bastion.state"])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # about 20 s alone; process start-up is slow on a loaded machine
 def test_aggregator_killed_mid_version_resumes_at_the_saved_version(tmp_path: Path) -> None:
-    workspace = make_workspace(tmp_path, collaborators=3, rounds=ROUNDS, initialize=False)
-    (workspace / "paced_task.py").write_text(SLOW_SITE_TASK)
-    edit_plan(
-        workspace,
-        {
+    workspace = make_workspace(
+        tmp_path,
+        collaborators=3,
+        rounds=ROUNDS,
+        files={"paced_task.py": SLOW_SITE_TASK},
+        plan_changes={
             "task_runner": {"path": "paced_task:build_runner", "args": {}},
             "timeouts": {"poll_seconds": 0.1},
             "asynchronous": {"buffer_size": 2, "max_staleness": 20},
         },
     )
-    initialize_plan(workspace)
-    sign_workspace(workspace)
     metrics_path = workspace / "logs" / "metrics.jsonl"
     last = workspace / "save" / "last.safetensors"
 
@@ -78,26 +69,17 @@ def test_aggregator_killed_mid_version_resumes_at_the_saved_version(tmp_path: Pa
         port = federation.start_aggregator()
         for name in SITES:
             federation.start_collaborator(name)
-        deadline = time.monotonic() + 300
-        while not any(s["round"] == 3 for s in round_summaries(read_metrics(metrics_path))):
-            assert time.monotonic() < deadline, federation.log_text("aggregator")
-            time.sleep(0.05)
-        assert federation.aggregator_process is not None
-        federation.aggregator_process.send_signal(signal.SIGKILL)
-        federation.aggregator_process.wait()
-        completed_at_crash = _state(last)["round_completed"]
+        completed_at_crash = kill_aggregator_after_round(federation, 3, timeout=300)
         assert 3 <= completed_at_crash < ROUNDS
 
-        time.sleep(1.0)
-        assert all(p.poll() is None for p in federation.collaborator_processes.values())
-        federation.start_aggregator(port=port)
+        restart_aggregator(federation, port)
         codes = federation.wait(timeout=180)
         aggregator_log = federation.log_text("aggregator")
     assert codes == {"aggregator": 0, **dict.fromkeys(SITES, 0)}, aggregator_log
     assert f"resuming from {last}" in aggregator_log.replace("\n", "")
     assert f"{completed_at_crash} of {ROUNDS} rounds complete" in " ".join(aggregator_log.split())
 
-    final_state = _state(last)
+    final_state = checkpoint_state(last)
     assert final_state["round_completed"] == ROUNDS and final_state["finished"] is True
     records = read_metrics(metrics_path)
     starts = [r["round"] for r in records if r["event"] == "round_start"]

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support.workspaces import edit_plan, make_workspace, sign_workspace
+from support.federations import checkpoint_state, kill_aggregator_after_round, restart_aggregator
+from support.workspaces import make_workspace
 
-from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.inprocess import InProcessFederation
 from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
 from bastion.tensors import Weights
-from bastion.workspace.initialize import initialize_plan
 
 ETA, BETA_1, BETA_2, TAU = 0.05, 0.9, 0.99, 1e-3
 
@@ -82,11 +79,12 @@ def build_runner(seed=0):
 
 def fedadam_workspace(root: Path, rounds: int, collaborators: int) -> Path:
     """The NumPy digits template with FedAdam, unequal shards and the recording runner."""
-    workspace = make_workspace(root, collaborators=collaborators, rounds=rounds, initialize=False)
-    (workspace / "recording_task.py").write_text(RECORDING_TASK)
-    edit_plan(
-        workspace,
-        {
+    return make_workspace(
+        root,
+        collaborators=collaborators,
+        rounds=rounds,
+        files={"recording_task.py": RECORDING_TASK},
+        plan_changes={
             "task_runner": {"path": "recording_task:build_runner", "args": {"seed": 0}},
             "data": {"partition": {"method": "dirichlet", "alpha": 0.5, "seed": 3}},
             "aggregation": {
@@ -95,9 +93,6 @@ def fedadam_workspace(root: Path, rounds: int, collaborators: int) -> Path:
             },
         },
     )
-    initialize_plan(workspace)
-    sign_workspace(workspace)
-    return workspace
 
 
 def recorded_round(
@@ -187,10 +182,6 @@ def test_global_models_are_the_fedadam_steps_of_the_recorded_updates(tmp_path: P
     assert not np.allclose(final["w"], average, atol=1e-4)
 
 
-def _state(path: Path) -> dict:
-    return json.loads(load_checkpoint(path)[1]["bastion.state"])
-
-
 @pytest.mark.slow
 def test_fedadam_moments_survive_an_aggregator_kill_and_the_run_matches_an_uninterrupted_one(
     tmp_path: Path,
@@ -212,26 +203,17 @@ def test_fedadam_moments_survive_an_aggregator_kill_and_the_run_matches_an_unint
 
     InProcessFederation(uninterrupted, on_round=snapshot).run()
 
-    metrics_path = workspace / "logs" / "metrics.jsonl"
     last = workspace / "save" / "last.safetensors"
     env = {"TEST_SLOW_TRAINING": "0.5"}  # a round lasts long enough to crash inside it
     with LocalFederation(workspace, extra_env=env) as federation:
         port = federation.start_aggregator()
         for name in ("site-1", "site-2"):
             federation.start_collaborator(name)
-        deadline = time.monotonic() + 120
-        while not any(s["round"] == 2 for s in round_summaries(read_metrics(metrics_path))):
-            assert time.monotonic() < deadline, federation.log_text("aggregator")
-            time.sleep(0.05)
-        assert federation.aggregator_process is not None
-        federation.aggregator_process.send_signal(signal.SIGKILL)
-        federation.aggregator_process.wait()
+        completed = kill_aggregator_after_round(federation, 2)
         at_crash, _ = load_checkpoint(last)
-        completed = _state(last)["round_completed"]
         assert 2 <= completed < rounds
 
-        time.sleep(0.5)
-        federation.start_aggregator(port=port)
+        restart_aggregator(federation, port, after=0.5)
         codes = federation.wait(timeout=180)
         aggregator_log = federation.log_text("aggregator")
     assert codes == {"aggregator": 0, "site-1": 0, "site-2": 0}, aggregator_log
@@ -251,4 +233,4 @@ def test_fedadam_moments_survive_an_aggregator_kill_and_the_run_matches_an_unint
     assert sorted(final) == sorted(expected)
     for name, value in expected.items():
         assert final[name].tobytes() == value.tobytes(), name
-    assert _state(last)["finished"] is True
+    assert checkpoint_state(last)["finished"] is True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.workspaces import edit_plan, make_workspace, sign_workspace
+from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
@@ -55,13 +55,14 @@ def build_runner(folder, seed=0):
 @pytest.mark.slow
 def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> None:
     rounds = 3
-    workspace = make_workspace(tmp_path, collaborators=3, rounds=rounds, initialize=False)
-    (workspace / "recording_task.py").write_text(RECORDING_TASK)
     records = tmp_path / "records"
     # Non-IID shards give the collaborators different example counts, so weighting matters.
-    edit_plan(
-        workspace,
-        {
+    workspace = make_workspace(
+        tmp_path,
+        collaborators=3,
+        rounds=rounds,
+        files={"recording_task.py": RECORDING_TASK},
+        plan_changes={
             "task_runner": {
                 "path": "recording_task:build_runner",
                 "args": {"folder": str(records)},
@@ -69,11 +70,6 @@ def test_final_model_is_the_weighted_average_of_last_updates(tmp_path: Path) -> 
             "data": {"partition": {"method": "dirichlet", "alpha": 0.5, "seed": 3}},
         },
     )
-    from bastion.workspace.initialize import initialize_plan
-
-    initialize_plan(workspace)
-
-    sign_workspace(workspace)
     with LocalFederation(workspace) as federation:
         federation.start()
         codes = federation.wait(timeout=180)

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.workspaces import edit_plan, make_workspace, sign_workspace
+from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics
 from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
-from bastion.workspace.initialize import initialize_plan
 
 MU = 1.0
 
@@ -84,14 +83,14 @@ def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 @pytest.mark.slow
 def test_fedprox_keeps_each_local_model_closer_to_the_global_one(tmp_path: Path) -> None:
     rounds = 2
-    workspace = make_workspace(
-        tmp_path, template="torch_cnn_mnist", collaborators=2, rounds=rounds, initialize=False
-    )
-    (workspace / "counterfactual_task.py").write_text(COUNTERFACTUAL_TASK)
     records = tmp_path / "records"
-    edit_plan(
-        workspace,
-        {
+    workspace = make_workspace(
+        tmp_path,
+        template="torch_cnn_mnist",
+        collaborators=2,
+        rounds=rounds,
+        files={"counterfactual_task.py": COUNTERFACTUAL_TASK},
+        plan_changes={
             "task_runner": {
                 "path": "counterfactual_task:build_runner",
                 "args": {"folder": str(records), "threads": 1, "seed": 0, "proximal_mu": MU},
@@ -106,8 +105,6 @@ def test_fedprox_keeps_each_local_model_closer_to_the_global_one(tmp_path: Path)
             ],
         },
     )
-    initialize_plan(workspace)
-    sign_workspace(workspace)
     with LocalFederation(workspace) as federation:
         federation.start()
         codes = federation.wait(timeout=240)

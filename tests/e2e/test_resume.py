@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import time
 from pathlib import Path
 
 import pytest
-from support.workspaces import edit_plan, make_workspace, sign_workspace
+from support.federations import checkpoint_state, kill_aggregator_after_round, restart_aggregator
+from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
-from bastion.workspace.initialize import initialize_plan
 
 SLOW_TASK = '''
 import time
@@ -46,18 +43,16 @@ def build_runner(seed=0):
 '''
 
 
-def _state(path: Path) -> dict:
-    return json.loads(load_checkpoint(path)[1]["bastion.state"])
-
-
 @pytest.mark.slow
 def test_aggregator_killed_after_round_k_resumes_at_k_plus_1(tmp_path: Path) -> None:
     rounds = 5
-    workspace = make_workspace(tmp_path, collaborators=2, rounds=rounds, initialize=False)
-    (workspace / "slow_task.py").write_text(SLOW_TASK)
-    edit_plan(workspace, {"task_runner": {"path": "slow_task:build_runner", "args": {}}})
-    initialize_plan(workspace)
-    sign_workspace(workspace)
+    workspace = make_workspace(
+        tmp_path,
+        collaborators=2,
+        rounds=rounds,
+        files={"slow_task.py": SLOW_TASK},
+        plan_changes={"task_runner": {"path": "slow_task:build_runner", "args": {}}},
+    )
     metrics_path = workspace / "logs" / "metrics.jsonl"
     last = workspace / "save" / "last.safetensors"
 
@@ -65,27 +60,18 @@ def test_aggregator_killed_after_round_k_resumes_at_k_plus_1(tmp_path: Path) -> 
         port = federation.start_aggregator()
         for name in ("site-1", "site-2"):
             federation.start_collaborator(name)
-        deadline = time.monotonic() + 120
-        while not any(s["round"] == 2 for s in round_summaries(read_metrics(metrics_path))):
-            assert time.monotonic() < deadline, federation.log_text("aggregator")
-            time.sleep(0.05)
-        assert federation.aggregator_process is not None
-        federation.aggregator_process.send_signal(signal.SIGKILL)
-        federation.aggregator_process.wait()
-        completed_at_crash = _state(last)["round_completed"]
+        completed_at_crash = kill_aggregator_after_round(federation, 2)
         assert 2 <= completed_at_crash < rounds
 
         # Collaborators keep retrying with backoff; the aggregator comes back on the same port.
-        time.sleep(1.0)
-        assert all(p.poll() is None for p in federation.collaborator_processes.values())
-        federation.start_aggregator(port=port)
+        restart_aggregator(federation, port)
         codes = federation.wait(timeout=180)
         aggregator_log = federation.log_text("aggregator")
     assert codes == {"aggregator": 0, "site-1": 0, "site-2": 0}, aggregator_log
     assert f"resuming from {last}" in aggregator_log.replace("\n", "")
     assert f"{completed_at_crash} of {rounds} rounds complete" in " ".join(aggregator_log.split())
 
-    final_state = _state(last)
+    final_state = checkpoint_state(last)
     assert final_state["round_completed"] == rounds and final_state["finished"] is True
     records = read_metrics(metrics_path)
     starts_after_restart = [r["round"] for r in records if r["event"] == "round_start"]

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 from support.cli import run_bastion
-from support.workspaces import edit_plan, make_workspace, sign_workspace
+from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
-from bastion.workspace.initialize import initialize_plan
 
 BROKEN_TASK = """
 import os
@@ -49,17 +48,16 @@ REASON = "ValueError: epoch is not an argument of train(); did you mean epochs?"
 
 @pytest.mark.slow
 def test_a_site_whose_task_raises_is_reported_and_the_round_goes_on(tmp_path: Path) -> None:
-    workspace = make_workspace(tmp_path, collaborators=3, rounds=2, initialize=False)
-    (workspace / "broken_task.py").write_text(BROKEN_TASK)
-    edit_plan(
-        workspace,
-        {
+    workspace = make_workspace(
+        tmp_path,
+        collaborators=3,
+        rounds=2,
+        files={"broken_task.py": BROKEN_TASK},
+        plan_changes={
             "task_runner": {"path": "broken_task:build_runner"},
             "timeouts": {"round_seconds": 600, "min_results": 2},
         },
     )
-    initialize_plan(workspace)
-    sign_workspace(workspace)
     with LocalFederation(workspace, collaborators=["site-1", "site-3"]) as federation:
         federation.start()
         env = {**os.environ, "BROKEN_SITE": "1", "COLUMNS": "300", "PYTHONUNBUFFERED": "1"}

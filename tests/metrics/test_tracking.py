@@ -4,12 +4,10 @@ MLflow run on a local ``mlflow server`` read back with ``MlflowClient``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.federations import SITES, run_template_federation
-from support.mlflow_server import local_mlflow_server
 
 ROUNDS = 3
 
@@ -41,13 +39,6 @@ def test_tensorboard_event_files_hold_every_rounds_metrics(tmp_path: Path) -> No
     for site in SITES:
         assert sorted(scalars[f"site/{site}/train/loss"]) == list(range(1, ROUNDS + 1))
     assert "final/validate_global/accuracy" in scalars
-
-
-@pytest.fixture()
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("mlflow.server", reason="the test's server needs: pip install mlflow")
-    with local_mlflow_server(tmp_path) as uri:
-        yield uri
 
 
 def test_mlflow_run_has_params_metrics_and_the_model(mlflow_server: str, tmp_path: Path) -> None:

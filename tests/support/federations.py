@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import signal
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -11,6 +13,7 @@ from typing import Any
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
+from bastion.storage.checkpoints import load_checkpoint
 from support.workspaces import make_workspace
 
 SITES = ("site-1", "site-2")
@@ -69,3 +72,34 @@ def run_template_federation(
     )
     print(run.line())
     return run
+
+
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """The federation's state saved with a checkpoint: rounds completed, finished, ..."""
+    return dict(json.loads(load_checkpoint(path)[1]["bastion.state"]))
+
+
+def kill_aggregator_after_round(
+    federation: LocalFederation, round_number: int, timeout: float = 120
+) -> int:
+    """``kill -9`` the aggregator once round ``round_number`` is in the metrics log; the
+    rounds its last checkpoint had completed (a later round may have ended meanwhile)."""
+    metrics = federation.logs / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while not any(s["round"] == round_number for s in round_summaries(read_metrics(metrics))):
+        assert time.monotonic() < deadline, federation.log_text("aggregator")
+        time.sleep(0.05)
+    process = federation.aggregator_process
+    assert process is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    last = federation.workspace / federation.plan.output.checkpoints / "last.safetensors"
+    return int(checkpoint_state(last)["round_completed"])
+
+
+def restart_aggregator(federation: LocalFederation, port: int, after: float = 1.0) -> None:
+    """Start the aggregator again on ``port`` once the collaborators have been retrying for
+    ``after`` seconds (none may have given up)."""
+    time.sleep(after)
+    assert all(p.poll() is None for p in federation.collaborator_processes.values())
+    federation.start_aggregator(port=port)

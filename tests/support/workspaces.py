@@ -58,11 +58,18 @@ def make_workspace(
     task_code: str | None = None,
     initialize: bool = True,
     signed: bool = True,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """A ready-to-run workspace: template, optional plan edits and task code, PKI, initial model."""
+    """A ready-to-run workspace: template, optional plan edits and task code, PKI, initial model.
+
+    ``task_code`` replaces the template's ``task.py``; ``files`` (name -> text) are added
+    beside it, e.g. a module whose runner wraps the template's, named by ``plan_changes``.
+    """
     workspace = create_workspace(root / "ws", template, collaborators=collaborators, rounds=rounds)
     if task_code is not None:
         (workspace / "task.py").write_text(task_code)
+    for name, text in (files or {}).items():
+        (workspace / name).write_text(text)
     if plan_changes:
         edit_plan(workspace, plan_changes)
     names = [f"site-{i}" for i in range(1, collaborators + 1)]
