@@ -86,9 +86,13 @@ def main() -> None:
             *overhead,
             "",
         ]
-    peers = _load("peers.json")
-    if peers:
-        lines += ["## Flower and OpenFL", "", peers.get("summary", ""), ""]
+    if (RESULTS / "peers.md").exists():
+        lines += [
+            "## Flower and OpenFL",
+            "",
+            "The same workload side by side: [peers.md](peers.md) (`python benchmarks/peers.py`).",
+            "",
+        ]
     (RESULTS / "scale.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
