@@ -239,7 +239,9 @@ def run_openfl(args: argparse.Namespace) -> dict[str, object]:
     by peers/openfl_run.py inside OpenFL's virtualenv."""
     python = peer_python("openfl")
     if not OPENFL_RUN.exists():
-        raise Skipped(f"benchmarks/peers/{OPENFL_RUN.name} (the OpenFL TaskRunner workspace driver) is not written yet")
+        raise Skipped(
+            f"benchmarks/peers/{OPENFL_RUN.name} (the OpenFL TaskRunner workspace driver) is not written yet"
+        )
     root = Path(tempfile.mkdtemp(prefix="bastion-peers-openfl-"))
     try:
         out = root / "result.json"
