@@ -52,7 +52,8 @@ test:
 	$(VENV)/bin/lint-imports
 	# Two pytest side by side: the slow federations, one at a time (each keeps both cores
 	# busy), and every other test (they mostly leave a core idle). See tests/conftest.py.
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-federations test-others
+	# Each line says which half printed it, as the lines come.
+	$(MAKE) --no-print-directory -j2 test-federations test-others
 	# Tests that compare timings of their own runs, alone.
 	$(PY) -m pytest -q -p no:cacheprovider -m serial --ignore=tests/faults
 	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
@@ -64,10 +65,11 @@ test:
 # The two halves of `make test`'s main suite (run after the install, side by side).
 .PHONY: test-federations test-others
 test-federations:
-	$(PY) -m pytest -q -p no:cacheprovider --durations=30 -m federation --ignore=tests/faults
+	$(PY) -m pytest -v -p no:cacheprovider --durations=30 -m federation --ignore=tests/faults \
+		2>&1 | sed -u 's/^/[federations] /'
 test-others:
 	$(PY) -m pytest -q -p no:cacheprovider --durations=30 -m 'not federation and not serial' \
-		--ignore=tests/faults
+		--ignore=tests/faults 2>&1 | sed -u 's/^/[others] /'
 
 # Real `bastion workspace dockerize` / `graminize` builds, and a federation run from the image
 # (tests/workspace/test_docker_build.py). Needs root: installs Debian's docker.io and
