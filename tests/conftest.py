@@ -38,15 +38,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
 
 
-#: Slow tests here start whole federations as processes; each already keeps both cores busy.
-_FEDERATION_FOLDERS = ("e2e",)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the slow federations ``federation``: ``make test`` runs them one at a time beside
     a second pytest that takes the other tests, which mostly leave a core idle."""
-    tests = Path(__file__).parent
+    e2e = Path(__file__).parent / "e2e"
     for item in items:
-        folder = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
-        if item.get_closest_marker("slow") and folder in _FEDERATION_FOLDERS:
+        if item.get_closest_marker("slow") and item.path.is_relative_to(e2e):
             item.add_marker(pytest.mark.federation)

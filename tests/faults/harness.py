@@ -8,7 +8,6 @@ run: every read must be a whole checkpoint, never older than the one before.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from faults.proxy import FaultProxy
+from support.federations import checkpoint_state
 from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.faults import ENV, LOG_ENV
@@ -94,10 +94,6 @@ def load_blobs():
 """
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    return dict(json.loads(load_checkpoint(path)[1]["bastion.state"]))
-
-
 class CheckpointWatcher(threading.Thread):
     """Reads ``last.safetensors`` every few ms; records every state seen and every violation."""
 
@@ -118,7 +114,7 @@ class CheckpointWatcher(threading.Thread):
                 continue
             self.reads += 1
             try:
-                state = read_state(copy)
+                state = checkpoint_state(copy)
             except Exception as exc:  # a partial checkpoint is exactly what this looks for
                 self.violations.append(f"unreadable checkpoint: {exc}")
                 continue
@@ -271,7 +267,7 @@ class FaultFederation:
         and whole, no stale temp file, no honest site blamed."""
         logs = self.federation.log_text("aggregator")[-6000:]
         assert codes == {"aggregator": 0, **dict.fromkeys(self.names, 0)}, (codes, logs)
-        state = read_state(self.last)
+        state = checkpoint_state(self.last)
         assert state["round_completed"] == self.rounds and state["finished"], state
         assert not self.watcher.violations, self.watcher.violations
         leftovers = sorted(p.name for p in self.save.iterdir() if p.name.endswith(".tmp"))

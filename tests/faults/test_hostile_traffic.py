@@ -12,10 +12,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from faults.harness import FULL, FaultFederation, read_state, rss_and_fds
+from faults.harness import FULL, FaultFederation, rss_and_fds
 from faults.results import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.federations import checkpoint_state
 
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.identity import channel_credentials
@@ -176,7 +177,7 @@ def test_fuzzer_with_a_valid_identity(tmp_path: Path) -> None:
         assert not unexpected, f"escaped the error table: {unexpected}"
         codes = run.finish(timeout=180)
         assert codes == {"aggregator": 0, "site-1": 0, "site-2": 0}, codes
-        state = read_state(run.last)
+        state = checkpoint_state(run.last)
         assert state["round_completed"] == run.rounds and state["finished"]
         assert not run.watcher.violations
         for entry in run.records():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from faults.harness import FaultFederation, full_only, read_state
+from faults.harness import FaultFederation, full_only
 from faults.results import record
+from support.federations import checkpoint_state
 
 ENOSPC_POINTS = [
     "atomic.before_fsync@last.safetensors:enospc:2",
@@ -35,7 +36,7 @@ def test_disk_full_at_checkpoint_stops_with_one_reason_and_resumes(
         log = run.federation.log_text("aggregator")
         assert code != 0, log[-3000:]
         assert "No space left on device" in log, log[-3000:]
-        assert read_state(run.last)["round_completed"] == 1
+        assert checkpoint_state(run.last)["round_completed"] == 1
         run.start_aggregator(port=port)  # the disk has room again
         codes = run.finish()
         run.assert_invariants(codes, baseline)
@@ -91,7 +92,7 @@ def test_clock_step_across_a_site_certificate(tmp_path: Path, step: str) -> None
         assert reason in site_log, site_log[-2000:]
         codes = run.finish(timeout=180)
         assert codes["aggregator"] == 0 and codes["site-1"] == 0, codes
-        state = read_state(run.last)
+        state = checkpoint_state(run.last)
         assert state["round_completed"] == run.rounds and state["finished"]
         assert not run.watcher.violations
         for entry in run.records():
