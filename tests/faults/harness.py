@@ -24,7 +24,7 @@ from support.federations import checkpoint_state
 from support.workspaces import edit_plan, make_workspace, sign_workspace
 
 from bastion.faults import ENV, LOG_ENV
-from bastion.metrics.log import read_metrics
+from bastion.metrics.log import read_metrics, round_summaries
 from bastion.sim.processes import LocalFederation
 from bastion.storage.checkpoints import load_checkpoint
 from bastion.workspace.initialize import initialize_plan
@@ -272,7 +272,10 @@ class FaultFederation:
         assert not self.watcher.violations, self.watcher.violations
         leftovers = sorted(p.name for p in self.save.iterdir() if p.name.endswith(".tmp"))
         assert not leftovers, f"stale temporary checkpoint files: {leftovers}"
-        for record in self.records():
+        records = self.records()
+        summarized = [r["round"] for r in round_summaries(records) if not r["final_evaluation"]]
+        assert summarized == list(range(1, self.rounds + 1)), f"rounds summarized: {summarized}"
+        for record in records:
             if record.get("event") != "round":
                 continue
             for kind in ("rejected", "failed"):

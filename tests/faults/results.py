@@ -74,7 +74,8 @@ def write(seconds: float, directory: Path = RESULTS_DIR) -> None:
         "again because of the fault; *recover*: from the fault (kill, stop, heal, restart) to "
         "the federation finished. Every row also asserts the invariants of "
         "tests/faults/README.md (same model as an undisturbed run where the scenario allows it, "
-        "checkpoints whole and monotone, no stale temporaries, honest sites unblamed).",
+        "checkpoints whole and monotone, no stale temporaries, every round summarized, "
+        "honest sites unblamed).",
         "",
         "| scenario | injection point | outcome | rounds lost | recover (s) |",
         "|---|---|---|---|---|",

@@ -15,14 +15,15 @@ from faults.results import record
 # Injection point (with the hit that fires: round 2's, after round 1 closed cleanly).
 AGGREGATOR_POINTS = [
     "atomic.before_rename@last.safetensors:kill:2",  # temp written and fsynced, not renamed
+    # checkpoint renamed, directory not fsynced: the round closed, its summary must be there
+    "atomic.after_rename@last.safetensors:kill:2",
     *full_only(
-        "engine.checkpoint:kill:2",  # round 2 aggregated, checkpoint not yet written
+        "engine.checkpoint:kill:2",  # round 2 aggregated and summarized, not checkpointed
         "engine.assign:kill:3",  # opening round 3 (round 1 was assigned at startup)
         "engine.download:kill:3",  # serving round 2's model
         "engine.upload:kill:2",  # a round-2 result being taken in (validate_global)
         "engine.aggregate:kill:2",  # round 2 closing, before the strategy's finalize
         "atomic.before_fsync@last.safetensors:kill:2",  # temp written, not fsynced
-        "atomic.after_rename@last.safetensors:kill:2",  # renamed, directory not fsynced
     ),
 ]
 

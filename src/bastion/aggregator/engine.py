@@ -947,7 +947,6 @@ class Aggregator:
             model_digest=weights_digest(self.model),
         )
         self._publish(closed)
-        self._checkpoint()
         record: dict[str, object] = {
             "round": number,
             "final_evaluation": progress.final_evaluation,
@@ -965,7 +964,10 @@ class Aggregator:
             record["carried_over"] = carried_over
         for observer in self.observers:
             record.update(observer.round_fields(closed))
+        # the round's record before its checkpoint: a kill between the two redoes the round
+        # and writes the record again (the last one wins), never a round without its record
         self._publish(RoundReported(number, record))
+        self._checkpoint()
         described = ", ".join(
             f"{task} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "examples")
             for task, m in summary.items()
