@@ -43,7 +43,8 @@ from bastion.transport.identity import (
 from bastion.transport.limits import StreamLimits
 from bastion.transport.server import start_server
 from bastion.transport.wait import RoundNews
-from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
+from bastion.workspace.bytecode import ignore_workspace_bytecode
+from bastion.workspace.verify import verify_workspace
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -143,7 +144,7 @@ def run_aggregator(
         verified = verify_workspace(
             workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
         )
-        ignore_workspace_bytecode()
+        ignore_workspace_bytecode(workspace)
         verifier = None
         if plan.uses_secure_aggregation:
             if insecure:

@@ -24,8 +24,9 @@ from bastion.tee.attestation.parties import build_party
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.identity import INSECURE_WARNING
 from bastion.transport.peer_check import check_aggregator, server_certificate
+from bastion.workspace.bytecode import ignore_workspace_bytecode
 from bastion.workspace.tasks import build_runner, load_shard
-from bastion.workspace.verify import ignore_workspace_bytecode, verify_workspace
+from bastion.workspace.verify import verify_workspace
 
 log = logging.getLogger("bastion.collaborator")
 
@@ -84,7 +85,7 @@ def run_collaborator(
     verified = verify_workspace(
         workspace, plan, pki / "ca.crt", allow_unsigned=allow_unsigned_workspace
     )
-    ignore_workspace_bytecode()
+    ignore_workspace_bytecode(workspace)
     shard = load_shard(plan, name, workspace, site_data or SiteData())
     runner = build_runner(plan, workspace)
     # Local DP: the collaborator continues from what this site's records already spent.

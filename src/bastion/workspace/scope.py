@@ -5,8 +5,8 @@ Covered: every regular file under the workspace root, except
 
 * the plan's run-time directories, wherever they lie inside the workspace:
   ``network.pki_dir`` (keys and certificates), ``output.checkpoints`` and ``output.logs``;
-* ``__pycache__`` directories (Bastion imports task code with a private
-  ``sys.pycache_prefix``, so bytecode there is never read);
+* ``__pycache__`` directories (Bastion imports a workspace's modules from their source,
+  so bytecode there is never read: ``bastion.workspace.bytecode``);
 * hidden files and directories (a name starting with ``.``: ``.git``, ``.venv``, editor and
   tool caches), which Python cannot import as modules;
 * the manifest and its signature at the root (``workspace.manifest.json``/``.sig``).

@@ -8,11 +8,7 @@ then the workspace is still measured so the aggregator can compare it.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,13 +132,3 @@ def verify_workspace(
 _DEV_HINT = (
     " (for development only, an operator may pass --allow-unsigned-workspace to run unsigned code)"
 )
-
-
-def ignore_workspace_bytecode() -> None:
-    """Read and write bytecode in a private directory, never in the workspace's
-    ``__pycache__``: a planted ``.pyc`` there would otherwise run instead of verified code."""
-    if sys.pycache_prefix is not None:
-        return
-    private = tempfile.mkdtemp(prefix="bastion-pycache-")
-    atexit.register(shutil.rmtree, private, True)
-    sys.pycache_prefix = private
