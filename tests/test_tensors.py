@@ -16,8 +16,10 @@ from bastion.tensors import (
     WIRE_DTYPES,
     Frame,
     FrameAssembler,
+    Scratch,
     iter_frames,
     spec_of,
+    squared_distance64,
     validate_update,
 )
 
@@ -137,3 +139,19 @@ def test_validate_update_names_each_problem() -> None:
         validate_update(spec, {**reference, "x": np.zeros(1)})
     with pytest.raises(UpdateRejected, match="NaN"):
         validate_update(spec, {"w": np.full((2, 2), np.nan, np.float32), "n": np.array(1)})
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=hnp.arrays(np.float32, st.integers(0, 40), elements=st.floats(-1e6, 1e6, width=32)),
+    size=st.integers(1, 9),
+)
+def test_squared_distance_matches_float64_reference_across_blocks(
+    values: np.ndarray, size: int
+) -> None:
+    base = np.linspace(-3, 3, values.size, dtype=np.float32)
+    scratch = Scratch()  # one scratch for both calls, as the aggregator's folds share one
+    expected = float(((values.astype(np.float64) - base.astype(np.float64)) ** 2).sum())
+    assert squared_distance64(values, base, scratch, size) == pytest.approx(expected, rel=1e-12)
+    norm = float((values.astype(np.float64) ** 2).sum())
+    assert squared_distance64(values, None, scratch, size) == pytest.approx(norm, rel=1e-12)

@@ -19,7 +19,7 @@ import numpy as np
 
 from bastion.errors import UpdateRejected
 from bastion.plan import Plan
-from bastion.tensors import Weights, blocks
+from bastion.tensors import Scratch, Weights, squared_distance64
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -116,35 +116,24 @@ def clipped(values: np.ndarray, base: np.ndarray, scale: float) -> np.ndarray:
     return (base + (values.astype(np.float64) - base) * scale).astype(values.dtype)
 
 
-def squared_distance(values: np.ndarray, base: np.ndarray) -> float:
-    """||values - base||^2 in float64, block by block (O(block) temporary memory)."""
-    a = values.reshape(-1)
-    b = base.reshape(-1)
-    total = 0.0
-    for part in blocks(a):
-        diff = a[part].astype(np.float64) - b[part].astype(np.float64)
-        total += float(np.dot(diff, diff))
-    return total
-
-
 def l2_norm(weights: Weights) -> float:
-    total = 0.0
-    for array in weights.values():
-        if array.dtype.kind != "f":
-            continue
-        flat = array.reshape(-1)
-        for part in blocks(flat):
-            chunk = flat[part].astype(np.float64)
-            total += float(np.dot(chunk, chunk))
+    scratch = Scratch()
+    total = sum(
+        squared_distance64(array.reshape(-1), None, scratch)
+        for array in weights.values()
+        if array.dtype.kind == "f"
+    )
     return math.sqrt(total)
 
 
 def l2_distance(update: Weights, model: Weights) -> float:
     """||update - model|| in float64, block by block (O(block) temporary memory)."""
-    total = 0.0
-    for name, array in update.items():
-        if array.dtype.kind == "f":
-            total += squared_distance(array, model[name])
+    scratch = Scratch()
+    total = sum(
+        squared_distance64(array.reshape(-1), model[name].reshape(-1), scratch)
+        for name, array in update.items()
+        if array.dtype.kind == "f"
+    )
     return math.sqrt(total)
 
 

@@ -45,15 +45,17 @@ from bastion.tensors import (
     WIRE_DTYPES,
     Frame,
     FrameAssembler,
+    Scratch,
     TensorSpec,
     Weights,
-    blocks,
+    all_finite,
     digest_header,
+    squared_distance64,
 )
 
-#: Elements per step of the per-chunk checks: keeps their float64 temporaries at 2 MiB,
-#: however many uploads stream at once.
-CHECK_ELEMENTS = 1 << 18
+#: Elements per step of the per-chunk checks: each upload streaming in holds one float64
+#: block of them (512 KiB), however large its chunks.
+CHECK_ELEMENTS = 1 << 16
 
 ValuesSink = Callable[[str, int, np.ndarray], None]
 
@@ -143,6 +145,8 @@ class Upload:
     distance_squared: float = 0.0
     not_finite: list[str] = field(default_factory=list)
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    #: the per-chunk checks' temporary block (uploads are checked on their own threads)
+    scratch: Scratch = field(default_factory=Scratch)
 
     @property
     def digest(self) -> str:
@@ -313,7 +317,7 @@ class StreamingIntake:
             return
         if values.dtype.kind == "f":
             base = model[name].reshape(-1)[start : start + values.size]
-            squared = _checked_distance(values, base)
+            squared = _checked_distance(values, base, upload.scratch)
             if squared is None:
                 upload.not_finite.append(name)
                 self.take_back(upload)  # it will be refused: nothing more of it is kept
@@ -382,14 +386,9 @@ class StreamingIntake:
         upload.hasher = hasher
 
 
-def _checked_distance(values: np.ndarray, base: np.ndarray) -> float | None:
+def _checked_distance(values: np.ndarray, base: np.ndarray, scratch: Scratch) -> float | None:
     """||values - base||^2 in float64, or None if ``values`` holds a NaN or infinity."""
-    total = 0.0
-    for part in blocks(values, CHECK_ELEMENTS):
-        chunk = values[part]
-        if not np.isfinite(chunk).all():
-            return None
-        diff = chunk.astype(np.float64)
-        diff -= base[part]
-        total += float(np.dot(diff, diff))
-    return total
+    squared = squared_distance64(values, base, scratch, CHECK_ELEMENTS)
+    if math.isfinite(squared) or all_finite(values):  # finite values can square past float64
+        return squared
+    return None

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from bastion.tensors import Weights, blocks
+from bastion.tensors import Scratch, Weights, blocks
 
 
 class Strategy(ABC):
@@ -83,12 +83,18 @@ def cast_like(values: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) 
     return out
 
 
-def add_scaled(total: np.ndarray, value: np.ndarray, weight: float) -> None:
-    """``total += weight * value`` in float64, block by block: no model-sized temporaries."""
+def add_scaled(
+    total: np.ndarray, value: np.ndarray, weight: float, scratch: Scratch | None = None
+) -> None:
+    """``total += weight * value`` in float64, block by block through ``scratch``: no
+    model-sized temporaries, and none allocated per block."""
+    scratch = scratch or Scratch()
     flat_total = total.reshape(-1)
     flat_value = value.reshape(-1)
     for part in blocks(flat_total):
-        flat_total[part] += weight * flat_value[part].astype(np.float64)
+        step = scratch.take(np.float64, part.stop - part.start)
+        np.multiply(flat_value[part], weight, out=step, dtype=np.float64)
+        flat_total[part] += step
 
 
 StrategyConfig = dict[str, Any]

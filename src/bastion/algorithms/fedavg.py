@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from bastion.algorithms.base import Strategy, add_scaled, cast_like
-from bastion.tensors import Weights, blocks, total_bytes
+from bastion.tensors import Scratch, Weights, blocks, total_bytes
 
 #: Above this model size float32 tensors accumulate float32 deltas (see the module doc).
 FLOAT64_ACCUMULATOR_MAX_BYTES = 32 * 1024 * 1024
@@ -59,6 +59,8 @@ class FedAvg(Strategy):
         self._total_weight = 0.0
         self._count = 0
         self._averaged = False
+        #: folds are serialized (see ``fold``), so one block of temporaries serves them all
+        self._scratch = Scratch()
 
     def begin_round(self, global_weights: Weights, round_number: int) -> None:
         self._global = global_weights
@@ -96,12 +98,13 @@ class FedAvg(Strategy):
             raise RuntimeError("fold() after finalize(); call begin_round() first")
         total = self._sum[name].reshape(-1)[start : start + values.size]
         if name not in self._delta:
-            add_scaled(total, values, weight)
+            add_scaled(total, values, weight, self._scratch)
             return
         base = self._global[name].reshape(-1)[start : start + values.size]
         scale = np.float32(weight)
         for part in blocks(total):
-            step = values[part] - base[part]
+            step = self._scratch.take(np.float32, part.stop - part.start)
+            np.subtract(values[part], base[part], out=step)
             step *= scale
             total[part] += step
 
@@ -124,7 +127,7 @@ class FedAvg(Strategy):
             raise ValueError(f"a secure sum needs a positive weight, got {total_weight}")
         for name, total in self._sum.items():
             if name not in self._delta:
-                add_scaled(total, self._global[name], total_weight)
+                add_scaled(total, self._global[name], total_weight, self._scratch)
             total += delta_sum[name].astype(total.dtype, copy=False)
         self._total_weight += total_weight
         self._count += count
