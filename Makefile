@@ -50,23 +50,24 @@ test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(MXNET_STAMP) browser
 	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
 	$(VENV)/bin/lint-imports
-	# Two pytest side by side: the slow federations, one at a time (each keeps both cores
-	# busy), and every other test (they mostly leave a core idle). See tests/conftest.py.
-	# Each line says which half printed it, as the lines come.
+	# Two halves side by side: the federations (the slow e2e ones, one at a time, each
+	# keeping both cores busy; then the fault suite's subset and MXNet), and every other
+	# test (they mostly leave a core idle). See tests/conftest.py. Each line says which
+	# half printed it, as the lines come.
 	$(MAKE) --no-print-directory -j2 test-federations test-others
 	# Tests that compare timings of their own runs, alone.
 	$(PY) -m pytest -q -p no:cacheprovider -m serial --ignore=tests/faults
-	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
-	# each other, so four at a time even on two cores). Every point: `make faults`.
-	$(PY) -m pytest -q --durations=10 -n 4 tests/faults
-	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
-	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS)
 
 # The two halves of `make test`'s main suite (run after the install, side by side).
 .PHONY: test-federations test-others
 test-federations:
 	$(PY) -m pytest -v -p no:cacheprovider --durations=30 -m federation --ignore=tests/faults \
 		2>&1 | sed -u 's/^/[federations] /'
+	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
+	# each other, so four at a time even on two cores). Every point: `make faults`.
+	$(PY) -m pytest -q --durations=10 -n 4 tests/faults 2>&1 | sed -u 's/^/[federations] /'
+	# The MXNet files skip in the main venv (no mxnet there); here they run on NumPy 1.23.
+	$(MXNET_VENV)/bin/python -m pytest -q $(MXNET_TESTS) 2>&1 | sed -u 's/^/[federations] /'
 test-others:
 	$(PY) -m pytest -q -p no:cacheprovider --durations=30 -m 'not federation and not serial' \
 		--ignore=tests/faults 2>&1 | sed -u 's/^/[others] /'
