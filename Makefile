@@ -101,7 +101,7 @@ soak: $(STAMP)
 
 # Scale and speed (benchmarks/scale.py; never part of `make test`): round overhead against the
 # floor measured in the same run, and aggregator/collaborator peak memory for 100 MB, 1 GB and
-# 3 GiB models (the last needs about 14 GB of free memory). Results: benchmarks/results/scale*.
+# 3 GiB models (the last needs about 18 GB of free memory). Results: benchmarks/results/scale*.
 bench: $(STAMP)
 	$(PY) benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 4
 	$(PY) benchmarks/scale.py memory --size-mb 95.367 --collaborators 3 10 --out scale_memory_100mb.json
