@@ -82,19 +82,24 @@ def checkpoint_state(path: Path) -> dict[str, Any]:
 def kill_aggregator_after_round(
     federation: LocalFederation, round_number: int, timeout: float = 120
 ) -> int:
-    """``kill -9`` the aggregator once round ``round_number`` is in the metrics log; the
-    rounds its last checkpoint had completed (a later round may have ended meanwhile)."""
-    metrics = federation.logs / "metrics.jsonl"
+    """``kill -9`` the aggregator once round ``round_number`` is checkpointed (its summary
+    is in the metrics log before that); the rounds its last checkpoint had completed (a
+    later round may have ended meanwhile)."""
+    last = federation.workspace / federation.plan.output.checkpoints / "last.safetensors"
     deadline = time.monotonic() + timeout
-    while not any(s["round"] == round_number for s in round_summaries(read_metrics(metrics))):
+    while _rounds_checkpointed(last) < round_number:
         assert time.monotonic() < deadline, federation.log_text("aggregator")
         time.sleep(0.05)
     process = federation.aggregator_process
     assert process is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
-    last = federation.workspace / federation.plan.output.checkpoints / "last.safetensors"
-    return int(checkpoint_state(last)["round_completed"])
+    return _rounds_checkpointed(last)
+
+
+def _rounds_checkpointed(last: Path) -> int:
+    """Rounds completed in the checkpoint ``last`` (written atomically), 0 before the first."""
+    return int(checkpoint_state(last)["round_completed"]) if last.exists() else 0
 
 
 def restart_aggregator(federation: LocalFederation, port: int, after: float = 1.0) -> None:
