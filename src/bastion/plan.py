@@ -468,6 +468,14 @@ class Plan(_Strict):
     def collaborator_names(self) -> list[str]:
         return [c.name for c in self.collaborators]
 
+    def shards(self) -> dict[str, int]:
+        """Each collaborator's shard of a simulation split, in one pass over the roster
+        (a simulation of thousands of clients looks them up by name)."""
+        return {
+            entry.name: entry.shard if entry.shard is not None else position
+            for position, entry in enumerate(self.collaborators)
+        }
+
     def shard_of(self, name: str) -> int:
         for position, entry in enumerate(self.collaborators):
             if entry.name == name:
@@ -475,7 +483,7 @@ class Plan(_Strict):
         raise PlanError(f"{name!r} is not on the plan's roster: {self.collaborator_names()}")
 
     def shard_count(self) -> int:
-        return max(self.shard_of(n) for n in self.collaborator_names()) + 1
+        return max(self.shards().values()) + 1
 
     def best_task(self) -> str | None:
         if self.best_model.task:

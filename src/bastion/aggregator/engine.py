@@ -145,6 +145,7 @@ class Aggregator:
         # a subset of the plan's); with ``open_roster`` another site of the plan joins when
         # it first calls, and is assigned from the next round on.
         self._roster = list(roster) if roster is not None else plan.collaborator_names()
+        self._on_roster = set(self._roster)  # every call checks it: a set, not the list
         self._open_roster = open_roster
         self._status = StatusFile(store)
         self.chunk_bytes = plan.network.chunk_bytes
@@ -203,13 +204,14 @@ class Aggregator:
     def _check_roster(self, collaborator: str) -> None:
         if self.halted is not None:  # every call passes here first; sites retry UNAVAILABLE
             raise CannotServe(self.halted)
-        if collaborator in self._roster:
+        if collaborator in self._on_roster:
             return
         if self._open_roster and collaborator in self.plan.collaborator_names():
             with self._lock:
-                if collaborator not in self._roster:
+                if collaborator not in self._on_roster:
                     log.info("%s joins the open roster; assigned from the next round", collaborator)
                     self._roster.append(collaborator)
+                    self._on_roster.add(collaborator)
             return
         raise UnknownCollaborator(f"{collaborator!r} is not on the plan's roster")
 
@@ -269,7 +271,7 @@ class Aggregator:
 
     def _busy(self, progress: RoundProgress) -> int:
         """How many sites work now: on the round's tasks, or on carried-over ones."""
-        return len(progress.waiting_for()) + len(self._carried)
+        return progress.working() + len(self._carried)
 
     def _messages_for(self, collaborator: str) -> tuple[bytes, ...]:
         return tuple(m for o in self.observers for m in o.messages_for(collaborator))
@@ -781,8 +783,8 @@ class Aggregator:
         """Whether the round may close now. An overlapping protocol's round closes when the
         protocol says so, whoever still works, or when nobody works for it any more."""
         if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
-            return protocol.is_settled() or not (progress.waiting_for() or self._carried)
-        return protocol.is_settled() and not progress.waiting_for()
+            return protocol.is_settled() or not (progress.working() or self._carried)
+        return protocol.is_settled() and not progress.working()
 
     @contextmanager
     def _fail_stop(self) -> Iterator[None]:

@@ -79,6 +79,11 @@ class RoundProgress:
         """Collaborators with tasks still to hand in, sorted."""
         return sorted(name for name, tasks in self.pending.items() if tasks)
 
+    def working(self) -> int:
+        """How many collaborators have tasks still to hand in (asked at every request and
+        result: no list is built, so a round of thousands of clients stays linear)."""
+        return sum(map(bool, self.pending.values()))
+
 
 def summarize_metrics(
     progress: RoundProgress, rules: Mapping[str, str]

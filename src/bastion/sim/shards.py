@@ -44,8 +44,9 @@ class ShardIndex:
 
     def __init__(self, plan: Plan, dataset: Dataset) -> None:
         self._plan = plan
+        self._shards = plan.shards()
         self.dataset = dataset
-        count = plan.shard_count()
+        count = max(self._shards.values()) + 1
         spec = plan.data.partition
         if len(dataset.y_test) < count:
             raise PartitionError(
@@ -71,10 +72,14 @@ class ShardIndex:
         self._valid = iid(len(dataset.y_test), count, spec.seed)
 
     def train_indices(self, name: str) -> np.ndarray:
-        return self._train[self._plan.shard_of(name)]
+        return self._train[self._shard_of(name)]
 
     def valid_indices(self, name: str) -> np.ndarray:
-        return self._valid[self._plan.shard_of(name)]
+        return self._valid[self._shard_of(name)]
+
+    def _shard_of(self, name: str) -> int:
+        shard = self._shards.get(name)
+        return self._plan.shard_of(name) if shard is None else shard  # unknown: its error
 
     def shard(self, name: str) -> DataShard:
         """Collaborator ``name``'s shard, cut now (a copy of its rows only)."""
