@@ -477,9 +477,9 @@ class Plan(_Strict):
         }
 
     def shard_of(self, name: str) -> int:
-        for position, entry in enumerate(self.collaborators):
-            if entry.name == name:
-                return entry.shard if entry.shard is not None else position
+        shard = self.shards().get(name)
+        if shard is not None:
+            return shard
         raise PlanError(f"{name!r} is not on the plan's roster: {self.collaborator_names()}")
 
     def shard_count(self) -> int:

@@ -46,7 +46,7 @@ class ShardIndex:
         self._plan = plan
         self._shards = plan.shards()
         self.dataset = dataset
-        count = max(self._shards.values()) + 1
+        count = plan.shard_count()
         spec = plan.data.partition
         if len(dataset.y_test) < count:
             raise PartitionError(
@@ -78,8 +78,9 @@ class ShardIndex:
         return self._valid[self._shard_of(name)]
 
     def _shard_of(self, name: str) -> int:
-        shard = self._shards.get(name)
-        return self._plan.shard_of(name) if shard is None else shard  # unknown: its error
+        if name in self._shards:
+            return self._shards[name]
+        return self._plan.shard_of(name)  # not on the roster: the plan's error names it
 
     def shard(self, name: str) -> DataShard:
         """Collaborator ``name``'s shard, cut now (a copy of its rows only)."""
