@@ -29,6 +29,8 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 STATE = "state.json"
 STRATEGY_PREFIX = "strategy/"
+#: The one key of a safetensors header that is not a tensor.
+RESERVED_NAME = "__metadata__"
 #: Checkpoints and the aggregator's summary are readable by their owner only, as before.
 PRIVATE_MODE = 0o600
 
@@ -57,8 +59,13 @@ def save_checkpoint(
     The file is streamed tensor by tensor (8-byte header length, JSON header, raw
     little-endian buffers), so saving a model never builds a second copy of it in memory.
     """
+    if RESERVED_NAME in weights:
+        raise BastionError(
+            f"cannot write checkpoint {path}: a tensor is named {RESERVED_NAME!r}, which the "
+            "safetensors format reserves for its metadata; give it another name in the runner"
+        )
     meta = {"bastion.order": json.dumps(list(weights)), **dict(metadata or {})}
-    header: dict[str, object] = {"__metadata__": meta}
+    header: dict[str, object] = {RESERVED_NAME: meta}
     offset = 0
     for name, array in weights.items():
         dtype = dtype_name(array.dtype)
