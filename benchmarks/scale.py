@@ -7,6 +7,7 @@ model (``NumpyRunner``) whose training step nudges every weight in place.
     python benchmarks/scale.py memory --size-mb 100 --collaborators 3 10
     python benchmarks/scale.py memory --size-mb 3072 --layout one many --collaborators 2
     python benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 3
+    python benchmarks/scale.py chunks --params 1000000 --collaborators 10 --chunk-mib auto 4 0.125
 
 ``memory``: the aggregator's peak RSS (VmHWM) above its idle RSS (model loaded, server
 listening, no collaborator yet), and each collaborator's peak above its idle RSS (recorded
@@ -15,6 +16,9 @@ by the task code when its runner is built, before any network traffic).
 ``logs/metrics.jsonl``) against the floor measured in the same run: bytes moved
 (N models down, N up) at the loopback bandwidth measured between two processes, plus
 N weighted accumulates at the memory bandwidth measured with NumPy.
+``chunks``: the same federation with each ``network.chunk_mib`` in turn (alternated over
+``--repeats``): steady round and the aggregator's and collaborators' peak memory per chunk
+size, the evidence behind ``tensors.Chunking``'s adaptive rule.
 Results go to ``benchmarks/results/`` as JSON; ``report.py`` writes the Markdown table.
 """
 
@@ -185,7 +189,13 @@ def accumulate_seconds(params: int) -> float:
 
 
 def build_workspace(
-    root: Path, params: int, layout: str, collaborators: int, rounds: int, poll: float
+    root: Path,
+    params: int,
+    layout: str,
+    collaborators: int,
+    rounds: int,
+    poll: float,
+    chunk_mib: str | None = None,
 ) -> Path:
     workspace = create_workspace(
         root / "ws", "numpy_logreg_digits", collaborators=collaborators, rounds=rounds
@@ -199,6 +209,8 @@ def build_workspace(
     }
     plan.setdefault("timeouts", {})["poll_seconds"] = poll
     plan.setdefault("network", {})["max_update_mib"] = max(4096, params * 4 // 2**20 + 64)
+    if chunk_mib is not None:
+        plan["network"]["chunk_mib"] = chunk_mib if chunk_mib == "auto" else float(chunk_mib)
     (workspace / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     pki = workspace / "pki"
     init_ca(pki)
@@ -213,13 +225,18 @@ def build_workspace(
 
 
 def run_federation(
-    params: int, layout: str, collaborators: int, rounds: int, poll: float = 0.5
+    params: int,
+    layout: str,
+    collaborators: int,
+    rounds: int,
+    poll: float = 0.5,
+    chunk_mib: str | None = None,
 ) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="bastion-scale-"))
     idle_dir = root / "idle"
     idle_dir.mkdir()
     try:
-        workspace = build_workspace(root, params, layout, collaborators, rounds, poll)
+        workspace = build_workspace(root, params, layout, collaborators, rounds, poll, chunk_mib)
         started = time.monotonic()
         federation = LocalFederation(workspace, extra_env={"BASTION_BENCH_IDLE_DIR": str(idle_dir)})
         with federation:
@@ -270,6 +287,7 @@ def run_federation(
         "layout": layout,
         "collaborators": collaborators,
         "rounds": rounds,
+        "chunk_mib": chunk_mib or "plan default",
         "model_mb": model_bytes / 1e6,
         "aggregator_idle_mb": idle / 1e6,
         "aggregator_peak_mb": peak / 1e6,
@@ -295,7 +313,7 @@ def memory(args: argparse.Namespace) -> None:
         params = int(size * 2**20) // 4
         for layout in args.layout:
             for n in args.collaborators:
-                row = run_federation(params, layout, n, args.rounds)
+                row = run_federation(params, layout, n, args.rounds, chunk_mib=args.chunk_mib)
                 rows.append(row)
                 print(
                     f"{size:>7} MiB {layout:>4} x{n:<3} aggregator peak {row['aggregator_peak_mb']:.0f} MB "
@@ -313,7 +331,9 @@ def overhead(args: argparse.Namespace) -> None:
     rows = []
     for params in args.params:
         accumulate = accumulate_seconds(params)
-        row = run_federation(params, "one", args.collaborators, args.rounds, poll=args.poll)
+        row = run_federation(
+            params, "one", args.collaborators, args.rounds, poll=args.poll, chunk_mib=args.chunk_mib
+        )
         moved = 2 * args.collaborators * params * 4
         floor = moved / bandwidth + args.collaborators * accumulate
         steady = row["round_seconds"][1:] or row["round_seconds"]
@@ -338,6 +358,26 @@ def overhead(args: argparse.Namespace) -> None:
     print(f"written to {path}")
 
 
+def chunks(args: argparse.Namespace) -> None:
+    rows = []
+    for repeat in range(args.repeats):
+        for chunk_mib in args.chunk_mib:
+            row = run_federation(
+                args.params, args.layout, args.collaborators, args.rounds, chunk_mib=chunk_mib
+            )
+            steady = row["round_seconds"][1:] or row["round_seconds"]
+            row.update({"repeat": repeat + 1, "steady_round_seconds": float(np.median(steady))})
+            rows.append(row)
+            print(
+                f"chunk_mib {chunk_mib:>5}: steady round {row['steady_round_seconds']:.3f}s, "
+                f"aggregator above idle {row['aggregator_above_idle_over_model']:.2f}x, "
+                f"collaborators <= {row['collaborator_above_idle_over_model_max']:.2f}x the model",
+                flush=True,
+            )
+    path = _write(args.out, {"machine": machine(), "label": args.label, "results": rows})
+    print(f"written to {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -350,6 +390,7 @@ def main() -> None:
     mem.add_argument("--rounds", type=int, default=2)
     mem.add_argument("--out", default="scale_memory.json")
     mem.add_argument("--label", default="after")
+    mem.add_argument("--chunk-mib", help="the plan's network.chunk_mib (default: the plan's)")
     over = sub.add_parser("overhead")
     over.add_argument("--params", type=int, nargs="+", default=[1_000_000])
     over.add_argument("--collaborators", type=int, default=10)
@@ -357,8 +398,18 @@ def main() -> None:
     over.add_argument("--poll", type=float, default=0.5)
     over.add_argument("--out", default="scale_overhead.json")
     over.add_argument("--label", default="after")
+    over.add_argument("--chunk-mib", help="the plan's network.chunk_mib (default: the plan's)")
+    sweep = sub.add_parser("chunks")
+    sweep.add_argument("--params", type=int, default=1_000_000)
+    sweep.add_argument("--layout", choices=["one", "many"], default="one")
+    sweep.add_argument("--collaborators", type=int, default=10)
+    sweep.add_argument("--rounds", type=int, default=6)
+    sweep.add_argument("--chunk-mib", nargs="+", default=["auto", "4", "0.25", "0.125"])
+    sweep.add_argument("--repeats", type=int, default=2)
+    sweep.add_argument("--out", default="scale_chunks.json")
+    sweep.add_argument("--label", default="after")
     args = parser.parse_args()
-    {"memory": memory, "overhead": overhead}[args.command](args)
+    {"memory": memory, "overhead": overhead, "chunks": chunks}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
-from bastion.storage.checkpoints import load_checkpoint, save_checkpoint
+from bastion.storage.checkpoints import RESERVED_NAME, load_checkpoint, save_checkpoint
+from bastion.spec.network import NetworkSpec
 from bastion.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    SMALLEST_CHUNK_BYTES,
     WIRE_DTYPES,
+    Chunking,
     Frame,
     FrameAssembler,
     Scratch,
@@ -45,7 +49,7 @@ def test_frames_round_trip_exactly(weights: dict[str, np.ndarray], chunk: int) -
 
 
 @settings(max_examples=60, deadline=None)
-@given(weights=weight_dicts)
+@given(weights=weight_dicts.filter(lambda weights: RESERVED_NAME not in weights))
 def test_checkpoints_round_trip_exactly(
     weights: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -57,6 +61,16 @@ def test_checkpoints_round_trip_exactly(
     for name, value in weights.items():
         assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
         assert loaded[name].tobytes() == value.tobytes()
+
+
+def test_a_tensor_named_like_the_format_metadata_is_refused_not_written_corrupt(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "model.safetensors"
+    weights = {"w": np.ones(2, dtype=np.float32), RESERVED_NAME: np.zeros(1, dtype=np.float32)}
+    with pytest.raises(BastionError, match="reserves for its metadata"):
+        save_checkpoint(path, weights)
+    assert not path.exists()
 
 
 def test_checkpoint_is_readable_by_the_reference_safetensors_reader(tmp_path: Path) -> None:
@@ -155,3 +169,40 @@ def test_squared_distance_matches_float64_reference_across_blocks(
     assert squared_distance64(values, base, scratch, size) == pytest.approx(expected, rel=1e-12)
     norm = float((values.astype(np.float64) ** 2).sum())
     assert squared_distance64(values, None, scratch, size) == pytest.approx(norm, rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    smaller=st.integers(min_value=0, max_value=1 << 34),
+    extra=st.integers(min_value=0, max_value=1 << 34),
+    largest=st.integers(min_value=1, max_value=64 << 20),
+)
+def test_adaptive_chunks_grow_with_the_transfer_and_never_pass_the_receivers_limit(
+    smaller: int, extra: int, largest: int
+) -> None:
+    chunking = Chunking(largest)
+    small, large = chunking.for_bytes(smaller), chunking.for_bytes(smaller + extra)
+    # Every receiver accepts ``largest``: a sender never goes past it, whatever it sends
+    # (a compressed update is smaller than the model, so its chunks are no larger).
+    assert 1 <= small <= large <= largest
+
+
+def test_adaptive_chunks_pipeline_a_small_model_and_cap_a_large_one() -> None:
+    chunking = Chunking(4 << 20)
+    four_mb_model = {"w": np.zeros(1_000_000, dtype=np.float32)}
+    frames = list(iter_frames(four_mb_model, chunking.for_weights(four_mb_model)))
+    assert len(frames) == 8 and all(len(f.data) == 512 << 10 for f in frames[:-1])
+    assert chunking.for_bytes(3 << 30) == 4 << 20
+    assert chunking.for_bytes(1000) == SMALLEST_CHUNK_BYTES  # one message, not dozens
+    # A fixed size (the plan's chunk_mib as a number) is used as it is.
+    assert Chunking(1 << 20, adaptive=False).for_bytes(1000) == 1 << 20
+
+
+def test_the_plan_chooses_adaptive_or_fixed_chunks() -> None:
+    auto = NetworkSpec()
+    assert auto.chunking == Chunking(DEFAULT_CHUNK_BYTES, adaptive=True)
+    fixed = NetworkSpec(chunk_mib=0.5)
+    assert fixed.chunking == Chunking(512 << 10, adaptive=False)
+    for wrong in (0, 65, "big"):
+        with pytest.raises(ValueError, match="chunk_mib"):
+            NetworkSpec(chunk_mib=wrong)

@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from bastion.errors import BastionError, ProtocolError
 from bastion.plan import TaskSpec
-from bastion.tensors import Frame, TensorSpec, Weights, assemble_frames
+from bastion.tensors import Chunking, Frame, TensorSpec, Weights, assemble_frames
 
 # --------------------------------------------------------------------------- refusals
 
@@ -199,8 +199,8 @@ class FederationPort(ResultSink, Protocol):
         ...
 
     @property
-    def chunk_bytes(self) -> int:
-        """The size of one wire frame."""
+    def chunking(self) -> Chunking:
+        """How the model is cut into wire frames (and results, by in-process clients)."""
         ...
 
     def get_tasks(self, collaborator: str) -> Assignment: ...

@@ -22,6 +22,14 @@ Weights = dict[str, np.ndarray]
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
+#: Adaptive chunking cuts a transfer into about this many chunks, so the receiver checks and
+#: folds one chunk while the next is on the wire, and holds less of it at a time ...
+PIPELINE_CHUNKS = 8
+#: ... but none smaller than this: per-message work then shows (10 collaborators, a 4 MB
+#: model: 128 KiB chunks made rounds ~30% slower than 256 KiB-4 MiB, which measured alike;
+#: ``benchmarks/scale.py chunks``).
+SMALLEST_CHUNK_BYTES = 256 * 1024
+
 #: dtypes allowed on the wire, by their canonical name. Object and void dtypes never are.
 WIRE_DTYPES: dict[str, np.dtype] = {
     name: np.dtype(name).newbyteorder("<")
@@ -185,6 +193,34 @@ class Frame:
     shape: tuple[int, ...]
     offset: int
     data: bytes
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a sender cuts what it sends: ``largest`` bytes at most per chunk (the size every
+    receiver accepts), and with ``adaptive`` smaller chunks for smaller transfers.
+
+    Larger chunks buy nothing past a few MiB and cost memory: a 256 MiB model between two
+    collaborators took as long with 1, 4 or 16 MiB chunks, and 64 MiB chunks were slower and
+    raised the aggregator's peak from 1.1x to 3.3x the model (``benchmarks/scale.py chunks``).
+    """
+
+    largest: int = DEFAULT_CHUNK_BYTES
+    adaptive: bool = True
+
+    def for_bytes(self, payload_bytes: int) -> int:
+        """The chunk size for a transfer of ``payload_bytes``: a fixed size is used as it is;
+        an adaptive one is the power of two giving about ``PIPELINE_CHUNKS`` chunks, between
+        ``SMALLEST_CHUNK_BYTES`` and ``largest`` (never below one byte)."""
+        if not self.adaptive:
+            return self.largest
+        target = max(payload_bytes // PIPELINE_CHUNKS, 1)
+        size = 1 << (target - 1).bit_length()
+        return max(min(size, self.largest), min(SMALLEST_CHUNK_BYTES, self.largest))
+
+    def for_weights(self, weights: Mapping[str, np.ndarray]) -> int:
+        """The chunk size for sending ``weights``."""
+        return self.for_bytes(total_bytes(weights))
 
 
 def iter_frames(

@@ -48,7 +48,7 @@ def test_task_arguments_come_from_the_signed_plan(tmp_path: Path) -> None:
         client = GrpcAggregatorClient(
             served.target,
             plan.canonical_hash(),
-            plan.network.chunk_bytes,
+            plan.network.chunking,
             plan.network.max_update_bytes,
             files.read(),
             plan_tasks={t.name: t for t in plan.tasks},

@@ -29,7 +29,7 @@ def _client(served, name: str) -> GrpcAggregatorClient:  # type: ignore[no-untyp
     return GrpcAggregatorClient(
         served.target,
         plan.canonical_hash(),
-        plan.network.chunk_bytes,
+        plan.network.chunking,
         plan.network.max_update_bytes,
         files.read(),
         plan_tasks={t.name: t for t in plan.tasks},

@@ -43,6 +43,7 @@ from bastion.privacy.secagg.session import (
 from bastion.privacy.secagg.shamir import Share, combine
 from bastion.privacy.secagg.update import UpdateCodec
 from bastion.protocol import StageReply
+from bastion.tensors import Chunking
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.server import FederationServicer
@@ -69,7 +70,7 @@ def _run_collaborators(served: ServedAggregator) -> dict[str, Collaborator]:
     for name in plan.collaborator_names():
         files = tls_files_for(workspace / "pki", name)
         client = GrpcAggregatorClient(
-            served.target, plan.canonical_hash(), 1 << 20, 1 << 28, files.read()
+            served.target, plan.canonical_hash(), Chunking(1 << 20), 1 << 28, files.read()
         )
         collaborators[name] = build_collaborator(
             plan,

@@ -149,6 +149,7 @@ class Aggregator:
         self._open_roster = open_roster
         self._status = StatusFile(store)
         self.chunk_bytes = plan.network.chunk_bytes
+        self.chunking = plan.network.chunking
 
         resumed = store.load()
         self.model: Weights = resumed.model
@@ -305,12 +306,13 @@ class Aggregator:
             carried = self._carried.of(collaborator, round_number)
             if carried is not None:
                 faults.point("engine.download", collaborator)
-                return iter_frames(self._carried.origin(carried), self.chunk_bytes)
+                origin = self._carried.origin(carried)
+                return iter_frames(origin, self.chunking.for_weights(origin))
             progress = self._require_assigned(collaborator, round_number)
             faults.point("engine.download", collaborator)
             kinds = [t.kind for t in progress.assignments[collaborator]]
             payload = self._downlink.payload(self.model, round_number, kinds)
-            return iter_frames(payload, self.chunk_bytes)
+            return iter_frames(payload, self.chunking.for_weights(payload))
 
     def shared_model(self, collaborator: str, round_number: int) -> tuple[Hashable, int] | None:
         """The round's model is one for all its collaborators (``ServesOneModel``), except a

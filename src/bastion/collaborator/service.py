@@ -100,7 +100,7 @@ def run_collaborator(
     client = GrpcAggregatorClient(
         target,
         plan.canonical_hash(),
-        chunk_bytes=plan.network.chunk_bytes,
+        chunking=plan.network.chunking,
         max_model_bytes=plan.network.max_update_bytes,
         tls=tls,
         insecure_name=name if insecure else None,

@@ -78,7 +78,8 @@ class InProcessClient:
         weights: Weights | None,
     ) -> Ack:
         header = ResultHeader(round_number, task, int(example_count), metrics)
-        frames = iter_frames(weights or {}, self.aggregator.chunk_bytes)
+        weights = weights or {}
+        frames = iter_frames(weights, self.aggregator.chunking.for_weights(weights))
         return take_result(self.aggregator, self.name, header, frames)
 
     def decline_task(

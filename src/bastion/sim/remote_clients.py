@@ -76,7 +76,7 @@ class ContentCheckPort:
         self._model = model
         self._spec = spec_of(model)
         self._decode = update_decoder(plan)
-        self.chunk_bytes = plan.network.chunk_bytes
+        self.chunking = plan.network.chunking
         self._compressed = plan.compression is not None
         self._bounds = InfluenceBounds.of(plan)
         self.max_update_bytes = update_limit(plan, model)
@@ -162,7 +162,8 @@ class RecordingTransport:
             raise BastionError(f"{self.name} asked for round {round_number}, not {self.sent.round}")
         checks = self._checks
         payload = self._downlink.payload(self._model, round_number, self._task_kinds)
-        return assemble_frames(iter_frames(payload, checks.chunk_bytes), checks.max_update_bytes)
+        chunk = checks.chunking.for_weights(payload)
+        return assemble_frames(iter_frames(payload, chunk), checks.max_update_bytes)
 
     def send_result(
         self,
@@ -175,7 +176,8 @@ class RecordingTransport:
         metrics = {key: float(value) for key, value in metrics.items()}
         self.sent.messages.append(SentMessage(task, int(example_count), metrics, weights))
         header = ResultHeader(round_number, task, int(example_count), metrics)
-        frames = iter_frames(weights or {}, self._checks.chunk_bytes)
+        weights = weights or {}
+        frames = iter_frames(weights, self._checks.chunking.for_weights(weights))
         return take_result(self._checks, self.name, header, frames)
 
     def decline_task(

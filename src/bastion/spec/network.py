@@ -13,11 +13,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bastion.errors import BastionError
+from bastion.tensors import DEFAULT_CHUNK_BYTES, Chunking
 
 MIB = 1024 * 1024
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -114,7 +115,10 @@ class NetworkSpec(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     pki_dir: str = "pki"
     aggregator_name: str = Field(default="aggregator", pattern=NAME_PATTERN)
-    chunk_mib: float = Field(default=4.0, gt=0, le=64)
+    chunk_mib: Annotated[float, Field(gt=0, le=64)] | Literal["auto"] = Field(
+        default="auto",
+        description="the largest wire chunk; 'auto': 4 MiB, smaller for smaller transfers",
+    )
     max_update_mib: float = Field(default=4096.0, gt=0)
     max_concurrent_uploads: int = Field(
         default=2, ge=1, description="updates assembled at once; bounds aggregator memory"
@@ -151,8 +155,16 @@ class NetworkSpec(BaseModel):
 
     @property
     def chunk_bytes(self) -> int:
-        """Size of one streamed tensor chunk in bytes (the plan states MiB)."""
+        """The largest streamed chunk in bytes, which every receiver accepts (the plan
+        states MiB)."""
+        if self.chunk_mib == "auto":
+            return DEFAULT_CHUNK_BYTES
         return int(self.chunk_mib * MIB)
+
+    @property
+    def chunking(self) -> Chunking:
+        """How senders cut a transfer: a fixed ``chunk_mib``, or sized to each transfer."""
+        return Chunking(self.chunk_bytes, adaptive=self.chunk_mib == "auto")
 
     @property
     def max_update_bytes(self) -> int:

@@ -14,7 +14,7 @@ from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, RoundOver, StageReply
 from bastion.spec.network import AddressError, parse_address
-from bastion.tensors import Weights, iter_frames
+from bastion.tensors import Chunking, Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable
@@ -51,7 +51,7 @@ class GrpcAggregatorClient:
         self,
         target: str,
         plan_hash: str,
-        chunk_bytes: int,
+        chunking: Chunking,
         max_model_bytes: int,
         tls: tuple[bytes, bytes, bytes] | None,
         insecure_name: str | None = None,
@@ -71,9 +71,9 @@ class GrpcAggregatorClient:
         # A renewed certificate (same files, new content) is picked up between rounds.
         self._tls_files = tls_files
         self._tls_stamp = _stamp(tls_files) if tls_files is not None else None
-        self._options = channel_options(chunk_bytes)
+        self._options = channel_options(chunking.largest)
         self._receipts_dir = receipts_dir
-        options = channel_options(chunk_bytes)
+        options = self._options
         if tls is not None:
             self._channel = grpc.secure_channel(target, channel_credentials(*tls), options=options)
             self._metadata: tuple[tuple[str, str], ...] = ()
@@ -90,7 +90,7 @@ class GrpcAggregatorClient:
         self._target = target
         self._plan_hash = plan_hash
         self._workspace_measurement = workspace_measurement
-        self._chunk_bytes = chunk_bytes
+        self._chunking = chunking
         self._max_model_bytes = max_model_bytes
         self._timeout = timeout_seconds
         self._ca = tls[0] if tls is not None else None
@@ -247,7 +247,8 @@ class GrpcAggregatorClient:
             yield pb.ResultChunk(header=header)
             if weights:
                 # Encoded from views of the arrays: one copy of each byte (transport/encoded.py).
-                for frame in iter_frames(weights, self._chunk_bytes, lend=True):
+                chunk = self._chunking.for_weights(weights)
+                for frame in iter_frames(weights, chunk, lend=True):
                     yield encode_result_chunk(frame)
 
         try:
@@ -304,7 +305,8 @@ class GrpcAggregatorClient:
         metrics: Mapping[str, float],
     ) -> tuple[bool, str]:
         """Send our secure aggregation message of ``step``, in chunks."""
-        parts = send_parts(round_number, attempt, step, payload, metrics, self._chunk_bytes)
+        chunk = self._chunking.for_bytes(len(payload))
+        parts = send_parts(round_number, attempt, step, payload, metrics, chunk)
         try:
             ack = self._stub.SecAggSend(parts, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as exc:
