@@ -39,17 +39,29 @@ def overhead_rows(payload: dict) -> list[str]:
     ]
 
 
+def chunk_rows(payload: dict) -> list[str]:
+    return [
+        f"| {r['model_mb']:.0f} | {r['collaborators']} | {r['chunk_mib']} | {r['repeat']} "
+        f"| {r['steady_round_seconds']:.3f} | {r['aggregator_above_idle_over_model']:.2f}× "
+        f"| {r['collaborator_above_idle_over_model_max']:.2f}× |"
+        for r in payload["results"]
+    ]
+
+
 def main() -> None:
     lines = ["# Scale and speed (`benchmarks/scale.py`)", ""]
     machine = None
     memory: list[str] = []
     overhead: list[str] = []
+    chunks: list[str] = []
     for path in sorted(RESULTS.glob("scale_*.json")):
         payload = json.loads(path.read_text())
         if "results" not in payload or not payload["results"]:
             continue
         machine = machine or payload.get("machine")
-        if "floor_seconds" in payload["results"][0]:
+        if "repeat" in payload["results"][0]:
+            chunks += chunk_rows(payload)
+        elif "floor_seconds" in payload["results"][0]:
             overhead += overhead_rows(payload)
         elif "collaborator_peak_mb" in payload["results"][0]:
             memory += memory_rows(payload)
@@ -84,6 +96,20 @@ def main() -> None:
             "| loopback GB/s | wall s |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             *overhead,
+            "",
+        ]
+    if chunks:
+        lines += [
+            "## Chunk size (`scale.py chunks`): the plan's `network.chunk_mib`, alternated",
+            "",
+            "`auto` (the default): each transfer in about 8 chunks of 256 KiB to 4 MiB, so 512 KiB "
+            "for the 4 MB model and 4 MiB for the 268 MB one. Memory above idle, as a multiple "
+            "of the model (a 4 MB model's multiple is mostly per-stream buffers).",
+            "",
+            "| model MB | collabs | chunk_mib | repeat | steady round s | agg above idle / model "
+            "| collab above idle / model |",
+            "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+            *chunks,
             "",
         ]
     if (RESULTS / "peers.md").exists():

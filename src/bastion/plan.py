@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
@@ -197,7 +198,7 @@ class TaskGroupSpec(_Strict):
                 f"task group {self.name!r}: give either 'collaborators' or 'fraction', not both"
             )
         for label, values in (("tasks", self.tasks), ("collaborators", self.collaborators or [])):
-            repeated = sorted({v for v in values if values.count(v) > 1})
+            repeated = sorted(v for v, count in Counter(values).items() if count > 1)
             if repeated:
                 raise ValueError(f"task group {self.name!r}: {label} repeated: {repeated}")
         return self
@@ -216,7 +217,7 @@ class TaskGroupsSpec(_Strict):
     @model_validator(mode="after")
     def _consistent_groups(self) -> TaskGroupsSpec:
         names = [g.name for g in self.groups]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated:
             raise ValueError(f"task group names must be unique; repeated: {repeated}")
         rest = [g.name for g in self.groups if g.collaborators is None and g.fraction is None]
@@ -351,7 +352,7 @@ class Plan(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
         names = [c.name for c in self.collaborators]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
         if duplicates:
             raise ValueError(f"collaborator names must be unique; repeated: {duplicates}")
         if self.network.aggregator_name in names:

@@ -25,9 +25,10 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 #: Adaptive chunking cuts a transfer into about this many chunks, so the receiver checks and
 #: folds one chunk while the next is on the wire, and holds less of it at a time ...
 PIPELINE_CHUNKS = 8
-#: ... but none smaller than this: per-message work then shows (10 collaborators, a 4 MB
-#: model: 128 KiB chunks made rounds ~30% slower than 256 KiB-4 MiB, which measured alike;
-#: ``benchmarks/scale.py chunks``).
+#: ... but none smaller than this, where per-message work shows. Measured with 10
+#: collaborators and a 4 MB model (``benchmarks/scale.py chunks``): 512 KiB chunks gave
+#: rounds of 0.35-0.38 s, 128-256 KiB 0.42-0.49 s, 4 MiB 0.47-0.49 s with 2.7x the
+#: aggregator's memory above idle.
 SMALLEST_CHUNK_BYTES = 256 * 1024
 
 #: dtypes allowed on the wire, by their canonical name. Object and void dtypes never are.
@@ -201,8 +202,9 @@ class Chunking:
     receiver accepts), and with ``adaptive`` smaller chunks for smaller transfers.
 
     Larger chunks buy nothing past a few MiB and cost memory: a 256 MiB model between two
-    collaborators took as long with 1, 4 or 16 MiB chunks, and 64 MiB chunks were slower and
-    raised the aggregator's peak from 1.1x to 3.3x the model (``benchmarks/scale.py chunks``).
+    collaborators took about as long with 1, 4 or 16 MiB chunks (4.8-5.5 s a round), and
+    64 MiB chunks were slower (7.4 s) and raised the aggregator's peak above idle from 1.1x
+    to 3.4x the model (``benchmarks/scale.py chunks``).
     """
 
     largest: int = DEFAULT_CHUNK_BYTES

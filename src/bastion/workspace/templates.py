@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import string
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -75,7 +76,7 @@ def parse_roster(value: str) -> int | list[str]:
             f"--collaborators {value!r}: give a count or names such as hospital-a,hospital-b "
             f"(letters, digits, . _ -; each the CN of that site's certificate){'; bad: ' + ', '.join(bad) if bad else ''}"
         )
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
         raise BastionError(f"--collaborators: {', '.join(repeated)} named twice")
     return names
