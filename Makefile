@@ -48,12 +48,10 @@ run: $(STAMP)
 # The venvs install while apt fetches chromium (network-bound, side by side).
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(MXNET_STAMP) browser
-	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
-	$(VENV)/bin/lint-imports
-	# Two halves side by side: the federations (the slow e2e ones, one at a time, each
-	# keeping both cores busy; then the fault suite's subset and MXNet), and every other
-	# test (they mostly leave a core idle). See tests/conftest.py. Each line says which
-	# half printed it, as the lines come.
+	# Two halves side by side: the import contracts, then the federations (the slow e2e
+	# ones, one at a time, each keeping both cores busy; then the fault suite's subset and
+	# MXNet); and every other test (they mostly leave a core idle). See tests/conftest.py.
+	# Each line says which half printed it, as the lines come.
 	$(MAKE) --no-print-directory -j2 test-federations test-others
 	# Tests that compare timings of their own runs, alone.
 	$(PY) -m pytest -q -p no:cacheprovider -m serial --ignore=tests/faults
@@ -61,6 +59,8 @@ test:
 # The two halves of `make test`'s main suite (run after the install, side by side).
 .PHONY: test-federations test-others
 test-federations:
+	# The layers of DESIGN.md and "frameworks only in their adapter" ([tool.importlinter]).
+	$(VENV)/bin/lint-imports 2>&1 | sed -u 's/^/[federations] /'
 	$(PY) -m pytest -v -p no:cacheprovider --durations=30 -m federation --ignore=tests/faults \
 		2>&1 | sed -u 's/^/[federations] /'
 	# The fault suite's fast subset (each scenario once; real processes, mostly waiting on
