@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -224,6 +225,12 @@ def build_workspace(
     return workspace
 
 
+def _children_cpu() -> float:
+    """User + system seconds of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_federation(
     params: int,
     layout: str,
@@ -238,6 +245,7 @@ def run_federation(
     try:
         workspace = build_workspace(root, params, layout, collaborators, rounds, poll, chunk_mib)
         started = time.monotonic()
+        cpu_before = _children_cpu()
         federation = LocalFederation(workspace, extra_env={"BASTION_BENCH_IDLE_DIR": str(idle_dir)})
         with federation:
             federation.start_aggregator(timeout=600)
@@ -260,6 +268,7 @@ def run_federation(
                 time.sleep(0.05)
             codes = federation.wait(timeout=1800)
         wall = time.monotonic() - started
+        cpu = _children_cpu() - cpu_before
         if any(codes.values()):
             log = (workspace / "logs" / "aggregator.log").read_text()[-3000:]
             raise SystemExit(f"federation failed: {codes}\n{log}")
@@ -297,6 +306,8 @@ def run_federation(
         "collaborator_above_idle_over_model_max": max(above.values()) / model_bytes,
         "round_seconds": seconds,
         "wall_seconds": wall,
+        # user + system seconds of every process of the federation, start-up included
+        "cpu_seconds": cpu,
     }
 
 

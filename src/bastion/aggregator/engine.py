@@ -52,6 +52,7 @@ from bastion.aggregator.plugins import (
 )
 from bastion.aggregator.records import (
     MAX_REASON,
+    PendingTasks,
     RoundProgress,
     TaskRecord,
     check_header,
@@ -67,6 +68,7 @@ from bastion.aggregator.round_protocol import (
     RoundContext,
     RoundProtocol,
     StreamingRound,
+    is_overlapping,
 )
 from bastion.aggregator.status import StatusFile
 from bastion.aggregator.streaming import StreamingIntake
@@ -261,7 +263,7 @@ class Aggregator:
         if (
             progress is None
             or progress.final_evaluation
-            or not isinstance(protocol, OverlappingRound)
+            or not is_overlapping(protocol)
             or collaborator in self._carried
             or not progress.assignments.get(collaborator)
             or not protocol.admits(self._busy(progress))
@@ -361,7 +363,7 @@ class Aggregator:
                 )
             return next(t for t in carried.tasks if t.name == task)
         progress = self._round
-        if isinstance(self.round_protocol, OverlappingRound) and (
+        if is_overlapping(self.round_protocol) and (
             progress is None or round_number < progress.number
         ):
             return next((t for t in self.plan.tasks if t.name == task), None)
@@ -370,7 +372,7 @@ class Aggregator:
     def _late_refusal(self, collaborator: str, round_number: int, task: TaskSpec) -> str | None:
         """Why a result for an earlier round is not taken (too stale, no longer collected)."""
         progress, protocol = self._round, self.round_protocol
-        if not isinstance(protocol, OverlappingRound):
+        if not is_overlapping(protocol):
             return None
         if progress is None:
             return (
@@ -461,7 +463,7 @@ class Aggregator:
                 protocol.on_result(collaborator, task, example_count, weights)
                 self._accepted(collaborator, task, round_number, example_count, metrics, digest)
                 return Ack(True, "")
-            assert isinstance(protocol, OverlappingRound)
+            assert is_overlapping(protocol)
             protocol.on_carried_result(
                 collaborator,
                 task,
@@ -546,7 +548,9 @@ class Aggregator:
             TaskRecord(collaborator, example_count, dict(metrics))
         )
         if not carried:
-            progress.pending[collaborator].remove(task.name)
+            remaining = list(progress.pending[collaborator])
+            remaining.remove(task.name)
+            progress.pending[collaborator] = remaining
         self._publish(
             ResultAccepted(
                 round_number,
@@ -784,7 +788,7 @@ class Aggregator:
     def _settled(self, progress: RoundProgress, protocol: RoundProtocol) -> bool:
         """Whether the round may close now. An overlapping protocol's round closes when the
         protocol says so, whoever still works, or when nobody works for it any more."""
-        if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
+        if is_overlapping(protocol) and not progress.final_evaluation:
             return protocol.is_settled() or not (progress.working() or self._carried)
         return protocol.is_settled() and not progress.working()
 
@@ -818,10 +822,11 @@ class Aggregator:
         # Sites known to be gone are not waited for; they rejoin when they call again.
         present = self._status.available(self._roster)
         if final:
+            evaluating = set(present)
             assignments = {
                 name: tasks
                 for name, tasks in final_evaluation(self.plan).items()
-                if name in present
+                if name in evaluating
             }
             if not assignments:
                 self.state.finished = True
@@ -849,11 +854,13 @@ class Aggregator:
             assignments=assignments,
             # A site still working on an earlier round's tasks is given its tasks of this
             # round only once it is free again (``_more_work``).
-            pending={
-                name: [t.name for t in tasks]
-                for name, tasks in assignments.items()
-                if tasks and name not in self._carried
-            },
+            pending=PendingTasks(
+                {
+                    name: [t.name for t in tasks]
+                    for name, tasks in assignments.items()
+                    if tasks and name not in self._carried
+                }
+            ),
             started=self._clock(),
         )
         faults.point("engine.assign")
@@ -864,7 +871,7 @@ class Aggregator:
         self.round_protocol = self._open_protocol(
             RoundContext(self.plan, progress, self.model, self.strategy, self._clock, self._publish)
         )
-        if isinstance(self.round_protocol, OverlappingRound) and not final:
+        if is_overlapping(self.round_protocol) and not final:
             self._admit(progress, self.round_protocol)
         label = "final evaluation" if final else f"round {number}/{self.plan.rounds}"
         log.info("%s: %d collaborators assigned", label, len(progress.pending))
@@ -924,7 +931,7 @@ class Aggregator:
         assert progress is not None and protocol is not None
         number = progress.number
         carried_over: list[str] = []
-        if isinstance(protocol, OverlappingRound) and not progress.final_evaluation:
+        if is_overlapping(protocol) and not progress.final_evaluation:
             # the round's starting model: finalize replaces self.model, never mutates it
             carried_over = self._carried.carry(progress, self.model)
         rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bastion.aggregator.assignment import Assignments
 from bastion.aggregator.influence import InfluenceBounds, robust_mean
@@ -55,18 +56,55 @@ class CarriedWork:
     pending: list[str]
 
 
+class PendingTasks(dict[str, list[str]]):
+    """Each assigned collaborator's tasks still to hand in, keeping count of those with any.
+
+    The engine asks how many still work at every request and result; in a final evaluation
+    of thousands of clients a recount each time was quadratic. A collaborator's list is
+    replaced, never changed in place, so every change passes ``__setitem__`` or
+    ``__delitem__``; dict methods that would bypass them are refused.
+    """
+
+    def __init__(self, tasks: Mapping[str, list[str]] | None = None) -> None:
+        super().__init__()
+        self.working = 0
+        for name, names in (tasks or {}).items():
+            self[name] = names
+
+    def __setitem__(self, name: str, tasks: list[str]) -> None:
+        self.working += bool(tasks) - bool(self.get(name))
+        super().__setitem__(name, tasks)
+
+    def __delitem__(self, name: str) -> None:
+        self.working -= bool(self.get(name))
+        super().__delitem__(name)
+
+    def __reduce__(self) -> tuple[type[PendingTasks], tuple[dict[str, list[str]]]]:
+        """Copies and pickles are rebuilt through ``__init__``, which counts afresh."""
+        return (PendingTasks, (dict(self),))
+
+    def _bypass(self, *args: object, **kwargs: object) -> Any:
+        raise TypeError("PendingTasks changes by item assignment or del only")
+
+    pop = popitem = setdefault = update = clear = __ior__ = _bypass
+
+
 @dataclass
 class RoundProgress:
     number: int
     final_evaluation: bool
     assignments: Assignments
-    pending: dict[str, list[str]]
+    pending: PendingTasks
     started: float
     results: dict[str, list[TaskRecord]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     lost: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pending, PendingTasks):
+            self.pending = PendingTasks(self.pending)
 
     def hand_in(self, collaborator: str, kind: str) -> None:
         """``collaborator``'s pending tasks of ``kind`` no longer come as results."""
@@ -80,9 +118,8 @@ class RoundProgress:
         return sorted(name for name, tasks in self.pending.items() if tasks)
 
     def working(self) -> int:
-        """How many collaborators have tasks still to hand in (asked at every request and
-        result: no list is built, so a round of thousands of clients stays linear)."""
-        return sum(map(bool, self.pending.values()))
+        """How many collaborators have tasks still to hand in (kept as it changes)."""
+        return self.pending.working
 
 
 def summarize_metrics(

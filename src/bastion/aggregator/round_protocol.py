@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bastion.aggregator.events import RoundEvent
 from bastion.aggregator.records import RoundProgress
@@ -19,6 +19,9 @@ from bastion.algorithms.base import Strategy
 from bastion.plan import Plan, TaskSpec
 from bastion.protocol import Ack, StageReply
 from bastion.tensors import Weights
+
+if TYPE_CHECKING:  # Python 3.13's typing.TypeIs; only the type checker needs it
+    from typing_extensions import TypeIs
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,19 @@ class OverlappingRound(Protocol):
     ) -> None:
         """An accepted result of work assigned in round ``origin`` (from ``origin_model``)."""
         ...
+
+
+_OVERLAPPING_CLASSES: dict[type, bool] = {}
+
+
+def is_overlapping(protocol: object) -> TypeIs[OverlappingRound]:
+    """``isinstance(protocol, OverlappingRound)``, answered once per class: a runtime
+    protocol check costs tens of microseconds, and the engine asks on every request."""
+    kind = type(protocol)
+    known = _OVERLAPPING_CLASSES.get(kind)
+    if known is None:
+        known = _OVERLAPPING_CLASSES[kind] = isinstance(protocol, OverlappingRound)
+    return known
 
 
 ProtocolFactory = Callable[[RoundContext], RoundProtocol]
