@@ -67,6 +67,7 @@ def start(
             allow_unsigned_workspace=allow_unsigned_workspace,
             pki_dir=pki_dir,
             observers=observers,
+            own_process=True,
         )
         if server is not None:
             _linger(server.url, dashboard_linger)

@@ -63,4 +63,5 @@ def start(
         allow_unsigned_workspace=allow_unsigned_workspace,
         site_data=site.merged(parse_data_options(data)),
         pki_dir=pki_dir,
+        own_process=True,
     )

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             pki_dir=args.pki_dir,
             roster=[name for name in args.roster.split(",") if name],
             open_roster=args.open_roster,
+            own_process=True,
         )
     except BastionError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

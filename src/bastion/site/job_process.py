@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             aggregator=args.aggregator,
             site_data=load_site_data(args.data) if args.data else None,
             pki_dir=args.pki_dir,
+            own_process=True,
         )
     except BastionError as exc:
         logging.getLogger("bastion.site").error("error: %s", exc)
