@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
-from bastion.storage.checkpoints import RESERVED_NAME, load_checkpoint, save_checkpoint
 from bastion.spec.network import NetworkSpec
+from bastion.storage.checkpoints import RESERVED_NAME, load_checkpoint, save_checkpoint
 from bastion.tensors import (
     DEFAULT_CHUNK_BYTES,
     SMALLEST_CHUNK_BYTES,
