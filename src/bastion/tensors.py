@@ -202,7 +202,7 @@ class Chunking:
     receiver accepts), and with ``adaptive`` smaller chunks for smaller transfers.
 
     Larger chunks buy nothing past a few MiB and cost memory: a 256 MiB model between two
-    collaborators took about as long with 1, 4 or 16 MiB chunks (4.8-5.5 s a round), and
+    collaborators took about as long with 1, 4 or 16 MiB chunks (4.5-5.5 s a round), and
     64 MiB chunks were slower (7.4 s) and raised the aggregator's peak above idle from 1.1x
     to 3.4x the model (``benchmarks/scale.py chunks``).
     """
