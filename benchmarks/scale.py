@@ -16,6 +16,9 @@ by the task code when its runner is built, before any network traffic).
 ``logs/metrics.jsonl``) against the floor measured in the same run: bytes moved
 (N models down, N up) at the loopback bandwidth measured between two processes, plus
 N weighted accumulates at the memory bandwidth measured with NumPy.
+Each row also has the rounds' anatomy (after the first round, medians): round opened to
+the first result accepted, first to last result, last result to the round's record, record
+to the next round opened, from the timestamps of ``logs/metrics.jsonl``.
 ``chunks``: the same federation with each ``network.chunk_mib`` in turn (alternated over
 ``--repeats``): steady round and the aggregator's and collaborators' peak memory per chunk
 size, the evidence behind ``tensors.Chunking``'s adaptive rule.
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -225,6 +229,36 @@ def build_workspace(
     return workspace
 
 
+def round_anatomy(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the training rounds after the first spend their time, medians in seconds, from
+    the metrics log's timestamps: round opened -> first result accepted -> last result ->
+    round recorded -> next round opened."""
+    opened = {r["round"]: r["time"] for r in records if r.get("event") == "round_start"}
+    closed = {
+        r["round"]: r["time"]
+        for r in records
+        if r.get("event") == "round" and not r.get("final_evaluation")
+    }
+    phases: dict[str, list[float]] = {
+        "to_first_result": [],
+        "first_to_last_result": [],
+        "last_result_to_record": [],
+        "record_to_next_open": [],
+    }
+    for number in sorted(closed):
+        results = sorted(
+            r["time"] for r in records if r.get("event") == "task" and r.get("round") == number
+        )
+        if number < 2 or not results or number not in opened:
+            continue
+        phases["to_first_result"].append(results[0] - opened[number])
+        phases["first_to_last_result"].append(results[-1] - results[0])
+        phases["last_result_to_record"].append(closed[number] - results[-1])
+        if number + 1 in opened:
+            phases["record_to_next_open"].append(opened[number + 1] - closed[number])
+    return {name: float(np.median(values)) for name, values in phases.items() if values}
+
+
 def _children_cpu() -> float:
     """User + system seconds of this process's children that have been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -287,6 +321,7 @@ def run_federation(
             for r in records
             if "seconds" in r and not r.get("final_evaluation") and "round" in r
         ]
+        anatomy = round_anatomy(records)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     model_bytes = params * 4
@@ -308,6 +343,7 @@ def run_federation(
         "wall_seconds": wall,
         # user + system seconds of every process of the federation, start-up included
         "cpu_seconds": cpu,
+        "round_anatomy": anatomy,
     }
 
 
@@ -362,7 +398,8 @@ def overhead(args: argparse.Namespace) -> None:
         print(
             f"{params:>12,} params x{args.collaborators}: steady round {row['steady_round_seconds']:.3f}s, "
             f"floor {floor:.3f}s (loopback {bandwidth / 1e9:.2f} GB/s), "
-            f"{row['steady_over_floor']:.1f}x the floor",
+            f"{row['steady_over_floor']:.1f}x the floor; "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["round_anatomy"].items()),
             flush=True,
         )
     path = _write(args.out, {"machine": machine(), "label": args.label, "results": rows})

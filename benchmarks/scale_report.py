@@ -30,11 +30,20 @@ def memory_rows(payload: dict) -> list[str]:
     return rows
 
 
+def _anatomy(row: dict) -> str:
+    phases = row.get("round_anatomy")
+    if not phases:
+        return "—"
+    keys = ("to_first_result", "first_to_last_result", "last_result_to_record")
+    return " / ".join(f"{phases[k] * 1000:.0f}" for k in keys if k in phases)
+
+
 def overhead_rows(payload: dict) -> list[str]:
     return [
         f"| {payload.get('label', '')} | {r['params']:,} | {r['collaborators']} "
         f"| {r['steady_round_seconds']:.3f} | {r['floor_seconds']:.3f} "
-        f"| {r['steady_over_floor']:.1f}× | {r['loopback_gb_s']:.2f} | {r['wall_seconds']:.1f} |"
+        f"| {r['steady_over_floor']:.1f}× | {_anatomy(r)} | {r['loopback_gb_s']:.2f} "
+        f"| {r['wall_seconds']:.1f} |"
         for r in payload["results"]
     ]
 
@@ -92,9 +101,13 @@ def main() -> None:
             "Floor = (N models down + N up) ÷ loopback bandwidth (measured in the same run, "
             "between two processes, no TLS) + N weighted accumulates (NumPy, same run).",
             "",
+            "Anatomy (where measured): medians over the rounds after the first, in ms, from the "
+            "round's opening to its first accepted result / from the first to the last result / "
+            "from the last result to the round's record.",
+            "",
             "| code | params | collabs | steady round s | floor s | round / floor "
-            "| loopback GB/s | wall s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| anatomy ms | loopback GB/s | wall s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
             *overhead,
             "",
         ]
