@@ -103,14 +103,17 @@ soak: $(STAMP)
 # floor measured in the same run, and aggregator/collaborator peak memory for 100 MB, 1 GB and
 # 3 GiB models (the last needs about 18 GB of free memory). Results: benchmarks/results/scale*.
 bench: $(STAMP)
-	$(PY) benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 4
+	$(PY) benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 10
+	$(PY) benchmarks/scale.py chunks --out scale_chunks_1m_x10.json
+	$(PY) benchmarks/scale.py chunks --params 67108864 --collaborators 2 --rounds 4 \
+		--chunk-mib auto 1 4 16 64 --repeats 1 --out scale_chunks_256mib_x2.json
 	$(PY) benchmarks/scale.py memory --size-mb 95.367 --collaborators 3 10 --out scale_memory_100mb.json
 	$(PY) benchmarks/scale.py memory --size-mb 1024 --collaborators 2 --out scale_memory_1gb.json
 	$(PY) benchmarks/scale.py memory --size-mb 3072 --layout one many --collaborators 2 --out scale_memory_3gib.json
 	$(PY) benchmarks/scale_report.py
 	# Side by side with Flower's deployment engine and OpenFL's TaskRunner, each installed into
 	# its own virtualenv under benchmarks/.cache/peers (skipped, with the reason, if it cannot be).
-	$(PY) benchmarks/peers.py --repeats 3
+	$(PY) benchmarks/peers.py --repeats 3 --rounds 5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
