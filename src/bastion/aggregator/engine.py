@@ -150,7 +150,6 @@ class Aggregator:
         self._on_roster = set(self._roster)  # every call checks it: a set, not the list
         self._open_roster = open_roster
         self._status = StatusFile(store)
-        self.chunk_bytes = plan.network.chunk_bytes
         self.chunking = plan.network.chunking
 
         resumed = store.load()
