@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
@@ -34,6 +33,7 @@ from bastion.spec.differential_privacy import (
     DifferentialPrivacySpec,
     central_dp_problem,
 )
+from bastion.spec.names import repeated
 from bastion.spec.network import NetworkSpec
 from bastion.spec.secure_aggregation import SecureAggregationSpec, secure_aggregation_problem
 from bastion.spec.tracking import TrackingSpec
@@ -198,9 +198,9 @@ class TaskGroupSpec(_Strict):
                 f"task group {self.name!r}: give either 'collaborators' or 'fraction', not both"
             )
         for label, values in (("tasks", self.tasks), ("collaborators", self.collaborators or [])):
-            repeated = sorted(v for v, count in Counter(values).items() if count > 1)
-            if repeated:
-                raise ValueError(f"task group {self.name!r}: {label} repeated: {repeated}")
+            twice = repeated(values)
+            if twice:
+                raise ValueError(f"task group {self.name!r}: {label} repeated: {twice}")
         return self
 
 
@@ -217,9 +217,9 @@ class TaskGroupsSpec(_Strict):
     @model_validator(mode="after")
     def _consistent_groups(self) -> TaskGroupsSpec:
         names = [g.name for g in self.groups]
-        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-        if repeated:
-            raise ValueError(f"task group names must be unique; repeated: {repeated}")
+        twice = repeated(names)
+        if twice:
+            raise ValueError(f"task group names must be unique; repeated: {twice}")
         rest = [g.name for g in self.groups if g.collaborators is None and g.fraction is None]
         if len(rest) > 1:
             raise ValueError(
@@ -352,7 +352,7 @@ class Plan(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
         names = [c.name for c in self.collaborators]
-        duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+        duplicates = repeated(names)
         if duplicates:
             raise ValueError(f"collaborator names must be unique; repeated: {duplicates}")
         if self.network.aggregator_name in names:

@@ -18,6 +18,7 @@ import numpy as np
 
 from bastion.errors import PlanError
 from bastion.plan import ParticipationSpec, Plan, TaskGroupsSpec, TaskSpec
+from bastion.spec.names import repeated
 from bastion.workspace.code import import_callable
 
 Assignments = dict[str, list[TaskSpec]]
@@ -176,9 +177,9 @@ def validate_hook_result(
             raise AssignmentError(
                 f"{where} gave {name!r} unknown tasks {unknown}; the plan's tasks are {list(tasks)}"
             )
-        repeated = sorted({t for t in names if names.count(t) > 1})
-        if repeated:
-            raise AssignmentError(f"{where} gave {name!r} tasks more than once: {repeated}")
+        twice = repeated(names)
+        if twice:
+            raise AssignmentError(f"{where} gave {name!r} tasks more than once: {twice}")
         specs = [tasks[t] for t in names]
         _check_local_follows_train(specs, f"{where} for {name!r}")
         result[str(name)] = specs

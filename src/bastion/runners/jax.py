@@ -23,6 +23,7 @@ from bastion.runners.base import TaskResult
 from bastion.runners.checks import check_incoming
 from bastion.runners.options import TensorSelection, optimizer_state_policy
 from bastion.runners.wire_dtypes import to_wire
+from bastion.spec.names import repeated
 from bastion.tensors import Weights
 
 try:
@@ -92,8 +93,8 @@ def flatten(tree: PyTree) -> tuple[dict[str, jax.Array], Any]:
     named = {leaf_name(path): leaf for path, leaf in leaves}
     if len(named) != len(leaves):
         names = [leaf_name(path) for path, _ in leaves]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        raise BastionError(f"pytree leaves share the names {repeated[:5]}; rename the keys")
+        shared = repeated(names)
+        raise BastionError(f"pytree leaves share the names {shared[:5]}; rename the keys")
     return named, treedef
 
 

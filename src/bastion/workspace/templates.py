@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import string
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from bastion.errors import BastionError
 from bastion.plan import NAME_PATTERN, PLAN_FILE, load_plan
+from bastion.spec.names import repeated
 from bastion.spec.network import parse_address
 
 _PLAN_TEMPLATE_KEYS = ("name", "rounds", "collaborators")
@@ -76,9 +76,9 @@ def parse_roster(value: str) -> int | list[str]:
             f"--collaborators {value!r}: give a count or names such as hospital-a,hospital-b "
             f"(letters, digits, . _ -; each the CN of that site's certificate){'; bad: ' + ', '.join(bad) if bad else ''}"
         )
-    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-    if repeated:
-        raise BastionError(f"--collaborators: {', '.join(repeated)} named twice")
+    twice = repeated(names)
+    if twice:
+        raise BastionError(f"--collaborators: {', '.join(twice)} named twice")
     return names
 
 
