@@ -159,7 +159,7 @@ class Aggregator:
         self.strategy.load_state_dict(resumed.strategy_state)
         # Results of strategies that fold are folded chunk by chunk as they stream in.
         self._intake = (
-            StreamingIntake(strategy, self.spec, self._bounds)
+            StreamingIntake(strategy, self.spec, self._bounds, plan.network.max_concurrent_uploads)
             if isinstance(strategy, FoldsChunks)
             else None
         )
@@ -1043,7 +1043,7 @@ class Aggregator:
         self._round = None
         self.phase = Phase.FINISHED
         if self._intake is not None:
-            self._intake.close()
+            self._intake.shut_down()
         self.strategy.close()
         self.state.finished = True
         self._write_summary()

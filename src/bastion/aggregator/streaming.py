@@ -15,8 +15,9 @@ chunk.
 
 A result can be refused after some of its chunks were folded (a later chunk is not
 finite, the stream breaks, the round closes). Each chunk is also written to the
-upload's own unlinked spill file on disk (its per-update scratch, dropped with it), from
-which a refused upload's folded chunks are read back and subtracted: the same float
+upload's own unlinked spill file on disk (its per-update scratch, handed to a later
+upload when it is done: ``aggregator.spill_files``), from which a refused upload's folded
+chunks are read back and subtracted: the same float
 operations with the weight negated. Subtracting is only as exact as the values are
 small next to the sum, so an upload folds live only while its distance to the global
 model stays within the norm bound (``fold_guard``); past it, what it folded is taken
@@ -30,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from typing import IO
 import numpy as np
 
 from bastion.aggregator.influence import InfluenceBounds, clipped, l2_norm
+from bastion.aggregator.spill_files import SpillFiles
 from bastion.algorithms.base import FoldsChunks
 from bastion.errors import UpdateRejected
 from bastion.tensors import (
@@ -134,6 +135,7 @@ class Upload:
     weight: float
     generation: int
     spill: IO[bytes]
+    spills: SpillFiles
     mode: str = "live"
     #: (name, dtype, shape) of each tensor in arrival order
     tensors: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)
@@ -147,6 +149,7 @@ class Upload:
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     #: the per-chunk checks' temporary block (uploads are checked on their own threads)
     scratch: Scratch = field(default_factory=Scratch)
+    returned: bool = False
 
     @property
     def digest(self) -> str:
@@ -166,8 +169,11 @@ class Upload:
         return np.frombuffer(data, dtype=dtype)
 
     def close(self) -> None:
-        """Drop the spill file (unlinked already: closing frees its disk space)."""
-        self.spill.close()
+        """Done with the spill file: it goes back to the pool for a later upload (once:
+        two uploads must never share a file)."""
+        if not self.returned:
+            self.returned = True
+            self.spills.give_back(self.spill)
 
 
 class StreamingIntake:
@@ -178,9 +184,14 @@ class StreamingIntake:
     """
 
     def __init__(
-        self, strategy: FoldsChunks, spec: Sequence[TensorSpec], bounds: InfluenceBounds
+        self,
+        strategy: FoldsChunks,
+        spec: Sequence[TensorSpec],
+        bounds: InfluenceBounds,
+        concurrent_uploads: int = 2,
     ) -> None:
         self._strategy = strategy
+        self._spills = SpillFiles(keep=concurrent_uploads)
         self._spec = list(spec)
         self._dtypes = {s.name: WIRE_DTYPES[s.dtype] for s in spec}
         self._bounds = bounds
@@ -215,6 +226,11 @@ class StreamingIntake:
                 self._take_back(upload)
             self._open = False
 
+    def shut_down(self) -> None:
+        """The federation is over: the kept spill files are closed (their disk space freed)."""
+        self.close()
+        self._spills.close()
+
     # ------------------------------------------------------------ one upload
 
     def receive(
@@ -232,9 +248,9 @@ class StreamingIntake:
         from the global model) in the whole-update path's order, having taken back what was
         folded. With a ``refusal`` nothing is folded; the frames are still read and checked.
         """
-        spill = tempfile.TemporaryFile(prefix="bastion-upload-")  # noqa: SIM115 - Upload owns it
+        spill = self._spills.take()
         with self._lock:
-            upload = Upload(collaborator, weight, self._generation, spill)
+            upload = Upload(collaborator, weight, self._generation, spill, self._spills)
             if self._open and refusal is None:
                 self._in_flight.append(upload)
             else:
