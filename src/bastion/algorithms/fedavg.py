@@ -15,6 +15,10 @@ The accumulator's precision is a documented choice (``accumulator``):
   model, one accumulator and nothing else. Centring on g is what makes float32 enough:
   each addition rounds relative to |D| ~ |w_k - g|, small next to |g|, so the summation
   error stays below the final rounding of g + D/n to float32. Other dtypes keep float64.
+
+Either accumulator is zeroed and reused in a later round once nothing else holds it
+(``algorithms.accumulators``): the float64 one the next round, a float32-delta one (the
+global model in between) the round after.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from bastion.algorithms.accumulators import RetiredBuffers
 from bastion.algorithms.base import Strategy, add_scaled, cast_like
 from bastion.tensors import Scratch, Weights, blocks, total_bytes
 
@@ -61,21 +66,31 @@ class FedAvg(Strategy):
         self._averaged = False
         #: folds are serialized (see ``fold``), so one block of temporaries serves them all
         self._scratch = Scratch()
+        self._buffers = RetiredBuffers()
 
     def begin_round(self, global_weights: Weights, round_number: int) -> None:
-        self._global = global_weights
-        self._sum = {}  # release last round's accumulator before allocating this one
+        self._global = global_weights  # the last round's model: free for reuse, if no one holds it
+        self._sum = {}  # last round's accumulator: retired, reused below once free
         delta = accumulator_kind(global_weights, self.accumulator) == "float32-delta"
         self._delta = {
             n for n, a in global_weights.items() if delta and a.dtype == np.dtype(np.float32)
         }
+        # two rounds of accumulators: a float32-delta one is the global model in between
+        self._buffers.keep = 2 * len(global_weights)
         self._sum = {
-            n: np.zeros(a.shape, dtype=np.float32 if n in self._delta else np.float64)
+            n: self._buffers.zeros(
+                a.shape, np.dtype(np.float32 if n in self._delta else np.float64)
+            )
             for n, a in global_weights.items()
         }
+        self._buffers.retire(self._sum.values())
         self._total_weight = 0.0
         self._count = 0
         self._averaged = False
+
+    def close(self) -> None:
+        """The federation is over: the kept accumulators go."""
+        self._buffers.clear()
 
     def accumulate(self, collaborator: str, update: Weights, weight: float) -> None:
         if self._averaged:
