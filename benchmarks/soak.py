@@ -36,7 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from faults.harness import FaultFederation, read_state, rss_and_fds  # noqa: E402
+from faults.harness import FaultFederation, rss_and_fds  # noqa: E402
+from support.federations import checkpoint_state  # noqa: E402
 
 FAULTS = ("kill_collaborator", "stop_collaborator", "reset", "drop_mid_stream", "latency")
 
@@ -147,7 +148,7 @@ def main() -> None:
             timed_out = run.federation.aggregator_process.poll() is None  # type: ignore[union-attr]
             codes = {} if timed_out else run.finish(timeout=300)
             held = after_each_round(run.records())
-            state = read_state(run.last)
+            state = checkpoint_state(run.last)
             violations = run.watcher.violations
         finally:
             run.close()
