@@ -1,4 +1,5 @@
-"""HeapTrim returns glibc's free pages after every accepted result, not only per checkpoint;
+"""HeapTrim returns glibc's free pages after accepted results (at most once a second) and
+every checkpoint;
 ResidentMemory puts what the aggregator holds after each round into the round's record."""
 
 from __future__ import annotations
@@ -22,19 +23,35 @@ class _Libc:
         return 1
 
 
-def test_trims_after_each_result_and_checkpoint() -> None:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_trims_after_results_at_most_once_an_interval_and_at_every_checkpoint() -> None:
     # Once a round let the buffers freed by a round's downloads and uploads pile up in the
-    # arenas: the soak's RSS crept by 0.4 MiB a round.
-    trim = HeapTrim()
+    # arenas: the soak's RSS crept by 0.4 MiB a round. A trim per result of a fast round
+    # gave back pages the next result faulted in again.
+    clock = _Clock()
+    trim = HeapTrim(min_interval=1.0, clock=clock)
     libc = _Libc()
     trim._libc = libc
     trim.notify(RoundStarted(1, False, ("a", "b")))
     assert libc.trims == 0
-    for site in ("a", "b"):
+    for site in ("a", "b", "c"):
         trim.notify(ResultAccepted(1, site, "train", "train", 10, {}))
-    assert libc.trims == 2
+        clock.now += 0.4
+    assert libc.trims == 1  # a at 100.0; b (100.4) and c (100.8) within the second
+    trim.notify(ResultAccepted(1, "d", "train", "train", 10, {}))
+    assert libc.trims == 2  # 101.2: a second after a
     trim.notify(Checkpointed(1, False))
-    assert libc.trims == 3
+    assert libc.trims == 3  # a checkpoint always trims
+    clock.now += 2.0
+    trim.notify(ResultAccepted(2, "a", "train", "train", 10, {}))
+    assert libc.trims == 4  # results of slow rounds still trim one by one
 
 
 def test_does_nothing_without_glibc() -> None:
