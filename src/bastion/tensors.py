@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bastion.buffers import RetiredBuffers
 from bastion.errors import ProtocolError, UpdateRejected
 
 Weights = dict[str, np.ndarray]
@@ -292,8 +293,12 @@ class FrameAssembler:
         max_total_bytes: int,
         max_tensors: int = 100_000,
         expected: Iterable[TensorSpec] | None = None,
+        buffers: RetiredBuffers | None = None,
     ) -> None:
         self._max_total = max_total_bytes
+        #: where tensor buffers come from, and go back to once assembled
+        self._buffers = buffers
+        self._allocated: list[np.ndarray] = []
         self._expected = None if expected is None else {s.name: s for s in expected}
         self._max_tensors = (
             max_tensors if self._expected is None else min(max_tensors, len(self._expected))
@@ -392,8 +397,13 @@ class FrameAssembler:
     def _allocate(
         self, name: str, dtype: np.dtype, shape: tuple[int, ...], nbytes: int
     ) -> np.ndarray | None:
-        """The buffer for a tensor whose header passed every check."""
-        return np.empty(nbytes, np.uint8)
+        """The buffer for a tensor whose header passed every check (every byte of it is
+        written before the tensor counts as received)."""
+        if self._buffers is None:
+            return np.empty(nbytes, np.uint8)
+        buffer = self._buffers.empty((nbytes,), np.dtype(np.uint8))
+        self._allocated.append(buffer)
+        return buffer
 
     def _write(self, buffer: np.ndarray | None, start: int, data: bytes) -> None:
         """One chunk's bytes at byte ``start`` of the current tensor (already bounds-checked)."""
@@ -418,14 +428,21 @@ class FrameAssembler:
             raise ProtocolError(
                 f"missing tensors {missing[:5]}; unexpected tensors {[self._unknown[:64]]}"
             )
+        if self._buffers is not None:
+            self._buffers.hold(self._allocated)  # reused once these weights are let go
+            self._allocated = []
         return self._weights
 
 
 def assemble_frames(
-    frames: Iterable[Frame], max_total_bytes: int, expected: Iterable[TensorSpec] | None = None
+    frames: Iterable[Frame],
+    max_total_bytes: int,
+    expected: Iterable[TensorSpec] | None = None,
+    buffers: RetiredBuffers | None = None,
 ) -> Weights:
-    """Rebuild weights from an untrusted sequence of frames (sizes checked before allocation)."""
-    assembler = FrameAssembler(max_total_bytes, expected=expected)
+    """Rebuild weights from an untrusted sequence of frames (sizes checked before allocation);
+    with ``buffers``, into buffers an earlier call assembled into once nothing holds them."""
+    assembler = FrameAssembler(max_total_bytes, expected=expected, buffers=buffers)
     for frame in frames:
         assembler.add(frame)
     return assembler.result()

@@ -17,7 +17,7 @@ The accumulator's precision is a documented choice (``accumulator``):
   error stays below the final rounding of g + D/n to float32. Other dtypes keep float64.
 
 Either accumulator is zeroed and reused in a later round once nothing else holds it
-(``algorithms.accumulators``): the float64 one the next round, a float32-delta one (the
+(``bastion.buffers``): the float64 one the next round, a float32-delta one (the
 global model in between) the round after.
 """
 
@@ -27,8 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from bastion.algorithms.accumulators import RetiredBuffers
 from bastion.algorithms.base import Strategy, add_scaled, cast_like
+from bastion.buffers import RetiredBuffers
 from bastion.tensors import Scratch, Weights, blocks, total_bytes
 
 #: Above this model size float32 tensors accumulate float32 deltas (see the module doc).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from bastion.buffers import RetiredBuffers
 from bastion.errors import BastionError
 from bastion.pki.layout import TLSFiles
 from bastion.plan import TaskSpec
@@ -92,6 +93,8 @@ class GrpcAggregatorClient:
         self._workspace_measurement = workspace_measurement
         self._chunking = chunking
         self._max_model_bytes = max_model_bytes
+        #: the last model's buffers: the next one is received into them once it is let go
+        self._received = RetiredBuffers()
         self._timeout = timeout_seconds
         self._ca = tls[0] if tls is not None else None
         self._explained: dict[str, Diagnosis] = {}
@@ -228,7 +231,7 @@ class GrpcAggregatorClient:
             stream = self._stub.GetModel(
                 pb.ModelRequest(round=round_number), metadata=self._metadata, timeout=self._timeout
             )
-            return assemble(stream, self._max_model_bytes)
+            return assemble(stream, self._max_model_bytes, self._received)
         except grpc.RpcError as exc:
             raise self._translate(exc, f"the model of round {round_number}") from None
 

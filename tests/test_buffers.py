@@ -1,5 +1,6 @@
-"""Accumulators are reused across rounds only once nothing else holds them: a model the
-engine (or anyone) still holds is never overwritten."""
+"""Model-sized buffers (a strategy's accumulators, a site's received model) are reused
+across rounds only once nothing else holds them: a model the engine, a runner or anyone
+still holds is never overwritten."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import weakref
 import numpy as np
 import pytest
 
-from bastion.algorithms.accumulators import RetiredBuffers, unshared
 from bastion.algorithms.fedavg import FedAvg
-from bastion.tensors import Weights
+from bastion.buffers import RetiredBuffers, unshared
+from bastion.errors import ProtocolError
+from bastion.tensors import Weights, assemble_frames, iter_frames
 
 SHAPE = (64, 32)
 
@@ -95,3 +97,34 @@ def test_a_float32_delta_accumulator_is_reused_two_rounds_on_once_let_go() -> No
     assert third["w"] is first_w()  # round 1's model buffer holds round 3's model
     np.testing.assert_array_equal(third["w"], np.full(SHAPE, 6.0, np.float32))
     strategy.close()
+
+
+def _assembled(weights: Weights, buffers: RetiredBuffers) -> Weights:
+    return assemble_frames(iter_frames(weights, 1000), 1 << 20, buffers=buffers)
+
+
+def test_a_site_receives_the_next_model_into_the_last_one_once_it_is_let_go() -> None:
+    buffers = RetiredBuffers()
+    first = _assembled(model(1.0), buffers)
+    first_buffer = weakref.ref(first["w"].base)  # type: ignore[arg-type]
+    del first
+    second = _assembled(model(2.0), buffers)
+    assert second["w"].base is first_buffer()
+    np.testing.assert_array_equal(second["w"], model(2.0)["w"])
+    np.testing.assert_array_equal(second["b"], model(2.0)["b"])
+
+
+def test_a_model_still_held_is_not_received_into() -> None:
+    buffers = RetiredBuffers()
+    first = _assembled(model(1.0), buffers)
+    second = _assembled(model(2.0), buffers)
+    assert not np.shares_memory(first["w"], second["w"])
+    np.testing.assert_array_equal(first["w"], model(1.0)["w"])
+
+
+def test_a_cut_stream_into_reused_buffers_is_refused_not_half_old() -> None:
+    buffers = RetiredBuffers()
+    _assembled(model(1.0), buffers)
+    frames = list(iter_frames(model(2.0), 1000))
+    with pytest.raises(ProtocolError, match="stream ended inside tensor"):
+        assemble_frames(frames[:2], 1 << 20, buffers=buffers)
