@@ -30,10 +30,10 @@ def run_round(strategy: FedAvg, global_model: Weights, number: int) -> Weights:
 
 
 def test_a_retired_buffer_nothing_holds_is_zeroed_and_reused() -> None:
-    buffers = RetiredBuffers(keep=2)
+    buffers = RetiredBuffers()
     array = np.ones(SHAPE, np.float64)
     ref = weakref.ref(array)
-    buffers.retire([array])
+    buffers.hold([array])
     del array
     again = buffers.zeros(SHAPE, np.dtype(np.float64))
     assert again is ref() and not again.any()
@@ -49,9 +49,9 @@ def test_a_retired_buffer_nothing_holds_is_zeroed_and_reused() -> None:
     ids=["reference", "view", "memoryview"],
 )
 def test_a_buffer_someone_still_holds_is_never_reused(holder) -> None:  # type: ignore[no-untyped-def]
-    buffers = RetiredBuffers(keep=2)
+    buffers = RetiredBuffers()
     array = np.ones(SHAPE, np.float64)
-    buffers.retire([array])
+    buffers.hold([array])
     held = holder(array)
     del array
     fresh = buffers.zeros(SHAPE, np.dtype(np.float64))
@@ -60,12 +60,15 @@ def test_a_buffer_someone_still_holds_is_never_reused(holder) -> None:  # type: 
     assert len(buffers) == 1
 
 
-def test_only_matching_shape_and_dtype_is_reused_and_keep_bounds_what_is_held() -> None:
-    buffers = RetiredBuffers(keep=2)
-    buffers.retire([np.ones(SHAPE, np.float32), np.ones((3,), np.float64), np.ones((4,))])
-    assert len(buffers) == 2  # the oldest went
+def test_only_matching_shape_and_dtype_is_reused_and_hold_replaces_what_was_held() -> None:
+    buffers = RetiredBuffers()
+    buffers.hold([np.ones(SHAPE, np.float32), np.ones((3,), np.float64)])
     assert buffers.zeros(SHAPE, np.dtype(np.float64)).dtype == np.float64
-    assert len(buffers) == 2  # nothing matched: a new array, the kept ones stay
+    assert len(buffers) == 2  # nothing matched: a new array, the held ones stay
+    buffers.hold([np.ones((4,))])
+    assert len(buffers) == 1
+    buffers.clear()
+    assert len(buffers) == 0
 
 
 def test_unshared_reads_views_of_a_view_as_shared() -> None:
@@ -91,12 +94,25 @@ def test_a_float32_delta_accumulator_is_reused_two_rounds_on_once_let_go() -> No
     first = run_round(strategy, model(0.0), 1)
     first_w = weakref.ref(first["w"])
     second = run_round(strategy, first, 2)
-    del first
+    del first  # the strategy still holds round 1's model as round 2's: not yet free
     gc.collect()
+    assert first_w() is not None
     third = run_round(strategy, second, 3)
     assert third["w"] is first_w()  # round 1's model buffer holds round 3's model
     np.testing.assert_array_equal(third["w"], np.full(SHAPE, 6.0, np.float32))
-    strategy.close()
+
+
+def test_a_strategy_holds_no_buffer_longer_than_its_round_needs_it() -> None:
+    strategy = FedAvg("float32-delta")
+    first = run_round(strategy, model(0.0), 1)
+    second = run_round(strategy, first, 2)
+    first_w = weakref.ref(first["w"])
+    strategy.begin_round(second, 3)  # round 1's model, held elsewhere: not taken
+    assert first_w() is not None
+    np.testing.assert_array_equal(first["w"], np.full(SHAPE, 2.0, np.float32))
+    del first
+    gc.collect()
+    assert first_w() is None  # and not kept either: freed with its last outside reference
 
 
 def _assembled(weights: Weights, buffers: RetiredBuffers) -> Weights:

@@ -28,14 +28,10 @@ def unshared(array: np.ndarray, holders: int) -> bool:
 
 
 class RetiredBuffers:
-    """Arrays allocated for one round, kept to be reused in a later one.
+    """Arrays one round is done with, held to be reused by the next."""
 
-    ``keep`` bounds how many are held: arrays past it are let go, oldest first.
-    """
-
-    def __init__(self, keep: int = 0) -> None:
+    def __init__(self) -> None:
         self._arrays: list[np.ndarray] = []
-        self.keep = keep
 
     def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A zeroed array: a retired one of this shape and dtype, else a new one."""
@@ -61,13 +57,9 @@ class RetiredBuffers:
                 return candidate
         return None
 
-    def retire(self, arrays: Iterable[np.ndarray]) -> None:
-        """Keep ``arrays`` for a later round (they may still be in use until then)."""
-        self._arrays.extend(arrays)
-        del self._arrays[: max(0, len(self._arrays) - self.keep)]
-
     def hold(self, arrays: Iterable[np.ndarray]) -> None:
-        """Keep exactly ``arrays`` (a model's worth, say): the ones kept before go."""
+        """Hold exactly ``arrays`` (they may still be in use elsewhere): the ones held
+        before go."""
         self._arrays = list(arrays)
 
     def clear(self) -> None:

@@ -16,9 +16,10 @@ The accumulator's precision is a documented choice (``accumulator``):
   each addition rounds relative to |D| ~ |w_k - g|, small next to |g|, so the summation
   error stays below the final rounding of g + D/n to float32. Other dtypes keep float64.
 
-Either accumulator is zeroed and reused in a later round once nothing else holds it
-(``bastion.buffers``): the float64 one the next round, a float32-delta one (the
-global model in between) the round after.
+``begin_round`` zeroes and reuses the last round's float64 accumulator, or the last
+round's model (a float32-delta accumulator of the round before), when nothing else holds
+it (``bastion.buffers``): no buffer lives longer than it did, and a resident one is
+rewritten instead of a fresh one being faulted in.
 """
 
 from __future__ import annotations
@@ -69,28 +70,25 @@ class FedAvg(Strategy):
         self._buffers = RetiredBuffers()
 
     def begin_round(self, global_weights: Weights, round_number: int) -> None:
-        self._global = global_weights  # the last round's model: free for reuse, if no one holds it
-        self._sum = {}  # last round's accumulator: retired, reused below once free
+        # Last round's accumulator and last round's model (a float32-delta accumulator of
+        # the round before): this round's accumulator if nothing else holds them, else let go.
+        self._buffers.hold([*self._sum.values(), *self._global.values()])
+        self._sum = {}
+        self._global = global_weights
         delta = accumulator_kind(global_weights, self.accumulator) == "float32-delta"
         self._delta = {
             n for n, a in global_weights.items() if delta and a.dtype == np.dtype(np.float32)
         }
-        # two rounds of accumulators: a float32-delta one is the global model in between
-        self._buffers.keep = 2 * len(global_weights)
         self._sum = {
             n: self._buffers.zeros(
                 a.shape, np.dtype(np.float32 if n in self._delta else np.float64)
             )
             for n, a in global_weights.items()
         }
-        self._buffers.retire(self._sum.values())
+        self._buffers.clear()  # nothing outlives the call: no memory held past the engine's
         self._total_weight = 0.0
         self._count = 0
         self._averaged = False
-
-    def close(self) -> None:
-        """The federation is over: the kept accumulators go."""
-        self._buffers.clear()
 
     def accumulate(self, collaborator: str, update: Weights, weight: float) -> None:
         if self._averaged:
