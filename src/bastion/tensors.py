@@ -194,7 +194,7 @@ class Frame:
     dtype: str
     shape: tuple[int, ...]
     offset: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def iter_frames(
         for offset in range(0, buffer.size, chunk_bytes):
             part = buffer[offset : offset + chunk_bytes]
             data = part.data.toreadonly() if lend else part.tobytes()
-            yield Frame(name, dtype, shape, offset, data)  # type: ignore[arg-type]
+            yield Frame(name, dtype, shape, offset, data)
 
 
 MAX_DIMENSIONS = 16
@@ -405,7 +405,7 @@ class FrameAssembler:
         self._allocated.append(buffer)
         return buffer
 
-    def _write(self, buffer: np.ndarray | None, start: int, data: bytes) -> None:
+    def _write(self, buffer: np.ndarray | None, start: int, data: bytes | memoryview) -> None:
         """One chunk's bytes at byte ``start`` of the current tensor (already bounds-checked)."""
         assert buffer is not None
         buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)

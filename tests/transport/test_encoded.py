@@ -1,13 +1,19 @@
-"""Chunks encoded straight to wire bytes equal the protobuf messages' own encoding."""
+"""Chunks encoded straight to wire bytes equal the protobuf messages' own encoding; result
+chunks decoded in place read what protobuf reads."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastion.tensors import Frame, assemble_frames, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.encoded import (
     RoundModelCache,
+    decode_result_part,
     encode_chunk,
     encode_result_chunk,
     passthrough,
@@ -66,3 +72,67 @@ def test_a_model_over_the_limit_is_encoded_per_download() -> None:
     one = list(cache.chunks(1, 1_200_084, iter_frames(model, 100_000)))
     two = list(cache.chunks(1, 1_200_084, iter_frames(model, 100_000)))
     assert one == two and len(one) == 14
+
+
+def _as_parsed(raw: bytes) -> tuple[object, ...]:
+    """What protobuf itself reads from ``raw``: the part, and the tensor's fields."""
+    message = pb.ResultChunk.FromString(raw)
+    part = message.WhichOneof("part")
+    if part != "tensor":
+        return (part, message.header if part == "header" else None)
+    t = message.tensor
+    return (part, t.name, t.dtype, tuple(t.shape), t.offset, bytes(t.data))
+
+
+def _as_decoded(raw: bytes) -> tuple[object, ...]:
+    decoded = decode_result_part(raw)
+    if decoded.frame is None:
+        return ("header" if decoded.header is not None else None, decoded.header)
+    f = decoded.frame
+    return ("tensor", f.name, f.dtype, f.shape, f.offset, bytes(f.data))
+
+
+def test_a_result_chunk_decodes_with_its_payload_a_view_of_the_received_bytes() -> None:
+    frame = next(iter_frames(_model(), 100_000))
+    raw = encode_result_chunk(frame)
+    decoded = decode_result_part(raw)
+    assert decoded.frame is not None and decoded.header is None
+    assert isinstance(decoded.frame.data, memoryview) and decoded.frame.data.readonly
+    assert decoded.frame.data.obj is raw  # not copied out
+    assert _as_decoded(raw) == _as_parsed(raw)
+    header = pb.ResultChunk(header=pb.ResultHeader(round=3, task="train")).SerializeToString()
+    assert _as_decoded(header) == _as_parsed(header)
+
+
+tensors = st.builds(
+    pb.TensorChunk,
+    name=st.text(max_size=8),
+    dtype=st.sampled_from(["float32", "int64", ""]),
+    shape=st.lists(st.integers(0, 2**40), max_size=3),
+    offset=st.integers(0, 2**62),
+    data=st.binary(max_size=300),
+)
+parts = st.one_of(
+    st.builds(lambda t: pb.ResultChunk(tensor=t).SerializeToString(), tensors),
+    st.builds(
+        lambda r: pb.ResultChunk(header=pb.ResultHeader(round=r)).SerializeToString(),
+        st.integers(0, 2**31),
+    ),
+    st.binary(max_size=40),  # stray bytes: unknown fields, or malformed
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(parts, min_size=1, max_size=4))
+def test_decoding_reads_what_protobuf_reads_from_any_concatenation(pieces: list[bytes]) -> None:
+    """Concatenated messages merge (a repeated tensor merges, a header clears it): the
+    payload found in place is the one protobuf would hand out, or the message is refused
+    by both."""
+    raw = b"".join(pieces)
+    try:
+        expected = _as_parsed(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            decode_result_part(raw)
+        return
+    assert _as_decoded(raw) == expected

@@ -91,7 +91,7 @@ class ChunkReader(FrameAssembler):
         self._on_tensor(name, dtype.name, shape)
         return None
 
-    def _write(self, buffer: np.ndarray | None, start: int, data: bytes) -> None:
+    def _write(self, buffer: np.ndarray | None, start: int, data: bytes | memoryview) -> None:
         assert self._current is not None
         if self._carry:
             start -= len(self._carry)

@@ -11,7 +11,11 @@ from bastion.transport import bastion_pb2 as pb
 
 def to_chunk(frame: Frame) -> pb.TensorChunk:
     return pb.TensorChunk(
-        name=frame.name, dtype=frame.dtype, shape=frame.shape, offset=frame.offset, data=frame.data
+        name=frame.name,
+        dtype=frame.dtype,
+        shape=frame.shape,
+        offset=frame.offset,
+        data=bytes(frame.data),
     )
 
 

@@ -41,8 +41,13 @@ from bastion.tee.attestation import AttestationError
 from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.encoded import RoundModelCache, encode_chunk, passthrough
-from bastion.transport.frames import from_chunk
+from bastion.transport.encoded import (
+    ResultPart,
+    RoundModelCache,
+    decode_result_part,
+    encode_chunk,
+    passthrough,
+)
 from bastion.transport.identity import Identify, peer_certificate
 from bastion.transport.limits import (
     MEASUREMENT_HEADER,
@@ -337,14 +342,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             return pb.AttestationAck(accepted=True)
 
     def SendResult(
-        self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[ResultPart], context: grpc.ServicerContext
     ) -> pb.ResultAck:
         with self._admitted(context, "a result") as (name, watched):
             with self._answering(context, name, "a result"):
                 self._require_attested(name, context)
                 messages = self._streams.received(watched, request_iterator)
                 first = next(messages, None)
-                if first is None or first.WhichOneof("part") != "header":
+                if first is None or first.header is None:
                     raise ProtocolError("a result must start with its header")
                 message = first.header
                 header = ResultHeader(
@@ -365,7 +370,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             return pb.ResultAck(accepted=ack.accepted, reason=ack.reason)
 
     def _slotted(
-        self, watched: Watched, messages: Iterator[pb.ResultChunk], slot: contextlib.ExitStack
+        self, watched: Watched, messages: Iterator[ResultPart], slot: contextlib.ExitStack
     ) -> Iterator[Frame]:
         """The result's frames; an upload slot is taken when the first tensor arrives, so a
         result without tensors never waits behind another site's upload."""
@@ -434,14 +439,14 @@ def _serial(context: grpc.ServicerContext) -> str:
     return f"{certificate.serial_number:x}" if certificate is not None else ""
 
 
-def _frames(messages: Iterator[pb.ResultChunk]) -> Iterator[Frame]:
-    return (from_chunk(_tensor_part(part)) for part in messages)
+def _frames(messages: Iterator[ResultPart]) -> Iterator[Frame]:
+    return (_tensor_part(part) for part in messages)
 
 
-def _tensor_part(message: pb.ResultChunk) -> pb.TensorChunk:
-    if message.WhichOneof("part") != "tensor":
+def _tensor_part(message: ResultPart) -> Frame:
+    if message.frame is None:
         raise ProtocolError("a result carries exactly one header, first")
-    return message.tensor
+    return message.frame
 
 
 class _Handlers:
@@ -464,7 +469,9 @@ SERVICE = "bastion.v1.Federation"
 
 def add_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
     """Register the generated handlers, with ``GetModel`` sending pre-encoded chunks as they
-    are (``encoded.passthrough``) instead of serializing a message per chunk."""
+    are (``encoded.passthrough``) instead of serializing a message per chunk, and
+    ``SendResult`` reading each chunk's payload where it arrived
+    (``encoded.decode_result_part``)."""
     collected = _Handlers()
     pb_grpc.add_FederationServicer_to_server(servicer, collected)
     handlers = collected.handlers
@@ -472,6 +479,11 @@ def add_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
         servicer.GetModel,
         request_deserializer=pb.ModelRequest.FromString,
         response_serializer=passthrough,
+    )
+    handlers["SendResult"] = grpc.stream_unary_rpc_method_handler(
+        servicer.SendResult,
+        request_deserializer=decode_result_part,
+        response_serializer=pb.ResultAck.SerializeToString,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
