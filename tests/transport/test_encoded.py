@@ -13,6 +13,7 @@ from bastion.tensors import Frame, assemble_frames, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.encoded import (
     RoundModelCache,
+    decode_model_chunk,
     decode_result_part,
     encode_chunk,
     encode_result_chunk,
@@ -136,3 +137,29 @@ def test_decoding_reads_what_protobuf_reads_from_any_concatenation(pieces: list[
             decode_result_part(raw)
         return
     assert _as_decoded(raw) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(tensors.map(pb.TensorChunk.SerializeToString), st.binary(max_size=40)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_model_chunk_decodes_to_what_protobuf_reads(pieces: list[bytes]) -> None:
+    raw = b"".join(pieces)
+    try:
+        t = pb.TensorChunk.FromString(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            decode_model_chunk(raw)
+        return
+    frame = decode_model_chunk(raw)
+    assert (frame.name, frame.dtype, frame.shape, frame.offset, bytes(frame.data)) == (
+        t.name,
+        t.dtype,
+        tuple(t.shape),
+        t.offset,
+        bytes(t.data),
+    )

@@ -15,12 +15,11 @@ from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, RoundOver, StageReply
 from bastion.spec.network import AddressError, parse_address
-from bastion.tensors import Chunking, Weights, iter_frames
+from bastion.tensors import Chunking, Weights, assemble_frames, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable
-from bastion.transport.encoded import encode_result_chunk, passthrough
-from bastion.transport.frames import assemble
+from bastion.transport.encoded import decode_model_chunk, encode_result_chunk, passthrough
 from bastion.transport.identity import INSECURE_NAME_HEADER, channel_credentials
 from bastion.transport.limits import MEASUREMENT_HEADER, PLAN_HEADER, RECEIPT_HEADER
 from bastion.transport.secagg_frames import read_reply, send_parts
@@ -29,6 +28,7 @@ from bastion.transport.server import channel_options
 _ACTIONS = {pb.TasksReply.RUN: "run", pb.TasksReply.WAIT: "wait", pb.TasksReply.DONE: "done"}
 #: ``SendResult`` called with a serializer that takes pre-encoded chunks as they are.
 SEND_RESULT = "/bastion.v1.Federation/SendResult"
+GET_MODEL = "/bastion.v1.Federation/GetModel"
 ResultAck = pb.ResultAck.FromString
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -228,10 +228,16 @@ class GrpcAggregatorClient:
 
     def get_model(self, round_number: int) -> Weights:
         try:
-            stream = self._stub.GetModel(
+            # Each chunk's payload stays where it arrived until it is copied into place.
+            receive = self._channel.unary_stream(
+                GET_MODEL,
+                request_serializer=pb.ModelRequest.SerializeToString,
+                response_deserializer=decode_model_chunk,
+            )
+            frames = receive(
                 pb.ModelRequest(round=round_number), metadata=self._metadata, timeout=self._timeout
             )
-            return assemble(stream, self._max_model_bytes, self._received)
+            return assemble_frames(frames, self._max_model_bytes, buffers=self._received)
         except grpc.RpcError as exc:
             raise self._translate(exc, f"the model of round {round_number}") from None
 

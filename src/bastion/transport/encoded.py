@@ -134,6 +134,15 @@ def decode_result_part(raw: bytes) -> ResultPart:
     )
 
 
+def decode_model_chunk(raw: bytes) -> Frame:
+    """A gRPC deserializer for ``GetModel`` on a site: a ``TensorChunk`` as a frame whose
+    payload is a view of ``raw`` (protobuf parses and refuses what is malformed)."""
+    chunk = pb.TensorChunk.FromString(raw)
+    fields = _fields(memoryview(raw).toreadonly())
+    data: bytes | memoryview = chunk.data if fields is None else _last_data(fields)
+    return Frame(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.offset, data)
+
+
 def _payload(raw: memoryview) -> memoryview | None:
     """``tensor.data`` as protobuf reads it: the last ``data`` of the tensor occurrences
     since the last header (a repeated message field merges; setting the header clears the
@@ -149,9 +158,18 @@ def _payload(raw: memoryview) -> memoryview | None:
             inner = _fields(value)
             if inner is None:
                 return None
-            for inner_number, inner_type, inner_value in inner:
-                if inner_number == _DATA_FIELD and inner_type == 2:
-                    data = inner_value
+            data = _last_data(inner, data)
+    return data
+
+
+def _last_data(
+    fields: list[tuple[int, int, memoryview]], before: memoryview | None = None
+) -> memoryview:
+    """The last ``TensorChunk.data`` among ``fields`` (``before``, or empty, if none)."""
+    data = before if before is not None else memoryview(b"")
+    for number, wire_type, value in fields:
+        if number == _DATA_FIELD and wire_type == 2:
+            data = value
     return data
 
 

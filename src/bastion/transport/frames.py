@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from bastion.buffers import RetiredBuffers
 from bastion.tensors import Frame, Weights, assemble_frames
 from bastion.transport import bastion_pb2 as pb
 
@@ -23,14 +22,9 @@ def from_chunk(chunk: pb.TensorChunk) -> Frame:
     return Frame(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.offset, chunk.data)
 
 
-def assemble(
-    chunks: Iterable[pb.TensorChunk], max_total_bytes: int, buffers: RetiredBuffers | None = None
-) -> Weights:
-    """Rebuild weights from an untrusted stream of chunks (sizes checked before allocation),
-    into ``buffers`` where they hold some an earlier model was let go from."""
-    return assemble_frames(
-        (from_chunk(chunk) for chunk in chunks), max_total_bytes, buffers=buffers
-    )
+def assemble(chunks: Iterable[pb.TensorChunk], max_total_bytes: int) -> Weights:
+    """Rebuild weights from an untrusted stream of chunks (sizes checked before allocation)."""
+    return assemble_frames((from_chunk(chunk) for chunk in chunks), max_total_bytes)
 
 
 def chunks_of(frames: Iterable[Frame]) -> Iterator[pb.TensorChunk]:
