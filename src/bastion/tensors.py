@@ -31,6 +31,12 @@ PIPELINE_CHUNKS = 8
 #: rounds of 0.35-0.38 s, 128-256 KiB 0.42-0.49 s, 4 MiB 0.47-0.49 s with 2.7x the
 #: aggregator's memory above idle.
 SMALLEST_CHUNK_BYTES = 256 * 1024
+#: ... and none larger than this: with its message framing a chunk stays below the 1 MiB
+#: at which the aggregator has glibc map each allocation afresh (``aggregator.memory``), so
+#: its buffers come from reused heap pages. Page faults on fresh 4 MiB buffers were a third
+#: of the aggregator's CPU in a 1 GiB round; 960 KiB chunks took that round from 13-14 s
+#: to 10-12 s on a 2-core VM, with less memory (``benchmarks/scale.py overhead``).
+LARGEST_ADAPTIVE_CHUNK_BYTES = 960 * 1024
 
 #: dtypes allowed on the wire, by their canonical name. Object and void dtypes never are.
 WIRE_DTYPES: dict[str, np.dtype] = {
@@ -214,12 +220,12 @@ class Chunking:
     def for_bytes(self, payload_bytes: int) -> int:
         """The chunk size for a transfer of ``payload_bytes``: a fixed size is used as it is;
         an adaptive one is the power of two giving about ``PIPELINE_CHUNKS`` chunks, between
-        ``SMALLEST_CHUNK_BYTES`` and ``largest`` (never below one byte)."""
+        ``SMALLEST_CHUNK_BYTES`` and ``LARGEST_ADAPTIVE_CHUNK_BYTES`` (and ``largest``)."""
         if not self.adaptive:
             return self.largest
         target = max(payload_bytes // PIPELINE_CHUNKS, 1)
-        size = 1 << (target - 1).bit_length()
-        return max(min(size, self.largest), min(SMALLEST_CHUNK_BYTES, self.largest))
+        size = min(1 << (target - 1).bit_length(), LARGEST_ADAPTIVE_CHUNK_BYTES, self.largest)
+        return max(size, min(SMALLEST_CHUNK_BYTES, self.largest))
 
     def for_weights(self, weights: Mapping[str, np.ndarray]) -> int:
         """The chunk size for sending ``weights``."""

@@ -117,7 +117,7 @@ class NetworkSpec(BaseModel):
     aggregator_name: str = Field(default="aggregator", pattern=NAME_PATTERN)
     chunk_mib: Annotated[float, Field(gt=0, le=64)] | Literal["auto"] = Field(
         default="auto",
-        description="the largest wire chunk; 'auto': 4 MiB, smaller for smaller transfers",
+        description="the largest wire chunk; 'auto': 960 KiB, smaller for smaller transfers",
     )
     max_update_mib: float = Field(default=4096.0, gt=0)
     max_concurrent_uploads: int = Field(
