@@ -348,8 +348,9 @@ def run_federation(
 
 
 def _write(name: str, payload: dict[str, object]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+    """``--out``: a bare file name lands in benchmarks/results/, a path is taken as given."""
+    path = Path(name) if Path(name).parent != Path() else RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

@@ -115,9 +115,12 @@ def main() -> None:
         lines += [
             "## Chunk size (`scale.py chunks`): the plan's `network.chunk_mib`, alternated",
             "",
-            "`auto` (the default): each transfer in about 8 chunks of 256 KiB to 4 MiB, so 512 KiB "
-            "for the 4 MB model and 4 MiB for the 268 MB one. Memory above idle, as a multiple "
-            "of the model (a 4 MB model's multiple is mostly per-stream buffers).",
+            "`auto` (the default): each transfer in about 8 chunks of 256 KiB up to a cap, so "
+            "512 KiB for the 4 MB model. When these rows were measured the cap was 4 MiB; it is "
+            "now 960 KiB, under the aggregator's 1 MiB mmap threshold (1 GiB rounds 13-14 s -> "
+            "10-12 s, 25M x 10 aggregator memory 2.4x -> 1.55x the model above idle). Memory "
+            "above idle, as a multiple of the model (a 4 MB model's multiple is mostly "
+            "per-stream buffers).",
             "",
             "| model MB | collabs | chunk_mib | repeat | steady round s | agg above idle / model "
             "| collab above idle / model |",
