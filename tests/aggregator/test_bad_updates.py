@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.chunks import assemble, to_chunk
 from support.servers import served_aggregator
 from support.workspaces import make_workspace
 
 from bastion.metrics.log import read_metrics, round_summaries
 from bastion.tensors import Frame, Weights, iter_frames
 from bastion.transport import bastion_pb2 as pb
-from bastion.transport.frames import assemble, to_chunk
 
 TRAIN_ONLY = {"tasks": [{"name": "train", "kind": "train"}]}
 

@@ -8,6 +8,7 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.chunks import from_chunk, to_chunk
 
 from bastion.tensors import Frame, assemble_frames, iter_frames
 from bastion.transport import bastion_pb2 as pb
@@ -19,7 +20,6 @@ from bastion.transport.encoded import (
     encode_result_chunk,
     passthrough,
 )
-from bastion.transport.frames import from_chunk, to_chunk
 
 
 def _model() -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from support.chunks import to_chunk
 from support.servers import ServedAggregator, served_aggregator
 from support.workspaces import make_workspace
 
@@ -27,7 +28,6 @@ from bastion.pki import Role, issue
 from bastion.tensors import iter_frames, total_bytes
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.frames import to_chunk
 from bastion.transport.limits import StreamLimits
 
 TRAIN_ONLY = {"tasks": [{"name": "train", "kind": "train"}]}
@@ -236,7 +236,7 @@ from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport import bastion_pb2_grpc as pb_grpc
-from bastion.transport.frames import to_chunk
+from support.chunks import to_chunk
 from bastion.transport.identity import channel_credentials
 from bastion.transport.limits import PLAN_HEADER
 

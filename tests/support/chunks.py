@@ -1,8 +1,10 @@
-"""Conversion between ``bastion.tensors.Frame`` and the protocol's ``TensorChunk``."""
+"""Protocol ``TensorChunk`` messages from and to ``bastion.tensors.Frame``, for tests that
+speak to a server through the generated stubs (the services themselves encode chunks
+straight to wire bytes and read them in place: ``bastion.transport.encoded``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from bastion.tensors import Frame, Weights, assemble_frames
 from bastion.transport import bastion_pb2 as pb
@@ -25,8 +27,3 @@ def from_chunk(chunk: pb.TensorChunk) -> Frame:
 def assemble(chunks: Iterable[pb.TensorChunk], max_total_bytes: int) -> Weights:
     """Rebuild weights from an untrusted stream of chunks (sizes checked before allocation)."""
     return assemble_frames((from_chunk(chunk) for chunk in chunks), max_total_bytes)
-
-
-def chunks_of(frames: Iterable[Frame]) -> Iterator[pb.TensorChunk]:
-    for frame in frames:
-        yield to_chunk(frame)
