@@ -80,8 +80,9 @@ class HeapTrim(RoundObserver):
     (at round 125 of a 10 MB soak, malloc_trim took the aggregator from 313 to 123 MiB).
     A trim after every result was the next step, but what it gives back is faulted in
     again by the next result: in a round of ten 4 MB results over 0.3 s, ten trims made
-    the round about a fifth slower (0.38 s against 0.32 s, three alternations). Results of long rounds (large models) still trim
-    one by one; short rounds trim a few times a second, and at every checkpoint.
+    the round about a fifth slower (0.38 s against 0.32 s, three alternations). Results
+    of long rounds (large models) still trim one by one; short rounds trim a few times a
+    second, and at every checkpoint.
     """
 
     def __init__(
