@@ -13,7 +13,8 @@ model (``NumpyRunner``) whose training step nudges every weight in place.
 listening, no collaborator yet), and each collaborator's peak above its idle RSS (recorded
 by the task code when its runner is built, before any network traffic).
 ``overhead``: seconds per round (the aggregator's own round timings in
-``logs/metrics.jsonl``) against the floor measured in the same run: bytes moved
+``logs/metrics.jsonl``, and from one round's opening to the next, which adds the
+checkpoint written between them) against the floor measured in the same run: bytes moved
 (N models down, N up) at the loopback bandwidth measured between two processes, plus
 N weighted accumulates at the memory bandwidth measured with NumPy.
 Each row also has the rounds' anatomy (after the first round, medians): round opened to
@@ -259,6 +260,14 @@ def round_anatomy(records: list[dict[str, Any]]) -> dict[str, float]:
     return {name: float(np.median(values)) for name, values in phases.items() if values}
 
 
+def round_periods(records: list[dict[str, Any]]) -> list[float]:
+    """Seconds from each training round's opening to the next one's, after the first round:
+    what a round costs the federation, the checkpoint between rounds included (a round's
+    own ``seconds`` stop when it is recorded)."""
+    opened = {r["round"]: r["time"] for r in records if r.get("event") == "round_start"}
+    return [opened[n + 1] - opened[n] for n in sorted(opened) if n >= 2 and n + 1 in opened]
+
+
 def _children_cpu() -> float:
     """User + system seconds of this process's children that have been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -322,6 +331,7 @@ def run_federation(
             if "seconds" in r and not r.get("final_evaluation") and "round" in r
         ]
         anatomy = round_anatomy(records)
+        periods = round_periods(records)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     model_bytes = params * 4
@@ -340,6 +350,7 @@ def run_federation(
         "collaborator_peak_mb": {n: v / 1e6 for n, v in peaks.items()},
         "collaborator_above_idle_over_model_max": max(above.values()) / model_bytes,
         "round_seconds": seconds,
+        "round_period_seconds": periods,
         "wall_seconds": wall,
         # user + system seconds of every process of the federation, start-up included
         "cpu_seconds": cpu,
@@ -395,11 +406,20 @@ def overhead(args: argparse.Namespace) -> None:
                 "steady_over_floor": float(np.median(steady)) / floor,
             }
         )
+        if row["round_period_seconds"]:
+            period = float(np.median(row["round_period_seconds"]))
+            row.update({"steady_period_seconds": period, "period_over_floor": period / floor})
         rows.append(row)
         print(
             f"{params:>12,} params x{args.collaborators}: steady round {row['steady_round_seconds']:.3f}s, "
             f"floor {floor:.3f}s (loopback {bandwidth / 1e9:.2f} GB/s), "
             f"{row['steady_over_floor']:.1f}x the floor; "
+            + (
+                f"opening to opening {row['steady_period_seconds']:.3f}s "
+                f"({row['period_over_floor']:.1f}x); "
+                if "steady_period_seconds" in row
+                else ""
+            )
             + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["round_anatomy"].items()),
             flush=True,
         )

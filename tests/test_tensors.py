@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,22 @@ def test_checkpoint_is_readable_by_the_reference_safetensors_reader(tmp_path: Pa
     reference = load_file(str(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(reference["a"], weights["a"])
     assert reference["b"].shape == ()
+
+
+def test_checkpoint_digest_is_the_written_files_sha256(tmp_path: Path) -> None:
+    path = tmp_path / "last.safetensors"
+    weights = {
+        "small": np.arange(5, dtype=np.int16),
+        "large": np.linspace(0, 1, 3 << 20, dtype=np.float32),  # hashed on a second thread
+        "big_endian": np.arange(4, dtype=">f4"),
+    }
+    for round_number in range(3):  # the later writes go into the spare of the one before
+        weights["large"][round_number] = round_number + 7
+        digest = save_checkpoint(path, weights, {"round": str(round_number)}, reuse=True)
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+        loaded, metadata = load_checkpoint(path)
+        assert metadata == {"round": str(round_number)}
+        np.testing.assert_array_equal(loaded["large"], weights["large"])
 
 
 def test_failed_checkpoint_write_leaves_the_old_file(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ class AuditObserver(RoundObserver):
                 {
                     "round": event.round_completed,
                     "finished": event.finished,
-                    "sha256": file_digest(path) if path.exists() else "",
+                    "sha256": event.sha256 or (file_digest(path) if path.exists() else ""),
                 },
             )
         elif isinstance(event, FederationFinished):

@@ -1035,9 +1035,9 @@ class Aggregator:
         self.state.anchors = {
             k: v for o in self.observers for k, v in o.checkpoint_fields().items()
         }
-        self.store.save_round(self.model, self.strategy.state_dict(), self.state)
+        digest = self.store.save_round(self.model, self.strategy.state_dict(), self.state)
         self._saved_round = self.state.round_completed
-        self._publish(Checkpointed(self.state.round_completed, self.state.finished))
+        self._publish(Checkpointed(self.state.round_completed, self.state.finished, digest))
 
     def _finish(self) -> None:
         self._round = None

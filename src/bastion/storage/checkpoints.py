@@ -6,13 +6,17 @@ Every round is one atomic safetensors file.
 ``strategy/`` prefix) and the round counter in its metadata, written with temp file,
 fsync and rename; so after a crash at any instant it holds one whole round. Resuming
 needs nothing else. ``state.json`` is a human-readable summary for ``bastion status``.
+The round before's ``last.safetensors`` stays beside it as ``.last.safetensors.spare``,
+the file the next round's checkpoint is written into (``atomic_writer``'s ``reuse``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ STRATEGY_PREFIX = "strategy/"
 RESERVED_NAME = "__metadata__"
 #: Checkpoints and the aggregator's summary are readable by their owner only, as before.
 PRIVATE_MODE = 0o600
+#: Tensors from this size are hashed on a second thread while they are written.
+PARALLEL_HASH_BYTES = 4 * 1024 * 1024
 
 
 _SAFETENSORS_DTYPES = {
@@ -52,12 +58,20 @@ _SAFETENSORS_DTYPES = {
 
 
 def save_checkpoint(
-    path: Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
-) -> None:
+    path: Path,
+    weights: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    reuse: bool = False,
+) -> str:
     """Atomically write ``weights`` as a safetensors file; metadata values are strings.
+    Returns the file's SHA-256 (hex), hashed as it is written, not read back.
 
     The file is streamed tensor by tensor (8-byte header length, JSON header, raw
     little-endian buffers), so saving a model never builds a second copy of it in memory.
+    Each tensor is hashed on a second thread while it is written (both release the GIL).
+    ``reuse``: overwrite the spare of the last write (``atomic_writer``), for a file
+    rewritten every round.
     """
     if RESERVED_NAME in weights:
         raise BastionError(
@@ -78,13 +92,25 @@ def save_checkpoint(
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
-    with atomic_writer(path, PRIVATE_MODE) as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
+    digest = hashlib.sha256()
+    with (
+        atomic_writer(path, PRIVATE_MODE, reuse=reuse) as handle,
+        ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") as hasher,
+    ):
+        for prefix in (struct.pack("<Q", len(encoded)), encoded):
+            digest.update(prefix)
+            handle.write(prefix)
         for array in weights.values():
             wire = WIRE_DTYPES[dtype_name(array.dtype)]
-            contiguous = np.ascontiguousarray(array, dtype=wire).reshape(-1)
-            handle.write(contiguous.view(np.uint8).data)
+            data = np.ascontiguousarray(array, dtype=wire).reshape(-1).view(np.uint8).data
+            if data.nbytes < PARALLEL_HASH_BYTES:
+                digest.update(data)
+                handle.write(data)
+                continue
+            hashed = hasher.submit(digest.update, data)
+            handle.write(data)
+            hashed.result()
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path) -> tuple[Weights, dict[str, str]]:
@@ -178,12 +204,13 @@ class CheckpointStore:
             f"no initial model in {self.directory}; run `bastion plan initialize` in the workspace first"
         )
 
-    def save_round(self, model: Weights, strategy_state: Weights, state: RoundState) -> None:
+    def save_round(self, model: Weights, strategy_state: Weights, state: RoundState) -> str:
+        """Write the round's checkpoint over the spare of the last one; its SHA-256."""
         tensors = dict(model)
         for name, value in strategy_state.items():
             tensors[STRATEGY_PREFIX + name] = value
         metadata = {"bastion.plan_hash": self.plan_hash, **state.to_metadata()}
-        save_checkpoint(self.path(LAST), tensors, metadata)
+        return save_checkpoint(self.path(LAST), tensors, metadata, reuse=True)
 
     def save_best(self, model: Weights, round_number: int, value: float) -> None:
         metadata = {
