@@ -163,3 +163,38 @@ def test_a_model_chunk_decodes_to_what_protobuf_reads(pieces: list[bytes]) -> No
         t.offset,
         bytes(t.data),
     )
+
+
+def _overlong(value: int, size: int) -> bytes:
+    """``value`` as a varint padded to ``size`` bytes (protobuf accepts some, not all)."""
+    out = bytearray()
+    for index in range(size):
+        low = value & 0x7F
+        value >>= 7
+        out.append(low | (0x80 if index < size - 1 else 0))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 6, 9, 10, 11, 12])
+def test_padded_varints_decode_as_protobuf_reads_them_or_are_refused_by_both(size: int) -> None:
+    payload = b"\x01\x02\x03\x04"
+    offset = b"\x20" + _overlong(7, size)  # a varint value: protobuf reads up to 10 bytes
+    tensor = b"\x0a\x01w" + offset + _overlong(0x2A, size) + _overlong(len(payload), size) + payload
+    for raw in (tensor, b"\x12" + _overlong(len(tensor), size) + tensor):
+        is_result = raw is not tensor
+        try:
+            expected = _as_parsed(raw) if is_result else pb.TensorChunk.FromString(raw)
+        except DecodeError:
+            with pytest.raises(DecodeError):
+                (decode_result_part if is_result else decode_model_chunk)(raw)
+            continue
+        if is_result:
+            assert _as_decoded(raw) == expected
+        else:
+            frame = decode_model_chunk(raw)
+            assert isinstance(expected, pb.TensorChunk)
+            assert (frame.name, frame.offset, bytes(frame.data)) == (
+                expected.name,
+                expected.offset,
+                expected.data,
+            )

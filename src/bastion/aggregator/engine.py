@@ -298,8 +298,9 @@ class Aggregator:
     def model_frames(self, collaborator: str, round_number: int) -> Iterator[Frame]:
         """The global model for ``round_number`` as wire frames, if the caller was assigned it.
 
-        Frames are cut lazily from the model of this instant (finalize replaces the dict,
-        never mutates it), so serving N collaborators holds no extra copy of the model;
+        Frames are lent views, cut lazily from the model of this instant (finalize replaces
+        the dict, never mutates it; a buffer a download still views is never reused), so
+        serving N collaborators holds no extra copy of the model, and makes none per chunk;
         with ``compression.downstream`` a training round's model is coded once, for all.
         """
         self._check_roster(collaborator)
@@ -308,12 +309,12 @@ class Aggregator:
             if carried is not None:
                 faults.point("engine.download", collaborator)
                 origin = self._carried.origin(carried)
-                return iter_frames(origin, self.chunking.for_weights(origin))
+                return iter_frames(origin, self.chunking.for_weights(origin), lend=True)
             progress = self._require_assigned(collaborator, round_number)
             faults.point("engine.download", collaborator)
             kinds = [t.kind for t in progress.assignments[collaborator]]
             payload = self._downlink.payload(self.model, round_number, kinds)
-            return iter_frames(payload, self.chunking.for_weights(payload))
+            return iter_frames(payload, self.chunking.for_weights(payload), lend=True)
 
     def shared_model(self, collaborator: str, round_number: int) -> tuple[Hashable, int] | None:
         """The round's model is one for all its collaborators (``ServesOneModel``), except a

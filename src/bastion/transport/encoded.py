@@ -10,11 +10,13 @@ are (``passthrough``). ``RoundModelCache`` keeps the global model's encoded chun
 round, so N collaborators cost one encoding, not N (models up to ``max_bytes`` only: the
 cache holds one extra copy of the model).
 
-Reading a result chunk, protobuf's ``data`` field hands out a new ``bytes`` object, a copy
-of the payload (4 MiB: a fresh mapping, faulted in page by page). ``decode_result_part``
-lets protobuf parse and check the message, then finds the payload in the received bytes
-and hands on a read-only ``memoryview`` of it: one copy fewer per chunk on the path every
-update takes.
+Parsing a chunk, protobuf copies the payload into the message, and its ``data`` field
+hands out another copy, under the GIL both times. ``decode_result_part`` (the aggregator)
+and ``decode_model_chunk`` (a site) scan the fields, give protobuf the message without
+its payload to parse and check (a few dozen bytes), and hand on a read-only
+``memoryview`` of the payload where it arrived. A layout the scan does not follow (groups,
+keys or lengths longer than protobuf reads) goes to protobuf whole, which refuses it or
+reads it as it always did.
 """
 
 from __future__ import annotations
@@ -118,102 +120,118 @@ _HEADER_FIELD, _TENSOR_FIELD, _DATA_FIELD = 1, 2, 5
 
 def decode_result_part(raw: bytes) -> ResultPart:
     """A gRPC deserializer for ``SendResult``: protobuf parses (and refuses what is
-    malformed), the payload is located in ``raw`` instead of copied out."""
-    message = pb.ResultChunk.FromString(raw)
+    malformed) the message without its payload, which is handed on as a view of ``raw``."""
+    scanned = _scan_result(memoryview(raw).toreadonly())
+    message = pb.ResultChunk.FromString(raw if scanned is None else scanned[0])
     part = message.WhichOneof("part")
     if part == "header":
         return ResultPart(header=message.header)
     if part != "tensor":
         return ResultPart()
     tensor = message.tensor
-    data = _payload(memoryview(raw).toreadonly())
-    if data is None:  # a field layout the scan does not follow (groups): copy it out
-        data = tensor.data
+    data = tensor.data if scanned is None else scanned[1]
     return ResultPart(
         frame=Frame(tensor.name, tensor.dtype, tuple(tensor.shape), tensor.offset, data)
     )
 
 
 def decode_model_chunk(raw: bytes) -> Frame:
-    """A gRPC deserializer for ``GetModel`` on a site: a ``TensorChunk`` as a frame whose
-    payload is a view of ``raw`` (protobuf parses and refuses what is malformed)."""
-    chunk = pb.TensorChunk.FromString(raw)
-    fields = _fields(memoryview(raw).toreadonly())
-    data: bytes | memoryview = chunk.data if fields is None else _last_data(fields)
+    """A gRPC deserializer for ``GetModel`` on a site: a ``TensorChunk`` parsed by protobuf
+    without its payload, the payload a view of ``raw``."""
+    scanned = _scan_chunk(memoryview(raw).toreadonly())
+    chunk = pb.TensorChunk.FromString(raw if scanned is None else scanned[0])
+    data: bytes | memoryview = chunk.data if scanned is None else scanned[1]
     return Frame(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.offset, data)
 
 
-def _payload(raw: memoryview) -> memoryview | None:
-    """``tensor.data`` as protobuf reads it: the last ``data`` of the tensor occurrences
-    since the last header (a repeated message field merges; setting the header clears the
-    tensor). None where a wire type is not one the scan skips."""
-    data: memoryview = raw[:0]
+#: (field number, wire type, value, the field's whole bytes: key, length and value)
+Field = tuple[int, int, memoryview, memoryview]
+
+
+def _scan_result(raw: memoryview) -> tuple[bytes, memoryview] | None:
+    """A ``ResultChunk``'s bytes with every tensor's payload left out, and ``tensor.data``
+    as protobuf reads it: the last ``data`` of the tensor occurrences since the last header
+    (a repeated message field merges; setting the header clears the tensor). None where
+    the scan does not follow the layout: protobuf then reads the whole message."""
     fields = _fields(raw)
     if fields is None:
         return None
-    for number, wire_type, value in fields:
+    kept: list[bytes | memoryview] = []
+    data: memoryview = raw[:0]
+    for number, wire_type, value, whole in fields:
         if number == _HEADER_FIELD and wire_type == 2:
             data = raw[:0]
         elif number == _TENSOR_FIELD and wire_type == 2:
-            inner = _fields(value)
-            if inner is None:
+            scanned = _scan_chunk(value, data)
+            if scanned is None:
                 return None
-            data = _last_data(inner, data)
-    return data
+            tensor, data = scanned
+            kept.extend((_TENSOR_TAG, _varint(len(tensor)), tensor))
+            continue
+        kept.append(whole)
+    return b"".join(kept), data
 
 
-def _last_data(
-    fields: list[tuple[int, int, memoryview]], before: memoryview | None = None
-) -> memoryview:
-    """The last ``TensorChunk.data`` among ``fields`` (``before``, or empty, if none)."""
-    data = before if before is not None else memoryview(b"")
-    for number, wire_type, value in fields:
+def _scan_chunk(
+    raw: memoryview, before: memoryview | None = None
+) -> tuple[bytes, memoryview] | None:
+    """A ``TensorChunk``'s bytes without its ``data`` fields, and the last ``data``
+    (``before``, or empty, if none); None where the scan does not follow the layout."""
+    fields = _fields(raw)
+    if fields is None:
+        return None
+    data = before if before is not None else raw[:0]
+    kept: list[memoryview] = []
+    for number, wire_type, value, whole in fields:
         if number == _DATA_FIELD and wire_type == 2:
             data = value
-    return data
+        else:
+            kept.append(whole)
+    return b"".join(kept), data
 
 
-def _fields(buffer: memoryview) -> list[tuple[int, int, memoryview]] | None:
-    """(field number, wire type, value) of each field of a message already parsed by
-    protobuf; length-delimited values are views. None on a wire type it does not skip."""
+#: The longest keys and lengths protobuf reads (5 bytes: 32 bits), and the longest varint
+#: values (10 bytes: 64 bits). Past them the scan leaves the message to protobuf.
+_MAX_KEY_BYTES, _MAX_VALUE_BYTES = 5, 10
+
+
+def _fields(buffer: memoryview) -> list[Field] | None:
+    """Each field of a message, its values as views; None on a wire type it does not
+    skip, a key or length past protobuf's 32 bits, or a field that runs past the end."""
     fields = []
     position, end = 0, len(buffer)
     while position < end:
+        start = position
         try:
-            key, position = _read_varint(buffer, position)
-        except IndexError:
-            return None
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            try:
-                _, after = _read_varint(buffer, position)
-            except IndexError:
+            key, position = _read_varint(buffer, position, _MAX_KEY_BYTES)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, after = _read_varint(buffer, position, _MAX_VALUE_BYTES)
+            elif wire_type == 1:
+                after = position + 8
+            elif wire_type == 5:
+                after = position + 4
+            elif wire_type == 2:
+                length, position = _read_varint(buffer, position, _MAX_KEY_BYTES)
+                after = position + length
+            else:
                 return None
-        elif wire_type == 1:
-            after = position + 8
-        elif wire_type == 5:
-            after = position + 4
-        elif wire_type == 2:
-            try:
-                length, position = _read_varint(buffer, position)
-            except IndexError:
-                return None
-            after = position + length
-        else:
+        except (IndexError, ValueError):
             return None
-        if after > end:
+        if key >= 1 << 32 or after > end:
             return None
-        fields.append((number, wire_type, buffer[position:after]))
+        fields.append((number, wire_type, buffer[position:after], buffer[start:after]))
         position = after
     return fields
 
 
-def _read_varint(buffer: memoryview, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
+def _read_varint(buffer: memoryview, position: int, most_bytes: int) -> tuple[int, int]:
+    value, shift, last = 0, 0, position + most_bytes
+    while position < last:
         byte = buffer[position]
         position += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return value, position
         shift += 7
+    raise ValueError("a varint longer than the scan reads")
