@@ -44,6 +44,7 @@ from bastion.aggregator.events import (
     publish,
 )
 from bastion.aggregator.influence import InfluenceBounds
+from bastion.aggregator.model_facts import ModelFacts, model_facts
 from bastion.aggregator.plugins import (
     UpdateDecoder,
     standard_observers,
@@ -92,7 +93,6 @@ from bastion.tensors import (
     Frame,
     TensorSpec,
     Weights,
-    all_finite,
     iter_frames,
     spec_of,
     weights_digest,
@@ -154,6 +154,7 @@ class Aggregator:
 
         resumed = store.load()
         self.model: Weights = resumed.model
+        self._model_facts: ModelFacts | None = None  # of self.model, set with it
         self.spec: list[TensorSpec] = spec_of(self.model)
         self.max_update_bytes = update_limit(plan, self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
@@ -866,8 +867,10 @@ class Aggregator:
         faults.point("engine.assign")
         self._round = progress
         if not final:
-            begin = self.strategy.begin_round if self._intake is None else self._intake.begin_round
-            begin(self.model, number)
+            if self._intake is None:
+                self.strategy.begin_round(self.model, number)
+            else:
+                self._intake.begin_round(self.model, number, norm=self._facts().norm)
         self.round_protocol = self._open_protocol(
             RoundContext(self.plan, progress, self.model, self.strategy, self._clock, self._publish)
         )
@@ -955,7 +958,7 @@ class Aggregator:
             accepted,
             tuple(timed_out),
             seconds,
-            model_digest=weights_digest(self.model),
+            model_digest=self._facts().digest,
         )
         self._publish(closed)
         record: dict[str, object] = {
@@ -1000,9 +1003,10 @@ class Aggregator:
             return accepted
         try:
             new_model = self.strategy.finalize()
-            if not all(a.dtype.kind != "f" or all_finite(a) for a in new_model.values()):
+            facts = model_facts(new_model)
+            if facts.norm is None:
                 raise BastionError("the aggregate is not finite")
-            self.model = new_model
+            self.model, self._model_facts = new_model, facts
         except BastionError as exc:
             # e.g. Krum with fewer results than its f requires: keep the model, go on.
             log.error(
@@ -1012,6 +1016,12 @@ class Aggregator:
             )
             progress.rejected["aggregation"] = str(exc)
         return accepted
+
+    def _facts(self) -> ModelFacts:
+        """The digest and norm of ``self.model``, computed once per model."""
+        if self._model_facts is None:
+            self._model_facts = model_facts(self.model)
+        return self._model_facts
 
     def _update_best(self, summary: dict[str, dict[str, float]], model_round: int) -> None:
         """Global validation in round r measured the model of round r-1: keep it if it is the best."""

@@ -69,12 +69,15 @@ class InfluenceBounds:
                     "(aggregation.metric_ranges)"
                 )
 
-    def norm_limit(self, model: Weights) -> float | None:
+    def norm_limit(self, model: Weights, model_norm: float | None = None) -> float | None:
+        """The largest distance from ``model`` an update may have; ``model_norm``: the
+        model's L2 norm where the caller knows it."""
         limits = []
         if self.max_update_norm is not None:
             limits.append(self.max_update_norm)
         if self.max_update_norm_ratio is not None:
-            limits.append(self.max_update_norm_ratio * max(l2_norm(model), 1.0))
+            norm = l2_norm(model) if model_norm is None else model_norm
+            limits.append(self.max_update_norm_ratio * max(norm, 1.0))
         return min(limits) if limits else None
 
     def bound_update(self, collaborator: str, update: Weights, model: Weights) -> Weights:

@@ -114,11 +114,12 @@ class ChunkReader(FrameAssembler):
 FOLD_GUARD_RATIO = 1000.0
 
 
-def fold_guard(limit: float | None, model: Weights) -> float:
-    """The distance from the global model within which an upload folds as it streams."""
+def fold_guard(limit: float | None, model_norm: float) -> float:
+    """The distance from the global model (of L2 norm ``model_norm``) within which an
+    upload folds as it streams."""
     if limit is not None:
         return limit
-    return FOLD_GUARD_RATIO * max(l2_norm(model), 1.0)
+    return FOLD_GUARD_RATIO * max(model_norm, 1.0)
 
 
 @dataclass
@@ -205,10 +206,13 @@ class StreamingIntake:
 
     # ------------------------------------------------------------ the round's life
 
-    def begin_round(self, model: Weights, round_number: int) -> None:
-        """Start the strategy's round; uploads of an earlier round can no longer fold."""
-        limit = self._bounds.norm_limit(model)  # passes over the model, outside the lock
-        guard = fold_guard(limit, model)
+    def begin_round(self, model: Weights, round_number: int, norm: float | None = None) -> None:
+        """Start the strategy's round; uploads of an earlier round can no longer fold.
+        ``norm``: the model's L2 norm where the caller knows it (else a pass computes it)."""
+        if norm is None:
+            norm = l2_norm(model)  # a pass over the model, outside the lock
+        limit = self._bounds.norm_limit(model, norm)
+        guard = fold_guard(limit, norm)
         with self._lock:
             for upload in self._in_flight:
                 upload.mode = "dead"  # what it folded is dropped with the old sums

@@ -1,0 +1,51 @@
+"""What closing a round needs to know of the new global model, from one pass over it.
+
+The audit log records the model's digest, the engine refuses a model that is not finite,
+and the next round's norm bound (``InfluenceBounds.norm_limit``, the streaming intake's
+fold guard) scales with the model's L2 norm. Each was a pass of its own over the model;
+for a 1 GiB model about 1.2 s of a round's close on the 2-core development machine. Here
+the digest is hashed on a second thread (SHA-256 releases the GIL) while the norm's
+float64 sum of squares, which also says whether every value is finite, runs on the
+caller's: about 0.6 s.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from bastion.tensors import Scratch, Weights, all_finite, squared_distance64, weights_digest
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """``digest``: ``tensors.weights_digest``; ``norm``: the L2 norm of the floating-point
+    tensors (``influence.l2_norm``), None if one of them holds a NaN or an infinity."""
+
+    digest: str
+    norm: float | None
+
+
+def model_facts(model: Weights) -> ModelFacts:
+    """The digest and checked norm of ``model``, the digest hashed beside the norm."""
+    with ThreadPoolExecutor(1, thread_name_prefix="model-digest") as hasher:
+        digest = hasher.submit(weights_digest, model)
+        norm = checked_norm(model)
+        return ModelFacts(digest.result(), norm)
+
+
+def checked_norm(model: Weights) -> float | None:
+    """||model|| over its floating-point tensors in float64, or None if one is not finite
+    (a sum of squares that overflows is checked value by value)."""
+    scratch = Scratch()
+    total = 0.0
+    for array in model.values():
+        if array.dtype.kind != "f":
+            continue
+        flat = array.reshape(-1)
+        squared = squared_distance64(flat, None, scratch)
+        if not math.isfinite(squared) and not all_finite(flat):
+            return None
+        total += squared
+    return math.sqrt(total)
