@@ -359,3 +359,44 @@ def stub_details(
     except grpc.RpcError as exc:
         return str(exc.details())
     return ""
+
+
+def test_a_refused_upload_leaves_no_reader_behind_while_its_site_keeps_sending(
+    tmp_path: Path,
+) -> None:
+    """The server reads each upload a chunk ahead on a thread of its own: when the intake
+    refuses the upload mid-stream, the answer goes out and that reader ends, even though
+    the site goes on sending."""
+    workspace = make_workspace(tmp_path, collaborators=2, rounds=1, plan_changes=TRAIN_ONLY)
+    release = threading.Event()
+    with served_aggregator(workspace, limits=LIMITS) as served:
+        channel, stub = served.stub("site-1")
+        plan_hash = served.plan.canonical_hash()
+        reply = stub.GetTasks(pb.TasksRequest(plan_hash=plan_hash), timeout=30)
+        while reply.action != pb.TasksReply.RUN:
+            time.sleep(0.05)
+            reply = stub.GetTasks(pb.TasksRequest(plan_hash=plan_hash), timeout=30)
+        poisoned = {k: np.full_like(v, np.nan) for k, v in served.aggregator.model.items()}
+        first = [_header(reply.round)] + [
+            pb.ResultChunk(tensor=to_chunk(f)) for f in iter_frames(poisoned, 4096)
+        ][:3]
+        ack = stub.SendResult(_trickled(first, release), timeout=30)
+        assert not ack.accepted and "sent twice" in ack.reason  # refused at the first repeat
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _upload_readers():
+            time.sleep(0.05)
+        assert _upload_readers() == []
+        channel.close()
+    release.set()
+
+
+def _trickled(messages: list[pb.ResultChunk], release: threading.Event) -> Iterator[pb.ResultChunk]:
+    """``messages``, then their last again and again, until ``release``: a site that goes
+    on sending after its result was refused."""
+    yield from messages
+    while not release.wait(0.02):
+        yield messages[-1]
+
+
+def _upload_readers() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("bastion-upload-")]

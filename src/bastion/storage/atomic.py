@@ -13,6 +13,7 @@ a VM whose host reclaims freed memory. The price is a second file of that size o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -57,7 +58,8 @@ def atomic_writer(
         os.replace(tmp, path)
         faults.point("atomic.after_rename", path.name)
         if kept is not None:
-            os.replace(kept, spare_path(path))
+            with contextlib.suppress(OSError):  # the new version is in place whatever happens
+                os.replace(kept, spare_path(path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
