@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -362,11 +362,12 @@ def stub_details(
 
 
 def test_a_refused_upload_leaves_no_reader_behind_while_its_site_keeps_sending(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The server reads each upload a chunk ahead on a thread of its own: when the intake
-    refuses the upload mid-stream, the answer goes out and that reader ends, even though
-    the site goes on sending."""
+    """The server reads large uploads a chunk ahead on a thread of its own (here every
+    upload): when the intake refuses one mid-stream, the answer goes out and its reader
+    ends, even though the site goes on sending."""
+    monkeypatch.setattr("bastion.transport.server.READ_AHEAD_FROM_BYTES", 0)
     workspace = make_workspace(tmp_path, collaborators=2, rounds=1, plan_changes=TRAIN_ONLY)
     release = threading.Event()
     with served_aggregator(workspace, limits=LIMITS) as served:
@@ -380,8 +381,11 @@ def test_a_refused_upload_leaves_no_reader_behind_while_its_site_keeps_sending(
         first = [_header(reply.round)] + [
             pb.ResultChunk(tensor=to_chunk(f)) for f in iter_frames(poisoned, 4096)
         ][:3]
-        ack = stub.SendResult(_trickled(first, release), timeout=30)
+        readers: list[str] = []
+        sending = _trickled(first, release, on_each=lambda: readers.extend(_upload_readers()))
+        ack = stub.SendResult(sending, timeout=30)
         assert not ack.accepted and "sent twice" in ack.reason  # refused at the first repeat
+        assert readers  # the upload was read ahead
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _upload_readers():
             time.sleep(0.05)
@@ -390,11 +394,16 @@ def test_a_refused_upload_leaves_no_reader_behind_while_its_site_keeps_sending(
     release.set()
 
 
-def _trickled(messages: list[pb.ResultChunk], release: threading.Event) -> Iterator[pb.ResultChunk]:
+def _trickled(
+    messages: list[pb.ResultChunk], release: threading.Event, on_each: Callable[[], None]
+) -> Iterator[pb.ResultChunk]:
     """``messages``, then their last again and again, until ``release``: a site that goes
-    on sending after its result was refused."""
-    yield from messages
+    on sending after its result was refused (``on_each`` is called before each message)."""
+    for message in messages:
+        on_each()
+        yield message
     while not release.wait(0.02):
+        on_each()
         yield messages[-1]
 
 

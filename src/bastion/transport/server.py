@@ -58,7 +58,7 @@ from bastion.transport.limits import (
     StreamLimits,
     Watched,
 )
-from bastion.transport.read_ahead import read_ahead
+from bastion.transport.read_ahead import READ_AHEAD_FROM_BYTES, read_ahead
 from bastion.transport.secagg_frames import first_header, read_payload, reply_parts
 from bastion.transport.wait import RoundNews, TaskWaiter
 
@@ -366,12 +366,12 @@ class FederationServicer(pb_grpc.FederationServicer):
                 else:
                     self._port.check_result_allowed(name, header.round, header.task)
                     with self._streams.upload(name), contextlib.ExitStack() as slot:
-                        ahead = read_ahead(messages, name=f"bastion-upload-{name}")
-                        frames = self._slotted(watched, ahead, slot)
-                        try:
-                            ack = take_result(self._port, name, header, frames)
-                        finally:
-                            ahead.close()
+                        if self._port.max_update_bytes >= READ_AHEAD_FROM_BYTES:
+                            ahead = read_ahead(messages, name=f"bastion-upload-{name}")
+                            slot.callback(ahead.close)
+                            messages = ahead
+                        frames = self._slotted(watched, messages, slot)
+                        ack = take_result(self._port, name, header, frames)
             return pb.ResultAck(accepted=ack.accepted, reason=ack.reason)
 
     def _slotted(
