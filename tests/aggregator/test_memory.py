@@ -47,7 +47,7 @@ def test_trims_after_results_at_most_once_an_interval_and_at_every_checkpoint() 
     assert libc.trims == 1  # a at 100.0; b (100.4) and c (100.8) within the second
     trim.notify(ResultAccepted(1, "d", "train", "train", 10, {}))
     assert libc.trims == 2  # 101.2: a second after a
-    trim.notify(Checkpointed(1, False))
+    trim.notify(Checkpointed(1, False, sha256=""))
     assert libc.trims == 3  # a checkpoint always trims
     clock.now += 2.0
     trim.notify(ResultAccepted(2, "a", "train", "train", 10, {}))
@@ -57,7 +57,7 @@ def test_trims_after_results_at_most_once_an_interval_and_at_every_checkpoint() 
 def test_does_nothing_without_glibc() -> None:
     trim = HeapTrim()
     trim._libc = None
-    trim.notify(Checkpointed(1, False))  # no error where malloc_trim does not exist
+    trim.notify(Checkpointed(1, False, sha256=""))  # no error where malloc_trim does not exist
 
 
 def _closed() -> Any:

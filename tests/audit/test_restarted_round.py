@@ -25,7 +25,7 @@ def _accepted(site: str, digest: str) -> ResultAccepted:
 def test_receipts_name_only_the_updates_of_the_try_that_closed(tmp_path: Path) -> None:
     pki = issue_identities(tmp_path, ["site-1", "site-2"])
     signer = Signer.from_files(pki / "aggregator.crt", pki / "aggregator.key")
-    observer = AuditObserver(AuditLog(tmp_path / "audit.jsonl", signer), tmp_path, {})
+    observer = AuditObserver(AuditLog(tmp_path / "audit.jsonl", signer), {})
     observer.notify(_accepted("site-1", "a" * 64))
     observer.notify(RoundRestarted(1, ("site-2",)))
     observer.notify(_accepted("site-2", "b" * 64))

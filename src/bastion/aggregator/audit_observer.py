@@ -33,10 +33,10 @@ from bastion.aggregator.events import (
     TaskFailed,
 )
 from bastion.audit.log import AuditLog, Signer, canonical
-from bastion.audit.rollback import HASH, SEQ, check_rollback, file_digest
+from bastion.audit.rollback import HASH, SEQ, check_rollback
 from bastion.pki.layout import TLSFiles
 from bastion.plan import Plan
-from bastion.storage.checkpoints import LAST, CheckpointStore
+from bastion.storage.checkpoints import CheckpointStore
 
 
 def _digest_of(value: Mapping[str, Any]) -> str:
@@ -46,9 +46,8 @@ def _digest_of(value: Mapping[str, Any]) -> str:
 class AuditObserver(RoundObserver):
     """Writes the federation's audit log and hands out receipts."""
 
-    def __init__(self, log: AuditLog, checkpoints: Path, started: Mapping[str, Any]) -> None:
+    def __init__(self, log: AuditLog, started: Mapping[str, Any]) -> None:
         self.log = log
-        self._checkpoints = Path(checkpoints)
         self._updates: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
         self._receipts: dict[str, list[bytes]] = defaultdict(list)
         self.log.append("federation_started", dict(started))
@@ -135,13 +134,12 @@ class AuditObserver(RoundObserver):
                 )
                 self._receipts[collaborator].append(canonical(receipt))
         elif isinstance(event, Checkpointed):
-            path = self._checkpoints / LAST
             self.log.append(
                 "checkpoint",
                 {
                     "round": event.round_completed,
                     "finished": event.finished,
-                    "sha256": event.sha256 or (file_digest(path) if path.exists() else ""),
+                    "sha256": event.sha256,
                 },
             )
         elif isinstance(event, FederationFinished):
@@ -184,4 +182,4 @@ def audit_observer(plan: Plan, workspace: Path, tls: TLSFiles, measurement: str)
         "workspace_measurement": measurement,
         "resumed_round": state.round_completed,
     }
-    return AuditObserver(log, checkpoints, started)
+    return AuditObserver(log, started)

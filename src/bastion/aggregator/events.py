@@ -127,12 +127,12 @@ class RoundReported:
 
 @dataclass(frozen=True)
 class Checkpointed:
-    """The checkpoint of ``round_completed`` is on disk; ``sha256`` is its file's digest
-    (empty where the writer did not hash it)."""
+    """The checkpoint of ``round_completed`` is on disk; ``sha256`` is its file's digest,
+    hashed as it was written."""
 
     round_completed: int
     finished: bool
-    sha256: str = ""
+    sha256: str
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from bastion.tensors import Scratch, Weights, all_finite, squared_distance64, weights_digest
+from bastion.aggregator.influence import l2_norm
+from bastion.tensors import Weights, all_finite, weights_digest
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,9 @@ def model_facts(model: Weights) -> ModelFacts:
 
 
 def checked_norm(model: Weights) -> float | None:
-    """||model|| over its floating-point tensors in float64, or None if one is not finite
-    (a sum of squares that overflows is checked value by value)."""
-    scratch = Scratch()
-    total = 0.0
-    for array in model.values():
-        if array.dtype.kind != "f":
-            continue
-        flat = array.reshape(-1)
-        squared = squared_distance64(flat, None, scratch)
-        if not math.isfinite(squared) and not all_finite(flat):
-            return None
-        total += squared
-    return math.sqrt(total)
+    """``influence.l2_norm`` of ``model``, or None if a floating-point tensor is not finite
+    (a norm that is not finite is checked value by value: squares can overflow)."""
+    norm = l2_norm(model)
+    if math.isfinite(norm) or all(a.dtype.kind != "f" or all_finite(a) for a in model.values()):
+        return norm
+    return None

@@ -8,7 +8,6 @@ no longer holds the checkpoint's head record (truncated or replaced).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from bastion.audit.log import AuditError, body_hash, read_records
@@ -16,14 +15,6 @@ from bastion.storage.checkpoints import RoundState
 
 SEQ = "audit.seq"
 HASH = "audit.hash"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_rollback(log_path: Path, state: RoundState) -> None:
