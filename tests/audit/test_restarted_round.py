@@ -34,7 +34,7 @@ def test_receipts_name_only_the_updates_of_the_try_that_closed(tmp_path: Path) -
 
     assert observer.messages_for("site-1") == ()
     (receipt,) = observer.messages_for("site-2")
-    assert json.loads(receipt)["data"]["update_sha256"] == "b" * 64
+    assert json.loads(receipt)["data"]["update_blake3"] == "b" * 64
     records = verify_log(tmp_path / "audit.jsonl", pki / "ca.crt").records
     closed = next(r for r in records if r["kind"] == "round_closed")
     assert [u["collaborator"] for u in closed["data"]["accepted"]] == ["site-2"]

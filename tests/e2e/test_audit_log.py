@@ -64,9 +64,9 @@ def test_the_log_verifies_and_every_receipt_is_in_it(federation: Path) -> None:
     ):
         assert kind in kinds, kind
     closed = [r["data"] for r in verified.records if r["kind"] == "round_closed"]
-    assert all(len(c["model_sha256"]) == 64 for c in closed)
+    assert all(len(c["model_blake3"]) == 64 for c in closed)
     receipt = json.loads(receipts[0].read_bytes())
-    assert receipt["data"]["model_sha256"] in {c["model_sha256"] for c in closed}
+    assert receipt["data"]["model_blake3"] in {c["model_blake3"] for c in closed}
     shown = run_bastion("audit", "show", str(log), "--kind", "receipt", cwd=federation)
     assert shown.returncode == 0 and shown.stdout.count("receipt") == 4
 

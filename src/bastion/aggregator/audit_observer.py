@@ -69,7 +69,7 @@ class AuditObserver(RoundObserver):
                     "task": event.task,
                     "kind": event.kind,
                     "examples": event.example_count,
-                    "update_sha256": event.update_digest,
+                    "update_blake3": event.update_digest,
                 },
             )
             if event.kind == "train" and event.update_digest:
@@ -115,10 +115,10 @@ class AuditObserver(RoundObserver):
                     "round": number,
                     "round_completed": event.round_completed,
                     "accepted": [
-                        {"collaborator": c, "task": t, "update_sha256": d} for c, t, d in accepted
+                        {"collaborator": c, "task": t, "update_blake3": d} for c, t, d in accepted
                     ],
                     "timed_out": sorted(event.timed_out),
-                    "model_sha256": event.model_digest,
+                    "model_blake3": event.model_digest,
                 },
             )
             for collaborator, task, digest in accepted:
@@ -128,8 +128,8 @@ class AuditObserver(RoundObserver):
                         "round": number,
                         "collaborator": collaborator,
                         "task": task,
-                        "update_sha256": digest,
-                        "model_sha256": event.model_digest,
+                        "update_blake3": digest,
+                        "model_blake3": event.model_digest,
                     },
                 )
                 self._receipts[collaborator].append(canonical(receipt))

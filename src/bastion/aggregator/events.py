@@ -33,7 +33,7 @@ class ResultAccepted:
     example_count: int | None
     metrics: Mapping[str, float]
     secure_aggregation: bool = False
-    update_digest: str = ""  # SHA-256 of the accepted update's tensors (plain training)
+    update_digest: str = ""  # tensors.weights_digest (BLAKE3) of the accepted update
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class RoundClosed:
     accepted: int
     timed_out: tuple[str, ...]
     seconds: float
-    model_digest: str = ""  # SHA-256 of the global model the round produced
+    model_digest: str = ""  # tensors.weights_digest (BLAKE3) of the round's global model
 
 
 @dataclass(frozen=True)

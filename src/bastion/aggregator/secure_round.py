@@ -15,7 +15,6 @@ on failure nothing was unmasked and the round's training counts for nothing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +43,7 @@ from bastion.privacy.secagg.session import (
 from bastion.privacy.secagg.update import SecureSum, UpdateCodec, Weighting
 from bastion.protocol import StageReply
 from bastion.spec.secure_aggregation import SecureAggregationSpec
-from bastion.tensors import Weights
+from bastion.tensors import Weights, bytes_digest
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -88,7 +87,7 @@ class SecureRound:
         self.outcome: SecureSum | None = None
         self.failure: str | None = None
         self.metrics: dict[str, dict[str, float]] = {}
-        #: SHA-256 of each masked input, for the audit log (what the aggregator received).
+        #: the digest of each masked input, for the audit log (what the aggregator received).
         self.input_digests: dict[str, str] = {}
         self.overhead: dict[str, dict[str, float]] = {}
         self.gone: dict[str, str] = {}
@@ -272,7 +271,7 @@ class SecureRound:
             checked = _checked_metrics(metrics)
             server.receive_masked_input(name, MaskedInput.from_bytes(payload))
             self.metrics[name] = checked
-            self.input_digests[name] = hashlib.sha256(payload).hexdigest()
+            self.input_digests[name] = bytes_digest(payload)
         elif step is Step.CONSISTENCY_CHECK:
             server.receive_signature(name, ConsistencySignature.from_bytes(payload))
         elif step is Step.UNMASKING:

@@ -28,7 +28,6 @@ hostile update of huge values therefore never enters the sum before it is judged
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+import blake3
 import numpy as np
 
 from bastion.aggregator.influence import InfluenceBounds, clipped, l2_norm
@@ -51,7 +51,9 @@ from bastion.tensors import (
     Weights,
     all_finite,
     digest_header,
+    hash_values,
     squared_distance64,
+    tensor_hasher,
 )
 
 #: Elements per step of the per-chunk checks: each upload streaming in holds one float64
@@ -147,7 +149,7 @@ class Upload:
     spilled: int = 0
     distance_squared: float = 0.0
     not_finite: list[str] = field(default_factory=list)
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    hasher: blake3.blake3 = field(default_factory=tensor_hasher)
     #: the per-chunk checks' temporary block (uploads are checked on their own threads)
     scratch: Scratch = field(default_factory=Scratch)
     returned: bool = False
@@ -332,7 +334,7 @@ class StreamingIntake:
         start: int,
         values: np.ndarray,
     ) -> None:
-        upload.hasher.update(values.data)
+        hash_values(upload.hasher, values)
         if upload.mode == "dead":
             return
         if values.dtype.kind == "f":
@@ -383,7 +385,7 @@ class StreamingIntake:
     def _fold_spilled(self, upload: Upload, model: Weights, scale: float | None) -> None:
         """Fold every spilled chunk, clipped onto the bound by ``scale`` if given, and rehash
         so the digest is of what was folded, as on the whole-update path."""
-        hasher = hashlib.sha256()
+        hasher = tensor_hasher()
         for name, dtype, shape in upload.tensors:
             hasher.update(digest_header(name, dtype, shape))
             for index, (tensor, start, count, offset) in enumerate(upload.chunks):
@@ -399,7 +401,7 @@ class StreamingIntake:
                         return  # the round closed: the engine refuses it
                     self._strategy.fold(name, start, values, upload.weight)
                     upload.folded = index + 1
-                hasher.update(values.data)
+                hash_values(hasher, values)
         with self._lock:
             if upload.mode == "deferred":
                 upload.mode = "live"
