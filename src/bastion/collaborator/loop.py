@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, TypeVar
 
 from bastion import faults
@@ -119,35 +120,68 @@ RETRY_SUMMARY_SECONDS = 60.0
 
 
 class Heartbeat:
-    """While a round's tasks run, tell the aggregator every ``interval`` seconds that we live."""
+    """While a round's tasks run, tell the aggregator every ``interval`` seconds that we live.
+
+    One thread for the collaborator's life, woken by ``start`` and ``stop``: a thread
+    started and joined every round put two waits for the scheduler on each round's path
+    (sampled with ten sites on two cores: about 1.5 ms a round in the join alone)."""
 
     def __init__(self, client: AggregatorClient, interval: float | None) -> None:
         self._client = client
         self._interval = interval
-        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._round: int | None = None  # the round beaten for; None between rounds
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     def start(self, round_number: int) -> None:
         if self._interval is None:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._beat, args=(round_number, self._interval), daemon=True
-        )
-        self._thread.start()
+        with self._changed:
+            self._round = round_number
+            self._changed.notify()
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._beat, args=(self._interval,), name="bastion-heartbeat", daemon=True
+                )
+                self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """No beat starts after this returns; one already on the wire may still arrive."""
+        with self._changed:
+            self._round = None
+            self._changed.notify()
 
-    def _beat(self, round_number: int, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self._client.heartbeat(round_number)
-            except Exception as exc:  # the main loop notices an unreachable aggregator itself
-                log.debug("heartbeat not delivered: %s", exc)
+    def close(self) -> None:
+        """End the thread (the collaborator is done); a beat on the wire is not waited for
+        past a second (the thread is a daemon)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=1.0)
+
+    def _moved_on(self, beating: int) -> bool:
+        """Whether the beats for ``beating`` are over (stopped, a new round, closed)."""
+        return self._round != beating or self._closed
+
+    def _beat(self, interval: float) -> None:
+        with self._changed:
+            while not self._closed:
+                beating = self._round
+                if beating is None:
+                    self._changed.wait()
+                    continue
+                if self._changed.wait_for(partial(self._moved_on, beating), timeout=interval):
+                    continue
+                self._changed.release()  # the call may take long: start and stop go on
+                try:
+                    self._client.heartbeat(beating)
+                except Exception as exc:  # the main loop notices an unreachable aggregator
+                    log.debug("heartbeat not delivered: %s", exc)
+                finally:
+                    self._changed.acquire()
 
 
 class Collaborator:
@@ -195,6 +229,12 @@ class Collaborator:
 
     def run(self) -> None:
         """Loop until the aggregator says the federation is done."""
+        try:
+            self._run()
+        finally:
+            self._heartbeat.close()
+
+    def _run(self) -> None:
         backoff = Backoff()
         last_contact = time.monotonic()
         failures, last_summary = 0, 0.0
