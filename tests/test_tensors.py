@@ -64,6 +64,31 @@ def test_checkpoints_round_trip_exactly(
     for name, value in weights.items():
         assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
         assert loaded[name].tobytes() == value.tobytes()
+        # arrays of their own, so the engine may reuse them as buffers (bastion.buffers)
+        assert loaded[name].base is None and loaded[name].flags.writeable
+
+
+def test_a_checkpoint_from_the_reference_writer_loads_and_a_cut_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    from safetensors.numpy import save_file
+
+    weights = {
+        "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "steps": np.array(9, dtype=np.int64),
+        "mask": np.array([True, False]),
+        "empty": np.zeros((0, 4), dtype=np.float64),
+    }
+    path = tmp_path / "ref.safetensors"
+    save_file(weights, str(path), metadata={"round": "2"})
+    loaded, metadata = load_checkpoint(path)
+    assert metadata == {"round": "2"}
+    for name, value in weights.items():
+        np.testing.assert_array_equal(loaded[name], value)
+        assert loaded[name].dtype == value.dtype
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(BastionError, match="ref.safetensors"):
+        load_checkpoint(path)
 
 
 def test_a_tensor_named_like_the_format_metadata_is_refused_not_written_corrupt(

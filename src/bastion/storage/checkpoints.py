@@ -114,19 +114,60 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> tuple[Weights, dict[str, str]]:
-    """Read a safetensors checkpoint tensor by tensor, keeping the order it was saved with."""
+    """Read a safetensors checkpoint tensor by tensor, keeping the order it was saved with.
+
+    safetensors checks the header (dtypes, shapes, offsets inside the file); each tensor is
+    then read straight into an array of its own: writable, owning its memory, one copy of
+    the model at most. safetensors' own arrays are read-only views of a buffer, which the
+    engine's buffer reuse cannot take (``bastion.buffers``): the first round after a
+    start faulted in a fresh accumulator, and a 1 GiB run's second round took 13-18 s
+    against 8-9 s for the rounds after it (8.3 s now, on the 2-core development VM).
+    """
     path = Path(path)
     if not path.exists():
         raise BastionError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})
-            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            names = list(handle.keys())  # noqa: SIM118
+            foreign = {n: handle.get_tensor(n) for n in names if not _readable(handle, n)}
     except Exception as exc:  # safetensors raises its own error types
         raise BastionError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
+    arrays = _read_tensors(path, [n for n in names if n not in foreign])
+    arrays.update(foreign)
     order = [n for n in json.loads(metadata.pop("bastion.order", "[]")) if n in arrays]
     names = order + [n for n in arrays if n not in order]
     return {n: arrays[n] for n in names}, metadata
+
+
+_NUMPY_NAMES = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
+
+
+def _readable(handle: Any, name: str) -> bool:
+    """Whether ``name``'s dtype is one we read ourselves (the rest go through safetensors)."""
+    return handle.get_slice(name).get_dtype() in _NUMPY_NAMES
+
+
+def _read_tensors(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """``names`` read from ``path`` into fresh arrays, each the exact size its header says."""
+    arrays: dict[str, np.ndarray] = {}
+    with path.open("rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+        for name in names:
+            entry = header[name]
+            array = np.empty(entry["shape"], dtype=WIRE_DTYPES[_NUMPY_NAMES[entry["dtype"]]])
+            start, stop = (int(v) for v in entry["data_offsets"])
+            if stop - start != array.nbytes:
+                raise BastionError(f"checkpoint {path}: tensor {name!r} has a wrong size")
+            file.seek(8 + length + start)
+            if (
+                array.nbytes
+                and file.readinto(array.reshape(-1).view(np.uint8).data) != array.nbytes
+            ):
+                raise BastionError(f"checkpoint {path} is truncated (tensor {name!r})")
+            arrays[name] = array
+    return arrays
 
 
 @dataclass
