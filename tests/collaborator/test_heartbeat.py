@@ -81,3 +81,12 @@ def test_an_unreachable_aggregator_does_not_end_the_beats() -> None:
     finally:
         heartbeat.stop()
         heartbeat.close()
+
+
+def test_closing_during_a_round_ends_the_thread() -> None:
+    client = Beats()
+    heartbeat = Heartbeat(client, INTERVAL)  # type: ignore[arg-type]
+    heartbeat.start(5)
+    client.wait_for(1)
+    heartbeat.close()  # the collaborator ends mid-round (an error in its task loop)
+    assert heartbeat_threads() == []

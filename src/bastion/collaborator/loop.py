@@ -167,21 +167,18 @@ class Heartbeat:
         return self._round != beating or self._closed
 
     def _beat(self, interval: float) -> None:
-        with self._changed:
-            while not self._closed:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._round is not None or self._closed)
                 beating = self._round
-                if beating is None:
-                    self._changed.wait()
-                    continue
+                if self._closed or beating is None:
+                    return
                 if self._changed.wait_for(partial(self._moved_on, beating), timeout=interval):
                     continue
-                self._changed.release()  # the call may take long: start and stop go on
-                try:
-                    self._client.heartbeat(beating)
-                except Exception as exc:  # the main loop notices an unreachable aggregator
-                    log.debug("heartbeat not delivered: %s", exc)
-                finally:
-                    self._changed.acquire()
+            try:  # outside the lock: the call may take long, start and stop go on
+                self._client.heartbeat(beating)
+            except Exception as exc:  # the main loop notices an unreachable aggregator
+                log.debug("heartbeat not delivered: %s", exc)
 
 
 class Collaborator:

@@ -136,8 +136,8 @@ def load_checkpoint(path: Path) -> tuple[Weights, dict[str, str]]:
     arrays = _read_tensors(path, [n for n in names if n not in foreign])
     arrays.update(foreign)
     order = [n for n in json.loads(metadata.pop("bastion.order", "[]")) if n in arrays]
-    names = order + [n for n in arrays if n not in order]
-    return {n: arrays[n] for n in names}, metadata
+    ordered = order + [n for n in arrays if n not in order]
+    return {n: arrays[n] for n in ordered}, metadata
 
 
 _NUMPY_NAMES = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
