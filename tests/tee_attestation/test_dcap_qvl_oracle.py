@@ -29,6 +29,11 @@ Disagreements found and settled (see the closing note of issue 19):
   smaller): dcap-qvl ignores the bytes no field accounts for; Bastion refuses the quote as
   malformed.  The format defines the signature data as exactly its fields, so the lengths
   must agree; this supports Bastion (Intel's QVL source was not checked on this point).
+* the outer certification data type of a TD quote changed from 6 (QE report certification
+  data): dcap-qvl reads the bytes as QE report data whatever the type says; Bastion refuses the
+  quote.  The TD quote format (v4 and v5 signature data) allows only type 6 there, so the
+  type must say what the bytes are; this supports Bastion.  Found by the mutation test in a
+  fresh clone (a v5 quote, byte 770 set to 0).
 """
 
 from __future__ import annotations
@@ -151,13 +156,16 @@ def assert_agree(case: Case, now: dt.datetime) -> tuple[Any, Any]:
 def settled_disagreement(ours: Any, theirs: Any, offset: int, original: bytes) -> bool:
     """The disagreements investigated and settled (module docstring of test_dcap_qvl_oracle):
     Bastion refuses, dcap-qvl accepts, because of a malformed copy of the root certificate in the
-    PEM chain, or because the certification data is shorter than the signature data around it
-    (bytes left over that no field accounts for).  Anything else must agree."""
+    PEM chain, because the certification data is shorter than the signature data around it
+    (bytes left over that no field accounts for), or because a TD quote's outer certification
+    data type is not 6.  Anything else must agree."""
     if not isinstance(ours, AttestationError) or isinstance(theirs, Exception):
         return False
     in_root_copy = offset >= original.rindex(b"-----BEGIN CERTIFICATE-----")
     chain_reasons = {"pck_chain", "certificate_chain", "certificate_format"}
     if in_root_copy and ours.reason in chain_reasons:
+        return True
+    if ours.reason == "certification_data_type" and "a TD quote carries type 6" in str(ours):
         return True
     return ours.reason == "quote_format" and "unexpected bytes after" in str(ours)
 
@@ -324,3 +332,14 @@ def test_mutations_of_test_pki_quotes_get_the_same_verdict(
     ours, theirs = case.outcomes(pki.now)
     if not settled_disagreement(ours, theirs, offset, original):
         assert_agree(case, pki.now)
+
+
+def test_a_td_quote_whose_outer_certification_type_is_not_6_is_refused_by_bastion(
+    pki: Any, tdx_case: Any
+) -> None:
+    original = pki.td_quote(version=5)
+    quote = bytearray(original)
+    quote[770] = 0  # the low byte of the outer certification data type (6)
+    ours, theirs = tdx_case(bytes(quote)).outcomes(pki.now)
+    assert isinstance(ours, AttestationError) and ours.reason == "certification_data_type"
+    assert settled_disagreement(ours, theirs, 770, original)  # dcap-qvl reads it as type 6
