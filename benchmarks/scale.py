@@ -16,13 +16,16 @@ by the task code when its runner is built, before any network traffic).
 ``logs/metrics.jsonl``, and from one round's opening to the next, which adds the
 checkpoint written between them) against the floor measured in the same run: bytes moved
 (N models down, N up) at the loopback bandwidth measured between two processes, plus
-N weighted accumulates at the memory bandwidth measured with NumPy.
+N weighted accumulates at the memory bandwidth measured with NumPy. The mTLS floor puts the
+same bytes through mutual-TLS connections between two processes instead (as many streams as
+there are cores, up to N): the price of encryption on this machine, which any transport that
+keeps the federation's TLS pays before it does anything else.
 Each row also has the rounds' anatomy (after the first round, medians): round opened to
 the first result accepted, first to last result, last result to the round's record, record
 to the next round opened, from the timestamps of ``logs/metrics.jsonl``.
 ``chunks``: the same federation with each ``network.chunk_mib`` in turn (alternated over
 ``--repeats``): steady round and the aggregator's and collaborators' peak memory per chunk
-size, the evidence behind ``tensors.Chunking``'s adaptive rule.
+size, the evidence behind ``framing.Chunking``'s adaptive rule.
 Results go to ``benchmarks/results/`` as JSON; ``report.py`` writes the Markdown table.
 """
 
@@ -36,9 +39,11 @@ import platform
 import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -174,6 +179,75 @@ def loopback_bandwidth(total_bytes: int = 512 * 2**20, chunk: int = 4 * 2**20) -
     server.close()
     sender.wait()
     return received / seconds
+
+
+_TLS_SENDER = """
+import socket, ssl, sys
+port, streams, total, chunk, pki = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+import threading
+context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki + "/ca.crt")
+context.load_cert_chain(pki + "/site-1.crt", pki + "/site-1.key")
+payload = memoryview(bytearray(chunk))
+def send():
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as s:
+        left = total // streams
+        while left > 0:
+            s.sendall(payload[: min(chunk, left)])
+            left -= min(chunk, left)
+        s.recv(1)
+threads = [threading.Thread(target=send) for _ in range(streams)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def mtls_loopback_bandwidth(
+    streams: int, total_bytes: int = 512 * 2**20, chunk: int = 4 * 2**20
+) -> float:
+    """Bytes/s from one process to another over ``streams`` mutual-TLS connections on
+    127.0.0.1 (TLS 1.3, the federation's kind of certificates), receiving into a reused
+    buffer: what any encrypted transport pays per byte on this machine before it does
+    anything else. Two or more streams let the encryption of both ends use every core."""
+    with tempfile.TemporaryDirectory(prefix="bastion-tls-floor-") as tmp:
+        pki = Path(tmp)
+        init_ca(pki)
+        issue(pki, "aggregator", Role.AGGREGATOR, hosts=["127.0.0.1"])
+        issue(pki, "site-1", Role.COLLABORATOR)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
+        context.load_cert_chain(pki / "aggregator.crt", pki / "aggregator.key")
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(streams)
+        port = listener.getsockname()[1]
+        args = [str(port), str(streams), str(total_bytes), str(chunk), str(pki)]
+        sender = subprocess.Popen([sys.executable, "-c", _TLS_SENDER, *args])
+        received = [0] * streams
+
+        def receive(index: int, raw: socket.socket) -> None:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                view = memoryview(bytearray(chunk))
+                while received[index] < total_bytes // streams:
+                    n = conn.recv_into(view)
+                    if n == 0:
+                        break
+                    received[index] += n
+                conn.sendall(b"k")
+
+        accepted = [listener.accept()[0] for _ in range(streams)]
+        started = time.perf_counter()
+        threads = [
+            threading.Thread(target=receive, args=(i, raw)) for i, raw in enumerate(accepted)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        listener.close()
+        sender.wait()
+    return sum(received) / seconds
 
 
 def accumulate_seconds(params: int) -> float:
@@ -390,6 +464,8 @@ def memory(args: argparse.Namespace) -> None:
 
 def overhead(args: argparse.Namespace) -> None:
     bandwidth = loopback_bandwidth()
+    tls_streams = max(1, min(args.collaborators, os.cpu_count() or 1))
+    tls_bandwidth = mtls_loopback_bandwidth(tls_streams)
     rows = []
     for params in args.params:
         accumulate = accumulate_seconds(params)
@@ -398,15 +474,20 @@ def overhead(args: argparse.Namespace) -> None:
         )
         moved = 2 * args.collaborators * params * 4
         floor = moved / bandwidth + args.collaborators * accumulate
-        steady = row["round_seconds"][1:] or row["round_seconds"]
+        tls_floor = moved / tls_bandwidth + args.collaborators * accumulate
+        steady = float(np.median(row["round_seconds"][1:] or row["round_seconds"]))
         row.update(
             {
                 "loopback_gb_s": bandwidth / 1e9,
+                "mtls_loopback_gb_s": tls_bandwidth / 1e9,
+                "mtls_streams": tls_streams,
                 "accumulate_seconds": accumulate,
                 "bytes_moved_per_round": moved,
                 "floor_seconds": floor,
-                "steady_round_seconds": float(np.median(steady)),
-                "steady_over_floor": float(np.median(steady)) / floor,
+                "mtls_floor_seconds": tls_floor,
+                "steady_round_seconds": steady,
+                "steady_over_floor": steady / floor,
+                "steady_over_mtls_floor": steady / tls_floor,
             }
         )
         if row["round_period_seconds"]:
@@ -414,9 +495,11 @@ def overhead(args: argparse.Namespace) -> None:
             row.update({"steady_period_seconds": period, "period_over_floor": period / floor})
         rows.append(row)
         print(
-            f"{params:>12,} params x{args.collaborators}: steady round {row['steady_round_seconds']:.3f}s, "
+            f"{params:>12,} params x{args.collaborators}: steady round {steady:.3f}s, "
             f"floor {floor:.3f}s (loopback {bandwidth / 1e9:.2f} GB/s), "
             f"{row['steady_over_floor']:.1f}x the floor; "
+            f"mTLS floor {tls_floor:.3f}s ({tls_bandwidth / 1e9:.2f} GB/s over {tls_streams} "
+            f"streams), {row['steady_over_mtls_floor']:.1f}x; "
             + (
                 f"opening to opening {row['steady_period_seconds']:.3f}s "
                 f"({row['period_over_floor']:.1f}x); "

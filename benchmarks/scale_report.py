@@ -48,10 +48,19 @@ def overhead_rows(payload: dict) -> list[str]:
     return [
         f"| {payload.get('label', '')} | {r['params']:,} | {r['collaborators']} "
         f"| {r['steady_round_seconds']:.3f} | {r['floor_seconds']:.3f} "
-        f"| {r['steady_over_floor']:.1f}× | {_period(r)} | {_anatomy(r)} "
+        f"| {r['steady_over_floor']:.1f}× | {_mtls(r)} | {_period(r)} | {_anatomy(r)} "
         f"| {r['loopback_gb_s']:.2f} | {r['wall_seconds']:.1f} |"
         for r in payload["results"]
     ]
+
+
+def _mtls(row: dict) -> str:
+    if "mtls_floor_seconds" not in row:
+        return "—"
+    return (
+        f"{row['mtls_floor_seconds']:.3f} ({row['mtls_loopback_gb_s']:.2f} GB/s) "
+        f"{row['steady_over_mtls_floor']:.1f}×"
+    )
 
 
 def chunk_rows(payload: dict) -> list[str]:
@@ -107,6 +116,10 @@ def main() -> None:
             "Floor = (N models down + N up) ÷ loopback bandwidth (measured in the same run, "
             "between two processes, no TLS) + N weighted accumulates (NumPy, same run).",
             "",
+            "mTLS floor (where measured): the same bytes over mutual-TLS connections between "
+            "two processes (TLS 1.3, the federation's kind of certificates, as many streams as "
+            "cores, up to N), plus the same accumulates: what encryption alone costs here.",
+            "",
             "Anatomy (where measured): medians over the rounds after the first, in ms, from the "
             "round's opening to its first accepted result / from the first to the last result / "
             "from the last result to the round's record.",
@@ -115,8 +128,9 @@ def main() -> None:
             "to the next's, which adds the checkpoint written between them.",
             "",
             "| code | params | collabs | steady round s | floor s | round / floor "
-            "| opening to opening s | anatomy ms | loopback GB/s | wall s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+            "| mTLS floor s (GB/s), round / it | opening to opening s | anatomy ms "
+            "| loopback GB/s | wall s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |",
             *overhead,
             "",
         ]

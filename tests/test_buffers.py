@@ -13,7 +13,8 @@ import pytest
 from bastion.algorithms.fedavg import FedAvg
 from bastion.buffers import RetiredBuffers, unshared
 from bastion.errors import ProtocolError
-from bastion.tensors import Weights, assemble_frames, iter_frames
+from bastion.framing import assemble_frames, iter_frames
+from bastion.tensors import Weights
 
 SHAPE = (64, 32)
 

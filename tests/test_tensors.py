@@ -13,22 +13,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
-from bastion.spec.network import NetworkSpec
-from bastion.storage.checkpoints import RESERVED_NAME, load_checkpoint, save_checkpoint
-from bastion.tensors import (
+from bastion.framing import (
     DEFAULT_CHUNK_BYTES,
     LARGEST_ADAPTIVE_CHUNK_BYTES,
     SMALLEST_CHUNK_BYTES,
-    WIRE_DTYPES,
     Chunking,
     Frame,
     FrameAssembler,
-    Scratch,
     iter_frames,
-    spec_of,
-    squared_distance64,
-    validate_update,
 )
+from bastion.spec.network import NetworkSpec
+from bastion.storage.checkpoints import RESERVED_NAME, load_checkpoint, save_checkpoint
+from bastion.tensors import WIRE_DTYPES, Scratch, spec_of, squared_distance64, validate_update
 
 arrays = hnp.arrays(
     dtype=st.sampled_from(sorted(WIRE_DTYPES)),

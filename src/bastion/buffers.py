@@ -5,7 +5,7 @@ page on first touch and, on a virtual machine that reports free memory to its ho
 host backs it again first (measured on a 2-core VM: about 0.4 GB/s, 2.5 s for 1 GiB).
 Writing into a buffer that is still resident runs at memory speed. Two users: the
 strategy's accumulator (``algorithms.fedavg``) and the model a site downloads
-(``transport.client``, through ``tensors.FrameAssembler``).
+(``transport.client``, through ``framing.FrameAssembler``).
 
 Whether something still holds a buffer is read from CPython's reference count, as numpy's
 own ``ndarray.resize(refcheck=True)`` reads it: a view, a ``memoryview`` or any other

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from bastion.errors import BastionError, ProtocolError
+from bastion.framing import Chunking, Frame, assemble_frames
 from bastion.plan import TaskSpec
-from bastion.tensors import Chunking, Frame, TensorSpec, Weights, assemble_frames
+from bastion.tensors import TensorSpec, Weights
 
 # --------------------------------------------------------------------------- refusals
 

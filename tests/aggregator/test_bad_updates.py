@@ -11,8 +11,9 @@ from support.chunks import assemble, to_chunk
 from support.servers import served_aggregator
 from support.workspaces import make_workspace
 
+from bastion.framing import Frame, iter_frames
 from bastion.metrics.log import read_metrics, round_summaries
-from bastion.tensors import Frame, Weights, iter_frames
+from bastion.tensors import Weights
 from bastion.transport import bastion_pb2 as pb
 
 TRAIN_ONLY = {"tasks": [{"name": "train", "kind": "train"}]}

@@ -11,11 +11,12 @@ import pytest
 from bastion.aggregator.engine import Aggregator
 from bastion.algorithms.fedavg import FedAvg
 from bastion.errors import PlanError
+from bastion.framing import assemble_frames
 from bastion.metrics.log import MetricsLog, read_metrics
 from bastion.plan import parse_plan
 from bastion.protocol import NotAssigned
 from bastion.storage.checkpoints import CheckpointStore
-from bastion.tensors import Weights, assemble_frames
+from bastion.tensors import Weights
 
 ROSTER = ["a", "b", "c"]
 

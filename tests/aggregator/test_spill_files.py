@@ -12,7 +12,8 @@ from bastion.aggregator.spill_files import SpillFiles
 from bastion.aggregator.streaming import StreamingIntake
 from bastion.algorithms.fedavg import FedAvg
 from bastion.errors import UpdateRejected
-from bastion.tensors import iter_frames, spec_of
+from bastion.framing import iter_frames
+from bastion.tensors import spec_of
 
 from .test_streaming import CHUNK, LIMIT, NO_BOUND, assert_same, model, update, whole_path
 

@@ -12,7 +12,8 @@ from bastion.aggregator.influence import InfluenceBounds
 from bastion.aggregator.streaming import StreamingIntake
 from bastion.algorithms.fedavg import FedAvg
 from bastion.errors import ProtocolError, UpdateRejected
-from bastion.tensors import Frame, Weights, iter_frames, spec_of, weights_digest
+from bastion.framing import Frame, iter_frames
+from bastion.tensors import Weights, spec_of, weights_digest
 
 ACCUMULATORS = ["float64", "float32-delta"]
 CHUNK = 256  # bytes: every float tensor below spans several chunks

@@ -1,4 +1,4 @@
-"""Protocol ``TensorChunk`` messages from and to ``bastion.tensors.Frame``, for tests that
+"""Protocol ``TensorChunk`` messages from and to ``bastion.framing.Frame``, for tests that
 speak to a server through the generated stubs (the services themselves encode chunks
 straight to wire bytes and read them in place: ``bastion.transport.encoded``)."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bastion.tensors import Frame, Weights, assemble_frames
+from bastion.framing import Frame, assemble_frames
+from bastion.tensors import Weights
 from bastion.transport import bastion_pb2 as pb
 
 

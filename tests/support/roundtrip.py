@@ -6,13 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bastion.framing import FrameAssembler, iter_frames
 from bastion.storage.checkpoints import load_checkpoint, save_checkpoint
-from bastion.tensors import (
-    FrameAssembler,
-    Weights,
-    iter_frames,
-    total_bytes,
-)
+from bastion.tensors import Weights, total_bytes
 
 
 def through_wire(weights: Weights, chunk_bytes: int = 1000) -> Weights:

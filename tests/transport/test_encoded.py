@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.chunks import from_chunk, to_chunk
 
-from bastion.tensors import Frame, assemble_frames, iter_frames
+from bastion.framing import Frame, assemble_frames, iter_frames
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.encoded import (
     RoundModelCache,

@@ -24,8 +24,9 @@ from support.chunks import to_chunk
 from support.servers import ServedAggregator, served_aggregator
 from support.workspaces import make_workspace
 
+from bastion.framing import iter_frames
 from bastion.pki import Role, issue
-from bastion.tensors import iter_frames, total_bytes
+from bastion.tensors import total_bytes
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.limits import StreamLimits
@@ -232,7 +233,7 @@ import sys
 import grpc
 from support.servers import PlanHeaders
 from bastion.pki import tls_files_for
-from bastion.tensors import Frame
+from bastion.framing import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport import bastion_pb2_grpc as pb_grpc

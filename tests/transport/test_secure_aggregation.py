@@ -21,6 +21,7 @@ from bastion.aggregator.secure_round import SecureRound
 from bastion.collaborator.factory import build_collaborator
 from bastion.collaborator.loop import Collaborator
 from bastion.collaborator.secure_update import SecureAggregation
+from bastion.framing import Chunking
 from bastion.metrics.log import read_metrics
 from bastion.pki import load_private_key, tls_files_for
 from bastion.privacy.secagg.identity import identity_from_tls
@@ -43,7 +44,6 @@ from bastion.privacy.secagg.session import (
 from bastion.privacy.secagg.shamir import Share, combine
 from bastion.privacy.secagg.update import UpdateCodec
 from bastion.protocol import StageReply
-from bastion.tensors import Chunking
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport.client import AggregatorUnavailable, GrpcAggregatorClient
 from bastion.transport.server import FederationServicer

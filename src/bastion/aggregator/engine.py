@@ -76,6 +76,7 @@ from bastion.aggregator.streaming import StreamingIntake
 from bastion.algorithms.base import FoldsChunks, Strategy
 from bastion.compression.downstream import Downlink
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
+from bastion.framing import Frame, iter_frames
 from bastion.metrics.log import MetricsLog
 from bastion.plan import Plan, TaskSpec
 from bastion.protocol import (
@@ -89,14 +90,7 @@ from bastion.protocol import (
     UnknownCollaborator,
 )
 from bastion.storage.checkpoints import CheckpointStore, RoundState
-from bastion.tensors import (
-    Frame,
-    TensorSpec,
-    Weights,
-    iter_frames,
-    spec_of,
-    weights_digest,
-)
+from bastion.tensors import TensorSpec, Weights, spec_of, weights_digest
 
 log = logging.getLogger("bastion.aggregator")
 

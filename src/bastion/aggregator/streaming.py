@@ -7,7 +7,7 @@ FedOpt family) on plain streaming rounds without compression, the aggregator hol
 global model and one accumulator whatever the number of collaborators or concurrent
 uploads: O(model), not O(uploads x model).
 
-The frames pass the same reader as the whole-update path (``tensors.FrameAssembler``:
+The frames pass the same reader as the whole-update path (``framing.FrameAssembler``:
 order, headers against the model's specs, size limit) and the same content checks, made
 incrementally: finiteness per chunk, the squared L2 distance to the global model summed
 per chunk for ``InfluenceBounds`` to judge at the end, the update's digest hashed per
@@ -42,10 +42,9 @@ from bastion.aggregator.influence import InfluenceBounds, clipped, l2_norm
 from bastion.aggregator.spill_files import SpillFiles
 from bastion.algorithms.base import FoldsChunks
 from bastion.errors import UpdateRejected
+from bastion.framing import Frame, FrameAssembler
 from bastion.tensors import (
     WIRE_DTYPES,
-    Frame,
-    FrameAssembler,
     Scratch,
     TensorSpec,
     Weights,

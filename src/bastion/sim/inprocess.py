@@ -29,6 +29,7 @@ from bastion.collaborator.loop import AggregatorClient, Collaborator
 from bastion.collaborator.secure_update import SecureAggregation, SecureUpdate
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError
+from bastion.framing import assemble_frames, iter_frames
 from bastion.plan import Plan, load_plan
 from bastion.privacy.secagg.identity import simulated_identities
 from bastion.privacy.secagg.session import Step
@@ -42,7 +43,7 @@ from bastion.protocol import (
 )
 from bastion.runners.base import KeepsClientState, TaskRunner
 from bastion.sim.shards import ShardIndex, load_plan_dataset
-from bastion.tensors import Weights, assemble_frames, iter_frames
+from bastion.tensors import Weights
 from bastion.workspace.tasks import build_runner
 
 log = logging.getLogger("bastion.sim")

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bastion.errors import BastionError
-from bastion.tensors import DEFAULT_CHUNK_BYTES, Chunking
+from bastion.framing import DEFAULT_CHUNK_BYTES, Chunking
 
 MIB = 1024 * 1024
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

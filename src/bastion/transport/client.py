@@ -10,12 +10,13 @@ import grpc
 
 from bastion.buffers import RetiredBuffers
 from bastion.errors import BastionError
+from bastion.framing import Chunking, assemble_frames, iter_frames
 from bastion.pki.layout import TLSFiles
 from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, RoundOver, StageReply
 from bastion.spec.network import AddressError, parse_address
-from bastion.tensors import Chunking, Weights, assemble_frames, iter_frames
+from bastion.tensors import Weights
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.diagnose import Diagnosis, explain_unreachable

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from bastion.tensors import Frame
+from bastion.framing import Frame
 from bastion.transport import bastion_pb2 as pb
 
 #: ``TensorChunk.data`` is field 5, length-delimited: (5 << 3) | 2.

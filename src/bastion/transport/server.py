@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from bastion.errors import BastionError, PKIError, ProtocolError
+from bastion.framing import Frame
 from bastion.protocol import (
     AttestationPort,
     Busy,
@@ -38,7 +39,6 @@ from bastion.protocol import (
     take_result,
 )
 from bastion.tee.attestation import AttestationError
-from bastion.tensors import Frame
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc
 from bastion.transport.encoded import (
