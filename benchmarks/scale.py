@@ -345,6 +345,13 @@ def round_periods(records: list[dict[str, Any]]) -> list[float]:
     return [opened[n + 1] - opened[n] for n in sorted(opened) if n >= 2 and n + 1 in opened]
 
 
+def _steal_seconds() -> float:
+    """CPU time the hypervisor gave to others, all CPUs together (0 on bare metal): a run
+    that lost much of it measured a busier host, not slower code."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def _children_cpu() -> float:
     """User + system seconds of this process's children that have been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -366,6 +373,7 @@ def run_federation(
         workspace = build_workspace(root, params, layout, collaborators, rounds, poll, chunk_mib)
         started = time.monotonic()
         cpu_before = _children_cpu()
+        steal_before = _steal_seconds()
         federation = LocalFederation(workspace, extra_env={"BASTION_BENCH_IDLE_DIR": str(idle_dir)})
         with federation:
             federation.start_aggregator(timeout=600)
@@ -389,6 +397,7 @@ def run_federation(
             codes = federation.wait(timeout=1800)
         wall = time.monotonic() - started
         cpu = _children_cpu() - cpu_before
+        steal = _steal_seconds() - steal_before
         if any(codes.values()):
             log = (workspace / "logs" / "aggregator.log").read_text()[-3000:]
             raise SystemExit(f"federation failed: {codes}\n{log}")
@@ -431,6 +440,8 @@ def run_federation(
         "wall_seconds": wall,
         # user + system seconds of every process of the federation, start-up included
         "cpu_seconds": cpu,
+        # taken from this VM by its host while the federation ran, all CPUs together
+        "steal_seconds": steal,
         "round_anatomy": anatomy,
     }
 

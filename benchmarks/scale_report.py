@@ -7,6 +7,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
+#: The runs ``scale.png`` draws: the latest of each kind, the figures the README quotes.
+PLOTTED_MEMORY = ("scale_memory_100mb_session4.json", "scale_memory_3gib_session4.json")
+PLOTTED_OVERHEAD = ("scale_overhead_1m_session5.json", "scale_overhead_1gib_session5.json")
+#: The bounds of the memory figures (peak above idle, as a multiple of the model).
+BOUND_LARGE_MODEL = 2.0
+BOUND_25M_TEN_SITES = 2.5
+
 
 def _load(name: str) -> dict | None:
     path = RESULTS / name
@@ -49,9 +56,15 @@ def overhead_rows(payload: dict) -> list[str]:
         f"| {payload.get('label', '')} | {r['params']:,} | {r['collaborators']} "
         f"| {r['steady_round_seconds']:.3f} | {r['floor_seconds']:.3f} "
         f"| {r['steady_over_floor']:.1f}× | {_mtls(r)} | {_period(r)} | {_anatomy(r)} "
-        f"| {r['loopback_gb_s']:.2f} | {r['wall_seconds']:.1f} |"
+        f"| {r['loopback_gb_s']:.2f} | {r['wall_seconds']:.1f} | {_steal(r)} |"
         for r in payload["results"]
     ]
+
+
+def _steal(row: dict) -> str:
+    if "steal_seconds" not in row:
+        return "—"
+    return f"{row['steal_seconds']:.1f} ({row['steal_seconds'] / row['wall_seconds']:.0%})"
 
 
 def _mtls(row: dict) -> str:
@@ -70,6 +83,99 @@ def chunk_rows(payload: dict) -> list[str]:
         f"| {r['collaborator_above_idle_over_model_max']:.2f}× |"
         for r in payload["results"]
     ]
+
+
+def _plotted(names: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for name in names:
+        payload = _load(name)
+        if payload is not None:
+            rows += payload["results"]
+    return rows
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.0f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def _memory_label(row: dict) -> str:
+    size = _size(row["model_mb"] * 1e6)
+    layout = "" if row["layout"] == "one" else f", {row['layout']} tensors"
+    return f"{size}{layout}\n{row['collaborators']} sites"
+
+
+def _overhead_label(row: dict) -> str:
+    return f"{_size(row['params'] * 4)} model\n{row['collaborators']} sites"
+
+
+def plot(path: Path) -> bool:
+    """``scale.png``: memory above idle against its bounds, and rounds against their floors."""
+    memory, overhead = _plotted(PLOTTED_MEMORY), _plotted(PLOTTED_OVERHEAD)
+    if not memory or not overhead:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    spots = range(len(memory))
+    width = 0.38
+    left.bar(
+        [x - width / 2 for x in spots],
+        [r["aggregator_above_idle_over_model"] for r in memory],
+        width,
+        label="aggregator",
+        color="#2b6cb0",
+    )
+    left.bar(
+        [x + width / 2 for x in spots],
+        [r["collaborator_above_idle_over_model_max"] for r in memory],
+        width,
+        label="worst collaborator",
+        color="#9c4221",
+    )
+    left.axhline(BOUND_LARGE_MODEL, color="grey", linestyle="--", label="bound, large models")
+    left.axhline(BOUND_25M_TEN_SITES, color="grey", linestyle=":", label="bound, 25M x 10")
+    left.set_xticks(list(spots), [_memory_label(r) for r in memory], fontsize=8)
+    left.set_ylabel("peak RSS above idle / model size")
+    left.set_title("Memory, FedAvg over mTLS")
+    left.legend(fontsize=8)
+    spots = range(len(overhead))
+    width = 0.27
+    bars = (
+        ("steady round", "steady_round_seconds", "#2b6cb0"),
+        ("mTLS floor", "mtls_floor_seconds", "#276749"),
+        ("plain floor", "floor_seconds", "#a0aec0"),
+    )
+    for k, (label, key, color) in enumerate(bars):
+        right.bar(
+            [x + (k - 1) * width for x in spots],
+            [r.get(key, 0.0) for r in overhead],
+            width,
+            label=label,
+            color=color,
+        )
+    for x, r in zip(spots, overhead, strict=True):
+        ratio = f"{r['steady_over_floor']:.1f}x plain"
+        if "steady_over_mtls_floor" in r:
+            ratio += f"\n{r['steady_over_mtls_floor']:.1f}x mTLS"
+        right.annotate(
+            ratio, (x - width, r["steady_round_seconds"]), ha="center", va="bottom", fontsize=8
+        )
+    right.set_yscale("log")
+    low, high = right.get_ylim()
+    right.set_ylim(low, high * 4)  # room for the ratios above the tallest bar
+    right.set_xticks(list(spots), [_overhead_label(r) for r in overhead], fontsize=8)
+    right.set_ylabel("seconds (log scale)")
+    right.set_title("Round against the machine's floors, same run")
+    right.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
 def main() -> None:
@@ -127,10 +233,14 @@ def main() -> None:
             "Opening to opening (where measured): the median time from one round's opening "
             "to the next's, which adds the checkpoint written between them.",
             "",
+            "Stolen CPU (where measured): the CPU time the virtual machine's host gave to others "
+            "while the federation ran, all CPUs together, and as a share of the wall time; "
+            "rows with much of it measured a busy host.",
+            "",
             "| code | params | collabs | steady round s | floor s | round / floor "
             "| mTLS floor s (GB/s), round / it | opening to opening s | anatomy ms "
-            "| loopback GB/s | wall s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |",
+            "| loopback GB/s | wall s | stolen CPU s (of wall) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | --- |",
             *overhead,
             "",
         ]
@@ -156,6 +266,11 @@ def main() -> None:
             "## Flower and OpenFL",
             "",
             "The same workload side by side: [peers.md](peers.md) (`python benchmarks/peers.py`).",
+            "",
+        ]
+    if plot(RESULTS / "scale.png"):
+        lines[2:2] = [
+            "![memory above idle against its bounds; rounds against their floors](scale.png)",
             "",
         ]
     (RESULTS / "scale.md").write_text("\n".join(lines))

@@ -53,22 +53,29 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def encode_chunk(frame: Frame) -> bytes:
-    """``frame`` as the wire bytes of a ``TensorChunk`` (equal to the message's own
-    serialization), copying the payload once."""
+def _chunk_parts(frame: Frame) -> list[bytes | memoryview]:
+    """The pieces of ``frame``'s ``TensorChunk`` encoding, its payload last and uncopied."""
     header = pb.TensorChunk(
         name=frame.name, dtype=frame.dtype, shape=frame.shape, offset=frame.offset
     ).SerializeToString()
     size = len(frame.data)
     if not size:
-        return header
-    return b"".join((header, _DATA_TAG, _varint(size), frame.data))
+        return [header]
+    return [header, _DATA_TAG, _varint(size), frame.data]
+
+
+def encode_chunk(frame: Frame) -> bytes:
+    """``frame`` as the wire bytes of a ``TensorChunk`` (equal to the message's own
+    serialization), copying the payload once."""
+    return b"".join(_chunk_parts(frame))
 
 
 def encode_result_chunk(frame: Frame) -> bytes:
-    """``frame`` as the wire bytes of a ``ResultChunk`` carrying it as its tensor."""
-    tensor = encode_chunk(frame)
-    return b"".join((_TENSOR_TAG, _varint(len(tensor)), tensor))
+    """``frame`` as the wire bytes of a ``ResultChunk`` carrying it as its tensor, copying
+    the payload once: the tensor's length is known before its bytes are joined."""
+    parts = _chunk_parts(frame)
+    size = sum(len(part) for part in parts)
+    return b"".join((_TENSOR_TAG, _varint(size), *parts))
 
 
 def passthrough(message: Message | bytes) -> bytes:
