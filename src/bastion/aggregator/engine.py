@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from bastion import faults
 from bastion.aggregator.assignment import Assigner, Assignments, SampledAssigner, final_evaluation
 from bastion.aggregator.carried_work import CarriedWorkBook
+from bastion.aggregator.durable import DurableRecord
 from bastion.aggregator.events import (
     AttestationVerdict,
     Checkpointed,
@@ -71,7 +71,6 @@ from bastion.aggregator.round_protocol import (
     StreamingRound,
     is_overlapping,
 )
-from bastion.aggregator.status import StatusFile
 from bastion.aggregator.streaming import StreamingIntake
 from bastion.algorithms.base import FoldsChunks, Strategy
 from bastion.compression.downstream import Downlink
@@ -143,10 +142,11 @@ class Aggregator:
         self._roster = list(roster) if roster is not None else plan.collaborator_names()
         self._on_roster = set(self._roster)  # every call checks it: a set, not the list
         self._open_roster = open_roster
-        self._status = StatusFile(store)
         self.chunking = plan.network.chunking
 
         resumed = store.load()
+        self.record = DurableRecord(plan, store, resumed.state)
+        self._status = self.record.status
         self.model: Weights = resumed.model
         self._model_facts: ModelFacts | None = None  # of self.model, set with it
         self.spec: list[TensorSpec] = spec_of(self.model)
@@ -158,8 +158,6 @@ class Aggregator:
             if isinstance(strategy, FoldsChunks)
             else None
         )
-        self.state: RoundState = resumed.state
-        self._saved_round = self.state.round_completed
         if self.state.round_completed:
             log.info(
                 "resuming from %s: %d of %d rounds complete",
@@ -181,6 +179,11 @@ class Aggregator:
             self._advance()
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def state(self) -> RoundState:
+        """Where the federation stands, as its checkpoints record it."""
+        return self.record.state
 
     @property
     def current_round(self) -> int:
@@ -799,7 +802,7 @@ class Aggregator:
         except OSError as exc:
             self.halted = (
                 f"the aggregator stopped: writing its state failed ({exc}); the last checkpoint "
-                f"on disk is whole (round {self._saved_round}); fix the cause and restart to "
+                f"on disk is whole (round {self.record.saved_round}); fix the cause and restart to "
                 "resume from it"
             )
             log.error("%s", self.halted)
@@ -934,7 +937,7 @@ class Aggregator:
         rules = {t.name: t.metrics_aggregation for t in self.plan.tasks}
         summary = summarize_metrics(progress, rules)
         protocol.close(summary)
-        self._update_best(summary, model_round=number - 1)
+        self.record.consider_best(summary, self.model, model_round=number - 1)
         accepted = 0
         if self._intake is not None:
             self._intake.close()  # what unfinished uploads folded is taken back first
@@ -1017,31 +1020,10 @@ class Aggregator:
             self._model_facts = model_facts(self.model)
         return self._model_facts
 
-    def _update_best(self, summary: dict[str, dict[str, float]], model_round: int) -> None:
-        """Global validation in round r measured the model of round r-1: keep it if it is the best."""
-        task = self.plan.best_task()
-        metric = self.plan.best_model.metric
-        if task is None or metric not in summary.get(task, {}):
-            return
-        value = summary[task][metric]
-        if not math.isfinite(value):
-            return  # a non-finite value can never be a best model's
-        best = self.state.best_value
-        better = best is None or (
-            value > best if self.plan.best_model.mode == "max" else value < best
-        )
-        if better:
-            self.state.best_value = value
-            self.state.best_round = model_round
-            self.store.save_best(self.model, model_round, value)
-
     def _checkpoint(self) -> None:
         faults.point("engine.checkpoint")
-        self.state.anchors = {
-            k: v for o in self.observers for k, v in o.checkpoint_fields().items()
-        }
-        digest = self.store.save_round(self.model, self.strategy.state_dict(), self.state)
-        self._saved_round = self.state.round_completed
+        anchors = {k: v for o in self.observers for k, v in o.checkpoint_fields().items()}
+        digest = self.record.checkpoint(self.model, self.strategy.state_dict(), anchors)
         self._publish(Checkpointed(self.state.round_completed, self.state.finished, digest))
 
     def _finish(self) -> None:
@@ -1069,23 +1051,6 @@ class Aggregator:
             publish(self.observers, event)
 
     def _write_summary(self) -> None:
-        progress = self._round
-        summary: dict[str, object] = {
-            "plan": self.plan.name,
-            "rounds": self.plan.rounds,
-            "round_completed": self.state.round_completed,
-            "current_round": progress.number if progress else None,
-            "phase": self.phase.value,
-            "final_evaluation": bool(progress and progress.final_evaluation),
-            "finished": self.state.finished,
-            "best": {
-                "round": self.state.best_round,
-                "value": self.state.best_value,
-                "metric": self.plan.best_model.metric,
-            },
-            "assigned": sorted(progress.pending) if progress else [],
-        }
-        for observer in self.observers:
-            summary.update(observer.status_fields(self.state.round_completed))
+        fields = [o.status_fields(self.state.round_completed) for o in self.observers]
         with self._fail_stop():
-            self._status.write(summary)
+            self.record.write_status(self._round, self.phase.value, fields)
