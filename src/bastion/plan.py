@@ -1,7 +1,9 @@
 """``plan.yaml``: what to train, how, and with whom.
 
 The plan is parsed into strict pydantic models: an unknown key, a wrong type or a
-value out of range is reported as one line naming the key path and the fix.
+value out of range is reported as one line naming the key path and the fix. Each section's
+model lives in ``bastion.spec``; this module holds the whole plan, its roster, the checks
+that span sections, and loading.
 """
 
 from __future__ import annotations
@@ -9,25 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from bastion.errors import PlanError
 from bastion.spec.asynchronous import AsynchronousSpec, asynchronous_problem
-from bastion.spec.attestation import AttestationPolicy
+from bastion.spec.attestation import AttestationSpec
 from bastion.spec.compression import CompressionSpec, check_plan_composition
+from bastion.spec.data import DataSpec
 from bastion.spec.differential_privacy import (
     CENTRAL_STRATEGY,
     DifferentialPrivacySpec,
@@ -35,19 +36,17 @@ from bastion.spec.differential_privacy import (
 )
 from bastion.spec.names import repeated
 from bastion.spec.network import NetworkSpec
+from bastion.spec.output import OutputSpec
+from bastion.spec.rounds import AggregationSpec, BestModelSpec, ParticipationSpec, TimeoutSpec
 from bastion.spec.secure_aggregation import SecureAggregationSpec, secure_aggregation_problem
+from bastion.spec.strict import CALLABLE_PATTERN, NAME_PATTERN, Strict
+from bastion.spec.tasks import RunnerSpec, TaskGroupsSpec, TaskSpec
 from bastion.spec.tracking import TrackingSpec
 
 PLAN_FILE = "plan.yaml"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CollaboratorEntry(_Strict):
+class CollaboratorEntry(Strict):
     """One data site on the roster; ``name`` must equal the CN of its certificate."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -56,255 +55,7 @@ class CollaboratorEntry(_Strict):
     )
 
 
-class TaskSpec(_Strict):
-    """A unit of work a collaborator runs each round."""
-
-    name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["train", "validate"]
-    model: Literal["global", "local"] = Field(
-        default="global",
-        description="validate: evaluate the round's global model or the locally trained one",
-    )
-    args: dict[str, Any] = Field(default_factory=dict)
-    metrics_aggregation: Literal["weighted_mean", "mean", "min", "max"] = "weighted_mean"
-
-    @model_validator(mode="after")
-    def _train_uses_global(self) -> TaskSpec:
-        if self.kind == "train" and self.model != "global":
-            raise ValueError("a train task always starts from the global model; remove 'model'")
-        return self
-
-
-class RunnerSpec(_Strict):
-    """Builds the collaborator's ``TaskRunner``: ``module:function`` in the workspace."""
-
-    path: str = Field(min_length=1)
-    args: dict[str, Any] = Field(default_factory=dict)
-
-
-class PartitionSpec(_Strict):
-    method: Literal["iid", "dirichlet", "shards"] = "iid"
-    alpha: float = Field(default=0.5, gt=0)
-    shards_per_collaborator: int = Field(default=2, ge=1)
-    seed: int = 0
-
-
-#: Loaders that read a site's own files (``bastion.data.local``); the site maps
-#: ``data.dataset`` to its paths in its own ``site.yaml`` or with ``--data NAME=PATH``.
-FILE_LOADERS = ("csv", "parquet", "image_folder", "arrays")
-
-
-class DataSpec(_Strict):
-    """What each site trains on: a dataset the site maps to its own files, or (simulation)
-    a registered demo dataset or the task code's loader, split across the roster."""
-
-    dataset: str | None = Field(
-        default=None,
-        pattern=NAME_PATTERN,
-        description="the name each site maps to its own files (site.yaml or --data NAME=PATH)",
-    )
-    loader: str = Field(
-        min_length=1,
-        description="a site's files: csv, parquet, image_folder, arrays; a demo dataset "
-        "(descriptions, digits, mnist); or module:function in the workspace",
-    )
-    args: dict[str, Any] = Field(default_factory=dict)
-    partition: PartitionSpec = Field(
-        default_factory=PartitionSpec,
-        description="simulation only: how a dataset without site files is split across the roster",
-    )
-
-    @model_validator(mode="after")
-    def _files_need_a_name(self) -> DataSpec:
-        if self.loader in FILE_LOADERS and self.dataset is None:
-            raise ValueError(
-                f"data.loader {self.loader!r} reads each site's own files: name the dataset "
-                "sites map to them in data.dataset"
-            )
-        return self
-
-
-class AggregationSpec(_Strict):
-    strategy: str = "fedavg"
-    args: dict[str, Any] = Field(default_factory=dict)
-    # Bounded influence of one site: FedAvg trusts a site's example count up to its cap.
-    max_example_count: int = Field(
-        default=1_000_000,
-        ge=1,
-        le=10**12,
-        description="the most examples one site's result may claim (FedAvg weights by it)",
-    )
-    site_example_counts: dict[str, int] = Field(
-        default_factory=dict,
-        description="per-site caps (e.g. the counts site agents declared), below the default",
-    )
-    max_update_norm: float | None = Field(
-        default=None, gt=0, description="L2 bound on (update - global model); none by default"
-    )
-    max_update_norm_ratio: float | None = Field(
-        default=1000.0,
-        gt=0,
-        description="L2 bound on (update - global) as a multiple of max(|global|, 1)",
-    )
-    norm_bound: Literal["reject", "clip"] = "reject"
-    metric_ranges: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: {"accuracy": (0.0, 1.0)},
-        description="allowed [low, high] per metric; any metric's magnitude is at most 1e12",
-    )
-
-
-class ParticipationSpec(_Strict):
-    """Per-round client sampling (fraction C of the roster, seeded for reproducibility)."""
-
-    fraction: float = Field(default=1.0, gt=0, le=1)
-    min_collaborators: int = Field(default=1, ge=1)
-    seed: int = 0
-    sampling: Literal["fixed", "poisson"] = Field(
-        default="fixed",
-        description="fixed: ceil(fraction x roster) from the seed; poisson: each independently "
-        "with probability fraction, from the OS CSPRNG (what DP accounting assumes)",
-    )
-    max_empty_rounds: int | None = Field(
-        default=None,
-        ge=0,
-        description="consecutive rounds that assign nobody (an assigner returning nobody, a "
-        "Poisson sample of nobody) before training ends and the final evaluation runs; each is "
-        "skipped with the model unchanged. Unset: skip them for as long as rounds remain",
-    )
-    open_roster: bool = Field(
-        default=False,
-        description="federation service only: a site of the roster that registers after the job "
-        "started joins it and is assigned from the next round",
-    )
-
-
-class TaskGroupSpec(_Strict):
-    """Collaborators that run the same tasks: named ones, a fraction of the roster, or the rest.
-
-    ``collaborators`` fixes the members by name; ``fraction`` takes that share of the roster
-    (rounded, at least one) from those not named elsewhere, drawn with the groups' seed;
-    a group with neither takes everyone left. Tasks run in plan order.
-    """
-
-    name: str = Field(pattern=NAME_PATTERN)
-    tasks: list[str] = Field(min_length=1)
-    collaborators: list[str] | None = Field(default=None, min_length=1)
-    fraction: float | None = Field(default=None, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _one_way_to_choose_members(self) -> TaskGroupSpec:
-        if self.collaborators is not None and self.fraction is not None:
-            raise ValueError(
-                f"task group {self.name!r}: give either 'collaborators' or 'fraction', not both"
-            )
-        for label, values in (("tasks", self.tasks), ("collaborators", self.collaborators or [])):
-            twice = repeated(values)
-            if twice:
-                raise ValueError(f"task group {self.name!r}: {label} repeated: {twice}")
-        return self
-
-
-class TaskGroupsSpec(_Strict):
-    """Task groups: which collaborators run which tasks; ``random`` redraws fractions per round."""
-
-    mode: Literal["static", "random"] = Field(
-        default="static",
-        description="static: fraction groups drawn once from the seed; random: redrawn every round",
-    )
-    seed: int = Field(default=0, ge=0)
-    groups: list[TaskGroupSpec] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _consistent_groups(self) -> TaskGroupsSpec:
-        names = [g.name for g in self.groups]
-        twice = repeated(names)
-        if twice:
-            raise ValueError(f"task group names must be unique; repeated: {twice}")
-        rest = [g.name for g in self.groups if g.collaborators is None and g.fraction is None]
-        if len(rest) > 1:
-            raise ValueError(
-                f"only one task group may take the remaining collaborators (no 'collaborators' "
-                f"or 'fraction'); these do: {rest}"
-            )
-        total = sum(g.fraction or 0.0 for g in self.groups)
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"the fractions of the task groups add up to {total:g}, over 1")
-        owner: dict[str, str] = {}
-        for group in self.groups:
-            for member in group.collaborators or []:
-                if member in owner:
-                    raise ValueError(
-                        f"collaborator {member!r} is in task groups {owner[member]!r} and "
-                        f"{group.name!r}; a collaborator belongs to one group"
-                    )
-                owner[member] = group.name
-        return self
-
-
-class TimeoutSpec(_Strict):
-    round_seconds: float = Field(default=900.0, gt=0)
-    min_results: int = Field(default=1, ge=1, description="train results needed to close a round")
-    poll_seconds: float = Field(default=0.5, gt=0)
-    reconnect_give_up_seconds: float = Field(default=600.0, gt=0)
-    lost_seconds: float = Field(
-        default=120.0,
-        gt=0,
-        description="a site silent this long (no poll, no heartbeat) is reported lost",
-    )
-
-
-class BestModelSpec(_Strict):
-    task: str | None = Field(default=None, description="validate task; default: first global one")
-    metric: str = "accuracy"
-    mode: Literal["max", "min"] = "max"
-
-
-class AttestationSpec(_Strict):
-    """Remote attestation: what this federation accepts, and how each party proves itself."""
-
-    policy: AttestationPolicy
-    provider: Literal["sgx-dcap", "simulated", "tdx", "snp", "simulated-tdx", "simulated-snp"] = (
-        Field(default="sgx-dcap", description="evidence source of the party running this plan")
-    )
-    simulated_dir: str | None = Field(
-        default=None, description="simulated key hierarchy (development only; policy must allow it)"
-    )
-
-    @model_validator(mode="after")
-    def _simulated_needs_keys(self) -> AttestationSpec:
-        if self.provider.startswith("simulated") and not self.simulated_dir:
-            raise ValueError(
-                f"attestation.provider '{self.provider}' needs attestation.simulated_dir"
-            )
-        return self
-
-
-class OutputSpec(_Strict):
-    """Where checkpoints and logs go: folders inside the workspace, never outside it
-    (``plan initialize --force`` empties the checkpoint folder)."""
-
-    checkpoints: str = "save"
-    logs: str = "logs"
-
-    @field_validator("checkpoints", "logs")
-    @classmethod
-    def _inside_workspace(cls, value: str, info: ValidationInfo) -> str:
-        parts = PurePosixPath(value.replace("\\", "/")).parts
-        if (
-            not value.strip()
-            or PurePosixPath(value).is_absolute()
-            or PureWindowsPath(value).is_absolute()
-            or PureWindowsPath(value).drive
-            or ".." in parts
-            # The workspace itself as the checkpoint folder: initialize --force would empty
-            # it (logs: the measured scope refuses it with its own message).
-            or (info.field_name == "checkpoints" and all(part == "." for part in parts))
-        ):
-            raise ValueError(f"{value!r} must be a folder inside the workspace (relative, no '..')")
-        return value
-
-
-class Plan(_Strict):
+class Plan(Strict):
     """The whole federation plan."""
 
     version: Literal[1] = 1

@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from bastion.errors import BastionError, ProtocolError
 from bastion.framing import Chunking, Frame, assemble_frames
-from bastion.plan import TaskSpec
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import TensorSpec, Weights
 
 # --------------------------------------------------------------------------- refusals

@@ -8,7 +8,7 @@ import numpy as np
 
 from bastion.aggregator.carried_work import CarriedWorkBook
 from bastion.aggregator.records import RoundProgress
-from bastion.plan import TaskSpec
+from bastion.spec.tasks import TaskSpec
 
 TRAIN = TaskSpec(name="train", kind="train")
 VALIDATE = TaskSpec(name="validate_local", kind="validate", model="local")

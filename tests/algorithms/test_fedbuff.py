@@ -13,8 +13,9 @@ from bastion.aggregator.round_protocol import RoundContext
 from bastion.algorithms.fedadam import FedAdam, FedAdamArgs
 from bastion.algorithms.fedavg import FedAvg
 from bastion.algorithms.staleness import constant, hinge, polynomial, staleness_function
-from bastion.plan import TaskSpec, parse_plan
+from bastion.plan import parse_plan
 from bastion.spec.asynchronous import AsynchronousSpec, StalenessSpec
+from bastion.spec.tasks import TaskSpec
 
 TRAIN = TaskSpec(name="train", kind="train")
 

@@ -13,9 +13,9 @@ import pytest
 from bastion.collaborator.local_privacy import LocalPrivacyGuard
 from bastion.collaborator.loop import Collaborator
 from bastion.data.types import DataShard
-from bastion.plan import TaskSpec
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.protocol import Assignment
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 
 torch = pytest.importorskip("torch")

@@ -9,9 +9,9 @@ import pytest
 
 from bastion.collaborator.loop import Backoff, Collaborator, GaveUp
 from bastion.data.types import DataShard
-from bastion.plan import TaskSpec
 from bastion.protocol import Assignment
 from bastion.runners.base import TaskResult
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 
 

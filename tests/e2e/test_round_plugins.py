@@ -22,8 +22,8 @@ from bastion.aggregator.events import (
 from bastion.aggregator.round_protocol import RoundContext
 from bastion.aggregator.service import run_aggregator
 from bastion.metrics.log import read_metrics, round_summaries
-from bastion.plan import TaskSpec
 from bastion.sim.processes import LocalFederation
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 
 

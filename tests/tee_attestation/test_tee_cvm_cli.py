@@ -13,7 +13,7 @@ import yaml
 from support.cli import run_bastion
 
 from bastion.pki import Role, init_ca, issue, load_certificate
-from bastion.plan import AttestationSpec
+from bastion.spec.attestation import AttestationSpec
 from bastion.tee.attestation.parties import build_party
 from bastion.tee.attestation.snp import parse_snp_report
 from bastion.tee.attestation.tdx import parse_td_quote

@@ -11,7 +11,7 @@ import yaml
 from support.cli import run_bastion
 
 from bastion.pki import Role, init_ca, issue, load_certificate
-from bastion.plan import AttestationSpec
+from bastion.spec.attestation import AttestationSpec
 from bastion.tee.attestation.parties import build_party
 
 KEYS = "pki/attestation-sim"

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from bastion.errors import PlanError
-from bastion.plan import ParticipationSpec, Plan, TaskGroupsSpec, TaskSpec
+from bastion.plan import Plan
 from bastion.spec.names import repeated
+from bastion.spec.rounds import ParticipationSpec
+from bastion.spec.tasks import TaskGroupsSpec, TaskSpec
 from bastion.workspace.code import import_callable
 
 Assignments = dict[str, list[TaskSpec]]

@@ -15,8 +15,8 @@ from bastion.aggregator.round_protocol import RoundContext
 from bastion.algorithms.base import Strategy
 from bastion.algorithms.fedbuff import translated_update
 from bastion.algorithms.staleness import StalenessFunction, staleness_function
-from bastion.plan import TaskSpec
 from bastion.spec.asynchronous import AsynchronousSpec
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 
 #: The metrics-log record each version writes (``logs/metrics.jsonl``).

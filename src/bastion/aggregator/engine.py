@@ -77,7 +77,7 @@ from bastion.compression.downstream import Downlink
 from bastion.errors import BastionError, ProtocolError, UpdateRejected
 from bastion.framing import Frame, iter_frames
 from bastion.metrics.log import MetricsLog
-from bastion.plan import Plan, TaskSpec
+from bastion.plan import Plan
 from bastion.protocol import (
     Ack,
     Assignment,
@@ -88,6 +88,7 @@ from bastion.protocol import (
     StageReply,
     UnknownCollaborator,
 )
+from bastion.spec.tasks import TaskSpec
 from bastion.storage.checkpoints import CheckpointStore, RoundState
 from bastion.tensors import TensorSpec, Weights, spec_of, weights_digest
 

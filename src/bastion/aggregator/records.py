@@ -15,7 +15,8 @@ from typing import Any
 from bastion.aggregator.assignment import Assignments
 from bastion.aggregator.influence import InfluenceBounds, robust_mean
 from bastion.errors import UpdateRejected
-from bastion.plan import Plan, TaskSpec
+from bastion.plan import Plan
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import TensorSpec, Weights, total_bytes, validate_update
 
 MAX_METRICS = 64

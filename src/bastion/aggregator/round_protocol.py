@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from bastion.aggregator.events import RoundEvent
 from bastion.aggregator.records import RoundProgress
 from bastion.algorithms.base import Strategy
-from bastion.plan import Plan, TaskSpec
+from bastion.plan import Plan
 from bastion.protocol import Ack, StageReply
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 
 if TYPE_CHECKING:  # Python 3.13's typing.TypeIs; only the type checker needs it

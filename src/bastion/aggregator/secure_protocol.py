@@ -22,11 +22,11 @@ from bastion.aggregator.secure_round import SecureRound, fold_in
 from bastion.algorithms.secure_sum import secure_sum_strategy
 from bastion.compression.pipeline import Pipeline
 from bastion.errors import BastionError, ProtocolError
-from bastion.plan import TaskSpec
 from bastion.privacy.secagg.keys import IdentityVerifier
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Ack, StageReply
 from bastion.spec.secure_aggregation import weighting_for
+from bastion.spec.tasks import TaskSpec
 from bastion.storage.atomic import atomic_write_text
 from bastion.tensors import Weights
 

@@ -17,10 +17,11 @@ from typing import Protocol
 
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
-from bastion.plan import Plan, TaskSpec
+from bastion.plan import Plan
 from bastion.privacy.dp.local import LocalDPTrainer
 from bastion.privacy.dp.site_ledger import SiteLedger
 from bastion.runners.base import LocalPrivacy
+from bastion.spec.tasks import TaskSpec
 
 log = logging.getLogger("bastion.privacy")
 

@@ -27,9 +27,9 @@ from bastion.collaborator.update_path import Handover, SendWeights, UpdatePath
 from bastion.compression.downstream import Downlink
 from bastion.data.types import DataShard
 from bastion.errors import BastionError
-from bastion.plan import TaskSpec
 from bastion.protocol import Assignment, RoundOver
 from bastion.runners.base import LendsWeights, RoundAware, TaskResult, TaskRunner
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 
 log = logging.getLogger("bastion.collaborator")

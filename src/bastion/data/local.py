@@ -19,7 +19,7 @@ import numpy as np
 from bastion.data.errors import DataError
 from bastion.data.types import DataShard
 from bastion.errors import MissingDependency
-from bastion.plan import FILE_LOADERS
+from bastion.spec.data import FILE_LOADERS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DEFAULT_VALID_FRACTION = 0.2

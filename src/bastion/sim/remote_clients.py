@@ -25,10 +25,11 @@ from bastion.compression.downstream import Downlink
 from bastion.compression.wire import UpdateEncoder
 from bastion.errors import BastionError, UpdateRejected
 from bastion.framing import assemble_frames, iter_frames
-from bastion.plan import Plan, TaskSpec, load_plan
+from bastion.plan import Plan, load_plan
 from bastion.protocol import Ack, Assignment, NotAssigned, ResultHeader, take_result
 from bastion.runners.base import KeepsClientState
 from bastion.sim.shards import ShardIndex, load_plan_dataset
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import TensorSpec, Weights, spec_of
 from bastion.workspace.tasks import build_runner
 

@@ -16,7 +16,8 @@ import numpy as np
 from bastion.data import check_dataset, dirichlet, iid, label_shards, load_dataset
 from bastion.data.errors import DataError, PartitionError
 from bastion.data.types import Dataset, DataShard
-from bastion.plan import FILE_LOADERS, Plan
+from bastion.plan import Plan
+from bastion.spec.data import FILE_LOADERS
 from bastion.workspace.code import import_callable
 
 # ``bastion.data.make_shard``'s default smallest Dirichlet part.

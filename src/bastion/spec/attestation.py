@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bastion.spec.snp_policy import SnpPolicy
+from bastion.spec.strict import Strict
 from bastion.spec.tdx_policy import TdxPolicy
 
 INTEL_PCS_URL = "https://api.trustedservices.intel.com"
@@ -110,3 +111,23 @@ def _measurement(field: str, value: str) -> str:
             f"as printed by `gramine-sgx-sigstruct-view`), got {value!r}"
         )
     return text
+
+
+class AttestationSpec(Strict):
+    """Remote attestation: what this federation accepts, and how each party proves itself."""
+
+    policy: AttestationPolicy
+    provider: Literal["sgx-dcap", "simulated", "tdx", "snp", "simulated-tdx", "simulated-snp"] = (
+        Field(default="sgx-dcap", description="evidence source of the party running this plan")
+    )
+    simulated_dir: str | None = Field(
+        default=None, description="simulated key hierarchy (development only; policy must allow it)"
+    )
+
+    @model_validator(mode="after")
+    def _simulated_needs_keys(self) -> AttestationSpec:
+        if self.provider.startswith("simulated") and not self.simulated_dir:
+            raise ValueError(
+                f"attestation.provider '{self.provider}' needs attestation.simulated_dir"
+            )
+        return self

@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Literal
 
 from bastion.errors import BastionError
-from bastion.plan import PLAN_FILE, NetworkSpec, OutputSpec, load_plan
+from bastion.plan import PLAN_FILE, load_plan
+from bastion.spec.network import NetworkSpec
+from bastion.spec.output import OutputSpec
 from bastion.tee.gramine_toml import Mount, array, boolean, string
 from bastion.tee.runtime import GramineInstall, PythonRuntime
 from bastion.tee.workspace_files import (

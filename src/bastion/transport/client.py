@@ -12,10 +12,10 @@ from bastion.buffers import RetiredBuffers
 from bastion.errors import BastionError
 from bastion.framing import Chunking, assemble_frames, iter_frames
 from bastion.pki.layout import TLSFiles
-from bastion.plan import TaskSpec
 from bastion.privacy.secagg.session import Step
 from bastion.protocol import Assignment, RoundOver, StageReply
 from bastion.spec.network import AddressError, parse_address
+from bastion.spec.tasks import TaskSpec
 from bastion.tensors import Weights
 from bastion.transport import bastion_pb2 as pb
 from bastion.transport import bastion_pb2_grpc as pb_grpc

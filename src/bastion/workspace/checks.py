@@ -16,7 +16,8 @@ from typing import Any
 from bastion.algorithms.registry import create_plan_strategy
 from bastion.data.registry import resolve_loader
 from bastion.errors import BastionError
-from bastion.plan import FILE_LOADERS, Plan, plan_problems
+from bastion.plan import Plan, plan_problems
+from bastion.spec.data import FILE_LOADERS
 from bastion.workspace.code import import_callable
 
 

@@ -11,8 +11,9 @@ from bastion.data.local import load_site_shard
 from bastion.data.site import SiteData
 from bastion.data.types import DataShard
 from bastion.errors import PlanError
-from bastion.plan import FILE_LOADERS, Plan
+from bastion.plan import Plan
 from bastion.runners.base import LocalPrivacy, TaskRunner
+from bastion.spec.data import FILE_LOADERS
 from bastion.workspace.code import import_callable
 
 log = logging.getLogger("bastion.collaborator")

@@ -12,9 +12,10 @@ from importlib import resources
 from pathlib import Path
 
 from bastion.errors import BastionError
-from bastion.plan import NAME_PATTERN, PLAN_FILE, load_plan
+from bastion.plan import PLAN_FILE, load_plan
 from bastion.spec.names import repeated
 from bastion.spec.network import parse_address
+from bastion.spec.strict import NAME_PATTERN
 
 _PLAN_TEMPLATE_KEYS = ("name", "rounds", "collaborators")
 

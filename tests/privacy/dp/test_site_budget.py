@@ -15,8 +15,8 @@ import pytest
 
 from bastion.collaborator.local_privacy import LocalPrivacyGuard
 from bastion.data.types import DataShard
-from bastion.plan import TaskSpec
 from bastion.privacy.dp.local import poisson_schedule, round_steps
+from bastion.spec.tasks import TaskSpec
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")
