@@ -8,7 +8,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 #: The runs ``scale.png`` draws: the latest of each kind, the figures the README quotes.
-PLOTTED_MEMORY = ("scale_memory_100mb_session5.json", "scale_memory_3gib_session4.json")
+PLOTTED_MEMORY = ("scale_memory_100mb_session5.json", "scale_memory_3gib_session5.json")
 PLOTTED_OVERHEAD = ("scale_overhead_1m_session5.json", "scale_overhead_1gib_session5.json")
 #: The bounds of the memory figures (peak above idle, as a multiple of the model).
 BOUND_LARGE_MODEL = 2.0
