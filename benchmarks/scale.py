@@ -222,6 +222,7 @@ def mtls_loopback_bandwidth(
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(streams)
+        listener.settimeout(60)  # a sender that failed its handshake must not hang the run
         port = listener.getsockname()[1]
         args = [str(port), str(streams), str(total_bytes), str(chunk), str(pki)]
         sender = subprocess.Popen([sys.executable, "-c", _TLS_SENDER, *args])
