@@ -9,7 +9,10 @@ RESULTS = Path(__file__).parent / "results"
 
 #: The runs ``scale.png`` draws: the latest of each kind, the figures the README quotes.
 PLOTTED_MEMORY = ("scale_memory_100mb_session5.json", "scale_memory_3gib_session5.json")
-PLOTTED_OVERHEAD = ("scale_overhead_1m_session5.json", "scale_overhead_1gib_session5.json")
+PLOTTED_OVERHEAD = (
+    "scale_overhead_1m_session5_final.json",
+    "scale_overhead_1gib_session5_final.json",
+)
 #: The bounds of the memory figures (peak above idle, as a multiple of the model).
 BOUND_LARGE_MODEL = 2.0
 BOUND_25M_TEN_SITES = 2.5
