@@ -99,18 +99,23 @@ faults: $(STAMP)
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py --rounds 200 --collaborators 10 --model-mb 10
 
-# Scale and speed (benchmarks/scale.py; never part of `make test`): round overhead against the
-# floor measured in the same run, and aggregator/collaborator peak memory for 100 MB, 1 GB and
-# 3 GiB models (the last needs about 18 GB of free memory). Results: benchmarks/results/scale*.
+# Scale and speed (benchmarks/scale.py; never part of `make test`): round overhead of 1M, 10M
+# and 100M float32 with 10 sites and of 1 GiB with 2, against the floors measured in the same
+# run, and aggregator/collaborator peak memory for 100 MB, 1 GB and 3 GiB models (the last needs
+# about 18 GB of free memory). Results: benchmarks/results/scale*, plotted in scale.png.
 bench: $(STAMP)
-	$(PY) benchmarks/scale.py overhead --params 1000000 --collaborators 10 --rounds 10
+	$(PY) benchmarks/scale.py overhead --params 1000000 10000000 100000000 --collaborators 10 \
+		--rounds 10 --out scale_overhead_x10.json
+	$(PY) benchmarks/scale.py overhead --params 268435456 --collaborators 2 --rounds 8 \
+		--out scale_overhead_1gib_x2.json
 	$(PY) benchmarks/scale.py chunks --out scale_chunks_1m_x10.json
 	$(PY) benchmarks/scale.py chunks --params 67108864 --collaborators 2 --rounds 4 \
 		--chunk-mib auto 1 4 16 64 --repeats 1 --out scale_chunks_256mib_x2.json
 	$(PY) benchmarks/scale.py memory --size-mb 95.367 --collaborators 3 10 --out scale_memory_100mb.json
 	$(PY) benchmarks/scale.py memory --size-mb 1024 --collaborators 2 --out scale_memory_1gb.json
 	$(PY) benchmarks/scale.py memory --size-mb 3072 --layout one many --collaborators 2 --out scale_memory_3gib.json
-	$(PY) benchmarks/scale_report.py
+	$(PY) benchmarks/scale_report.py --memory scale_memory_100mb.json scale_memory_3gib.json \
+		--overhead scale_overhead_x10.json scale_overhead_1gib_x2.json
 	# Side by side with Flower's deployment engine and OpenFL's TaskRunner, each installed into
 	# its own virtualenv under benchmarks/.cache/peers (skipped, with the reason, if it cannot be).
 	$(PY) benchmarks/peers.py --repeats 3 --rounds 5

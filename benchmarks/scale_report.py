@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
-#: The runs ``scale.png`` draws: the latest of each kind, the figures the README quotes.
+#: The runs ``scale.png`` draws unless told others (``--memory``, ``--overhead``): the
+#: figures the README quotes.
 PLOTTED_MEMORY = ("scale_memory_100mb_session5.json", "scale_memory_3gib_session5.json")
 PLOTTED_OVERHEAD = (
     "scale_overhead_1m_session5_final.json",
+    "scale_overhead_10m_100m_x10_session5.json",
     "scale_overhead_1gib_session5_final.json",
 )
 #: The bounds of the memory figures (peak above idle, as a multiple of the model).
@@ -88,7 +92,7 @@ def chunk_rows(payload: dict) -> list[str]:
     ]
 
 
-def _plotted(names: tuple[str, ...]) -> list[dict]:
+def _plotted(names: Sequence[str]) -> list[dict]:
     rows = []
     for name in names:
         payload = _load(name)
@@ -111,9 +115,9 @@ def _overhead_label(row: dict) -> str:
     return f"{_size(row['params'] * 4)} model\n{row['collaborators']} sites"
 
 
-def plot(path: Path) -> bool:
+def plot(path: Path, memory_files: Sequence[str], overhead_files: Sequence[str]) -> bool:
     """``scale.png``: memory above idle against its bounds, and rounds against their floors."""
-    memory, overhead = _plotted(PLOTTED_MEMORY), _plotted(PLOTTED_OVERHEAD)
+    memory, overhead = _plotted(memory_files), _plotted(overhead_files)
     if not memory or not overhead:
         return False
     try:
@@ -182,6 +186,20 @@ def plot(path: Path) -> bool:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--memory",
+        nargs="+",
+        default=list(PLOTTED_MEMORY),
+        help="result files (in benchmarks/results) whose memory rows scale.png draws",
+    )
+    parser.add_argument(
+        "--overhead",
+        nargs="+",
+        default=list(PLOTTED_OVERHEAD),
+        help="result files (in benchmarks/results) whose rounds scale.png draws",
+    )
+    args = parser.parse_args()
     lines = ["# Scale and speed (`benchmarks/scale.py`)", ""]
     machine = None
     memory: list[str] = []
@@ -271,7 +289,7 @@ def main() -> None:
             "The same workload side by side: [peers.md](peers.md) (`python benchmarks/peers.py`).",
             "",
         ]
-    if plot(RESULTS / "scale.png"):
+    if plot(RESULTS / "scale.png", args.memory, args.overhead):
         lines[2:2] = [
             "![memory above idle against its bounds; rounds against their floors](scale.png)",
             "",
