@@ -11,6 +11,7 @@ import pytest
 
 from bastion.aggregator.durable import DurableRecord
 from bastion.aggregator.records import PendingTasks, RoundProgress
+from bastion.aggregator.status import StatusFile
 from bastion.plan import parse_plan
 from bastion.storage.checkpoints import BEST, CheckpointStore, load_checkpoint
 
@@ -32,7 +33,7 @@ def _record(tmp_path: Path, mode: str = "max") -> DurableRecord:
     )
     store = CheckpointStore(tmp_path / "save", plan.canonical_hash())
     store.save_initial({"w": np.zeros(3, np.float32)})
-    return DurableRecord(plan, store, store.load().state)
+    return DurableRecord(plan, store, store.load().state, StatusFile(store))
 
 
 def _model(value: float) -> dict[str, np.ndarray]:

@@ -22,14 +22,16 @@ from bastion.tensors import Weights
 class DurableRecord:
     """The checkpoints, best model and status summary of one federation's aggregator."""
 
-    def __init__(self, plan: Plan, store: CheckpointStore, state: RoundState) -> None:
+    def __init__(
+        self, plan: Plan, store: CheckpointStore, state: RoundState, status: StatusFile
+    ) -> None:
         self.plan = plan
         self.store = store
         self.state = state
         #: the last round whose checkpoint is whole on disk
         self.saved_round = state.round_completed
-        #: ``save/state.json``, and who has been in contact (its list of sites)
-        self.status = StatusFile(store)
+        #: ``save/state.json``; the engine records who has been in contact in it
+        self._status = status
 
     def checkpoint(
         self, model: Weights, strategy_state: Weights, anchors: Mapping[str, str]
@@ -88,4 +90,4 @@ class DurableRecord:
         }
         for fields in observer_fields:
             summary.update(fields)
-        self.status.write(summary)
+        self._status.write(summary)

@@ -71,6 +71,7 @@ from bastion.aggregator.round_protocol import (
     StreamingRound,
     is_overlapping,
 )
+from bastion.aggregator.status import StatusFile
 from bastion.aggregator.streaming import StreamingIntake
 from bastion.algorithms.base import FoldsChunks, Strategy
 from bastion.compression.downstream import Downlink
@@ -146,8 +147,8 @@ class Aggregator:
         self.chunking = plan.network.chunking
 
         resumed = store.load()
-        self.record = DurableRecord(plan, store, resumed.state)
-        self._status = self.record.status
+        self._status = StatusFile(store)
+        self.record = DurableRecord(plan, store, resumed.state, self._status)
         self.model: Weights = resumed.model
         self._model_facts: ModelFacts | None = None  # of self.model, set with it
         self.spec: list[TensorSpec] = spec_of(self.model)
