@@ -26,6 +26,14 @@ class JobRefused(BastionError):
     """The director will not queue this job; the message says why."""
 
 
+class NotFound(BastionError):
+    """No such job or site among those the caller may see."""
+
+
+class Denied(BastionError):
+    """The caller's role may not do that."""
+
+
 @dataclass(frozen=True)
 class Targeting:
     """Which sites a job runs on: named ones, or every site offering a dataset (at least N)."""
