@@ -19,6 +19,18 @@ ACCUMULATORS = ["float64", "float32-delta"]
 CHUNK = 256  # bytes: every float tensor below spans several chunks
 LIMIT = 1 << 20
 NO_BOUND = InfluenceBounds(max_update_norm_ratio=None)
+#: Where ``intake`` keeps each upload's copy: every test runs with both.
+COPIES_IN = {"memory": 1 << 20, "disk": 0}
+_in_memory_up_to = COPIES_IN["memory"]
+
+
+@pytest.fixture(params=list(COPIES_IN), autouse=True)
+def copies_in(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Take-backs and deferred folds read the copies, so each test runs with both kinds."""
+    global _in_memory_up_to
+    _in_memory_up_to = COPIES_IN[request.param]
+    yield request.param
+    _in_memory_up_to = COPIES_IN["memory"]
 
 
 def model() -> Weights:
@@ -40,7 +52,9 @@ def update(seed: int, scale: float = 0.1) -> Weights:
 
 def intake(accumulator: str, bounds: InfluenceBounds = NO_BOUND) -> tuple[StreamingIntake, FedAvg]:
     strategy = FedAvg(accumulator)  # type: ignore[arg-type]
-    streaming = StreamingIntake(strategy, spec_of(model()), bounds)
+    streaming = StreamingIntake(
+        strategy, spec_of(model()), bounds, in_memory_up_to=_in_memory_up_to
+    )
     streaming.begin_round(model(), 1)
     return streaming, strategy
 

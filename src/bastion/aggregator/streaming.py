@@ -15,31 +15,29 @@ chunk.
 
 A result can be refused after some of its chunks were folded (a later chunk is not
 finite, the stream breaks, the round closes). Each chunk is also written to the
-upload's own unlinked spill file on disk (its per-update scratch, handed to a later
-upload when it is done: ``aggregator.spill_files``), from which a refused upload's folded
-chunks are read back and subtracted: the same float
+upload's own copy (its per-update scratch: in memory for small models, an unlinked spill
+file for larger ones, handed to a later upload when it is done: ``aggregator.upload_copies``),
+from which a refused upload's folded chunks are read back and subtracted: the same float
 operations with the weight negated. Subtracting is only as exact as the values are
 small next to the sum, so an upload folds live only while its distance to the global
 model stays within the norm bound (``fold_guard``); past it, what it folded is taken
-back and it is *deferred*: its chunks only go to the spill, and if it is accepted
-(clipped onto the bound, or no bound is set) it is folded from the spill at the end. A
+back and it is *deferred*: its chunks only go to its copy, and if it is accepted
+(clipped onto the bound, or no bound is set) it is folded from the copy at the end. A
 hostile update of huge values therefore never enters the sum before it is judged.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
 
 import blake3
 import numpy as np
 
 from bastion.aggregator.influence import InfluenceBounds, clipped, l2_norm
-from bastion.aggregator.spill_files import SpillFiles
+from bastion.aggregator.upload_copies import IN_MEMORY_UP_TO_BYTES, UploadCopies, UploadCopy
 from bastion.algorithms.base import FoldsChunks
 from bastion.errors import UpdateRejected
 from bastion.framing import Frame, FrameAssembler
@@ -111,7 +109,7 @@ class ChunkReader(FrameAssembler):
 
 
 #: With no norm bound in the plan, an upload still folds live only within this multiple
-#: of the global model's norm (past it, it is folded from its spill once accepted).
+#: of the global model's norm (past it, it is folded from its copy once accepted).
 FOLD_GUARD_RATIO = 1000.0
 
 
@@ -125,10 +123,10 @@ def fold_guard(limit: float | None, model_norm: float) -> float:
 
 @dataclass
 class Upload:
-    """One result as it streams in: its chunks in its spill file, how many of them are
+    """One result as it streams in: its chunks in its own copy, how many of them are
     folded, its distance to the global model, its digest.
 
-    ``mode``: ``live`` (folds as it arrives), ``deferred`` (past the fold guard: spilled
+    ``mode``: ``live`` (folds as it arrives), ``deferred`` (past the fold guard: copied
     only, folded at the end if accepted), ``dead`` (refused or its round is over: only
     read), ``committed``.
     """
@@ -136,46 +134,45 @@ class Upload:
     collaborator: str
     weight: float
     generation: int
-    spill: IO[bytes]
-    spills: SpillFiles
+    copy: UploadCopy
     mode: str = "live"
     #: (name, dtype, shape) of each tensor in arrival order
     tensors: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)
-    #: (tensor, first element, element count, spill offset) of every spilled chunk
+    #: (tensor, first element, element count, offset in the copy) of every copied chunk
     chunks: list[tuple[str, int, int, int]] = field(default_factory=list)
     #: how many of ``chunks`` (from the first) are folded into the strategy
     folded: int = 0
-    spilled: int = 0
+    copied: int = 0
     distance_squared: float = 0.0
     not_finite: list[str] = field(default_factory=list)
     hasher: blake3.blake3 = field(default_factory=tensor_hasher)
     #: the per-chunk checks' temporary block (uploads are checked on their own threads)
     scratch: Scratch = field(default_factory=Scratch)
-    returned: bool = False
 
     @property
     def digest(self) -> str:
         """``tensors.weights_digest`` of the update as it was folded."""
         return self.hasher.hexdigest()
 
-    def spill_values(self, values: np.ndarray) -> int:
-        """Append ``values`` to the spill file; their offset there."""
-        offset = self.spilled
-        os.pwrite(self.spill.fileno(), values.data, offset)
-        self.spilled += values.nbytes
+    def copy_values(self, values: np.ndarray) -> int:
+        """Append ``values`` to the upload's copy; their offset there."""
+        offset = self.copied
+        self.copy.write_at(offset, values.data)
+        self.copied += values.nbytes
         return offset
 
     def read_back(self, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
-        """A chunk's values from the spill file (positional: safe beside appends)."""
-        data = os.pread(self.spill.fileno(), count * dtype.itemsize, offset)
-        return np.frombuffer(data, dtype=dtype)
+        """A chunk's values from the copy (positional: safe beside appends)."""
+        return np.frombuffer(self.copy.read_at(offset, count * dtype.itemsize), dtype=dtype)
+
+    def rewrite(self, offset: int, values: np.ndarray) -> None:
+        """Replace a chunk's values in the copy (clipped ones, for a later take-back)."""
+        self.copy.write_at(offset, values.data)
 
     def close(self) -> None:
-        """Done with the spill file: it goes back to the pool for a later upload (once:
-        two uploads must never share a file)."""
-        if not self.returned:
-            self.returned = True
-            self.spills.give_back(self.spill)
+        """Done with the copy: it goes back to the pool for a later upload (once: two
+        uploads must never share a copy)."""
+        self.copy.close()
 
 
 class StreamingIntake:
@@ -191,10 +188,14 @@ class StreamingIntake:
         spec: Sequence[TensorSpec],
         bounds: InfluenceBounds,
         concurrent_uploads: int = 2,
+        in_memory_up_to: int = IN_MEMORY_UP_TO_BYTES,
     ) -> None:
+        """``in_memory_up_to``: uploads of at most this many bytes keep their copies in
+        memory, larger ones on disk (``aggregator.upload_copies``)."""
         self._strategy = strategy
-        self._spills = SpillFiles(keep=concurrent_uploads)
+        self._copies = UploadCopies(keep=concurrent_uploads, in_memory_up_to=in_memory_up_to)
         self._spec = list(spec)
+        self._value_bytes = sum(s.nbytes for s in self._spec)
         self._dtypes = {s.name: WIRE_DTYPES[s.dtype] for s in spec}
         self._bounds = bounds
         self._lock = threading.Lock()
@@ -232,9 +233,9 @@ class StreamingIntake:
             self._open = False
 
     def shut_down(self) -> None:
-        """The federation is over: the kept spill files are closed (their disk space freed)."""
+        """The federation is over: the kept copies are closed (their space freed)."""
         self.close()
-        self._spills.close()
+        self._copies.close()
 
     # ------------------------------------------------------------ one upload
 
@@ -253,9 +254,9 @@ class StreamingIntake:
         from the global model) in the whole-update path's order, having taken back what was
         folded. With a ``refusal`` nothing is folded; the frames are still read and checked.
         """
-        spill = self._spills.take()
+        copy = self._copies.take(self._value_bytes)
         with self._lock:
-            upload = Upload(collaborator, weight, self._generation, spill, self._spills)
+            upload = Upload(collaborator, weight, self._generation, copy)
             if self._open and refusal is None:
                 self._in_flight.append(upload)
             else:
@@ -344,7 +345,7 @@ class StreamingIntake:
                 self.take_back(upload)  # it will be refused: nothing more of it is kept
                 return
             upload.distance_squared += squared
-        offset = upload.spill_values(values)
+        offset = upload.copy_values(values)
         upload.chunks.append((name, start, values.size, offset))
         with self._lock:
             if upload.mode == "dead" or not self._current(upload):
@@ -369,7 +370,7 @@ class StreamingIntake:
 
     def _bound(self, upload: Upload, model: Weights, limit: float | None) -> None:
         """``InfluenceBounds``' norm bound: refused, or clipped; a deferred upload is folded
-        from its spill now that it is accepted."""
+        from its copy now that it is accepted."""
         scale = None
         if limit is not None:
             distance = math.sqrt(upload.distance_squared)
@@ -379,10 +380,10 @@ class StreamingIntake:
                 self._unfold(upload)
                 upload.mode = "deferred"
         if upload.mode == "deferred":
-            self._fold_spilled(upload, model, scale)
+            self._fold_copied(upload, model, scale)
 
-    def _fold_spilled(self, upload: Upload, model: Weights, scale: float | None) -> None:
-        """Fold every spilled chunk, clipped onto the bound by ``scale`` if given, and rehash
+    def _fold_copied(self, upload: Upload, model: Weights, scale: float | None) -> None:
+        """Fold every copied chunk, clipped onto the bound by ``scale`` if given, and rehash
         so the digest is of what was folded, as on the whole-update path."""
         hasher = tensor_hasher()
         for name, dtype, shape in upload.tensors:
@@ -394,7 +395,7 @@ class StreamingIntake:
                 if scale is not None and values.dtype.kind == "f":
                     base = model[name].reshape(-1)[start : start + count]
                     values = clipped(values, base, scale)
-                    os.pwrite(upload.spill.fileno(), values.data, offset)  # for a take-back
+                    upload.rewrite(offset, values)  # for a take-back
                 with self._lock:
                     if upload.mode != "deferred" or not self._current(upload):
                         return  # the round closed: the engine refuses it
