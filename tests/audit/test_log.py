@@ -46,3 +46,37 @@ def test_a_renewed_aggregator_key_is_introduced_in_the_log(tmp_path: Path) -> No
     AuditLog(path, _signer(pki)).append("b", {})
     verified = verify_log(path, pki / "ca.crt", aggregator="aggregator")
     assert [r["kind"] for r in verified.records] == ["signer", "a", "signer", "b"]
+
+
+def test_records_appended_together_are_chained_in_order_and_verify(tmp_path: Path) -> None:
+    """A round's close writes its receipts with one fsync; they must read as if appended
+    one by one."""
+    pki = issue_identities(tmp_path, ["site-1"])
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, _signer(pki))
+    log.append("a", {"n": 1})
+    written = log.append_all([("b", {"n": 2}), ("c", {"n": 3}), ("d", {"n": 4})])
+    assert [r["kind"] for r in written] == ["b", "c", "d"]
+    assert log.head.seq == written[-1]["seq"] == 5
+    records = verify_log(path, pki / "ca.crt").records
+    assert [r["kind"] for r in records] == ["signer", "a", "b", "c", "d"]
+    assert records[2:] == written
+    assert AuditLog(path, _signer(pki)).head == log.head  # a restart resumes the same chain
+
+
+def test_the_first_batch_of_a_new_log_introduces_its_signer(tmp_path: Path) -> None:
+    pki = issue_identities(tmp_path, ["site-1"])
+    path = tmp_path / "audit.jsonl"
+    written = AuditLog(path, _signer(pki)).append_all([("a", {}), ("b", {})])
+    assert [r["kind"] for r in written] == ["a", "b"]
+    assert [r["kind"] for r in verify_log(path, pki / "ca.crt").records] == ["signer", "a", "b"]
+
+
+def test_appending_nothing_writes_nothing(tmp_path: Path) -> None:
+    pki = issue_identities(tmp_path, ["site-1"])
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, _signer(pki))
+    log.append("a", {})
+    size = path.stat().st_size
+    assert log.append_all([]) == []
+    assert path.stat().st_size == size

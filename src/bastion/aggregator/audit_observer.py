@@ -109,30 +109,30 @@ class AuditObserver(RoundObserver):
         elif isinstance(event, RoundClosed):
             number = event.progress.number
             accepted = self._updates.pop(number, [])
-            self.log.append(
-                "round_closed",
+            closed = {
+                "round": number,
+                "round_completed": event.round_completed,
+                "accepted": [
+                    {"collaborator": c, "task": t, "update_blake3": d} for c, t, d in accepted
+                ],
+                "timed_out": sorted(event.timed_out),
+                "model_blake3": event.model_digest,
+            }
+            receipts = [
                 {
                     "round": number,
-                    "round_completed": event.round_completed,
-                    "accepted": [
-                        {"collaborator": c, "task": t, "update_blake3": d} for c, t, d in accepted
-                    ],
-                    "timed_out": sorted(event.timed_out),
+                    "collaborator": collaborator,
+                    "task": task,
+                    "update_blake3": digest,
                     "model_blake3": event.model_digest,
-                },
+                }
+                for collaborator, task, digest in accepted
+            ]
+            written = self.log.append_all(
+                [("round_closed", closed), *(("receipt", receipt) for receipt in receipts)]
             )
-            for collaborator, task, digest in accepted:
-                receipt = self.log.append(
-                    "receipt",
-                    {
-                        "round": number,
-                        "collaborator": collaborator,
-                        "task": task,
-                        "update_blake3": digest,
-                        "model_blake3": event.model_digest,
-                    },
-                )
-                self._receipts[collaborator].append(canonical(receipt))
+            for receipt in written[1:]:
+                self._receipts[receipt["data"]["collaborator"]].append(canonical(receipt))
         elif isinstance(event, Checkpointed):
             self.log.append(
                 "checkpoint",

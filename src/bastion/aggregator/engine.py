@@ -91,7 +91,7 @@ from bastion.protocol import (
 )
 from bastion.spec.tasks import TaskSpec
 from bastion.storage.checkpoints import CheckpointStore, RoundState
-from bastion.tensors import TensorSpec, Weights, spec_of, weights_digest
+from bastion.tensors import Scratch, TensorSpec, Weights, spec_of, weights_digest
 
 log = logging.getLogger("bastion.aggregator")
 
@@ -151,6 +151,7 @@ class Aggregator:
         self.record = DurableRecord(plan, store, resumed.state, self._status)
         self.model: Weights = resumed.model
         self._model_facts: ModelFacts | None = None  # of self.model, set with it
+        self._model_scratch = Scratch()  # the norm pass's blocks, used under the lock
         self.spec: list[TensorSpec] = spec_of(self.model)
         self.max_update_bytes = update_limit(plan, self.model)
         self.strategy.load_state_dict(resumed.strategy_state)
@@ -1002,7 +1003,7 @@ class Aggregator:
             return accepted
         try:
             new_model = self.strategy.finalize()
-            facts = model_facts(new_model)
+            facts = model_facts(new_model, self._model_scratch)
             if facts.norm is None:
                 raise BastionError("the aggregate is not finite")
             self.model, self._model_facts = new_model, facts
@@ -1019,7 +1020,7 @@ class Aggregator:
     def _facts(self) -> ModelFacts:
         """The digest and norm of ``self.model``, computed once per model."""
         if self._model_facts is None:
-            self._model_facts = model_facts(self.model)
+            self._model_facts = model_facts(self.model, self._model_scratch)
         return self._model_facts
 
     def _checkpoint(self) -> None:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bastion.aggregator.influence import l2_norm
-from bastion.tensors import Weights, all_finite, weights_digest
+from bastion.tensors import Scratch, Weights, all_finite, weights_digest
 
 
 @dataclass(frozen=True)
@@ -28,18 +28,19 @@ class ModelFacts:
     norm: float | None
 
 
-def model_facts(model: Weights) -> ModelFacts:
-    """The digest and checked norm of ``model``, the digest hashed beside the norm."""
+def model_facts(model: Weights, scratch: Scratch | None = None) -> ModelFacts:
+    """The digest and checked norm of ``model``, the digest hashed beside the norm;
+    ``scratch``: the caller's blocks for the norm's pass, kept from one model to the next."""
     with ThreadPoolExecutor(1, thread_name_prefix="model-digest") as hasher:
         digest = hasher.submit(weights_digest, model)
-        norm = checked_norm(model)
+        norm = checked_norm(model, scratch)
         return ModelFacts(digest.result(), norm)
 
 
-def checked_norm(model: Weights) -> float | None:
+def checked_norm(model: Weights, scratch: Scratch | None = None) -> float | None:
     """``influence.l2_norm`` of ``model``, or None if a floating-point tensor is not finite
     (a norm that is not finite is checked value by value: squares can overflow)."""
-    norm = l2_norm(model)
+    norm = l2_norm(model, scratch)
     if math.isfinite(norm) or all(a.dtype.kind != "f" or all_finite(a) for a in model.values()):
         return norm
     return None

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,32 +165,49 @@ class AuditLog:
 
     def append(self, kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
         """Sign and append one record; returns it (as written)."""
+        return self.append_all([(kind, data)])[0]
+
+    def append_all(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Sign and append several records, chained in order, with one write and one fsync;
+        returns them (as written). A round's receipts go together: an fsync each was most
+        of a round's close for a 1M-float32 model with 10 sites (11 of them, about 6.7 ms)."""
         with self._lock:
+            head = self._head
+            records: list[dict[str, Any]] = []
             if self._signer_fingerprint != self._signer.fingerprint:
                 pem = self._signer.certificate.public_bytes(serialization.Encoding.PEM)
-                self._append_locked("signer", {"certificate": pem.decode("ascii")})
-                self._signer_fingerprint = self._signer.fingerprint
-            return self._append_locked(kind, data)
+                head = self._signed(records, head, "signer", {"certificate": pem.decode("ascii")})
+            for kind, data in entries:
+                head = self._signed(records, head, kind, data)
+            if not records:
+                return []
+            lines = memoryview(b"".join(canonical(record) + b"\n" for record in records))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                while lines:
+                    lines = lines[os.write(fd, lines) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._head = head
+            self._signer_fingerprint = self._signer.fingerprint
+            return records[len(records) - len(entries) :]
 
-    def _append_locked(self, kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    def _signed(
+        self, records: list[dict[str, Any]], head: Head, kind: str, data: Mapping[str, Any]
+    ) -> Head:
+        """Append to ``records`` the signed record after ``head``; the new head."""
         record: dict[str, Any] = {
-            "seq": self._head.seq + 1,
+            "seq": head.seq + 1,
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "kind": kind,
             "data": dict(data),
-            "prev": self._head.hash,
+            "prev": head.hash,
             "signer": self._signer.fingerprint,
         }
         record["sig"] = self._signer.sign(canonical(record))
-        line = canonical(record) + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._head = Head(record["seq"], body_hash(record))
-        return record
+        records.append(record)
+        return Head(record["seq"], body_hash(record))
 
 
 @dataclass(frozen=True)
