@@ -14,7 +14,7 @@ RESULTS = Path(__file__).parent / "results"
 PLOTTED_MEMORY = ("scale_memory_100mb_session5.json", "scale_memory_3gib_session5.json")
 PLOTTED_OVERHEAD = (
     "scale_overhead_1m_session5_final.json",
-    "scale_overhead_10m_100m_x10_session5.json",
+    "scale_overhead_10m_100m_x10_session6.json",
     "scale_overhead_1gib_session5_final.json",
 )
 #: The bounds of the memory figures (peak above idle, as a multiple of the model).
