@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bastion.aggregator.streaming import StreamingIntake
-from bastion.aggregator.upload_copies import MemoryBuffer, SpillFile, UploadCopies, UploadCopy
+from bastion.aggregator.upload_copies import FileStore, MemoryStore, UploadCopies, UploadCopy
 from bastion.algorithms.fedavg import FedAvg
 from bastion.errors import ProtocolError, UpdateRejected
 from bastion.framing import iter_frames
@@ -36,8 +36,8 @@ def written(copies: UploadCopies, nbytes: int) -> UploadCopy:
 
 def test_small_uploads_are_copied_in_memory_and_large_ones_to_disk() -> None:
     copies = pool()
-    assert isinstance(written(copies, SMALL).store, MemoryBuffer)
-    assert isinstance(written(copies, LARGE).store, SpillFile)
+    assert isinstance(written(copies, SMALL).store, MemoryStore)
+    assert isinstance(written(copies, LARGE).store, FileStore)
 
 
 @pytest.mark.parametrize("nbytes", [SMALL, LARGE])
@@ -111,7 +111,7 @@ def test_closing_the_pool_closes_idle_stores_and_any_returned_later(nbytes: int)
 
 def test_spill_files_are_unlinked() -> None:
     spill = written(pool(), LARGE).store
-    assert isinstance(spill, SpillFile)
+    assert isinstance(spill, FileStore)
     assert os.fstat(spill.fileno()).st_nlink == 0  # nothing on disk outlives the process
 
 

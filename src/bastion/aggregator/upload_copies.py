@@ -57,8 +57,9 @@ class Store(Protocol):
         ...
 
 
-class SpillFile:
-    """A store in an unlinked temporary file."""
+class FileStore:
+    """A store in an unlinked temporary file (not ``algorithms.spill.SpillFile``, the
+    robust rules' per-round file of whole updates)."""
 
     def __init__(self, directory: str | None = None) -> None:
         self._file: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 - open across uploads
@@ -85,7 +86,7 @@ class SpillFile:
         self._file.close()
 
 
-class MemoryBuffer:
+class MemoryStore:
     """A store in one buffer of ``capacity`` bytes."""
 
     def __init__(self, capacity: int) -> None:
@@ -182,11 +183,11 @@ class UploadCopies:
         in_memory = nbytes <= self._in_memory_up_to
         with self._lock:
             for index, store in enumerate(self._idle):
-                if in_memory == isinstance(store, MemoryBuffer) and store.holds(nbytes):
+                if in_memory == isinstance(store, MemoryStore) and store.holds(nbytes):
                     return self._idle.pop(index)
         if in_memory:
-            return MemoryBuffer(nbytes)
-        return SpillFile(self._directory)
+            return MemoryStore(nbytes)
+        return FileStore(self._directory)
 
     def give_back(self, store: Store) -> None:
         """Keep ``store`` for a later upload, or close it when enough are idle already."""
